@@ -1,0 +1,40 @@
+"""hatwist: an outbound SMTP relay that sends mail through an HAProxy PROXY-protocol hop."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="hatwist",
+    version="0.1.0",
+    description=(
+        "Outbound SMTP relay that picks each message's source IP through an "
+        "HAProxy PROXY protocol v2 hop"
+    ),
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    license="MIT",
+    python_requires=">=3.11",
+    # twisted/plugins/ is a namespace directory (no __init__.py): it is listed
+    # explicitly so that a plain ``pip install .`` drops the plugin module into
+    # site-packages/twisted/plugins/, where twistd and clientFromString look.
+    packages=find_packages(include=["hatwist", "hatwist.*"]) + ["twisted.plugins"],
+    package_data={"twisted.plugins": ["hatwist_plugins.py"]},
+    install_requires=[
+        "twisted[tls]==26.10.0",  # brings service-identity and pyOpenSSL
+        "attrs>=23.1",
+        "zope.interface>=6.0",
+    ],
+    extras_require={
+        "test": [
+            "pytest==9.0.3",
+            "pytest-twisted==1.14.3",
+            "hypothesis==6.155.2",
+            "ruff==0.17.5",
+        ],
+    },
+    entry_points={"console_scripts": ["hatwist = hatwist.cli:main"]},
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Topic :: Communications :: Email :: Mail Transport Agents",
+    ],
+)
