@@ -1,0 +1,33 @@
+"""hatwist's configuration: one Momentum-style file, resolved into frozen values.
+
+(tests: tests/config/)
+
+``load_config(path)`` / ``parse_config(text)`` return a :class:`Config`; everything else
+in this package is how it gets there.
+"""
+
+from hatwist.config.errors import ConfigError, ConfigWarning
+from hatwist.config.settings import Binding, Config, load_config, parse_config
+from hatwist.config.values import (
+    DeliverySettings,
+    HealthCheckMode,
+    HealthSettings,
+    ServerAddress,
+    ServiceSettings,
+    TLSMode,
+)
+
+__all__ = [
+    "Binding",
+    "Config",
+    "ConfigError",
+    "ConfigWarning",
+    "DeliverySettings",
+    "HealthCheckMode",
+    "HealthSettings",
+    "ServerAddress",
+    "ServiceSettings",
+    "TLSMode",
+    "load_config",
+    "parse_config",
+]

@@ -1,0 +1,101 @@
+"""From a parsed tree to resolved values per binding and domain (tests: tests/config/).
+
+Work in progress: the values are final, the resolution lands next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import attrs
+
+from hatwist.config.errors import ConfigWarning
+from hatwist.config.values import (
+    DeliverySettings,
+    HealthSettings,
+    ServerAddress,
+    ServiceSettings,
+)
+
+
+def normalize_domain(domain: str) -> str:
+    """Domains compare case-insensitively and without a trailing dot."""
+    return domain.rstrip(".").lower()
+
+
+@attrs.frozen
+class Binding:
+    """A named source of outbound mail, with its settings for every destination domain."""
+
+    name: str
+    group: str | None
+    _base: DeliverySettings = attrs.field(alias="base")
+    _domains: Mapping[str, DeliverySettings] = attrs.field(alias="domains", factory=dict)
+
+    def settings_for(self, domain: str) -> DeliverySettings:
+        """The effective settings for mail from this binding to ``domain``."""
+        return self._domains.get(normalize_domain(domain), self._base)
+
+    def domain_overrides(self) -> tuple[str, ...]:
+        """Domains that have settings of their own in this binding (lower case)."""
+        return tuple(self._domains)
+
+
+class BindingMap(Mapping[str, Binding]):
+    """Bindings by name, looked up case-insensitively; read-only."""
+
+    def __init__(self, bindings: Mapping[str, Binding]) -> None:
+        self._bindings = {name.lower(): b for name, b in bindings.items()}
+
+    def __getitem__(self, name: str) -> Binding:
+        return self._bindings[name.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._bindings)
+
+    def __len__(self) -> int:
+        return len(self._bindings)
+
+    def __repr__(self) -> str:
+        return f"BindingMap({self._bindings!r})"
+
+
+@attrs.frozen
+class Config:
+    """A loaded, validated configuration."""
+
+    filename: str
+    service: ServiceSettings
+    health: HealthSettings
+    bindings: Mapping[str, Binding]
+    warnings: tuple[ConfigWarning, ...] = ()
+    _sources: Mapping[ServerAddress, tuple[str, ...]] = attrs.field(
+        alias="sources", factory=dict
+    )
+    _proxy_servers: tuple[ServerAddress, ...] = attrs.field(alias="proxy_servers", default=())
+
+    def binding(self, name: str) -> Binding:
+        """The binding called ``name`` (case-insensitive); KeyError naming it if unknown."""
+        try:
+            return self.bindings[name]
+        except KeyError:
+            raise KeyError(f"no binding named {name!r} in {self.filename}") from None
+
+    @property
+    def proxy_servers(self) -> tuple[ServerAddress, ...]:
+        """Every distinct configured proxy server, in config order."""
+        return self._proxy_servers
+
+    def sources_for(self, server: ServerAddress) -> tuple[str, ...]:
+        """The PROXY source addresses some binding uses with ``server``."""
+        return self._sources.get(server, ())
+
+
+def parse_config(text: str, filename: str = "<string>") -> Config:
+    """Parse and validate config text; raises ConfigError."""
+    raise NotImplementedError("parse_config lands in the next commit")
+
+
+def load_config(path: str) -> Config:
+    """Read and validate the config file at ``path``; raises ConfigError."""
+    raise NotImplementedError("load_config lands in the next commit")

@@ -1,0 +1,120 @@
+"""The resolved settings other modules read (tests: tests/config/test_values.py).
+
+These are plain frozen values: the parser and the schema produce them, and the rest of
+hatwist (health checks, routing, delivery, the service) consumes them without ever seeing
+the config file's text.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from typing import Union
+
+import attrs
+
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]  # noqa: UP007
+
+
+class TLSMode(enum.Enum):
+    """STARTTLS policy towards the destination MX."""
+
+    IFAVAILABLE = "ifavailable"
+    REQUIRED = "required"
+    NO = "no"
+
+
+class HealthCheckMode(enum.Enum):
+    """How a proxy server is probed: a TCP connect, or a PROXY header plus the 220 banner."""
+
+    CONNECT = "connect"
+    SMTP = "smtp"
+
+
+def _format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@attrs.frozen
+class ServerAddress:
+    """A ``host:port`` as configured; equal (and hashed) by host and port.
+
+    ``host`` is an IP literal (IPv6 without brackets) or a host name, which the health
+    checker re-resolves at every check. ``text`` keeps the configured spelling, so logs and
+    status pages show what the operator wrote: ``str(server) == server.text``.
+    """
+
+    host: str
+    port: int
+    text: str = attrs.field(
+        eq=False,
+        default=attrs.Factory(lambda self: _format_address(self.host, self.port), takes_self=True),
+    )
+
+    @property
+    def ip_version(self) -> int | None:
+        """4 or 6 for an IP literal, None for a host name."""
+        try:
+            return ipaddress.ip_address(self.host).version
+        except ValueError:
+            return None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@attrs.frozen
+class HealthSettings:
+    """The ``ha_proxy_client { ... }`` block: how proxy servers are probed."""
+
+    interval: int
+    timeout: int
+    failure_threshold: int
+    success_threshold: int
+    mode: HealthCheckMode
+    target: ServerAddress | None
+
+
+@attrs.frozen
+class ServiceSettings:
+    """Process-wide settings: where hatwist listens, spools and whom it relays for."""
+
+    listen: ServerAddress
+    spool_dir: str
+    status_listen: ServerAddress
+    resolver: ServerAddress | None
+    relay_from: tuple[IPNetwork, ...]
+    max_message_size: int
+    shutdown_grace: int
+
+
+@attrs.frozen
+class DeliverySettings:
+    """Everything resolved for one (binding, destination domain) pair.
+
+    Durations and timeouts are whole seconds.
+    """
+
+    proxy_servers: tuple[ServerAddress, ...]
+    src_ipv4: str | None
+    src_ipv6: str | None
+    bypass: bool
+    remote_smtp_port: int
+    ehlo_hostname: str | None
+    bind_address: str | None
+    tls: TLSMode
+    retry_interval: int
+    message_expiration: int
+    max_connections: int
+    max_messages_per_connection: int
+    connect_timeout: int
+    smtp_timeout: int
+
+    @property
+    def uses_proxy(self) -> bool:
+        """True when mail goes through a proxy server rather than straight to the MX."""
+        return bool(self.proxy_servers) and not self.bypass
+
+    def source_for(self, ip_version: int) -> str | None:
+        """The PROXY header source address for a destination of this IP version."""
+        return self.src_ipv4 if ip_version == 4 else self.src_ipv6
