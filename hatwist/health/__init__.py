@@ -1,0 +1,32 @@
+# -*- test-case-name: tests.health -*-
+"""
+Proxy server health: the plumbed/unplumbed registry and the checks that feed it.
+
+The registry (pure) is what delivery consults; the checker runs one
+``LoopingCall`` per server and feeds it the results of a probe.
+"""
+
+from ._errors import (
+    BadBanner,
+    CheckTimedOut,
+    HealthError,
+    NoBanner,
+    ProbeError,
+    UnknownServerError,
+)
+from ._interfaces import IHealthProbe
+from ._registry import ServerRegistry, ServerState, ServerStatus, StateChange
+
+__all__ = [
+    "BadBanner",
+    "CheckTimedOut",
+    "HealthError",
+    "IHealthProbe",
+    "NoBanner",
+    "ProbeError",
+    "ServerRegistry",
+    "ServerState",
+    "ServerStatus",
+    "StateChange",
+    "UnknownServerError",
+]

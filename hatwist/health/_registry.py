@@ -1,0 +1,258 @@
+# -*- test-case-name: tests.health.test_registry -*-
+"""
+The proxy server registry: which ``ha_proxy_server`` may carry mail right now.
+
+Pure: no reactor, no I/O. Check results arrive with their time (``at``) from
+whoever ran the check, so the rules below are testable without any clock.
+
+Rules (HAProxy's rise/fall): every server starts plumbed; ``failure_threshold``
+consecutive failed checks flip it to unplumbed, ``success_threshold``
+consecutive successful checks flip it back. Every flip is logged as a
+structured event and handed to each subscriber.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any
+
+import attrs
+from twisted.logger import Logger
+
+from ._errors import UnknownServerError
+
+_log = Logger()
+
+
+class ServerState(enum.Enum):
+    """
+    Whether a proxy server is used for deliveries (the seed's words).
+    """
+
+    PLUMBED = "plumbed"
+    UNPLUMBED = "unplumbed"
+
+
+@attrs.frozen
+class StateChange:
+    """
+    One flip of a server's state, with the reason an operator would need.
+    """
+
+    server: Any
+    old: ServerState
+    new: ServerState
+    reason: str
+    at: float
+
+
+@attrs.frozen
+class ServerStatus:
+    """
+    A snapshot of one server's health, for the status page and metrics.
+
+    ``last_error`` is the reason of the latest *failed* check and
+    ``last_latency`` the duration of the latest *successful* one; both survive
+    checks of the other kind, so a flapping server keeps its evidence.
+    """
+
+    server: Any
+    state: ServerState
+    consecutive_successes: int
+    consecutive_failures: int
+    last_check: float | None
+    last_error: str | None
+    last_latency: float | None
+    checks: int
+    failures: int
+    state_changes: int
+
+
+@attrs.define
+class _Record:
+    """
+    The mutable per-server state behind a L{ServerStatus}.
+    """
+
+    server: Any
+    state: ServerState = ServerState.PLUMBED
+    consecutive_successes: int = 0
+    consecutive_failures: int = 0
+    last_check: float | None = None
+    last_error: str | None = None
+    last_latency: float | None = None
+    checks: int = 0
+    failures: int = 0
+    state_changes: int = 0
+
+    def status(self) -> ServerStatus:
+        return ServerStatus(**attrs.asdict(self, recurse=False))
+
+
+def _checked_threshold(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, not {value!r}")
+    return value
+
+
+class ServerRegistry:
+    """
+    Every distinct proxy server in the config, in config order, with its state.
+
+    The delivery side asks L{plumbed} which servers it may use; the health
+    checker reports results with L{record_success} and L{record_failure}.
+    """
+
+    def __init__(
+        self, servers: Iterable[Hashable], *, success_threshold: int, failure_threshold: int
+    ) -> None:
+        self._records: dict[Any, _Record] = {}
+        self._observers: list[Callable[[StateChange], None]] = []
+        self._rotation: dict[tuple[Any, ...], int] = {}
+        self.update_servers(
+            servers, success_threshold=success_threshold, failure_threshold=failure_threshold
+        )
+
+    @property
+    def servers(self) -> tuple[Any, ...]:
+        """
+        The servers held, in config order.
+        """
+        return tuple(self._records)
+
+    @property
+    def success_threshold(self) -> int:
+        return self._success_threshold
+
+    @property
+    def failure_threshold(self) -> int:
+        return self._failure_threshold
+
+    def update_servers(
+        self, servers: Iterable[Hashable], *, success_threshold: int, failure_threshold: int
+    ) -> None:
+        """
+        Adopt a reloaded config's servers and thresholds.
+
+        Servers that remain keep their state and counters (a reload must not
+        re-plumb a dead proxy); new ones start plumbed; dropped ones are
+        forgotten. New thresholds apply from the next recorded check.
+        """
+        self._success_threshold = _checked_threshold("success_threshold", success_threshold)
+        self._failure_threshold = _checked_threshold("failure_threshold", failure_threshold)
+        old = self._records
+        self._records = {s: old.get(s) or _Record(server=s) for s in dict.fromkeys(servers)}
+        self._rotation.clear()
+
+    def _record(self, server: Any) -> _Record:
+        try:
+            return self._records[server]
+        except KeyError:
+            raise UnknownServerError(server, self.servers) from None
+
+    def record_success(
+        self, server: Any, *, at: float, latency: float | None = None
+    ) -> StateChange | None:
+        """
+        Count a successful check; return the state change it caused, if any.
+        """
+        record = self._record(server)
+        record.checks += 1
+        record.consecutive_successes += 1
+        record.consecutive_failures = 0
+        record.last_check = at
+        record.last_latency = latency
+        if (
+            record.state is ServerState.UNPLUMBED
+            and record.consecutive_successes >= self._success_threshold
+        ):
+            n = record.consecutive_successes
+            reason = f"{n} consecutive successful check{'s' * (n != 1)}"
+            return self._change(record, ServerState.PLUMBED, reason, at)
+        return None
+
+    def record_failure(self, server: Any, *, at: float, error: str) -> StateChange | None:
+        """
+        Count a failed check with its reason; return the state change it caused, if any.
+        """
+        record = self._record(server)
+        record.checks += 1
+        record.failures += 1
+        record.consecutive_failures += 1
+        record.consecutive_successes = 0
+        record.last_check = at
+        record.last_error = error
+        if (
+            record.state is ServerState.PLUMBED
+            and record.consecutive_failures >= self._failure_threshold
+        ):
+            n = record.consecutive_failures
+            reason = f"{n} consecutive failed check{'s' * (n != 1)}, last: {error}"
+            return self._change(record, ServerState.UNPLUMBED, reason, at)
+        return None
+
+    def _change(self, record: _Record, new: ServerState, reason: str, at: float) -> StateChange:
+        change = StateChange(server=record.server, old=record.state, new=new, reason=reason, at=at)
+        record.state = new
+        record.state_changes += 1
+        emit = _log.warn if new is ServerState.UNPLUMBED else _log.info
+        emit(
+            "proxy {server} {old} -> {new}: {reason}",
+            server=str(change.server),
+            old=change.old.value,
+            new=change.new.value,
+            reason=reason,
+        )
+        for observer in list(self._observers):
+            try:
+                observer(change)
+            except Exception:
+                # One broken observer must not hide the change from the others,
+                # nor make the health checker's bookkeeping fail.
+                _log.failure(
+                    "state change observer {observer!r} failed", observer=observer
+                )
+        return change
+
+    def is_plumbed(self, server: Any) -> bool:
+        return self._record(server).state is ServerState.PLUMBED
+
+    def plumbed(self, candidates: Iterable[Any]) -> list[Any]:
+        """
+        The plumbed subset of C{candidates}, rotated by one on every call.
+
+        Callers try the servers in the returned order, so rotating spreads
+        connections evenly over the live servers of a binding and lets a failed
+        connect move on to the next one. Each distinct candidate list has its
+        own rotation, so bindings sharing the registry do not skew each other.
+        """
+        key = tuple(candidates)
+        live = [s for s in key if self.is_plumbed(s)]
+        turn = self._rotation.get(key, 0)
+        self._rotation[key] = turn + 1
+        if not live:
+            return []
+        turn %= len(live)
+        return live[turn:] + live[:turn]
+
+    def status(self, server: Any) -> ServerStatus:
+        return self._record(server).status()
+
+    def snapshot(self) -> list[ServerStatus]:
+        """
+        The status of every server, in config order.
+        """
+        return [record.status() for record in self._records.values()]
+
+    def subscribe(self, observer: Callable[[StateChange], None]) -> Callable[[], None]:
+        """
+        Call C{observer} with every future L{StateChange}; return an unsubscribe function.
+        """
+        self._observers.append(observer)
+
+        def unsubscribe() -> None:
+            if observer in self._observers:
+                self._observers.remove(observer)
+
+        return unsubscribe
