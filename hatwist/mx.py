@@ -1,0 +1,358 @@
+"""Where mail for a domain goes: MX hosts and their addresses (tests: tests/test_mx.py).
+
+RFC 5321 section 5.1 and RFC 7505, done with ``twisted.names`` and nothing else:
+
+- MX records sorted by preference, equal preferences shuffled so that load spreads the way
+  the receiving domain intended;
+- no MX record at all means the domain itself at preference 0 (the implicit MX);
+- ``MX 0 .`` (null MX) means the domain accepts no mail: fail at once, 556 5.1.10;
+- NXDOMAIN is permanent; timeouts, SERVFAIL and anything else odd are temporary, because a
+  broken resolver must never bounce mail;
+- every host's A and AAAA records are asked for explicitly (``getHostByName`` sends ANY,
+  which many servers answer badly or not at all);
+- a host whose names lead to no address is skipped; no address at all is temporary.
+
+:class:`MXResolver` is the only stateful object here; it holds an ``IResolver`` built by
+:func:`build_resolver` from the configured ``resolver`` (or the system's).
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import Sequence
+from itertools import groupby
+from typing import Any
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime, IResolver
+from twisted.names import dns
+from twisted.names import error as dnserror
+from twisted.names.client import Resolver
+from twisted.python.failure import Failure
+
+#: Seconds between the retries of one DNS query (``client.Resolver`` semantics: the query is
+#: re-sent after each value, and fails after the last one).
+DEFAULT_TIMEOUT: tuple[int, ...] = (1, 3, 11)
+
+#: The file the system resolver reads (and re-reads every 60 s while it is in use).
+SYSTEM_RESOLV_CONF = "/etc/resolv.conf"
+
+#: Slack added to the overall deadline of :meth:`MXResolver.resolve` beyond the resolver's
+#: own retry budget: the deadline is a safety net against a resolver that never answers.
+DEADLINE_SLACK = 1.0
+
+#: How many CNAMEs to follow from a name before giving up on it (RFC 1034 allows chains but
+#: warns against them; loops must end).
+MAX_CNAME_HOPS = 8
+
+#: The ``IResolver`` method for each record type asked for.
+_LOOKUPS = {dns.MX: "lookupMailExchange", dns.A: "lookupAddress", dns.AAAA: "lookupIPV6Address"}
+
+
+class MXError(Exception):
+    """
+    Mail for a domain cannot be routed right now (or ever).
+
+    :ivar domain: the domain that was looked up.
+    :ivar reason: what a person needs to know, naming the domain.
+    :ivar temporary: ``True`` when a later attempt may succeed (4xx), ``False`` to bounce.
+    :ivar code: the SMTP reply code to report for every recipient of the domain.
+    :ivar status: the RFC 3463 enhanced status code.
+    """
+
+    temporary: bool = True
+    code: int = 451
+    status: str = "4.4.3"
+
+    def __init__(self, domain: str, reason: str) -> None:
+        super().__init__(reason)
+        self.domain = domain
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.status} {self.reason}"
+
+
+class NullMX(MXError):
+    """The domain publishes ``MX 0 .`` (RFC 7505): it accepts no mail at all."""
+
+    temporary = False
+    code = 556
+    status = "5.1.10"
+
+
+class NoSuchDomain(MXError):
+    """The domain does not exist (NXDOMAIN for its MX query)."""
+
+    temporary = False
+    code = 550
+    status = "5.1.2"
+
+
+class TemporaryDNSError(MXError):
+    """The resolver timed out, failed (SERVFAIL) or answered something unusable."""
+
+    temporary = True
+    code = 451
+    status = "4.4.3"
+
+
+class NoMXAddresses(MXError):
+    """MX hosts were found, but none of their names resolved to an address."""
+
+    temporary = True
+    code = 451
+    status = "4.4.4"
+
+
+@attrs.frozen
+class MXHost:
+    """
+    One mail exchanger of a domain, with all its addresses (IPv4 first, then IPv6).
+
+    ``preference`` is 0 and ``name`` is the domain itself for an implicit MX.
+    """
+
+    name: str
+    preference: int
+    addresses: tuple[str, ...]
+
+
+def build_resolver(
+    server: tuple[str, int] | None,
+    *,
+    reactor: Any,
+    timeout: Sequence[int] = DEFAULT_TIMEOUT,
+) -> IResolver:
+    """
+    Build the ``IResolver`` hatwist uses for MX lookups.
+
+    With a configured ``resolver`` (``server`` is ``(ip, port)``) this is a plain
+    ``client.Resolver`` talking to that server only. Without one it is the system's resolver,
+    reading :data:`SYSTEM_RESOLV_CONF`. Call this when the service starts, never at import
+    or config-parse time: the system resolver reads the file right away (a small, one-off
+    blocking read) and then re-checks it every 60 s with a reactor timer, which
+    :meth:`MXResolver.close` cancels.
+
+    ``client.createResolver`` is deliberately not used: even with ``servers`` it reads
+    /etc/resolv.conf and /etc/hosts and leaves that 60 s timer behind.
+    """
+    if server is not None:
+        return Resolver(servers=[tuple(server)], timeout=tuple(timeout), reactor=reactor)
+    return Resolver(resolv=SYSTEM_RESOLV_CONF, timeout=tuple(timeout), reactor=reactor)
+
+
+def _records(answers: Sequence[dns.RRHeader], rtype: int) -> list[Any]:
+    """
+    The payloads of the answers of type ``rtype``.
+
+    A recursive server answers a question about an alias with the CNAME chain followed by
+    the records of the type asked for, so everything else in the answer is ignored.
+    """
+    return [rr.payload for rr in answers if rr.type == rtype]
+
+
+def _alias_target(answers: Sequence[dns.RRHeader], qname: bytes) -> bytes | None:
+    """
+    Where the CNAME chain in ``answers`` starting at ``qname`` ends, or ``None`` if no chain.
+
+    An authoritative server answers a question about an alias with the CNAME alone (and
+    maybe the target's addresses); the caller then asks again about the chain's end.
+    """
+    aliases = {rr.name.name.lower(): rr.payload.name.name for rr in answers if rr.type == dns.CNAME}
+    name, hops = qname, 0
+    while name.lower() in aliases and hops < MAX_CNAME_HOPS:
+        name, hops = aliases[name.lower()], hops + 1
+    return None if hops == 0 else name
+
+
+def _name(name: dns.Name) -> str:
+    """A DNS name as text, without the trailing dot; the root is the empty string."""
+    return name.name.decode("ascii", "replace").rstrip(".")
+
+
+def _query_name(domain: str) -> bytes:
+    """The wire form of ``domain``: IDNA (punycode) for international names."""
+    try:
+        return domain.encode("ascii")
+    except UnicodeEncodeError:
+        return domain.encode("idna")
+
+
+class MXResolver:
+    """
+    Resolves a domain to the ordered mail exchangers to try, with their addresses.
+
+    :param resolver: any ``twisted.names`` ``IResolver`` (see :func:`build_resolver`).
+    :param reactor: the ``IReactorTime`` that enforces the overall deadline of a lookup.
+    :param timeout: the per-query retry schedule handed to the resolver.
+    :param rng: the source of the shuffle of equal preferences (inject a seeded
+        ``random.Random`` in tests).
+    """
+
+    def __init__(
+        self,
+        resolver: IResolver,
+        *,
+        reactor: IReactorTime,
+        timeout: Sequence[int] = DEFAULT_TIMEOUT,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._resolver = resolver
+        self._reactor = reactor
+        self._timeout = tuple(timeout)
+        self._random = rng if rng is not None else random.Random()
+        # An MX query, then address queries in parallel: two retry budgets at most.
+        self._deadline = 2 * sum(self._timeout) + DEADLINE_SLACK
+
+    def close(self) -> None:
+        """
+        Stop the resolver's background work (the system resolver's resolv.conf re-read timer).
+
+        ``client.Resolver`` keeps that timer in a private attribute and offers no public way
+        to stop it; a stopped service must not leave it behind.
+        """
+        call = getattr(self._resolver, "_parseCall", None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def resolve(self, domain: str) -> defer.Deferred[tuple[MXHost, ...]]:
+        """
+        The MX hosts to try for ``domain``, best first, each with at least one address.
+
+        Fails with :class:`NullMX`, :class:`NoSuchDomain` (permanent),
+        :class:`TemporaryDNSError` or :class:`NoMXAddresses` (temporary).
+        """
+        d = defer.ensureDeferred(self._resolve(domain))
+
+        def timedOut(result: object, timeout: float) -> Failure:
+            # Called only when the deadline fired, whatever the cancelled lookup turned into.
+            return Failure(
+                TemporaryDNSError(
+                    domain, f"DNS lookup for {domain} did not finish in {timeout:g} s"
+                )
+            )
+
+        d.addTimeout(self._deadline, self._reactor, onTimeoutCancel=timedOut)
+        return d
+
+    async def _resolve(self, domain: str) -> tuple[MXHost, ...]:
+        qname = _query_name(domain)
+        try:
+            records = await self._ask(qname, dns.MX)
+        except defer.CancelledError:
+            raise
+        except dnserror.DNSNameError:
+            raise NoSuchDomain(domain, f"domain {domain} does not exist (NXDOMAIN)") from None
+        except Exception as e:
+            raise TemporaryDNSError(
+                domain, f"MX lookup for {domain} failed: {_describe(e)}"
+            ) from None
+
+        if any(_name(mx.name) == "" for mx in records):
+            raise NullMX(domain, f"domain {domain} accepts no mail (null MX, RFC 7505)")
+        if records:
+            candidates = self._order([(mx.preference, _name(mx.name)) for mx in records])
+        else:
+            candidates = [(0, domain)]
+
+        found = await defer.gatherResults(
+            [defer.ensureDeferred(self._addresses(name)) for _pref, name in candidates],
+            consumeErrors=True,
+        )
+        hosts = []
+        problems = []
+        for (preference, name), (addresses, problem) in zip(candidates, found, strict=True):
+            if addresses:
+                hosts.append(MXHost(name=name, preference=preference, addresses=addresses))
+            elif problem:
+                problems.append(f"{name}: {problem}")
+        if not hosts:
+            detail = f" ({'; '.join(problems)})" if problems else ""
+            what = "any MX" if records else "the implicit MX"
+            raise NoMXAddresses(domain, f"no addresses for {what} of {domain}{detail}")
+        return tuple(hosts)
+
+    async def _ask(self, qname: bytes, rtype: int) -> list[Any]:
+        """
+        The records of type ``rtype`` (``dns.MX``, ``dns.A`` or ``dns.AAAA``) for ``qname``.
+
+        Follows aliases the answer leaves unresolved, up to :data:`MAX_CNAME_HOPS` queries.
+        """
+        lookup = getattr(self._resolver, _LOOKUPS[rtype])
+        for _hop in range(MAX_CNAME_HOPS):
+            answers, _authority, _additional = await lookup(qname, timeout=self._timeout)
+            records = _records(answers, rtype)
+            target = _alias_target(answers, qname)
+            if records or target is None:
+                return records
+            qname = target
+        return []
+
+    def _order(self, records: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        """Sort by preference, shuffle within each preference, drop repeated names."""
+        ordered: list[tuple[int, str]] = []
+        seen: set[str] = set()
+        records = sorted(records, key=lambda r: r[0])
+        for _preference, group in groupby(records, key=lambda r: r[0]):
+            same = list(group)
+            self._random.shuffle(same)
+            for preference, name in same:
+                if name.lower() not in seen:
+                    seen.add(name.lower())
+                    ordered.append((preference, name))
+        return ordered
+
+    async def _addresses(self, name: str) -> tuple[tuple[str, ...], str | None]:
+        """
+        The IPv4 then IPv6 addresses of one host, and what went wrong if there are none.
+
+        A name that does not exist or has no address records simply yields nothing; other
+        failures are reported so that the final reason can say why.
+        """
+        qname = _query_name(name)
+        results = await defer.DeferredList(
+            [
+                defer.ensureDeferred(self._ask(qname, dns.A)),
+                defer.ensureDeferred(self._ask(qname, dns.AAAA)),
+            ],
+            consumeErrors=True,
+        )
+        addresses: list[str] = []
+        problems: list[str] = []
+        for (ok, result), rtype, label in zip(
+            results, (dns.A, dns.AAAA), ("A", "AAAA"), strict=True
+        ):
+            if ok:
+                for record in result:
+                    text = record.dottedQuad() if rtype == dns.A else _ipv6(record)
+                    if text not in addresses:
+                        addresses.append(text)
+            elif not result.check(dnserror.DNSNameError):
+                problems.append(f"{label} lookup failed: {_describe(result.value)}")
+        return tuple(addresses), ("; ".join(problems) or None)
+
+
+def _ipv6(record: dns.Record_AAAA) -> str:
+    """The canonical (compressed) text form of an AAAA record's address."""
+    return socket.inet_ntop(socket.AF_INET6, record.address)
+
+
+_DESCRIPTIONS: tuple[tuple[type[BaseException], str], ...] = (
+    (dnserror.DNSServerError, "SERVFAIL"),
+    (dnserror.DNSQueryRefusedError, "REFUSED"),
+    (dnserror.DNSFormatError, "FORMERR"),
+    (dnserror.DNSNotImplementedError, "NOTIMP"),
+    (dnserror.DNSNameError, "NXDOMAIN"),
+    (defer.TimeoutError, "timed out"),
+)
+
+
+def _describe(error: BaseException) -> str:
+    """A short, log-friendly name for a resolver failure."""
+    for kind, text in _DESCRIPTIONS:
+        if isinstance(error, kind):
+            return text
+    return f"{type(error).__name__}: {error}"

@@ -1,0 +1,294 @@
+"""Tests for hatwist.mx: MX resolution against a real in-process DNS server on loopback."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+from twisted.names import authority, dns, server
+from twisted.names import error as dnserror
+
+from hatwist import mx
+
+#: Every awaited Deferred gets this deadline, so a broken test fails instead of hanging.
+DEADLINE = 10.0
+
+ZONE = b"example.test"
+
+
+class _Zone(authority.FileAuthority):
+    """A dict-backed authoritative zone: ``records[name] = [Record_*, ...]``."""
+
+    def __init__(self) -> None:
+        self.servfail: set[bytes] = set()
+        self.blackhole: set[bytes] = set()
+        super().__init__(None)
+
+    def loadFile(self, filename: object) -> None:
+        self.soa = (
+            ZONE,
+            dns.Record_SOA(mname=b"ns." + ZONE, rname=b"root." + ZONE, minimum=1, expire=1),
+        )
+        self.records = {ZONE: [self.soa[1]]}
+
+    def add(self, name: str, *records: dns.IEncodableRecord) -> None:
+        self.records.setdefault(name.encode().lower(), []).extend(records)
+
+
+class _Server(server.DNSServerFactory):
+    """Answers from the zone; SERVFAIL or silence for the names the test chose."""
+
+    def __init__(self, zone: _Zone) -> None:
+        super().__init__(authorities=[zone])
+        self.zone = zone
+
+    def handleQuery(self, message, protocol, address):
+        name = message.queries[0].name.name.lower()
+        if name in self.zone.blackhole:
+            return None
+        if name in self.zone.servfail:
+            reply = self._responseFromMessage(message=message, rCode=dns.ESERVER)
+            self.sendReply(protocol, reply, address)
+            return None
+        return super().handleQuery(message, protocol, address)
+
+
+@pytest.fixture
+def zone():
+    """A running DNS server on 127.0.0.1 (UDP, random port); yields (zone, (host, port))."""
+    from twisted.internet import reactor
+
+    z = _Zone()
+    factory = _Server(z)
+    udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+    yield z, ("127.0.0.1", udp.getHost().port)
+    udp.stopListening()
+
+
+def _resolver(address, *, timeout=(1, 3), rng=None) -> mx.MXResolver:
+    from twisted.internet import reactor
+
+    return mx.MXResolver(
+        mx.build_resolver(address, reactor=reactor, timeout=timeout),
+        reactor=reactor,
+        timeout=timeout,
+        rng=rng or random.Random(1),
+    )
+
+
+def _resolve(resolver: mx.MXResolver, domain: str) -> defer.Deferred:
+    from twisted.internet import reactor
+
+    return resolver.resolve(domain).addTimeout(DEADLINE, reactor)
+
+
+def _failure_of(d: defer.Deferred) -> defer.Deferred:
+    """Fire with the exception ``d`` failed with (or fail the test if it succeeded)."""
+
+    def succeeded(result):
+        pytest.fail(f"expected a failure, got {result!r}")
+
+    return d.addCallbacks(succeeded, lambda f: f.value)
+
+
+def _mx(pref: int, name: str) -> dns.Record_MX:
+    return dns.Record_MX(pref, name.encode())
+
+
+@pytest_twisted.ensureDeferred
+async def test_hosts_sorted_by_preference_with_both_address_families(zone):
+    z, address = zone
+    z.add("example.test", _mx(20, "mx2.example.test"), _mx(10, "mx1.example.test"))
+    z.add("mx1.example.test", dns.Record_A("127.0.0.20"), dns.Record_AAAA("fd00::20"))
+    z.add("mx2.example.test", dns.Record_A("127.0.0.21"), dns.Record_A("127.0.0.22"))
+    hosts = await _resolve(_resolver(address), "example.test")
+    assert hosts == (
+        mx.MXHost("mx1.example.test", 10, ("127.0.0.20", "fd00::20")),
+        mx.MXHost("mx2.example.test", 20, ("127.0.0.21", "127.0.0.22")),
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_equal_preferences_are_shuffled_and_never_cross_preferences(zone):
+    z, address = zone
+    z.add(
+        "example.test",
+        _mx(10, "a.example.test"),
+        _mx(10, "b.example.test"),
+        _mx(10, "c.example.test"),
+        _mx(5, "first.example.test"),
+        _mx(30, "last.example.test"),
+    )
+    for n, name in enumerate(["a", "b", "c", "first", "last"]):
+        z.add(f"{name}.example.test", dns.Record_A(f"127.0.1.{n + 1}"))
+    orders = set()
+    for seed in range(12):
+        hosts = await _resolve(_resolver(address, rng=random.Random(seed)), "example.test")
+        names = [h.name.split(".")[0] for h in hosts]
+        assert names[0] == "first" and names[-1] == "last"
+        assert sorted(names[1:4]) == ["a", "b", "c"]
+        orders.add(tuple(names))
+    assert len(orders) > 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_mx_records_means_the_domain_itself(zone):
+    z, address = zone
+    z.add("plain.example.test", dns.Record_A("127.0.0.20"))
+    hosts = await _resolve(_resolver(address), "plain.example.test")
+    assert hosts == (mx.MXHost("plain.example.test", 0, ("127.0.0.20",)),)
+
+
+@pytest_twisted.ensureDeferred
+async def test_null_mx_is_permanent_556_5_1_10(zone):
+    z, address = zone
+    z.add("nomail.example.test", _mx(0, ""), dns.Record_A("127.0.0.20"))
+    error = await _failure_of(_resolve(_resolver(address), "nomail.example.test"))
+    assert isinstance(error, mx.NullMX)
+    assert (error.temporary, error.code, error.status) == (False, 556, "5.1.10")
+    assert "nomail.example.test" in error.reason
+
+
+@pytest_twisted.ensureDeferred
+async def test_nxdomain_is_permanent(zone):
+    _z, address = zone
+    error = await _failure_of(_resolve(_resolver(address), "missing.example.test"))
+    assert isinstance(error, mx.NoSuchDomain)
+    assert error.temporary is False
+    assert error.status.startswith("5.")
+    assert "missing.example.test" in error.reason
+
+
+@pytest_twisted.ensureDeferred
+async def test_servfail_is_temporary(zone):
+    z, address = zone
+    z.servfail.add(b"broken.example.test")
+    error = await _failure_of(_resolve(_resolver(address), "broken.example.test"))
+    assert isinstance(error, mx.TemporaryDNSError)
+    assert error.temporary is True
+    assert error.status.startswith("4.")
+    assert "broken.example.test" in error.reason and "SERVFAIL" in error.reason
+
+
+@pytest_twisted.ensureDeferred
+async def test_dns_timeout_is_temporary(zone):
+    z, address = zone
+    z.blackhole.add(b"silent.example.test")
+    resolver = _resolver(address, timeout=(0.1, 0.1))
+    error = await _failure_of(_resolve(resolver, "silent.example.test"))
+    assert isinstance(error, mx.TemporaryDNSError)
+    assert "silent.example.test" in error.reason and "timed out" in error.reason
+
+
+def test_overall_deadline_turns_a_silent_resolver_into_a_temporary_error():
+    class Silent:
+        def lookupMailExchange(self, name, timeout=None):
+            return defer.Deferred()
+
+    clock = task.Clock()
+    resolver = mx.MXResolver(Silent(), reactor=clock, timeout=(1, 2))
+    failures = []
+    resolver.resolve("example.test").addErrback(failures.append)
+    clock.advance(2 * 3)
+    assert failures == []
+    clock.advance(mx.DEADLINE_SLACK)
+    [failure] = failures
+    assert isinstance(failure.value, mx.TemporaryDNSError)
+    assert "example.test" in failure.value.reason
+    assert clock.getDelayedCalls() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_host_without_addresses_is_skipped(zone):
+    z, address = zone
+    z.add("example.test", _mx(10, "dead.example.test"), _mx(20, "mx.example.test"))
+    z.add("dead.example.test", dns.Record_TXT(b"no address here"))
+    z.add("mx.example.test", dns.Record_A("127.0.0.20"))
+    hosts = await _resolve(_resolver(address), "example.test")
+    assert [h.name for h in hosts] == ["mx.example.test"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_address_for_any_mx_is_temporary_and_names_the_domain(zone):
+    z, address = zone
+    z.add("example.test", _mx(10, "gone.example.test"), _mx(20, "other.invalid"))
+    error = await _failure_of(_resolve(_resolver(address), "example.test"))
+    assert isinstance(error, mx.NoMXAddresses)
+    assert error.temporary is True
+    assert "no addresses for any MX of example.test" in error.reason
+
+
+@pytest_twisted.ensureDeferred
+async def test_address_lookup_failures_are_named_in_the_reason(zone):
+    z, address = zone
+    z.add("example.test", _mx(10, "mx.example.test"))
+    z.servfail.add(b"mx.example.test")
+    error = await _failure_of(_resolve(_resolver(address), "example.test"))
+    assert isinstance(error, mx.NoMXAddresses)
+    assert "mx.example.test" in error.reason and "SERVFAIL" in error.reason
+
+
+@pytest_twisted.ensureDeferred
+async def test_aliases_are_followed_for_mx_and_addresses(zone):
+    z, address = zone
+    z.add("alias.example.test", dns.Record_CNAME(b"real.example.test"))
+    z.add("real.example.test", _mx(10, "mxalias.example.test"))
+    z.add("mxalias.example.test", dns.Record_CNAME(b"mx.example.test"))
+    z.add("mx.example.test", dns.Record_A("127.0.0.20"), dns.Record_AAAA("fd00::20"))
+    hosts = await _resolve(_resolver(address), "alias.example.test")
+    assert hosts == (mx.MXHost("mxalias.example.test", 10, ("127.0.0.20", "fd00::20")),)
+
+
+@pytest_twisted.ensureDeferred
+async def test_chased_answers_use_only_records_of_the_asked_type():
+    """A recursive server's answer holds the CNAME chain, then the records asked for."""
+
+    def rr(name: bytes, payload) -> dns.RRHeader:
+        return dns.RRHeader(name, payload.TYPE, dns.IN, 60, payload)
+
+    class Recursive:
+        def lookupMailExchange(self, name, timeout=None):
+            return defer.succeed(
+                (
+                    [
+                        rr(name, dns.Record_CNAME(b"target.test")),
+                        rr(b"target.test", _mx(5, "mx.test")),
+                    ],
+                    [],
+                    [],
+                )
+            )
+
+        def lookupAddress(self, name, timeout=None):
+            return defer.succeed(([rr(name, dns.Record_A("127.0.0.20"))], [], []))
+
+        def lookupIPV6Address(self, name, timeout=None):
+            return defer.fail(dnserror.DNSNameError(name))
+
+    resolver = mx.MXResolver(Recursive(), reactor=task.Clock())
+    hosts = await resolver.resolve("alias.test")
+    assert hosts == (mx.MXHost("mx.test", 5, ("127.0.0.20",)),)
+
+
+def test_configured_resolver_reads_no_system_files_and_leaves_no_timer():
+    clock = task.Clock()
+    resolver = mx.build_resolver(("127.0.0.1", 5353), reactor=clock)
+    assert resolver.servers == [("127.0.0.1", 5353)]
+    assert resolver.resolv is None
+    assert clock.getDelayedCalls() == []
+
+
+def test_system_resolver_timer_is_cancelled_by_close():
+    clock = task.Clock()
+    resolver = mx.MXResolver(mx.build_resolver(None, reactor=clock), reactor=clock)
+    assert len(clock.getDelayedCalls()) == 1
+    resolver.close()
+    assert clock.getDelayedCalls() == []
+
+
+def test_errors_render_as_an_smtp_reply():
+    error = mx.NullMX("example.test", "domain example.test accepts no mail")
+    assert str(error) == "556 5.1.10 domain example.test accepts no mail"
+    assert isinstance(error, mx.MXError)
