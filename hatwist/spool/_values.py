@@ -1,0 +1,127 @@
+# -*- test-case-name: tests.test_spool -*-
+"""
+What the spool knows about a message, and how that is written down.
+
+The envelope and per-recipient state are a frozen value (L{SpooledMessage}); the
+scheduler changes state by making a new value (L{attrs.evolve}) and handing it to
+L{Spool.update}.  The JSON encoding is versioned and decoded strictly: anything
+unexpected is L{CorruptEntry}, so recovery can move it aside instead of guessing.
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Literal
+
+import attrs
+
+from ._errors import CorruptEntry
+
+FORMAT_VERSION = 1
+PENDING: Literal["pending"] = "pending"
+DELIVERED: Literal["delivered"] = "delivered"
+FAILED: Literal["failed"] = "failed"
+Status = Literal["pending", "delivered", "failed"]
+STATUSES = (PENDING, DELIVERED, FAILED)
+
+ID_PATTERN = re.compile(r"\A[0-9a-f]{14}-[0-9a-f]{10}\Z")
+"""Fourteen hex digits of microseconds since the epoch (fixed width, so ids sort
+by time as strings until the year 2540), a dash, forty random bits."""
+
+
+@attrs.frozen
+class RecipientState:
+    """Where delivery to one envelope recipient stands."""
+
+    address: str
+    status: Status = PENDING
+    code: int | None = None
+    """The last SMTP reply code seen for this recipient, if any."""
+    reason: str | None = None
+    """The last reply text (or local reason) for this recipient, if any."""
+    attempts: int = 0
+
+
+@attrs.frozen
+class SpooledMessage:
+    """A message's envelope and delivery state; the content lives beside it."""
+
+    id: str
+    binding: str
+    mail_from: str
+    """The reverse-path without angle brackets; C{""} is the null sender."""
+    recipients: tuple[RecipientState, ...]
+    received_at: float
+    attempts: int
+    next_attempt_at: float
+    size: int
+    """Length of the content in bytes, checked against the file at recovery."""
+
+    def pending(self) -> tuple[RecipientState, ...]:
+        """The recipients still waiting for delivery."""
+        return tuple(r for r in self.recipients if r.status == PENDING)
+
+
+def make_message_id(micros: int, entropy: int) -> str:
+    """A file-name-safe id that sorts by C{micros} (microseconds since the epoch)."""
+    return f"{micros:014x}-{entropy & 0xFFFFFFFFFF:010x}"
+
+
+def encode(message: SpooledMessage) -> bytes:
+    """The JSON state file for C{message}."""
+    body = attrs.asdict(message, recurse=True)
+    body["version"] = FORMAT_VERSION
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def decode(data: bytes) -> SpooledMessage:
+    """Read a state file written by L{encode}; raise L{CorruptEntry} otherwise."""
+    try:
+        body = json.loads(data.decode("utf-8"))
+        if body.pop("version") != FORMAT_VERSION:
+            raise CorruptEntry("unknown state file version")
+        recipients = tuple(_recipient(r) for r in body.pop("recipients"))
+        message = SpooledMessage(recipients=recipients, **body)
+    except CorruptEntry:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise CorruptEntry(f"unreadable state file: {e}") from e
+    _check(message)
+    return message
+
+
+def _recipient(body: dict) -> RecipientState:
+    state = RecipientState(**body)
+    if state.status not in STATUSES:
+        raise CorruptEntry(f"unknown recipient status {state.status!r}")
+    return state
+
+
+def _check(message: SpooledMessage) -> None:
+    """Type-check what JSON cannot: attrs does not enforce annotations."""
+    _types(
+        (message.id, str), (message.binding, str), (message.mail_from, str),
+        (message.received_at, (int, float)), (message.next_attempt_at, (int, float)),
+        (message.attempts, int), (message.size, int),
+    )
+    if not ID_PATTERN.match(message.id):
+        raise CorruptEntry(f"bad message id {message.id!r}")
+    if not message.recipients:
+        raise CorruptEntry("no recipients")
+    for r in message.recipients:
+        _types((r.address, str), (r.attempts, int), (r.code, (int, type(None))),
+               (r.reason, (str, type(None))))
+
+
+def _types(*pairs: tuple[object, type | tuple[type, ...]]) -> None:
+    for value, kind in pairs:
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise CorruptEntry(f"field has the wrong type: {value!r}")
+
+
+def new_recipients(addresses: Iterable[str]) -> tuple[RecipientState, ...]:
+    """Fresh pending state for each envelope recipient."""
+    return tuple(RecipientState(address=a) for a in addresses)
