@@ -1,0 +1,151 @@
+# -*- test-case-name: tests.test_parser -*-
+"""
+The ``haproxy:`` *client* endpoint string, so any Twisted program can reach a destination
+through a PROXY-protocol hop with ``clientFromString``::
+
+    haproxy:PROXYHOST:PROXYPORT:src=SRC_IP:dst=DST:dport=PORT
+        [:sport=N][:version=1|2][:timeout=SECONDS][:bindAddress=IP]
+
+``PROXYHOST`` is an IPv4 literal, an IPv6 literal with every colon escaped
+(``\\:\\:1``), or a host name. ``dst`` is an IP literal or a host name resolved at connect
+time to an address of ``src``'s family. Every mistake is a ValueError at parse time that
+names the argument, because an endpoint string usually comes from a config file and the
+operator needs to know which part to fix.
+
+Twisted's own ``haproxy:`` prefix is a *server* parser; this client parser shares the
+prefix without clashing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+)
+from twisted.internet.interfaces import (
+    IStreamClientEndpoint,
+    IStreamClientEndpointStringParserWithReactor,
+)
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from hatwist.endpoint import HAProxyClientEndpoint, is_ip_literal
+
+__all__ = ["HAProxyClientParser"]
+
+_REQUIRED = ("src", "dst", "dport")
+_OPTIONAL = ("sport", "version", "timeout", "bindAddress")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?$"
+)
+
+
+def _ip(name: str, value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"haproxy: {name}={value!r} is not an IP address") from None
+
+
+def _port(name: str, value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise ValueError(f"haproxy: {name}={value!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"haproxy: {name}={port} is out of range 0-65535")
+    return port
+
+
+def _host(name: str, value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not _HOSTNAME.match(value):
+            raise ValueError(
+                f"haproxy: {name}={value!r} is neither an IP address nor a host name"
+            ) from None
+    return value
+
+
+def _timeout(value: str) -> float:
+    try:
+        timeout = float(value)
+    except ValueError:
+        raise ValueError(f"haproxy: timeout={value!r} is not a number of seconds") from None
+    if not timeout > 0:
+        raise ValueError(f"haproxy: timeout={value!r} must be greater than 0")
+    return timeout
+
+
+def _proxy_endpoint(
+    reactor: object, host: str, port: int, timeout: float, bind: str | None
+) -> IStreamClientEndpoint:
+    """The endpoint that reaches the proxy itself, chosen by the form of its host."""
+    bind_address = (bind, 0) if bind else None
+    try:
+        version = ipaddress.ip_address(host).version
+    except ValueError:
+        return HostnameEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind_address)
+    cls = TCP6ClientEndpoint if version == 6 else TCP4ClientEndpoint
+    return cls(reactor, host, port, timeout=timeout, bindAddress=bind_address)
+
+
+@implementer(IPlugin, IStreamClientEndpointStringParserWithReactor)
+class HAProxyClientParser:
+    """Parses ``haproxy:`` client endpoint strings into :class:`HAProxyClientEndpoint`."""
+
+    prefix = "haproxy"
+
+    def parseStreamClient(
+        self, reactor: object, *args: str, **kwargs: str
+    ) -> HAProxyClientEndpoint:
+        if len(args) != 2:
+            raise ValueError(
+                "haproxy: expected haproxy:PROXYHOST:PROXYPORT:src=IP:dst=HOST:dport=PORT "
+                f"(PROXYHOST and PROXYPORT positional), got {len(args)} positional "
+                f"argument(s) {list(args)!r}; escape IPv6 colons as \\:"
+            )
+        unknown = sorted(set(kwargs) - set(_REQUIRED) - set(_OPTIONAL))
+        if unknown:
+            raise ValueError(
+                f"haproxy: unknown option(s) {', '.join(unknown)}; "
+                f"known: {', '.join(_REQUIRED + _OPTIONAL)}"
+            )
+        missing = [name for name in _REQUIRED if name not in kwargs]
+        if missing:
+            raise ValueError(f"haproxy: missing required option(s) {', '.join(missing)}")
+
+        proxy_host = _host("PROXYHOST", args[0])
+        proxy_port = _port("PROXYPORT", args[1])
+        src = _ip("src", kwargs["src"])
+        dst = _host("dst", kwargs["dst"])
+        if is_ip_literal(dst) and ipaddress.ip_address(dst).version != src.version:
+            raise ValueError(
+                f"haproxy: src={src} is IPv{src.version} but dst={dst} is not; "
+                "a PROXY header cannot mix address families"
+            )
+        dport = _port("dport", kwargs["dport"])
+        sport = _port("sport", kwargs.get("sport", "0"))
+        version = kwargs.get("version", "2")
+        if version not in ("1", "2"):
+            raise ValueError(f"haproxy: version={version!r} must be 1 or 2")
+        timeout = _timeout(kwargs.get("timeout", "30"))
+        bind = kwargs.get("bindAddress")
+        if bind is not None:
+            bind = str(_ip("bindAddress", bind))
+
+        proxy = _proxy_endpoint(reactor, proxy_host, proxy_port, timeout, bind)
+        return HAProxyClientEndpoint(
+            reactor,
+            proxy,
+            source=(str(src), sport),
+            destination=(dst, dport),
+            version=int(version),
+            timeout=timeout,
+        )
+
