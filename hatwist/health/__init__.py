@@ -6,6 +6,7 @@ The registry (pure) is what delivery consults; the checker runs one
 ``LoopingCall`` per server and feeds it the results of a probe.
 """
 
+from ._checker import HealthChecker
 from ._errors import (
     BadBanner,
     CheckTimedOut,
@@ -15,18 +16,23 @@ from ._errors import (
     UnknownServerError,
 )
 from ._interfaces import IHealthProbe
+from ._probes import ConnectProbe, SMTPBannerProbe, make_probe
 from ._registry import ServerRegistry, ServerState, ServerStatus, StateChange
 
 __all__ = [
     "BadBanner",
     "CheckTimedOut",
+    "ConnectProbe",
+    "HealthChecker",
     "HealthError",
     "IHealthProbe",
     "NoBanner",
     "ProbeError",
+    "SMTPBannerProbe",
     "ServerRegistry",
     "ServerState",
     "ServerStatus",
     "StateChange",
     "UnknownServerError",
+    "make_probe",
 ]

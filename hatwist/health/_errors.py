@@ -54,3 +54,18 @@ class BadBanner(ProbeError):
     """
     The first SMTP reply line was not a ``220`` greeting.
     """
+
+
+def describe(error: BaseException) -> str:
+    """
+    One line saying why a check failed, for ``last_error`` and the log.
+
+    Our own errors are already written for people; anything else (a refused
+    connect, a resolver error, a bug in a probe) keeps its class name, which is
+    often the most telling part.
+    """
+    if isinstance(error, ProbeError):
+        return str(error)
+    text = str(error).strip()
+    name = type(error).__name__
+    return f"{name}: {text}" if text else name

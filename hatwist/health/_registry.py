@@ -210,9 +210,7 @@ class ServerRegistry:
             except Exception:
                 # One broken observer must not hide the change from the others,
                 # nor make the health checker's bookkeeping fail.
-                _log.failure(
-                    "state change observer {observer!r} failed", observer=observer
-                )
+                _log.failure("state change observer {observer!r} failed", observer=observer)
         return change
 
     def is_plumbed(self, server: Any) -> bool:

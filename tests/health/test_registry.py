@@ -168,9 +168,7 @@ def test_unknown_server_is_an_error_naming_it_and_the_known_ones():
     reg = registry((A, B))
     with pytest.raises(UnknownServerError) as caught:
         reg.record_failure(C, at=0.0, error="x")
-    assert str(caught.value) == (
-        f"proxy server {C} is not configured (configured: {A}, {B})"
-    )
+    assert str(caught.value) == (f"proxy server {C} is not configured (configured: {A}, {B})")
     with pytest.raises(LookupError):
         reg.plumbed([A, C])
 

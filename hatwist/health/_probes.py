@@ -1,0 +1,314 @@
+# -*- test-case-name: tests.health.test_probes -*-
+"""
+The two ways of probing a proxy server: a plain TCP connect, or an SMTP banner
+fetched through the server with a real PROXY v2 header.
+
+Every probe owns the connection it makes: at its deadline, or when its Deferred
+is cancelled, it cancels a connect still in progress or aborts a connection
+already made, so no half-open socket outlives the check (FIELD-NOTES §4).
+
+Neither probe ever sends a LOCAL header: HAProxy would keep the real addresses
+and connect back to its own listener (FIELD-NOTES §3).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    connectProtocol,
+)
+from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from hatwist.config import HealthCheckMode, HealthSettings, ServerAddress
+from hatwist.endpoint import HAProxyClientEndpoint
+
+from ._errors import BadBanner, CheckTimedOut, NoBanner, ProbeError, describe
+from ._interfaces import IHealthProbe
+
+#: The longest first reply line we wait for; RFC 5321 allows 512 octets.
+MAX_BANNER_LINE = 1000
+
+#: How much of an unexpected reply line a failure reason quotes.
+QUOTED_REPLY = 80
+
+EndpointFor = Callable[[Any], IStreamClientEndpoint]
+
+
+def _ip_version(host: str) -> int | None:
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return None
+
+
+def direct_endpoint(reactor: IReactorTCP, server: Any) -> IStreamClientEndpoint:
+    """
+    A fresh endpoint reaching ``server.host``:``server.port``.
+
+    A host name gets a L{HostnameEndpoint}, which resolves on every connect:
+    making one per check is what re-resolves the name at each check. IP
+    literals skip the resolver (and its thread pool) altogether.
+    """
+    version = _ip_version(server.host)
+    if version == 4:
+        return TCP4ClientEndpoint(reactor, server.host, server.port)
+    if version == 6:
+        return TCP6ClientEndpoint(reactor, server.host, server.port)
+    return HostnameEndpoint(reactor, server.host, server.port)
+
+
+class _ProbeProtocol(Protocol):
+    """
+    A protocol that decides its verdict, closes, and reports on ``finished``.
+
+    ``finished`` fires once the connection is gone: with None if the verdict
+    was good, with the verdict's error otherwise, or with L{lost_early} if the
+    peer closed before a verdict.
+    """
+
+    def __init__(self) -> None:
+        self.finished: Deferred[None] = Deferred()
+        self._verdict: Exception | None = None
+        self._decided = False
+
+    def close(self, error: Exception | None = None) -> None:
+        if not self._decided:
+            self._decided = True
+            self._verdict = error
+            self.transport.loseConnection()
+
+    def lost_early(self) -> Exception:
+        return ProbeError("connection closed before the check finished")
+
+    def connectionLost(self, reason: Failure) -> None:
+        if not self._decided:
+            self._decided = True
+            self._verdict = self.lost_early()
+        if self._verdict is None:
+            self.finished.callback(None)
+        else:
+            self.finished.errback(Failure(self._verdict))
+
+
+class _ConnectOnly(_ProbeProtocol):
+    def connectionMade(self) -> None:
+        self.close()
+
+
+class _BannerReader(_ProbeProtocol):
+    """
+    Wait for the first reply line; pass on ``220``, then say QUIT and close.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._decided:
+            return
+        self._buffer += data
+        line, newline, _ = self._buffer.partition(b"\n")
+        if not newline:
+            if len(self._buffer) > MAX_BANNER_LINE:
+                self.close(BadBanner(f"no end of line in the first {MAX_BANNER_LINE} bytes"))
+            return
+        self.transport.write(b"QUIT\r\n")
+        if line.startswith(b"220"):
+            self.close()
+        else:
+            text = line.rstrip(b"\r").decode("ascii", "replace")[:QUOTED_REPLY]
+            self.close(BadBanner(f"expected a 220 banner, got {text!r}"))
+
+    def lost_early(self) -> Exception:
+        return NoBanner(
+            "connection closed before the 220 banner (the source address may be "
+            "unusable behind the proxy, or the target unreachable from it)"
+        )
+
+
+class _Attempt:
+    """
+    One probe connection, finished or abandoned as a whole.
+
+    ``result`` fires with the protocol's verdict; at ``timeout`` it fails with
+    L{CheckTimedOut}, and both then and on cancellation the connect in progress
+    is cancelled or the connection made is aborted.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        make_endpoint: Callable[[], IStreamClientEndpoint],
+        protocol: _ProbeProtocol,
+        timeout: float,
+        what: str,
+    ) -> None:
+        self.result: Deferred[None] = Deferred(lambda _: self._abandon())
+        self._protocol = protocol
+        self._timeout = timeout
+        self._what = what
+        self._deadline = reactor.callLater(timeout, self._time_out)
+        self._connecting: Deferred[Any] | None = None
+        connecting = maybeDeferred(lambda: connectProtocol(make_endpoint(), protocol))
+        if not connecting.called:
+            self._connecting = connecting
+        connecting.addCallbacks(self._connected, self._connect_failed)
+
+    def _connected(self, protocol: _ProbeProtocol) -> None:
+        self._connecting = None
+        protocol.finished.addBoth(self._finish)
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self._connecting = None
+        self._finish(failure)
+
+    def _finish(self, outcome: object) -> None:
+        if self._deadline.active():
+            self._deadline.cancel()
+        if self.result.called:
+            return
+        if isinstance(outcome, Failure):
+            self.result.errback(outcome)
+        else:
+            self.result.callback(None)
+
+    def _time_out(self) -> None:
+        # Fail first, so the cancelled connect's own error is the one ignored.
+        self.result.errback(Failure(CheckTimedOut(self._timeout, self._what)))
+        self._abandon()
+
+    def _abandon(self) -> None:
+        if self._deadline.active():
+            self._deadline.cancel()
+        if self._connecting is not None:
+            connecting, self._connecting = self._connecting, None
+            connecting.cancel()
+        elif self._protocol.transport is not None:
+            self._protocol.transport.abortConnection()
+
+
+@implementer(IHealthProbe)
+class ConnectProbe:
+    """
+    The ``connect`` health check mode: a TCP connect within ``timeout``, then close.
+
+    Cheap and harmless to HAProxy (which logs nothing for it with
+    ``option dontlognull``), but it only proves the proxy's port is open.
+    """
+
+    def __init__(
+        self, reactor: Any, *, timeout: float, endpoint_for: EndpointFor | None = None
+    ) -> None:
+        self._reactor = reactor
+        self._timeout = timeout
+        self._endpoint_for = endpoint_for or (lambda server: direct_endpoint(reactor, server))
+
+    def check(self, server: Any) -> Deferred[None]:
+        return _Attempt(
+            self._reactor,
+            lambda: self._endpoint_for(server),
+            _ConnectOnly(),
+            self._timeout,
+            f"connect to {server}",
+        ).result
+
+
+@implementer(IHealthProbe)
+class SMTPBannerProbe:
+    """
+    The ``smtp`` health check mode: prove each source address works behind the proxy.
+
+    For every source address the server is used with (and of the target's
+    address family), connect to the server, send a PROXY v2 header from that
+    source to ``target``, and require the target's ``220`` banner within
+    ``timeout``; then QUIT and close. The sources are probed at once, and the
+    check passes only if every one of them does: the registry knows servers,
+    not (server, source) pairs, and a source that silently fails would lose
+    mail for its binding.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        *,
+        timeout: float,
+        target: ServerAddress,
+        sources_for: Callable[[Any], Sequence[str]],
+        endpoint_for: EndpointFor | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._timeout = timeout
+        self._target = target
+        self._sources_for = sources_for
+        self._endpoint_for = endpoint_for or (lambda server: direct_endpoint(reactor, server))
+
+    def check(self, server: Any) -> Deferred[None]:
+        try:
+            sources = self._usable_sources(server)
+        except Exception:
+            return fail()
+        attempts = [self._attempt(server, source).result for source in sources]
+        checked: Deferred[Any] = DeferredList(attempts, consumeErrors=True)
+        return checked.addCallback(self._verdict, sources)
+
+    def _usable_sources(self, server: Any) -> list[str]:
+        sources = list(dict.fromkeys(self._sources_for(server)))
+        family = self._target.ip_version
+        usable = [s for s in sources if family is None or _ip_version(s) == family]
+        if not usable:
+            which = "no source address" if not sources else f"no IPv{family} source address"
+            raise ProbeError(f"{which} is used with {server}, nothing to probe {self._target} with")
+        return usable
+
+    def _attempt(self, server: Any, source: str) -> _Attempt:
+        def make_endpoint() -> IStreamClientEndpoint:
+            return HAProxyClientEndpoint(
+                self._reactor,
+                self._endpoint_for(server),
+                source=(source, 0),
+                destination=(self._target.host, self._target.port),
+                version=2,
+            )
+
+        return _Attempt(
+            self._reactor,
+            make_endpoint,
+            _BannerReader(),
+            self._timeout,
+            f"waiting for the banner of {self._target}",
+        )
+
+    def _verdict(self, results: list[tuple[bool, Any]], sources: list[str]) -> None:
+        failed = [
+            f"source {source}: {describe(outcome.value)}"
+            for source, (ok, outcome) in zip(sources, results, strict=True)
+            if not ok
+        ]
+        if failed:
+            raise ProbeError("; ".join(failed))
+
+
+def make_probe(
+    settings: HealthSettings, *, reactor: Any, sources_for: Callable[[Any], Sequence[str]]
+) -> IHealthProbe:
+    """
+    The probe ``settings.mode`` asks for; ``sources_for`` is usually ``Config.sources_for``.
+    """
+    if settings.mode is HealthCheckMode.SMTP:
+        if settings.target is None:
+            raise ValueError("health_check_mode smtp needs a health_check_target")
+        return SMTPBannerProbe(
+            reactor, timeout=settings.timeout, target=settings.target, sources_for=sources_for
+        )
+    return ConnectProbe(reactor, timeout=settings.timeout)
