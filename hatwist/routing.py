@@ -5,7 +5,7 @@ servers the registry currently calls plumbed, and nothing else, so every rule be
 row in a table-driven test.
 
 - ``ha_proxy_bypass`` set for the domain, or no ``ha_proxy_server`` at all: one
-  :class:`DirectRoute`, from ``bind_address`` when it is set.
+  :class:`DirectRoute`, from ``bind_address`` when it is set (and of the MX's family).
 - Otherwise one :class:`ProxyRoute` per plumbed server, in the order given (the registry
   rotates it to spread load), with the binding's source for the MX address's family.
 - A family without a configured source, or no plumbed server: :class:`NoRoute`, whose
@@ -78,9 +78,15 @@ def choose_routes(
     :param binding: the binding's name, for the reasons.
     :raises ValueError: if ``address`` is not an IP literal (MX resolution never yields one).
     """
-    if settings.bypass or not settings.proxy_servers:
-        return (DirectRoute(settings.bind_address),)
     version = ipaddress.ip_address(address).version
+    if settings.bypass or not settings.proxy_servers:
+        bind = settings.bind_address
+        if bind is not None and ipaddress.ip_address(bind).version != version:
+            return NoRoute(
+                f"{_binding_name(binding)} has bind_address {bind}; "
+                f"IPv{version} MX address {address} cannot be reached from it"
+            )
+        return (DirectRoute(bind),)
     source = settings.src_ipv4 if version == 4 else settings.src_ipv6
     if source is None:
         return NoRoute(

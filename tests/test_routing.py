@@ -71,8 +71,8 @@ ROUTES = [
         id="bypass goes direct even with plumbed servers",
     ),
     pytest.param(
-        settings(bypass=True, bind_address="192.0.2.30", src_ipv6=None),
-        "2001:db8::25",
+        settings(bypass=True, bind_address="192.0.2.30", src_ipv4=None),
+        "198.51.100.25",
         [],
         (DirectRoute("192.0.2.30"),),
         id="bypass goes direct from bind_address and needs no source",
@@ -122,6 +122,14 @@ NO_ROUTES = [
         [P2],
         "no plumbed ha_proxy_server for binding b1 (10.0.0.1:8085 unplumbed)",
         id="only another binding's server is plumbed",
+    ),
+    pytest.param(
+        settings(bypass=True, bind_address="192.0.2.30"),
+        "2001:db8::25",
+        [P1],
+        "binding b1 has bind_address 192.0.2.30; "
+        "IPv6 MX address 2001:db8::25 cannot be reached from it",
+        id="bypass with a bind_address of the other family",
     ),
 ]
 
