@@ -1,0 +1,213 @@
+"""The one table of config keys and scopes (tests: tests/config/test_schema.py).
+
+Every key hatwist understands is a row of :data:`KEYS`: its name, the scopes where it means
+something, its converter, its default and one line of documentation. The settings resolver,
+``hatwist check-config`` and the generated docs/config-reference.rst all read this table,
+so adding a key here is the whole job of making it configurable.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from hatwist.config import converters as c
+from hatwist.config.values import HealthCheckMode, TLSMode
+
+
+class Section(enum.Enum):
+    """Which resolved value a key ends up in."""
+
+    SERVICE = "service"  # ServiceSettings: one per process
+    HEALTH = "health"  # HealthSettings: the ha_proxy_client block
+    DELIVERY = "delivery"  # DeliverySettings: per (binding, domain)
+
+
+GLOBAL = "global"
+MODULE = "ha_proxy_client"
+GROUP = "binding_group"
+BINDING = "binding"
+DOMAIN = "domain"
+
+DEFAULT_BINDING = "default"
+"""The binding that always exists; ``binding { ... }`` without a name configures it."""
+
+_DELIVERY_SCOPES = frozenset({GLOBAL, GROUP, BINDING, DOMAIN})
+_GLOBAL_ONLY = frozenset({GLOBAL})
+_MODULE_ONLY = frozenset({MODULE})
+
+
+class NameRule(enum.Enum):
+    REQUIRED = "required"
+    OPTIONAL = "optional"
+    FORBIDDEN = "forbidden"
+
+
+@attrs.frozen
+class ScopeRule:
+    """Where a scope may appear and whether it takes a name."""
+
+    kind: str
+    parents: frozenset[str]
+    name: NameRule
+    doc: str
+
+
+SCOPES: Mapping[str, ScopeRule] = {
+    rule.kind: rule
+    for rule in (
+        ScopeRule(MODULE, _GLOBAL_ONLY, NameRule.FORBIDDEN, "health checks of the proxy servers"),
+        ScopeRule(GROUP, _GLOBAL_ONLY, NameRule.REQUIRED, "settings shared by its bindings"),
+        ScopeRule(
+            BINDING,
+            frozenset({GLOBAL, GROUP}),
+            NameRule.OPTIONAL,
+            f"a source of outbound mail; without a name, the '{DEFAULT_BINDING}' binding",
+        ),
+        ScopeRule(
+            DOMAIN,
+            frozenset({GLOBAL, GROUP, BINDING}),
+            NameRule.REQUIRED,
+            "settings for mail to one destination domain",
+        ),
+    )
+}
+
+
+@attrs.frozen
+class Key:
+    """One config key: the row every part of hatwist agrees on."""
+
+    name: str
+    section: Section
+    field: str  # attribute name on the Section's value class
+    scopes: frozenset[str]
+    convert: c.Converter
+    default: Any
+    type_doc: str
+    doc: str
+    default_doc: str | None = None  # shown instead of ``default`` when that reads badly
+
+    def describe_default(self) -> str:
+        if self.default_doc is not None:
+            return self.default_doc
+        if isinstance(self.default, enum.Enum):
+            return str(self.default.value)
+        if isinstance(self.default, bool):
+            return "true" if self.default else "false"
+        if isinstance(self.default, tuple):
+            return " ".join(str(item) for item in self.default) or "(none)"
+        return "(none)" if self.default is None else str(self.default)
+
+
+def _service(name: str, field: str, convert: c.Converter, default: Any, type_doc: str,
+             doc: str, default_doc: str | None = None) -> Key:  # fmt: skip
+    return Key(name, Section.SERVICE, field, _GLOBAL_ONLY, convert, default, type_doc, doc,
+               default_doc)  # fmt: skip
+
+
+def _health(name: str, field: str, convert: c.Converter, default: Any, type_doc: str,
+            doc: str) -> Key:  # fmt: skip
+    return Key(name, Section.HEALTH, field, _MODULE_ONLY, convert, default, type_doc, doc)
+
+
+def _delivery(name: str, field: str, convert: c.Converter, default: Any, type_doc: str,
+              doc: str, default_doc: str | None = None) -> Key:  # fmt: skip
+    return Key(name, Section.DELIVERY, field, _DELIVERY_SCOPES, convert, default, type_doc,
+               doc, default_doc)  # fmt: skip
+
+
+_SECONDS = "seconds"
+_COUNT = "whole number >= 1"
+
+KEYS: tuple[Key, ...] = (
+    # -- delivery: global, binding_group, binding, domain ------------------------------------
+    _delivery("ha_proxy_server", "proxy_servers", c.server_list, (), "host:port list",
+              "proxy servers to send through; IPv6 as [addr]:port; host names are "
+              "re-resolved at every health check; empty turns off an inherited proxy"),
+    _delivery("ha_proxy_src_addr", "src_ipv4", c.ipv4_address, None, "IPv4 address",
+              "PROXY header source address for IPv4 destinations"),
+    _delivery("ha_proxy_ipv6_src_addr", "src_ipv6", c.ipv6_address, None, "IPv6 address",
+              "PROXY header source address for IPv6 destinations"),
+    _delivery("ha_proxy_bypass", "bypass", c.to_bool, False, "true/false/yes/no/1/0",
+              "deliver directly to the MX instead of through the proxy"),
+    _delivery("remote_smtp_port", "remote_smtp_port", c.integer(1, 65535), 25, "port",
+              "destination MX port"),
+    _delivery("ehlo_hostname", "ehlo_hostname", c.hostname, None, "host name",
+              "name sent in EHLO", default_doc="this host's FQDN"),
+    _delivery("bind_address", "bind_address", c.ip_address, None, "IP address",
+              "local source address for direct (bypassed) delivery",
+              default_doc="chosen by the OS"),
+    _delivery("tls", "tls", c.choice(TLSMode), TLSMode.IFAVAILABLE, "ifavailable|required|no",
+              "STARTTLS towards the MX: when offered, always, or never"),
+    _delivery("retry_interval", "retry_interval", c.integer(1), 900, _SECONDS,
+              "wait between delivery attempts of a deferred message"),
+    _delivery("message_expiration", "message_expiration", c.integer(1), 432000, _SECONDS,
+              "give up and bounce after this long in the queue (5 days, RFC 5321)"),
+    _delivery("max_connections", "max_connections", c.integer(1), 10, _COUNT,
+              "concurrent outbound connections per destination domain"),
+    _delivery("max_messages_per_connection", "max_messages_per_connection", c.integer(1), 50,
+              _COUNT, "messages sent over one SMTP session before it is closed"),
+    _delivery("connect_timeout", "connect_timeout", c.integer(1), 30, _SECONDS,
+              "deadline for connecting (to the proxy, or to the MX when bypassed)"),
+    _delivery("smtp_timeout", "smtp_timeout", c.integer(1), 300, _SECONDS,
+              "deadline for each SMTP command of an outbound session"),
+    # -- health: the ha_proxy_client block --------------------------------------------------
+    _health("health_check_interval", "interval", c.integer(1), 5, _SECONDS,
+            "time between health checks of each proxy server"),
+    _health("health_check_timeout", "timeout", c.integer(1), 1, _SECONDS,
+            "a check not finished by then fails; must be below the interval"),
+    _health("health_check_failure_threshold", "failure_threshold", c.integer(1), 3, _COUNT,
+            "consecutive failures that unplumb a server"),
+    _health("health_check_success_threshold", "success_threshold", c.integer(1), 3, _COUNT,
+            "consecutive successes that plumb a server again"),
+    _health("health_check_mode", "mode", c.choice(HealthCheckMode), HealthCheckMode.CONNECT,
+            "connect|smtp", "connect: a TCP connect; smtp: a PROXY header to "
+            "health_check_target from each source address, then its 220 banner"),
+    _health("health_check_target", "target", c.server, None, "host:port",
+            "SMTP server the smtp-mode check reaches through the proxy (required for smtp)"),
+    # -- service: top level only ------------------------------------------------------------
+    _service("listen", "listen", c.listen_address, c.listen_address("127.0.0.1:2525"),
+             "ip:port", "inbound SMTP listener"),
+    _service("spool_dir", "spool_dir", c.path, "/var/spool/hatwist", "path",
+             "directory of the durable message spool"),
+    _service("status_listen", "status_listen", c.listen_address,
+             c.listen_address("127.0.0.1:8025"), "ip:port",
+             "HTTP listener for /status and /metrics"),
+    _service("resolver", "resolver", c.resolver_address, None, "ip[:port]",
+             "DNS server to use instead of the system's", default_doc="the system's resolver"),
+    _service("relay_from", "relay_from", c.networks, c.networks("127.0.0.0/8 ::1/128"),
+             "CIDR list", "client networks allowed to submit mail"),
+    _service("max_message_size", "max_message_size", c.integer(1), 26214400, "bytes",
+             "largest message accepted (advertised as SIZE)"),
+    _service("shutdown_grace", "shutdown_grace", c.integer(0), 30, _SECONDS,
+             "on stop, time given to sessions in flight before they are cut"),
+)  # fmt: skip
+
+KEYS_BY_NAME: Mapping[str, Key] = {key.name: key for key in KEYS}
+
+
+def suggest(word: str, candidates: list[str] | tuple[str, ...]) -> str:
+    """`` (did you mean 'x'?)`` for a near miss, else ``""``."""
+    close = difflib.get_close_matches(word.lower(), list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def scope_label(kind: str, name: str | None) -> str:
+    """How a scope is named in messages: ``the top level``, ``binding 'b1'``."""
+    if kind == GLOBAL:
+        return "the top level"
+    return f"the {kind} block" if name is None else f"{kind} '{name}'"
+
+
+def where_allowed(key: Key) -> str:
+    """Where ``key`` does belong, for "not allowed here" messages."""
+    if key.scopes == _GLOBAL_ONLY:
+        return "it is only allowed at the top level"
+    if key.scopes == _MODULE_ONLY:
+        return f"it belongs in the {MODULE} {{ ... }} block"
+    return "it is allowed at the top level and in binding_group, binding and domain scopes"
