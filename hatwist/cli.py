@@ -1,9 +1,17 @@
-"""The ``hatwist`` command (tests: tests/test_cli.py)."""
+"""The ``hatwist`` command (tests: tests/test_cli_check_config.py).
+
+Each sub-command lives in its own module with a ``register(subparsers)`` function that adds
+its parser and sets ``run``; adding a sub-command is one more entry in ``_COMMANDS``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from hatwist import _cli_check
+
+_COMMANDS = (_cli_check.register,)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -11,7 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hatwist",
         description="Outbound SMTP relay through an HAProxy PROXY-protocol hop.",
     )
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for register in _COMMANDS:
+        register(subparsers)
     return parser
 
 

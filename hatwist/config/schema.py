@@ -95,13 +95,35 @@ class Key:
     def describe_default(self) -> str:
         if self.default_doc is not None:
             return self.default_doc
-        if isinstance(self.default, enum.Enum):
-            return str(self.default.value)
-        if isinstance(self.default, bool):
-            return "true" if self.default else "false"
-        if isinstance(self.default, tuple):
-            return " ".join(str(item) for item in self.default) or "(none)"
-        return "(none)" if self.default is None else str(self.default)
+        return format_value(self.default)
+
+    def format(self, value: Any) -> str:
+        """A resolved value for display; an unset value says what happens instead."""
+        if value is None and self.default_doc is not None:
+            return f"({self.default_doc})"
+        return format_value(value)
+
+
+def format_value(value: Any) -> str:
+    """A converted value written back the way the config file spells it."""
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return " ".join(str(item) for item in value) or "(none)"
+    return "(none)" if value is None else str(value)
+
+
+def json_value(value: Any) -> Any:
+    """A converted value as plain JSON data (addresses and networks as strings)."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return [json_value(item) for item in value]
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    return str(value)
 
 
 def _service(name: str, field: str, convert: c.Converter, default: Any, type_doc: str,

@@ -52,6 +52,11 @@ class Binding:
     _base: DeliverySettings = attrs.field(alias="base")
     _domains: Mapping[str, DeliverySettings] = attrs.field(alias="domains", factory=dict)
 
+    @property
+    def base_settings(self) -> DeliverySettings:
+        """The settings for every domain without an override of its own."""
+        return self._base
+
     def settings_for(self, domain: str) -> DeliverySettings:
         """The effective settings for mail from this binding to ``domain``."""
         return self._domains.get(normalize_domain(domain), self._base)

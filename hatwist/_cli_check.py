@@ -1,0 +1,139 @@
+"""``hatwist check-config FILE`` (tests: tests/test_cli_check_config.py).
+
+Validates a config file and shows what it means: the service and health settings, the
+proxy servers with the source addresses used through each, and the effective delivery
+settings of every binding and domain override. Exit status 0 when valid, 2 when not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+import attrs
+
+from hatwist.config import Binding, Config, ConfigError, load_config, schema
+
+EXIT_VALID = 0
+EXIT_INVALID = 2
+
+_ALL_DOMAINS = "(all domains)"
+_OTHER_DOMAINS = "(other domains)"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``check-config`` sub-command to the ``hatwist`` command."""
+    parser = subparsers.add_parser(
+        "check-config",
+        help="validate a config file and print the effective settings",
+        description=__doc__.split("\n\n")[1].replace("\n", " "),
+    )
+    parser.add_argument("file", metavar="FILE", help="the config file to check")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document instead of tables"
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        config = load_config(args.file)
+    except ConfigError as e:
+        print(e, file=err)
+        return EXIT_INVALID
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=err)
+    if args.json:
+        json.dump(as_json(config), out, indent=2)
+        out.write("\n")
+    else:
+        out.write(as_text(config))
+    return EXIT_VALID
+
+
+def _formatted(values: dict[str, Any]) -> dict[str, str]:
+    return {name: schema.KEYS_BY_NAME[name].format(value) for name, value in values.items()}
+
+
+def _section_values(value: Any, section: schema.Section) -> dict[str, Any]:
+    return {key.name: getattr(value, key.field) for key in schema.KEYS if key.section is section}
+
+
+def _delivery(binding: Binding, domain: str | None) -> dict[str, Any]:
+    settings = binding.settings_for(domain) if domain else binding.base_settings
+    return _section_values(settings, schema.Section.DELIVERY)
+
+
+def as_json(config: Config) -> dict[str, Any]:
+    """The whole resolved config as plain JSON data, keyed by config key names."""
+
+    def plain(values: dict[str, Any]) -> dict[str, Any]:
+        return {name: schema.json_value(value) for name, value in values.items()}
+
+    return {
+        "file": config.filename,
+        "valid": True,
+        "warnings": [attrs.asdict(w) for w in config.warnings],
+        "service": plain(_section_values(config.service, schema.Section.SERVICE)),
+        "health": plain(_section_values(config.health, schema.Section.HEALTH)),
+        "proxy_servers": [
+            {"server": str(server), "sources": list(config.sources_for(server))}
+            for server in config.proxy_servers
+        ],
+        "bindings": {
+            name: {
+                "group": binding.group,
+                "settings": plain(_delivery(binding, None)),
+                "domains": {d: plain(_delivery(binding, d)) for d in binding.domain_overrides()},
+            }
+            for name, binding in config.bindings.items()
+        },
+    }
+
+
+def _table(header: list[str], rows: Iterable[list[str]], indent: str = "  ") -> list[str]:
+    rows = [header, *rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return [
+        indent
+        + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+def _key_table(values: dict[str, Any]) -> list[str]:
+    return _table(["key", "value"], ([name, schema.format_value(v)] for name, v in values.items()))
+
+
+def as_text(config: Config) -> str:
+    """The resolved config as aligned tables for a person."""
+    lines = [f"{config.filename}: valid", "", "service (top level)"]
+    lines += _key_table(_section_values(config.service, schema.Section.SERVICE))
+    lines += ["", f"health checks ({schema.MODULE})"]
+    lines += _key_table(_section_values(config.health, schema.Section.HEALTH))
+    lines += ["", "proxy servers"]
+    if config.proxy_servers:
+        lines += _table(
+            ["server", "sources"],
+            (
+                [str(s), " ".join(config.sources_for(s)) or "(not used by any binding)"]
+                for s in config.proxy_servers
+            ),
+        )
+    else:
+        lines.append("  (none: every binding delivers directly)")
+    for name, binding in config.bindings.items():
+        group = f" (binding_group {binding.group})" if binding.group else ""
+        domains = binding.domain_overrides()
+        columns = [_formatted(_delivery(binding, d)) for d in (None, *domains)]
+        lines += ["", f"binding {name}{group}"]
+        lines += _table(
+            ["key", _OTHER_DOMAINS if domains else _ALL_DOMAINS, *domains],
+            ([key, *(column[key] for column in columns)] for key in columns[0]),
+        )
+    return "\n".join(lines) + "\n"
