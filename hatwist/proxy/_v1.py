@@ -41,9 +41,11 @@ def encode_v1(header: ProxyHeader) -> bytes:
 
 
 def _port(field: bytes, what: str, line: bytes) -> int:
-    if not (field.isdigit() and len(field) <= _MAX_PORT_DIGITS and int(field) <= MAX_PORT):
+    canonical = field.isdigit() and (field == b"0" or not field.startswith(b"0"))
+    if not (canonical and len(field) <= _MAX_PORT_DIGITS and int(field) <= MAX_PORT):
         raise InvalidV1HeaderError(
-            f"{what} port {field!r} is not a decimal 0..{MAX_PORT} in v1 line {line!r}"
+            f"{what} port {field!r} is not a decimal 0..{MAX_PORT} without leading zeros "
+            f"in v1 line {line!r}"
         )
     return int(field)
 
