@@ -1,0 +1,80 @@
+"""Fixtures for the real parts in ``tests/rig`` (tests: tests.rig.test_rig).
+
+Every fixture is function-scoped and torn down even when the test fails: HAProxy is
+stopped, listeners closed, sessions aborted, namespaces deleted. Start extra parts in a
+test with the same classes (``HAProxy(reactor, ...)``, ``SMTPSink.start(...)``) and clean
+them up yourself.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+
+from tests.rig.dns import DNSServer
+from tests.rig.haproxy import HAProxy
+from tests.rig.needs import require_haproxy, require_netns
+from tests.rig.netns import NetNS
+from tests.rig.sink import SMTPSink
+
+
+@pytest.fixture
+def reactor():
+    """The global reactor pytest-twisted runs."""
+    from twisted.internet import reactor
+
+    return reactor
+
+
+@pytest_twisted.async_yield_fixture
+async def haproxy(reactor):
+    """A started HAProxy relay on 127.0.0.1 at a free port (``.server_text``)."""
+    require_haproxy()
+    relay = HAProxy(reactor)
+    try:
+        await relay.start()
+        yield relay
+    finally:
+        await relay.close()
+
+
+@pytest_twisted.async_yield_fixture
+async def smtp_sink(reactor):
+    """A recording SMTP sink on 127.0.0.20, any free port, no TLS."""
+    sink = await SMTPSink.start(reactor, host="127.0.0.20")
+    try:
+        yield sink
+    finally:
+        await sink.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def tls_smtp_sink(reactor):
+    """A recording SMTP sink on 127.0.0.20 offering STARTTLS as ``mx.test``
+    (trust it with ``sink.client_tls_options()``)."""
+    sink = await SMTPSink.start(reactor, host="127.0.0.20", tls=True)
+    try:
+        yield sink
+    finally:
+        await sink.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def dns_server(reactor):
+    """An authoritative DNS server on 127.0.0.1 (``.address``), empty: add records."""
+    server = await DNSServer.start(reactor)
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def netns(reactor):
+    """A fresh network namespace with lo up and fd00::9, fd00::20 on it."""
+    require_netns()
+    namespace = await NetNS.create(reactor)
+    try:
+        yield namespace
+    finally:
+        await namespace.delete()
