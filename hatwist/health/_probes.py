@@ -158,6 +158,7 @@ class _Attempt:
         self._protocol = protocol
         self._timeout = timeout
         self._what = what
+        self._timed_out: CheckTimedOut | None = None
         self._deadline = reactor.callLater(timeout, self._time_out)
         self._connecting: Deferred[Any] | None = None
         connecting = maybeDeferred(lambda: connectProtocol(make_endpoint(), protocol))
@@ -178,15 +179,19 @@ class _Attempt:
             self._deadline.cancel()
         if self.result.called:
             return
+        if self._timed_out is not None:
+            outcome = Failure(self._timed_out)
         if isinstance(outcome, Failure):
             self.result.errback(outcome)
         else:
             self.result.callback(None)
 
     def _time_out(self) -> None:
-        # Fail first, so the cancelled connect's own error is the one ignored.
-        self.result.errback(Failure(CheckTimedOut(self._timeout, self._what)))
+        # Abandon before failing, so whoever waits on ``result`` finds the connection
+        # already gone; the cancelled connect's own error gives way to the timeout.
+        self._timed_out = CheckTimedOut(self._timeout, self._what)
         self._abandon()
+        self._finish(None)
 
     def _abandon(self) -> None:
         if self._deadline.active():
