@@ -66,7 +66,7 @@ SCOPES: Mapping[str, ScopeRule] = {
             BINDING,
             frozenset({GLOBAL, GROUP}),
             NameRule.OPTIONAL,
-            f"a source of outbound mail; without a name, the '{DEFAULT_BINDING}' binding",
+            f"a source of outbound mail; without a name, the {DEFAULT_BINDING} binding",
         ),
         ScopeRule(
             DOMAIN,
@@ -164,7 +164,7 @@ KEYS: tuple[Key, ...] = (
     _delivery("bind_address", "bind_address", c.ip_address, None, "IP address",
               "local source address for direct (bypassed) delivery",
               default_doc="chosen by the OS"),
-    _delivery("tls", "tls", c.choice(TLSMode), TLSMode.IFAVAILABLE, "ifavailable|required|no",
+    _delivery("tls", "tls", c.choice(TLSMode), TLSMode.IFAVAILABLE, "ifavailable, required or no",
               "STARTTLS towards the MX: when offered, always, or never"),
     _delivery("retry_interval", "retry_interval", c.integer(1), 900, _SECONDS,
               "wait between delivery attempts of a deferred message"),
@@ -188,7 +188,7 @@ KEYS: tuple[Key, ...] = (
     _health("health_check_success_threshold", "success_threshold", c.integer(1), 3, _COUNT,
             "consecutive successes that plumb a server again"),
     _health("health_check_mode", "mode", c.choice(HealthCheckMode), HealthCheckMode.CONNECT,
-            "connect|smtp", "connect: a TCP connect; smtp: a PROXY header to "
+            "connect or smtp", "connect: a TCP connect; smtp: a PROXY header to "
             "health_check_target from each source address, then its 220 banner"),
     _health("health_check_target", "target", c.server, None, "host:port",
             "SMTP server the smtp-mode check reaches through the proxy (required for smtp)"),
