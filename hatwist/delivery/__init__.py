@@ -21,6 +21,7 @@ from hatwist.delivery._errors import (
     UnexpectedReply,
 )
 from hatwist.delivery._values import Envelope, RecipientResult
+from hatwist.delivery.client import OutboundSession, open_session
 
 __all__ = [
     "ConnectFailed",
@@ -28,10 +29,12 @@ __all__ = [
     "Envelope",
     "GreetingRejected",
     "NoGreeting",
+    "OutboundSession",
     "RecipientResult",
     "SessionError",
     "SessionTimeout",
     "TLSFailed",
     "TLSUnavailable",
     "UnexpectedReply",
+    "open_session",
 ]

@@ -1,0 +1,409 @@
+# -*- test-case-name: tests.delivery.test_client -*-
+"""
+The wire half of an outbound session: ``twisted.mail``'s ESMTP client, with its traps
+fixed, driven one message at a time.
+
+What is kept from ``twisted.mail.smtp.ESMTPClient``: the reply reader (multi-line
+replies, code parsing, the ``_expected``/``_okresponse``/``_failresponse`` dispatch), the
+conversation log used in error reasons, TLS-mode detection and the
+``transport.startTLS`` switch. What is replaced, and why (FIELD-NOTES section 4):
+
+- the mail transaction (MAIL, RCPT, DATA, RSET): the library's version stuffs dots per
+  16 KiB chunk (SMTP smuggling), rewrites addresses through ``email.utils.parseaddr`` and
+  ``Address`` (quoted local parts mangled, our fqdn appended to bare names, ASCII only),
+  and sends RSET after every message; here content goes through
+  :class:`~hatwist.delivery._stuffing.DotStuffer`, addresses go out as given, and RSET
+  goes before a message that follows another;
+- "no more messages" means QUIT there; here the session parks, idle, until the owner
+  hands it the next message or asks for QUIT;
+- the EHLO name is a parameter (the library defaults to a blocking ``getfqdn()``), and
+  the STARTTLS decision follows :class:`~hatwist.delivery._tls.TLSPolicy`;
+- failures and a lost connection are reported to the owner at every stage, instead of
+  relying on ``clientConnectionLost``, which endpoints never call.
+
+Deadlines are the owner's job (:mod:`hatwist.delivery.client`): this protocol has no
+timer of its own (``timeout = None``, so ``TimeoutMixin`` stays off).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from twisted.logger import Logger
+from twisted.mail.smtp import ESMTPClient
+from twisted.python.failure import Failure
+
+from hatwist.delivery._errors import (
+    ConnectionLostDuringSession,
+    GreetingRejected,
+    NoGreeting,
+    SessionError,
+    TLSFailed,
+    TLSUnavailable,
+    UnexpectedReply,
+)
+from hatwist.delivery._stuffing import DotStuffer
+from hatwist.delivery._tls import TLSPolicy
+from hatwist.delivery._values import Envelope, RecipientResult
+
+#: Lines of the conversation kept for error reasons (commands and replies, never content).
+LOG_LINES = 20
+
+#: Content is fed to the stuffer and written in slices of this size.
+WRITE_CHUNK = 64 * 1024
+
+#: Every reply code reaches the stage's handler, which decides what it means.
+_ANY_CODE = range(0, 1000)
+
+#: Reply that means "closing": it ends any stage at once (RFC 5321 section 3.8).
+SERVICE_CLOSING = 421
+
+#: Stages in which the session is not waiting for any reply.
+IDLE = "idle"
+
+_log = Logger()
+
+
+class SessionOwner(Protocol):
+    """What the protocol reports to (:class:`hatwist.delivery.client.OutboundSession`)."""
+
+    def _connected(self, protocol: SessionProtocol) -> None: ...
+    def _greeted(self) -> None: ...
+    def _session_ready(self) -> None: ...
+    def _message_done(self, results: tuple[RecipientResult, ...]) -> None: ...
+    def _unsolicited(self, code: int, text: str) -> None: ...
+    def _failed(self, error: SessionError) -> None: ...
+    def _lost(self, error: SessionError | None) -> None: ...
+
+
+def _text(resp: bytes | str) -> str:
+    if isinstance(resp, bytes):
+        return resp.decode("utf-8", "replace")
+    return resp
+
+
+def _class(code: int) -> int:
+    return code // 100
+
+
+def parse_extensions(resp: bytes) -> dict[str, str]:
+    """EHLO keywords (upper-cased) to their parameters (``""`` when none).
+
+    The first line of the reply is the server's name and greeting, not a keyword.
+    """
+    extensions: dict[str, str] = {}
+    for line in resp.splitlines()[1:]:
+        keyword, _, params = _text(line).strip().partition(" ")
+        if keyword:
+            extensions[keyword.upper()] = params.strip()
+    return extensions
+
+
+class SessionProtocol(ESMTPClient):
+    """One SMTP connection; the owner decides what to send and when to give up."""
+
+    #: Keep the conversation log: error reasons quote it.
+    debug = True
+    #: No per-line idle timer: the owner puts a deadline on each whole operation.
+    timeout = None
+
+    def __init__(self, owner: SessionOwner, ehlo_hostname: bytes, policy: TLSPolicy) -> None:
+        ESMTPClient.__init__(self, None, policy.creator, ehlo_hostname, logsize=LOG_LINES)
+        self._owner = owner
+        self._policy = policy
+        #: The command waiting for its reply ("greeting", "EHLO", "MAIL", ...) or "idle".
+        self.stage = "connect"
+        self.greeting = b""
+        self.extensions: dict[str, str] = {}
+        self.tls_verified = False
+        self._tls_pending = False
+        self._transactions = 0
+        self._done = False
+        self._envelope: Envelope | None = None
+        self._content = b""
+        self._results: list[RecipientResult] = []
+
+    @property
+    def tls_active(self) -> bool:
+        """True once STARTTLS completed (a reply arrived over TLS)."""
+        return self._tlsMode and not self._tls_pending
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _expect(self, stage: str, handler) -> None:
+        self.stage = stage
+        self._expected = _ANY_CODE
+        self._okresponse = handler
+        self._failresponse = handler
+
+    def _command(self, stage: str, line: bytes, handler) -> None:
+        self._expect(stage, handler)
+        self.sendLine(line)
+
+    def lineReceived(self, line: bytes):
+        if self._done:
+            return None
+        return super().lineReceived(line)
+
+    def sendError(self, exc: Exception) -> None:
+        """The library's reply reader found a line that is not an SMTP reply."""
+        detail = getattr(exc, "resp", None) or str(exc)
+        self.fail(UnexpectedReply(self.stage, _text(detail)))
+
+    def fail(self, error: SessionError, *, polite: bool = False) -> None:
+        """Report ``error`` once and close: with a QUIT when the peer is still sane."""
+        if self._done:
+            return
+        self._done = True
+        self._owner._failed(error)
+        if polite:
+            self.sendLine(b"QUIT")
+            self.transport.loseConnection()
+        else:
+            self.transport.abortConnection()
+
+    def _unexpected(self, code: int, resp: bytes) -> None:
+        self.fail(UnexpectedReply(self.stage, f"{code} {_text(resp)}"))
+
+    def abort(self) -> None:
+        self._done = True
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        ESMTPClient.connectionLost(self, reason)
+        if self._done:
+            self._owner._lost(None)
+            return
+        self._done = True
+        why = reason.getErrorMessage()
+        error: SessionError | None
+        if self.stage == "greeting":
+            error = NoGreeting(f"connection closed before the 220 banner ({why})")
+        elif self._tls_pending:
+            error = TLSFailed(f"TLS handshake failed: {why}")
+        elif self.stage in (IDLE, "QUIT"):
+            error = None
+        else:
+            error = ConnectionLostDuringSession(self.stage, why)
+        self._owner._lost(error)
+
+    # -- set-up: greeting, EHLO, STARTTLS ---------------------------------------------------
+
+    def connectionMade(self) -> None:
+        ESMTPClient.connectionMade(self)
+        self._expect("greeting", self._greeting_reply)
+        self._owner._connected(self)
+
+    def _greeting_reply(self, code: int, resp: bytes) -> None:
+        if code == 220:
+            self.greeting = resp
+            self._owner._greeted()
+            self._ehlo()
+        elif _class(code) in (4, 5):
+            self.fail(GreetingRejected(code, _text(resp)), polite=True)
+        else:
+            self._unexpected(code, resp)
+
+    def _ehlo(self) -> None:
+        self._command("EHLO", b"EHLO " + self.identity, self._ehlo_reply)
+
+    def _ehlo_reply(self, code: int, resp: bytes) -> None:
+        if self._tls_pending:
+            self._tls_established()
+        if _class(code) == 2:
+            self.esmtpState_serverConfig(code, resp)
+        elif code == SERVICE_CLOSING or self._tlsMode:
+            self.fail(GreetingRejected(code, _text(resp), stage="EHLO"), polite=True)
+        elif _class(code) in (4, 5) and self._policy.required:
+            self.fail(
+                TLSUnavailable(f"EHLO refused ({code} {_text(resp)}), so no STARTTLS"),
+                polite=True,
+            )
+        elif _class(code) in (4, 5):
+            # A server without ESMTP: plain HELO, no extensions.
+            self._command("HELO", b"HELO " + self.identity, self._helo_reply)
+        else:
+            self._unexpected(code, resp)
+
+    def _helo_reply(self, code: int, resp: bytes) -> None:
+        if _class(code) == 2:
+            self.extensions = {}
+            self._ready()
+        elif _class(code) in (4, 5):
+            self.fail(GreetingRejected(code, _text(resp), stage="HELO"), polite=True)
+        else:
+            self._unexpected(code, resp)
+
+    def esmtpState_serverConfig(self, code: int, resp: bytes) -> None:
+        self.extensions = parse_extensions(resp)
+        self.tryTLS(code, resp, self.extensions)
+
+    def tryTLS(self, code: int, resp: bytes, items: dict[str, str]) -> None:
+        if self._tlsMode or not self._policy.wanted:
+            self._ready()
+        elif "STARTTLS" in items:
+            self._command("STARTTLS", b"STARTTLS", self._starttls_reply)
+        elif self._policy.required:
+            self.fail(TLSUnavailable("STARTTLS not offered in the EHLO reply"), polite=True)
+        else:
+            _log.info(
+                "STARTTLS not offered by {hostname}: plaintext", hostname=self._policy.hostname
+            )
+            self._ready()
+
+    def _starttls_reply(self, code: int, resp: bytes) -> None:
+        if code == 220:
+            self._tls_pending = True
+            try:
+                self.transport.startTLS(self.context)
+            except Exception as e:
+                self.fail(TLSFailed(f"could not start TLS: {e}"))
+                return
+            self._tlsMode = True
+            # EHLO again (RFC 3207): it is written once the handshake is done, and its
+            # reply is the first proof the handshake worked.
+            self._ehlo()
+        elif code == SERVICE_CLOSING:
+            self.fail(GreetingRejected(code, _text(resp), stage="STARTTLS"), polite=True)
+        elif _class(code) in (4, 5) and self._policy.required:
+            self.fail(TLSFailed(f"STARTTLS refused: {code} {_text(resp)}"), polite=True)
+        elif _class(code) in (4, 5):
+            _log.info(
+                "STARTTLS refused by {hostname} ({code}): plaintext",
+                hostname=self._policy.hostname,
+                code=code,
+            )
+            self._ready()
+        else:
+            self._unexpected(code, resp)
+
+    def _tls_established(self) -> None:
+        self._tls_pending = False
+        self.tls_verified = self._policy.verified()
+        _log.info(
+            "STARTTLS with {hostname}: certificate verified={verified} ({problem})",
+            hostname=self._policy.hostname,
+            verified=self.tls_verified,
+            problem=self._policy.problem() or "ok",
+        )
+
+    # -- between messages -------------------------------------------------------------------
+
+    def _ready(self) -> None:
+        self._expect(IDLE, self._unsolicited)
+        self._owner._session_ready()
+
+    def _unsolicited(self, code: int, resp: bytes) -> None:
+        """A reply while idle: typically "421 idle timeout" before the server closes."""
+        self._owner._unsolicited(code, _text(resp))
+        self.stage = "closing"
+        self._done = True
+        self.transport.loseConnection()
+
+    def quit(self) -> None:
+        """Say QUIT and close when answered (or when the owner's deadline aborts)."""
+        self._command("QUIT", b"QUIT", self._quit_reply)
+
+    def _quit_reply(self, code: int, resp: bytes) -> None:
+        self.transport.loseConnection()
+
+    # -- one mail transaction ---------------------------------------------------------------
+
+    def send(self, envelope: Envelope, content: bytes) -> None:
+        """Start one transaction; the owner hears :meth:`SessionOwner._message_done`."""
+        if self.stage != IDLE:
+            raise RuntimeError(f"send() while {self.stage} is in progress")
+        self._envelope, self._content, self._results = envelope, content, []
+        first = self._transactions == 0
+        self._transactions += 1
+        if first:
+            self._mail()
+        else:
+            self._command("RSET", b"RSET", self._rset_reply)
+
+    def _rset_reply(self, code: int, resp: bytes) -> None:
+        if _class(code) == 2:
+            self._mail()
+        else:
+            self._unexpected(code, resp)
+
+    def _mail(self) -> None:
+        envelope, content = self._envelope, self._content
+        params = []
+        if envelope.needs_smtputf8:
+            if "SMTPUTF8" not in self.extensions:
+                self._finish_all(553, "5.6.7 (local) the peer does not offer SMTPUTF8")
+                return
+            params.append(b"SMTPUTF8")
+        if "SIZE" in self.extensions:
+            params.append(b"SIZE=%d" % len(content))
+        if "8BITMIME" in self.extensions and not content.isascii():
+            params.append(b"BODY=8BITMIME")
+        line = b"MAIL FROM:<" + envelope.mail_from.encode("utf-8") + b">"
+        self._command("MAIL", b" ".join([line, *params]), self._mail_reply)
+
+    def _mail_reply(self, code: int, resp: bytes) -> None:
+        if _class(code) == 2:
+            self._rcpt_next()
+        elif _class(code) in (4, 5):
+            self._finish_all(code, _text(resp))
+        else:
+            self._unexpected(code, resp)
+
+    def _rcpt_next(self) -> None:
+        recipients = self._envelope.rcpt_to
+        if len(self._results) < len(recipients):
+            address = recipients[len(self._results)].encode("utf-8")
+            self._command("RCPT", b"RCPT TO:<" + address + b">", self._rcpt_reply)
+        elif any(r.kind == "delivered" for r in self._results):
+            self._command("DATA", b"DATA", self._data_reply)
+        else:
+            self._finish(self._results)
+
+    def _rcpt_reply(self, code: int, resp: bytes) -> None:
+        if _class(code) in (2, 4, 5):
+            address = self._envelope.rcpt_to[len(self._results)]
+            self._results.append(RecipientResult(address, code, _text(resp)))
+            self._rcpt_next()
+        else:
+            self._unexpected(code, resp)
+
+    def _data_reply(self, code: int, resp: bytes) -> None:
+        if code == 354:
+            self._expect("DATA", self._end_of_data_reply)
+            self._write_content()
+        elif _class(code) in (4, 5):
+            self._finish_accepted(code, _text(resp))
+        else:
+            self._unexpected(code, resp)
+
+    def _write_content(self) -> None:
+        stuffer = DotStuffer()
+        content = memoryview(self._content)
+        for start in range(0, len(content), WRITE_CHUNK):
+            self.transport.write(stuffer.feed(bytes(content[start : start + WRITE_CHUNK])))
+        self.transport.write(stuffer.finish())
+
+    def _end_of_data_reply(self, code: int, resp: bytes) -> None:
+        if _class(code) in (2, 4, 5):
+            self._finish_accepted(code, _text(resp))
+        else:
+            self._unexpected(code, resp)
+
+    def _finish_all(self, code: int, text: str) -> None:
+        """A reply that decides every recipient (MAIL FROM refused)."""
+        self._finish([RecipientResult(a, code, text) for a in self._envelope.rcpt_to])
+
+    def _finish_accepted(self, code: int, text: str) -> None:
+        """A DATA-stage reply: it decides every recipient that RCPT accepted."""
+        self._finish(
+            [
+                RecipientResult(r.address, code, text) if r.kind == "delivered" else r
+                for r in self._results
+            ]
+        )
+
+    def _finish(self, results: list[RecipientResult]) -> None:
+        self._envelope, self._content, self._results = None, b"", []
+        self._expect(IDLE, self._unsolicited)
+        self._owner._message_done(tuple(results))
