@@ -1,0 +1,356 @@
+"""One delivery attempt of one message: MX, address, route, session (tests:
+tests/delivery/test_attempt.py, tests/delivery/test_attempt_rig.py).
+
+:class:`DeliveryAgent` turns an :class:`OutboundMessage` (the recipients of one domain)
+into an :class:`AttemptResult` with a :class:`~hatwist.delivery.RecipientResult` for every
+recipient, and never fails: whatever goes wrong becomes 4xx (try later) or 5xx (bounce)
+results that say why. It walks the MX hosts best first, each host's addresses, and each
+route to an address (:func:`hatwist.routing.choose_routes`), moving on after anything that
+happened before the peer took the transaction (connect failures, no greeting, a refused
+greeting, TLS trouble), and stopping at the first session that answered for the
+recipients or broke during the transaction, since by then the peer may hold the message.
+
+Sessions are reused through a :class:`~hatwist.delivery.pool.SessionPool`; each attempt
+emits exactly one structured log event (namespace ``hatwist.delivery.attempt``).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.logger import Logger, LogLevel
+
+from hatwist.config import Config, DeliverySettings
+from hatwist.config.settings import normalize_domain
+from hatwist.delivery._errors import NoGreeting, SessionError
+from hatwist.delivery._values import Envelope, RecipientResult
+from hatwist.delivery.pool import PooledSession, PoolKey, SessionPool
+from hatwist.endpoint import HAProxyClientEndpoint
+from hatwist.mx import MXError, MXHost, MXResolver
+from hatwist.routing import DirectRoute, NoRoute, ProxyRoute, Route, choose_routes
+
+_log = Logger(namespace="hatwist.delivery.attempt")
+
+#: The reply every recipient gets when no session took the message (RFC 3463: 4.4.1 "no
+#: answer from host", 4.4.4 "unable to route", 4.3.5 "system incorrectly configured").
+NO_SESSION = (451, "4.4.1")
+NO_ROUTE = (451, "4.4.4")
+BAD_CONFIG = (451, "4.3.5")
+INTERNAL = (451, "4.3.0")
+
+#: Commands after which a broken session has not yet been given the transaction: the
+#: message can safely go to another session or MX right away. Later stages (RCPT, DATA,
+#: the final dot) may have left the message with the peer, so the attempt stops there.
+_BEFORE_TRANSACTION = frozenset(
+    {"connect", "greeting", "ehlo", "helo", "starttls", "idle", "closing", "rset", "mail"}
+)
+
+
+@attrs.frozen
+class OutboundMessage:
+    """One message for the recipients of one domain, sent on behalf of ``binding``."""
+
+    id: str
+    binding: str
+    domain: str
+    envelope: Envelope
+    content: bytes
+
+
+@attrs.frozen
+class AttemptResult:
+    """
+    What one attempt did: a result per recipient and where the attempt ended.
+
+    ``route``, ``mx_host`` and ``mx_address`` name the session that answered (or the last
+    one tried; ``None`` when no MX was reached). ``error`` is set when no session answered
+    for the recipients: the reason they all got the same result.
+    """
+
+    message_id: str
+    recipients: tuple[RecipientResult, ...]
+    route: str | None
+    mx_host: str | None
+    mx_address: str | None
+    duration: float
+    error: str | None = None
+
+    def addresses(self, kind: str) -> tuple[str, ...]:
+        """The recipients whose result is ``"delivered"``, ``"temporary"`` or ``"permanent"``."""
+        return tuple(r.address for r in self.recipients if r.kind == kind)
+
+
+@attrs.frozen
+class _NoAnswer:
+    """Why no session answered for the recipients: they all get ``code``/``status``."""
+
+    code: int
+    status: str
+    reason: str
+
+
+class _Stop(Exception):
+    """A session broke after the peer was given the transaction: no other MX this time."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@attrs.define
+class _Walk:
+    """What an attempt tried so far: the last place it reached and why each failed."""
+
+    host: MXHost | None = None
+    address: str | None = None
+    route: str | None = None
+    failures: list[str] = attrs.Factory(list)
+    skipped: list[str] = attrs.Factory(list)
+
+    def give_up(self, domain: str) -> _NoAnswer:
+        """The answer for every recipient when no session took the message."""
+        skipped = list(dict.fromkeys(self.skipped))
+        if self.failures:
+            reason = f"no MX of {domain} took the message: " + "; ".join(self.failures + skipped)
+            return _NoAnswer(*NO_SESSION, reason)
+        return _NoAnswer(*NO_ROUTE, f"no usable route to any MX of {domain}: " + "; ".join(skipped))
+
+
+def _tcp_endpoint(
+    reactor: Any, host: str, port: int, timeout: float, bind: str | None = None
+) -> IStreamClientEndpoint:
+    endpoint = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
+    bind_address = (bind, 0) if bind else None
+    return endpoint(reactor, host, port, timeout=timeout, bindAddress=bind_address)
+
+
+def _stage(error: BaseException) -> str:
+    return str(getattr(error, "stage", "")).split(" ")[0].lower()
+
+
+class DeliveryAgent:
+    """
+    Delivers one message at a time (call :meth:`deliver` concurrently for several).
+
+    :param config: the loaded configuration; assign ``agent.config`` to reload.
+    :param registry: the ``ServerRegistry`` whose plumbed servers proxied routes use.
+    :param resolver: the :class:`~hatwist.mx.MXResolver`.
+    :param reactor: TCP, time and name resolution for endpoints and the pool's clock.
+    :param pool: where sessions wait for the next message (a fresh pool by default).
+    :param open_session: ``hatwist.delivery.client.open_session`` or a stand-in.
+    :param trust_root: TLS trust for ``tls = required`` (default: the platform's).
+    :param default_ehlo_hostname: the EHLO name when a binding sets no ``ehlo_hostname``;
+        by default the host name (``socket.gethostname()``, which does no DNS lookup).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        registry: Any,
+        resolver: MXResolver,
+        *,
+        reactor: Any,
+        pool: SessionPool | None = None,
+        open_session: Callable[..., defer.Deferred[Any]] | None = None,
+        trust_root: Any = None,
+        default_ehlo_hostname: str | None = None,
+    ) -> None:
+        if open_session is None:
+            from hatwist.delivery.client import open_session
+        self.config = config
+        self._registry = registry
+        self._resolver = resolver
+        self._reactor = reactor
+        self.pool = pool if pool is not None else SessionPool(reactor=reactor)
+        self._open_session = open_session
+        self._trust_root = trust_root
+        self._ehlo = default_ehlo_hostname or socket.gethostname()
+
+    def deliver(self, message: OutboundMessage) -> defer.Deferred[AttemptResult]:
+        """Try to deliver ``message`` once; always fires with an :class:`AttemptResult`."""
+        return defer.Deferred.fromCoroutine(self._deliver(message))
+
+    def close(self) -> defer.Deferred[None]:
+        """Close idle sessions (service shutdown)."""
+        return self.pool.close()
+
+    async def _deliver(self, message: OutboundMessage) -> AttemptResult:
+        started = self._reactor.seconds()
+        walk = _Walk()
+        try:
+            outcome = await self._walk(message, walk)
+        except Exception as e:
+            _log.failure("delivery attempt of message {message_id} failed", message_id=message.id)
+            outcome = _NoAnswer(*INTERNAL, f"internal error: {type(e).__name__}: {e}")
+        if isinstance(outcome, _NoAnswer):
+            error = outcome.reason
+            recipients = tuple(
+                RecipientResult(address, outcome.code, f"{outcome.status} {outcome.reason}")
+                for address in message.envelope.rcpt_to
+            )
+        else:
+            recipients, error = outcome, None
+        result = AttemptResult(
+            message_id=message.id,
+            recipients=recipients,
+            route=walk.route,
+            mx_host=walk.host.name if walk.host else None,
+            mx_address=walk.address,
+            duration=self._reactor.seconds() - started,
+            error=error,
+        )
+        self._emit(message, result)
+        return result
+
+    async def _walk(
+        self, message: OutboundMessage, walk: _Walk
+    ) -> tuple[RecipientResult, ...] | _NoAnswer:
+        """Per-recipient results from the first session that answered, or why none did."""
+        try:
+            settings = self.config.binding(message.binding).settings_for(message.domain)
+        except KeyError as e:
+            return _NoAnswer(*BAD_CONFIG, str(e.args[0] if e.args else e))
+        try:
+            hosts = await self._resolver.resolve(message.domain)
+        except MXError as e:
+            return _NoAnswer(e.code, e.status, e.reason)
+        plumbed: list[Any] | None = None
+        for host in hosts:
+            for address in host.addresses:
+                if plumbed is None and settings.uses_proxy:
+                    # Once per attempt: the registry rotates its answer on every call.
+                    plumbed = list(self._registry.plumbed(settings.proxy_servers))
+                routes = choose_routes(settings, address, plumbed or [], binding=message.binding)
+                if isinstance(routes, NoRoute):
+                    walk.skipped.append(routes.reason)
+                    continue
+                for route in routes:
+                    walk.host, walk.address, walk.route = host, address, route.describe()
+                    try:
+                        outcome = await self._try(message, settings, host, address, route)
+                    except _Stop as stop:
+                        return _NoAnswer(
+                            *NO_SESSION,
+                            f"{host.name} [{address}] via {route.describe()}: {stop.reason}",
+                        )
+                    if isinstance(outcome, str):
+                        walk.failures.append(
+                            f"{host.name} [{address}] via {route.describe()}: {outcome}"
+                        )
+                        continue
+                    return outcome
+        return walk.give_up(message.domain)
+
+    async def _try(
+        self,
+        message: OutboundMessage,
+        settings: DeliverySettings,
+        host: MXHost,
+        address: str,
+        route: Route,
+    ) -> tuple[RecipientResult, ...] | str:
+        """
+        The recipients' results over one route, or why this route could not take the
+        message (a string: move on). Raises :class:`_Stop` when moving on is unsafe.
+        """
+        key = PoolKey(message.binding, route.describe(), address, normalize_domain(message.domain))
+        pooled = self.pool.take(key)
+        if pooled is not None:
+            try:
+                return await self._send(pooled, message, settings)
+            except SessionError as e:
+                # An idle session the peer has since dropped (or refused RSET on): open a
+                # fresh one, unless the transaction itself was under way.
+                if _stage(e) not in _BEFORE_TRANSACTION:
+                    raise _Stop(str(e)) from None
+                _log.debug(
+                    "reused session to {address} failed ({error}); opening a new one",
+                    address=address,
+                    error=str(e),
+                )
+        try:
+            session = await self._open_session(
+                self._endpoint(settings, route, address),
+                reactor=self._reactor,
+                ehlo_hostname=settings.ehlo_hostname or self._ehlo,
+                tls=settings.tls,
+                tls_hostname=host.name,
+                trust_root=self._trust_root,
+                connect_timeout=settings.connect_timeout,
+                command_timeout=settings.smtp_timeout,
+            )
+        except NoGreeting as e:
+            if isinstance(route, ProxyRoute):
+                return f"proxy connected, no greeting ({e})"
+            return f"no greeting ({e})"
+        except SessionError as e:
+            return str(e)
+        except Exception as e:
+            return f"{type(e).__name__}: {e}"
+        try:
+            return await self._send(self.pool.adopt(key, session), message, settings)
+        except SessionError as e:
+            if _stage(e) in _BEFORE_TRANSACTION:
+                return str(e)
+            raise _Stop(str(e)) from None
+
+    async def _send(
+        self, pooled: PooledSession, message: OutboundMessage, settings: DeliverySettings
+    ) -> tuple[RecipientResult, ...]:
+        """Send over ``pooled``; give it back to the pool after, or drop it on error."""
+        try:
+            results = await pooled.session.send(message.envelope, message.content)
+        except BaseException:
+            self.pool.discard(pooled)
+            raise
+        pooled.sent += 1
+        self.pool.release(pooled, max_messages=settings.max_messages_per_connection)
+        return tuple(results)
+
+    def _endpoint(
+        self, settings: DeliverySettings, route: Route, address: str
+    ) -> IStreamClientEndpoint:
+        port = settings.remote_smtp_port
+        timeout = settings.connect_timeout
+        if isinstance(route, DirectRoute):
+            return _tcp_endpoint(self._reactor, address, port, timeout, route.bind_address)
+        server = route.server
+        if server.ip_version is None:
+            proxy: IStreamClientEndpoint = HostnameEndpoint(
+                self._reactor, server.host, server.port, timeout=timeout
+            )
+        else:
+            proxy = _tcp_endpoint(self._reactor, server.host, server.port, timeout)
+        return HAProxyClientEndpoint(
+            self._reactor,
+            proxy,
+            source=(route.source, 0),
+            destination=(address, port),
+            timeout=timeout,
+        )
+
+    def _emit(self, message: OutboundMessage, result: AttemptResult) -> None:
+        kinds = {r.kind for r in result.recipients}
+        level = LogLevel.info if kinds == {"delivered"} else LogLevel.warn
+        _log.emit(
+            level,
+            "message {message_id} binding {binding} to {domain}: {codes} "
+            "via {route} mx {mx_host} [{mx_address}] in {duration:.3f}s{error_text}",
+            message_id=message.id,
+            binding=message.binding,
+            domain=message.domain,
+            route=result.route,
+            mx_host=result.mx_host,
+            mx_address=result.mx_address,
+            codes={r.address: r.code for r in result.recipients},
+            duration=result.duration,
+            error=result.error,
+            error_text=f": {result.error}" if result.error else "",
+            hatwist_event="delivery_attempt",
+        )

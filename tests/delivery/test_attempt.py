@@ -1,0 +1,496 @@
+"""Tests for hatwist.delivery.attempt: the walk over MX hosts, addresses and routes.
+
+The sessions here are stand-ins with a task.Clock, so each rule of the walk is pinned
+exactly (who was contacted, in which order, with which endpoint); the same behaviour on
+the real HAProxy, sink and DNS is in test_attempt_rig.py.
+"""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.logger import globalLogPublisher
+
+from hatwist.config import Binding, ServerAddress, TLSMode, parse_config
+from hatwist.config.settings import BindingMap
+from hatwist.delivery import (
+    ConnectFailed,
+    ConnectionLostDuringSession,
+    Envelope,
+    GreetingRejected,
+    NoGreeting,
+    RecipientResult,
+    UnexpectedReply,
+)
+from hatwist.delivery.attempt import DeliveryAgent, OutboundMessage
+from hatwist.endpoint import HAProxyClientEndpoint
+from hatwist.mx import MXHost, NoSuchDomain, NullMX
+
+PROXY = ServerAddress("127.0.0.1", 5000)
+
+CONFIG = """
+binding b1 {
+  ha_proxy_server = "127.0.0.1:5000"
+  ha_proxy_src_addr = "127.0.0.9"
+  ehlo_hostname = "relay.example.test"
+  max_messages_per_connection = "2"
+  connect_timeout = "7"
+  smtp_timeout = "11"
+  Domain bypass.test {
+    ha_proxy_bypass = "true"
+    bind_address = "127.0.0.30"
+  }
+}
+"""
+
+RCPTS = ("a@example.test", "b@example.test")
+
+
+def message(domain="example.test", binding="b1", n=1, rcpts=RCPTS) -> OutboundMessage:
+    return OutboundMessage(
+        id=f"m{n}",
+        binding=binding,
+        domain=domain,
+        envelope=Envelope("s@sender.test", rcpts),
+        content=b"Subject: hi\r\n\r\nhello\r\n",
+    )
+
+
+def delivered(rcpts=RCPTS, code=250) -> tuple[RecipientResult, ...]:
+    return tuple(RecipientResult(r, code, "2.0.0 ok") for r in rcpts)
+
+
+class FakeSession:
+    """An OutboundSession that answers each send() from a script."""
+
+    def __init__(self, answers) -> None:
+        self.answers = list(answers)
+        self.is_open = True
+        self.sent = []
+        self.quits = 0
+        self.aborts = 0
+
+    def send(self, envelope, content):
+        self.sent.append((envelope, content))
+        answer = self.answers.pop(0) if self.answers else delivered(envelope.rcpt_to)
+        if isinstance(answer, Exception):
+            self.is_open = False
+            return defer.fail(answer)
+        return defer.succeed(answer)
+
+    def quit(self):
+        self.quits += 1
+        self.is_open = False
+        return defer.succeed(None)
+
+    def abort(self):
+        self.aborts += 1
+        self.is_open = False
+
+
+class Net:
+    """The MX world: resolver answers and what opening a session to each address does."""
+
+    def __init__(self, clock: task.Clock) -> None:
+        self.clock = clock
+        self.hosts: dict[str, object] = {}
+        self.behaviour: dict[str, object] = {}
+        self.opened: list[tuple[object, dict]] = []
+        self.plumbed = [PROXY]
+
+    # MXResolver
+    def resolve(self, domain):
+        answer = self.hosts[domain]
+        if isinstance(answer, Exception):
+            return defer.fail(answer)
+        return defer.succeed(answer)
+
+    # ServerRegistry
+    def registry_plumbed(self, candidates):
+        return [s for s in self.plumbed if s in candidates]
+
+    # open_session
+    def open_session(self, endpoint, **kwargs):
+        address = _destination(endpoint)
+        self.opened.append((endpoint, kwargs))
+        self.clock.advance(0.5)
+        outcome = self.behaviour.get(address, None)
+        if outcome is None:
+            outcome = FakeSession([])
+        if isinstance(outcome, Exception):
+            return defer.fail(outcome)
+        return defer.succeed(outcome)
+
+    def addresses_opened(self) -> list[str]:
+        return [_destination(endpoint) for endpoint, _ in self.opened]
+
+
+def _destination(endpoint) -> str:
+    if isinstance(endpoint, HAProxyClientEndpoint):
+        return endpoint._destination[0]
+    return endpoint._host
+
+
+class Registry:
+    def __init__(self, net: Net) -> None:
+        self.net = net
+        self.calls = 0
+
+    def plumbed(self, candidates):
+        self.calls += 1
+        return self.net.registry_plumbed(tuple(candidates))
+
+
+@pytest.fixture
+def world():
+    clock = task.Clock()
+    net = Net(clock)
+    registry = Registry(net)
+    agent = DeliveryAgent(
+        parse_config(CONFIG),
+        registry,
+        net,
+        reactor=clock,
+        open_session=net.open_session,
+        default_ehlo_hostname="default.test",
+    )
+    yield agent, net, registry
+    agent.close()
+    clock.advance(3600)
+
+
+def run(agent, msg):
+    results = []
+    agent.deliver(msg).addBoth(results.append)
+    [result] = results
+    assert not isinstance(result, defer.Failure), result
+    return result
+
+
+def two_mx(net, first="127.0.0.20", second="127.0.0.21"):
+    net.hosts["example.test"] = (
+        MXHost("mx1.example.test", 10, (first,)),
+        MXHost("mx2.example.test", 20, (second,)),
+    )
+
+
+def test_delivers_through_the_proxy_with_the_binding_source(world):
+    agent, net, _ = world
+    two_mx(net)
+    result = run(agent, message())
+    assert [r.kind for r in result.recipients] == ["delivered", "delivered"]
+    assert (result.route, result.mx_host, result.mx_address) == (
+        "proxy 127.0.0.1:5000 from 127.0.0.9",
+        "mx1.example.test",
+        "127.0.0.20",
+    )
+    assert result.error is None
+    [(endpoint, kwargs)] = net.opened
+    assert isinstance(endpoint, HAProxyClientEndpoint)
+    assert endpoint._source == ("127.0.0.9", 0)
+    assert endpoint._destination == ("127.0.0.20", 25)
+    assert kwargs["ehlo_hostname"] == "relay.example.test"
+    assert kwargs["tls"] is TLSMode.IFAVAILABLE
+    assert kwargs["tls_hostname"] == "mx1.example.test"
+    assert (kwargs["connect_timeout"], kwargs["command_timeout"]) == (7, 11)
+
+
+def test_bypass_connects_directly_from_bind_address(world):
+    agent, net, registry = world
+    net.hosts["bypass.test"] = (MXHost("mx.bypass.test", 10, ("127.0.0.20",)),)
+    result = run(agent, message("bypass.test", rcpts=("x@bypass.test",)))
+    assert result.route == "direct"
+    [(endpoint, _)] = net.opened
+    assert isinstance(endpoint, TCP4ClientEndpoint)
+    assert (endpoint._host, endpoint._port, endpoint._bindAddress) == (
+        "127.0.0.20",
+        25,
+        ("127.0.0.30", 0),
+    )
+    assert registry.calls == 0
+
+
+def test_direct_to_an_ipv6_mx_uses_a_tcp6_endpoint(world):
+    agent, net, _ = world
+    agent.config = parse_config('binding b1 {\n  ehlo_hostname = "r.test"\n}\n')
+    net.hosts["example.test"] = (MXHost("mx.example.test", 10, ("::1",)),)
+    result = run(agent, message())
+    assert result.route == "direct"
+    [(endpoint, _)] = net.opened
+    assert isinstance(endpoint, TCP6ClientEndpoint)
+    assert endpoint._bindAddress is None
+
+
+@pytest.mark.parametrize(
+    "first_mx",
+    [
+        ConnectFailed("connection refused"),
+        NoGreeting("connection closed before the 220 banner"),
+        GreetingRejected(421, "4.3.2 busy"),
+        GreetingRejected(554, "5.3.2 go away"),
+        FakeSession([UnexpectedReply("MAIL", "garbage")]),
+    ],
+    ids=["connect refused", "no greeting", "4xx greeting", "5xx greeting", "broke at MAIL"],
+)
+def test_moves_on_to_the_next_mx_after_a_session_that_never_took_the_message(world, first_mx):
+    agent, net, _ = world
+    two_mx(net)
+    net.behaviour["127.0.0.20"] = first_mx
+    result = run(agent, message())
+    assert net.addresses_opened() == ["127.0.0.20", "127.0.0.21"]
+    assert [r.kind for r in result.recipients] == ["delivered", "delivered"]
+    assert result.mx_host == "mx2.example.test"
+
+
+def test_tries_every_address_of_a_host_before_the_next_host(world):
+    agent, net, _ = world
+    net.hosts["example.test"] = (
+        MXHost("mx1.example.test", 10, ("127.0.0.20", "127.0.0.22")),
+        MXHost("mx2.example.test", 20, ("127.0.0.21",)),
+    )
+    net.behaviour["127.0.0.20"] = ConnectFailed("refused")
+    result = run(agent, message())
+    assert net.addresses_opened() == ["127.0.0.20", "127.0.0.22"]
+    assert result.mx_address == "127.0.0.22"
+
+
+def test_tries_each_plumbed_proxy_in_the_registry_order(world):
+    agent, net, registry = world
+    second = ServerAddress("127.0.0.2", 5000)
+    # Built by hand: parse_config cannot take two servers in one value yet (reported).
+    b1 = agent.config.binding("b1")
+    base = attrs.evolve(b1.settings_for("example.test"), proxy_servers=(PROXY, second))
+    agent.config = attrs.evolve(
+        agent.config, bindings=BindingMap({"b1": Binding("b1", None, base=base)})
+    )
+    net.plumbed = [second, PROXY]
+    net.hosts["example.test"] = (MXHost("mx1.example.test", 10, ("127.0.0.20",)),)
+    attempts = []
+
+    def open_session(endpoint, **kwargs):
+        attempts.append(endpoint._proxy._host)
+        if len(attempts) == 1:
+            return defer.fail(ConnectFailed("proxy down"))
+        return defer.succeed(FakeSession([]))
+
+    agent._open_session = open_session
+    result = run(agent, message())
+    assert attempts == ["127.0.0.2", "127.0.0.1"]
+    assert result.route == "proxy 127.0.0.1:5000 from 127.0.0.9"
+    assert registry.calls == 1
+
+
+def test_first_per_recipient_answers_end_the_attempt_even_when_temporary(world):
+    agent, net, _ = world
+    two_mx(net)
+    answers = (
+        RecipientResult("a@example.test", 451, "4.2.0 later"),
+        RecipientResult("b@example.test", 550, "5.1.1 unknown"),
+    )
+    net.behaviour["127.0.0.20"] = FakeSession([answers])
+    result = run(agent, message())
+    assert net.addresses_opened() == ["127.0.0.20"]
+    assert result.recipients == answers
+    assert result.addresses("temporary") == ("a@example.test",)
+    assert result.addresses("permanent") == ("b@example.test",)
+    assert result.error is None
+
+
+def test_a_session_lost_during_data_stops_the_attempt(world):
+    agent, net, _ = world
+    two_mx(net)
+    net.behaviour["127.0.0.20"] = FakeSession([ConnectionLostDuringSession("DATA", "reset")])
+    result = run(agent, message())
+    assert net.addresses_opened() == ["127.0.0.20"]
+    assert {(r.code, r.kind) for r in result.recipients} == {(451, "temporary")}
+    assert "connection lost during DATA" in result.error
+    assert "mx1.example.test [127.0.0.20]" in result.error
+
+
+def test_when_every_mx_fails_every_recipient_is_temporary_with_all_reasons(world):
+    agent, net, _ = world
+    two_mx(net)
+    net.behaviour["127.0.0.20"] = ConnectFailed("connection refused")
+    net.behaviour["127.0.0.21"] = NoGreeting("connection closed before the 220 banner")
+    result = run(agent, message())
+    assert [r.code for r in result.recipients] == [451, 451]
+    assert all(r.response.startswith("4.4.1 ") for r in result.recipients)
+    assert result.error.startswith("no MX of example.test took the message: ")
+    assert (
+        "mx1.example.test [127.0.0.20] via proxy 127.0.0.1:5000 from 127.0.0.9: "
+        "connection refused" in result.error
+    )
+    assert "proxy connected, no greeting" in result.error
+    assert (result.mx_host, result.mx_address) == ("mx2.example.test", "127.0.0.21")
+
+
+def test_ipv6_mx_without_an_ipv6_source_fails_naming_the_option(world):
+    agent, net, _ = world
+    net.hosts["example.test"] = (MXHost("mx6.example.test", 10, ("fd00::20",)),)
+    result = run(agent, message())
+    assert net.opened == []
+    assert [r.code for r in result.recipients] == [451, 451]
+    assert result.error == (
+        "no usable route to any MX of example.test: binding b1 has no "
+        "ha_proxy_ipv6_src_addr; IPv6 MX address fd00::20 cannot go through the proxy"
+    )
+    assert result.recipients[0].response == "4.4.4 " + result.error
+
+
+def test_skipped_addresses_appear_in_the_reason_when_nothing_else_worked(world):
+    agent, net, _ = world
+    net.hosts["example.test"] = (MXHost("mx.example.test", 10, ("fd00::20", "127.0.0.20")),)
+    net.behaviour["127.0.0.20"] = ConnectFailed("connection refused")
+    result = run(agent, message())
+    assert net.addresses_opened() == ["127.0.0.20"]
+    assert "connection refused" in result.error
+    assert "ha_proxy_ipv6_src_addr" in result.error
+
+
+def test_no_plumbed_proxy_fails_temporarily_naming_the_servers(world):
+    agent, net, _ = world
+    net.plumbed = []
+    two_mx(net)
+    result = run(agent, message())
+    assert net.opened == []
+    assert "no plumbed ha_proxy_server for binding b1 (127.0.0.1:5000 unplumbed)" in result.error
+    assert result.addresses("temporary") == RCPTS
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "status"),
+    [
+        (NullMX("example.test", "domain example.test accepts no mail (null MX)"), 556, "5.1.10"),
+        (NoSuchDomain("example.test", "domain example.test does not exist"), 550, "5.1.2"),
+    ],
+    ids=["null mx", "nxdomain"],
+)
+def test_permanent_dns_answers_bounce_every_recipient(world, error, code, status):
+    agent, net, _ = world
+    net.hosts["example.test"] = error
+    result = run(agent, message())
+    assert net.opened == []
+    assert [r.code for r in result.recipients] == [code, code]
+    assert result.recipients[0].response == f"{status} {error.reason}"
+    assert result.addresses("permanent") == RCPTS
+    assert result.error == error.reason
+    assert result.mx_host is None and result.route is None
+
+
+def test_unknown_binding_is_a_temporary_configuration_problem(world):
+    agent, _net, _ = world
+    result = run(agent, message(binding="nope"))
+    assert result.addresses("temporary") == RCPTS
+    assert result.recipients[0].response.startswith("4.3.5 ")
+    assert "nope" in result.error
+
+
+def test_an_unexpected_bug_still_yields_temporary_results(world):
+    agent, net, _ = world
+    net.hosts["example.test"] = RuntimeError("boom")
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        result = run(agent, message())
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert result.addresses("temporary") == RCPTS
+    assert "RuntimeError: boom" in result.error
+    assert any(e.get("log_failure") for e in logged)
+
+
+def test_one_structured_log_event_per_attempt(world):
+    agent, net, _ = world
+    two_mx(net)
+    net.behaviour["127.0.0.20"] = ConnectFailed("refused")
+    events = []
+
+    def observe(event):
+        if event.get("log_namespace") == "hatwist.delivery.attempt":
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        run(agent, message())
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    [event] = events
+    assert event["message_id"] == "m1"
+    assert event["binding"] == "b1"
+    assert event["route"] == "proxy 127.0.0.1:5000 from 127.0.0.9"
+    assert (event["mx_host"], event["mx_address"]) == ("mx2.example.test", "127.0.0.21")
+    assert event["codes"] == {"a@example.test": 250, "b@example.test": 250}
+    assert event["duration"] == 1.0  # two session opens of 0.5 s on the test clock
+    assert event["error"] is None
+
+
+def test_several_messages_reuse_one_session_up_to_the_limit(world):
+    agent, net, _ = world
+    two_mx(net)
+    first = FakeSession([])
+    second = FakeSession([])
+    sessions = iter([first, second])
+    opened = []
+
+    def open_session(endpoint, **kwargs):
+        opened.append(endpoint)
+        return defer.succeed(next(sessions))
+
+    agent._open_session = open_session
+    for n in range(3):
+        assert run(agent, message(n=n)).addresses("delivered") == RCPTS
+    assert len(opened) == 2
+    assert len(first.sent) == 2 and first.quits == 1  # max_messages_per_connection = 2
+    assert len(second.sent) == 1 and second.quits == 0
+    assert agent.pool.idle_count() == 1
+
+
+def test_a_reused_session_the_peer_dropped_is_replaced_by_a_fresh_one(world):
+    agent, net, _ = world
+    two_mx(net)
+    stale = FakeSession([delivered(), ConnectionLostDuringSession("RSET", "reset by peer")])
+    fresh = FakeSession([])
+    sessions = iter([stale, fresh])
+    agent._open_session = lambda endpoint, **kw: defer.succeed(next(sessions))
+    run(agent, message(n=1))
+    result = run(agent, message(n=2))
+    assert result.addresses("delivered") == RCPTS
+    assert len(fresh.sent) == 1
+    assert result.mx_address == "127.0.0.20"
+
+
+def test_a_reused_session_lost_mid_data_is_not_retried(world):
+    agent, net, _ = world
+    two_mx(net)
+    stale = FakeSession([delivered(), ConnectionLostDuringSession("DATA", "reset by peer")])
+    sessions = iter([stale])
+    agent._open_session = lambda endpoint, **kw: defer.succeed(next(sessions))
+    run(agent, message(n=1))
+    result = run(agent, message(n=2))
+    assert result.addresses("temporary") == RCPTS
+    assert "connection lost during DATA" in result.error
+
+
+def test_sessions_are_not_shared_between_domains(world):
+    agent, net, _ = world
+    two_mx(net)
+    net.hosts["other.test"] = net.hosts["example.test"]
+    run(agent, message())
+    run(agent, message("other.test", rcpts=("c@other.test",)))
+    assert len(net.opened) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_deliver_returns_a_deferred_for_a_slow_session(world):
+    agent, net, _ = world
+    two_mx(net)
+    pending = defer.Deferred()
+    agent._open_session = lambda endpoint, **kw: pending
+    d = agent.deliver(message())
+    assert not d.called
+    pending.callback(FakeSession([]))
+    result = await d
+    assert result.addresses("delivered") == RCPTS
