@@ -51,6 +51,9 @@ frontend relay
     tcp-request session reject if {{ dst_port {port} }}
     default_backend out
 backend out
+    # Order matters: an IPv6 pattern also matches IPv4 sources (HAProxy maps them to
+    # ::ffff:a.b.c.d), while an IPv4 pattern never matches a real IPv6 source.
+    use-server mx if {{ src 0.0.0.0/0 }}
     use-server mx6 if {{ src ::/0 }}
     server mx 0.0.0.0 source 0.0.0.0 usesrc clientip
     server mx6 ::: source ::: usesrc clientip
