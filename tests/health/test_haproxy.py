@@ -8,7 +8,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, endpoints, protocol
 
-from hatwist.config import HealthCheckMode, HealthSettings, ServerAddress
+from hatwist.config import HealthCheckMode, HealthSettings, ServerAddress, parse_config
 from hatwist.health import (
     ConnectProbe,
     HealthChecker,
@@ -16,6 +16,7 @@ from hatwist.health import (
     ServerRegistry,
     ServerState,
     SMTPBannerProbe,
+    make_probe,
 )
 from tests.rig.haproxy import HAProxy
 from tests.rig.sink import SILENT
@@ -245,3 +246,40 @@ async def test_checker_with_smtp_probe_unplumbs_when_the_target_stops_greeting(
     finally:
         await checker.stopService()
     await smtp_sink.wait_closed(timeout=DEADLINE)
+
+
+@pytest_twisted.ensureDeferred
+async def test_checker_built_from_a_parsed_config_proves_the_bindings_source(
+    reactor, haproxy, smtp_sink
+):
+    config = parse_config(
+        f"""
+        ha_proxy_server = "{haproxy.server_text}"
+        ha_proxy_client {{
+          health_check_interval = 2
+          health_check_mode = smtp
+          health_check_target = "{smtp_sink.host}:{smtp_sink.port}"
+        }}
+        binding b1 {{
+          ha_proxy_src_addr = 127.0.0.9
+        }}
+        """
+    )
+    (server,) = config.proxy_servers
+    assert config.sources_for(server) == ("127.0.0.9",)
+    registry = ObservedRegistry(
+        config.proxy_servers,
+        success_threshold=config.health.success_threshold,
+        failure_threshold=config.health.failure_threshold,
+    )
+    probe = make_probe(config.health, reactor=reactor, sources_for=config.sources_for)
+    checker = HealthChecker(registry, config.health, probe, reactor=reactor)
+    checker.startService()
+    try:
+        await registry.checked(reactor, server, 1)
+    finally:
+        await checker.stopService()
+    status = registry.status(server)
+    assert (status.failures, status.last_error) == (0, None)
+    await smtp_sink.wait_closed(timeout=DEADLINE)
+    assert [s.peer[0] for s in smtp_sink.sessions] == ["127.0.0.9"]
