@@ -1,4 +1,4 @@
-"""Tests for hatwist.mx: MX resolution against a real in-process DNS server on loopback."""
+"""Tests for hatwist.mx: MX resolution against the rig's in-process DNS server on loopback."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
-from twisted.names import authority, dns, server
+from twisted.names import dns
 from twisted.names import error as dnserror
 
 from hatwist import mx
@@ -15,56 +15,11 @@ from hatwist import mx
 #: Every awaited Deferred gets this deadline, so a broken test fails instead of hanging.
 DEADLINE = 10.0
 
-ZONE = b"example.test"
-
-
-class _Zone(authority.FileAuthority):
-    """A dict-backed authoritative zone: ``records[name] = [Record_*, ...]``."""
-
-    def __init__(self) -> None:
-        self.servfail: set[bytes] = set()
-        self.blackhole: set[bytes] = set()
-        super().__init__(None)
-
-    def loadFile(self, filename: object) -> None:
-        self.soa = (
-            ZONE,
-            dns.Record_SOA(mname=b"ns." + ZONE, rname=b"root." + ZONE, minimum=1, expire=1),
-        )
-        self.records = {ZONE: [self.soa[1]]}
-
-    def add(self, name: str, *records: dns.IEncodableRecord) -> None:
-        self.records.setdefault(name.encode().lower(), []).extend(records)
-
-
-class _Server(server.DNSServerFactory):
-    """Answers from the zone; SERVFAIL or silence for the names the test chose."""
-
-    def __init__(self, zone: _Zone) -> None:
-        super().__init__(authorities=[zone])
-        self.zone = zone
-
-    def handleQuery(self, message, protocol, address):
-        name = message.queries[0].name.name.lower()
-        if name in self.zone.blackhole:
-            return None
-        if name in self.zone.servfail:
-            reply = self._responseFromMessage(message=message, rCode=dns.ESERVER)
-            self.sendReply(protocol, reply, address)
-            return None
-        return super().handleQuery(message, protocol, address)
-
 
 @pytest.fixture
-def zone():
-    """A running DNS server on 127.0.0.1 (UDP, random port); yields (zone, (host, port))."""
-    from twisted.internet import reactor
-
-    z = _Zone()
-    factory = _Server(z)
-    udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
-    yield z, ("127.0.0.1", udp.getHost().port)
-    udp.stopListening()
+def zone(dns_server):
+    """The rig's DNS server and its (host, port)."""
+    return dns_server, dns_server.address
 
 
 def _resolver(address, *, timeout=(1, 3), rng=None) -> mx.MXResolver:
@@ -100,9 +55,11 @@ def _mx(pref: int, name: str) -> dns.Record_MX:
 @pytest_twisted.ensureDeferred
 async def test_hosts_sorted_by_preference_with_both_address_families(zone):
     z, address = zone
-    z.add("example.test", _mx(20, "mx2.example.test"), _mx(10, "mx1.example.test"))
-    z.add("mx1.example.test", dns.Record_A("127.0.0.20"), dns.Record_AAAA("fd00::20"))
-    z.add("mx2.example.test", dns.Record_A("127.0.0.21"), dns.Record_A("127.0.0.22"))
+    z.add_mx("example.test", [(20, "mx2.example.test"), (10, "mx1.example.test")])
+    z.add_a("mx1.example.test", "127.0.0.20")
+    z.add_aaaa("mx1.example.test", "fd00::20")
+    z.add_a("mx2.example.test", "127.0.0.21")
+    z.add_a("mx2.example.test", "127.0.0.22")
     hosts = await _resolve(_resolver(address), "example.test")
     assert hosts == (
         mx.MXHost("mx1.example.test", 10, ("127.0.0.20", "fd00::20")),
@@ -113,16 +70,18 @@ async def test_hosts_sorted_by_preference_with_both_address_families(zone):
 @pytest_twisted.ensureDeferred
 async def test_equal_preferences_are_shuffled_and_never_cross_preferences(zone):
     z, address = zone
-    z.add(
+    z.add_mx(
         "example.test",
-        _mx(10, "a.example.test"),
-        _mx(10, "b.example.test"),
-        _mx(10, "c.example.test"),
-        _mx(5, "first.example.test"),
-        _mx(30, "last.example.test"),
+        [
+            (10, "a.example.test"),
+            (10, "b.example.test"),
+            (10, "c.example.test"),
+            (5, "first.example.test"),
+            (30, "last.example.test"),
+        ],
     )
     for n, name in enumerate(["a", "b", "c", "first", "last"]):
-        z.add(f"{name}.example.test", dns.Record_A(f"127.0.1.{n + 1}"))
+        z.add_a(f"{name}.example.test", f"127.0.1.{n + 1}")
     orders = set()
     for seed in range(12):
         hosts = await _resolve(_resolver(address, rng=random.Random(seed)), "example.test")
@@ -136,7 +95,7 @@ async def test_equal_preferences_are_shuffled_and_never_cross_preferences(zone):
 @pytest_twisted.ensureDeferred
 async def test_no_mx_records_means_the_domain_itself(zone):
     z, address = zone
-    z.add("plain.example.test", dns.Record_A("127.0.0.20"))
+    z.add_a("plain.example.test", "127.0.0.20")
     hosts = await _resolve(_resolver(address), "plain.example.test")
     assert hosts == (mx.MXHost("plain.example.test", 0, ("127.0.0.20",)),)
 
@@ -144,7 +103,8 @@ async def test_no_mx_records_means_the_domain_itself(zone):
 @pytest_twisted.ensureDeferred
 async def test_null_mx_is_permanent_556_5_1_10(zone):
     z, address = zone
-    z.add("nomail.example.test", _mx(0, ""), dns.Record_A("127.0.0.20"))
+    z.add_mx("nomail.example.test", [(0, ".")])
+    z.add_a("nomail.example.test", "127.0.0.20")
     error = await _failure_of(_resolve(_resolver(address), "nomail.example.test"))
     assert isinstance(error, mx.NullMX)
     assert (error.temporary, error.code, error.status) == (False, 556, "5.1.10")
@@ -164,7 +124,7 @@ async def test_nxdomain_is_permanent(zone):
 @pytest_twisted.ensureDeferred
 async def test_servfail_is_temporary(zone):
     z, address = zone
-    z.servfail.add(b"broken.example.test")
+    z.servfail("broken.example.test")
     error = await _failure_of(_resolve(_resolver(address), "broken.example.test"))
     assert isinstance(error, mx.TemporaryDNSError)
     assert error.temporary is True
@@ -175,7 +135,7 @@ async def test_servfail_is_temporary(zone):
 @pytest_twisted.ensureDeferred
 async def test_dns_timeout_is_temporary(zone):
     z, address = zone
-    z.blackhole.add(b"silent.example.test")
+    z.blackhole("silent.example.test")
     resolver = _resolver(address, timeout=(0.1, 0.1))
     error = await _failure_of(_resolve(resolver, "silent.example.test"))
     assert isinstance(error, mx.TemporaryDNSError)
@@ -203,9 +163,9 @@ def test_overall_deadline_turns_a_silent_resolver_into_a_temporary_error():
 @pytest_twisted.ensureDeferred
 async def test_host_without_addresses_is_skipped(zone):
     z, address = zone
-    z.add("example.test", _mx(10, "dead.example.test"), _mx(20, "mx.example.test"))
-    z.add("dead.example.test", dns.Record_TXT(b"no address here"))
-    z.add("mx.example.test", dns.Record_A("127.0.0.20"))
+    z.add_mx("example.test", [(10, "dead.example.test"), (20, "mx.example.test")])
+    z.add_record("dead.example.test", dns.Record_TXT(b"no address here"))
+    z.add_a("mx.example.test", "127.0.0.20")
     hosts = await _resolve(_resolver(address), "example.test")
     assert [h.name for h in hosts] == ["mx.example.test"]
 
@@ -213,7 +173,7 @@ async def test_host_without_addresses_is_skipped(zone):
 @pytest_twisted.ensureDeferred
 async def test_no_address_for_any_mx_is_temporary_and_names_the_domain(zone):
     z, address = zone
-    z.add("example.test", _mx(10, "gone.example.test"), _mx(20, "other.invalid"))
+    z.add_mx("example.test", [(10, "gone.example.test"), (20, "other.invalid")])
     error = await _failure_of(_resolve(_resolver(address), "example.test"))
     assert isinstance(error, mx.NoMXAddresses)
     assert error.temporary is True
@@ -223,8 +183,8 @@ async def test_no_address_for_any_mx_is_temporary_and_names_the_domain(zone):
 @pytest_twisted.ensureDeferred
 async def test_address_lookup_failures_are_named_in_the_reason(zone):
     z, address = zone
-    z.add("example.test", _mx(10, "mx.example.test"))
-    z.servfail.add(b"mx.example.test")
+    z.add_mx("example.test", [(10, "mx.example.test")])
+    z.servfail("mx.example.test")
     error = await _failure_of(_resolve(_resolver(address), "example.test"))
     assert isinstance(error, mx.NoMXAddresses)
     assert "mx.example.test" in error.reason and "SERVFAIL" in error.reason
@@ -233,10 +193,11 @@ async def test_address_lookup_failures_are_named_in_the_reason(zone):
 @pytest_twisted.ensureDeferred
 async def test_aliases_are_followed_for_mx_and_addresses(zone):
     z, address = zone
-    z.add("alias.example.test", dns.Record_CNAME(b"real.example.test"))
-    z.add("real.example.test", _mx(10, "mxalias.example.test"))
-    z.add("mxalias.example.test", dns.Record_CNAME(b"mx.example.test"))
-    z.add("mx.example.test", dns.Record_A("127.0.0.20"), dns.Record_AAAA("fd00::20"))
+    z.add_cname("alias.example.test", "real.example.test")
+    z.add_mx("real.example.test", [(10, "mxalias.example.test")])
+    z.add_cname("mxalias.example.test", "mx.example.test")
+    z.add_a("mx.example.test", "127.0.0.20")
+    z.add_aaaa("mx.example.test", "fd00::20")
     hosts = await _resolve(_resolver(address), "alias.example.test")
     assert hosts == (mx.MXHost("mxalias.example.test", 10, ("127.0.0.20", "fd00::20")),)
 
