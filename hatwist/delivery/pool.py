@@ -97,6 +97,10 @@ class SessionPool:
             return
         pooled._expiry = self._reactor.callLater(self._idle_timeout, self._expire, pooled)
         self._idle.setdefault(pooled.key, []).append(pooled)
+        when_closed = getattr(pooled.session, "when_closed", None)
+        if when_closed is not None:
+            # A peer that closes an idle session (421 timeout) frees its slot at once.
+            when_closed().addCallback(lambda _: self._forget(pooled))
 
     def discard(self, pooled: PooledSession) -> None:
         """Drop a session that failed: abort it, never reuse it."""
@@ -121,12 +125,19 @@ class SessionPool:
 
     def _expire(self, pooled: PooledSession) -> None:
         pooled._expiry = None
-        idle = self._idle.get(pooled.key, [])
-        if pooled in idle:
-            idle.remove(pooled)
-            if not idle:
-                del self._idle[pooled.key]
+        if self._forget(pooled):
             self._quit(pooled)
+
+    def _forget(self, pooled: PooledSession) -> bool:
+        """Take ``pooled`` out of the idle list (if it is there); say whether it was."""
+        idle = self._idle.get(pooled.key, [])
+        if pooled not in idle:
+            return False
+        idle.remove(pooled)
+        if not idle:
+            del self._idle[pooled.key]
+        self._stop_timer(pooled)
+        return True
 
     def _stop_timer(self, pooled: PooledSession) -> None:
         if pooled._expiry is not None and pooled._expiry.active():

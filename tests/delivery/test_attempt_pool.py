@@ -28,6 +28,24 @@ class Session:
         self.is_open = False
 
 
+class ClosingSession(Session):
+    """A session that reports when the peer closes it, like OutboundSession.when_closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed: list[defer.Deferred] = []
+
+    def when_closed(self):
+        d = defer.Deferred()
+        self.closed.append(d)
+        return d
+
+    def peer_closes(self):
+        self.is_open = False
+        for d in self.closed:
+            d.callback(None)
+
+
 def pool_and_clock(**kwargs):
     clock = task.Clock()
     return SessionPool(reactor=clock, **kwargs), clock
@@ -95,6 +113,17 @@ def test_session_closed_by_the_peer_is_not_kept_or_lent():
     closed_while_idle.is_open = False
     assert pool.take(KEY) is None
     assert clock.getDelayedCalls() == []
+
+
+def test_session_the_peer_closes_while_idle_is_forgotten_at_once():
+    pool, clock = pool_and_clock()
+    session = ClosingSession()
+    pool.release(pool.adopt(KEY, session), max_messages=10)
+    assert pool.idle_count(KEY) == 1
+    session.peer_closes()
+    assert pool.idle_count() == 0
+    assert clock.getDelayedCalls() == []
+    assert session.quits == 0
 
 
 def test_discard_aborts_the_session():
