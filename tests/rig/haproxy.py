@@ -14,9 +14,11 @@ The probe therefore never touches the relay port and leaves no line in :attr:`HA
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import tempfile
 from collections.abc import Callable
@@ -58,6 +60,19 @@ backend out
     server mx 0.0.0.0 source 0.0.0.0 usesrc clientip
     server mx6 ::: source ::: usesrc clientip
 """
+
+
+#: pid -> working directory of every HAProxy started here and not yet seen to exit.
+_RUNNING: dict[int, str] = {}
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """Never leave an HAProxy behind, even when a test forgot to stop its own."""
+    for pid, workdir in list(_RUNNING.items()):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 class HAProxyError(Exception):
@@ -155,7 +170,7 @@ class HAProxy:
         self.server_timeout = server_timeout
         #: Every line HAProxy wrote (stdout log lines and stderr alerts), across restarts.
         self.logs: list[str] = []
-        self._workdir = tempfile.mkdtemp(prefix="hatwist-haproxy-")
+        self._workdir: str | None = None  # exists only while HAProxy runs
         self._process: _HAProxyProcess | None = None
         self._transport = None
         self._log_waiters: list[tuple[str, defer.Deferred[str]]] = []
@@ -173,11 +188,11 @@ class HAProxy:
 
     @property
     def config_path(self) -> str:
-        return os.path.join(self._workdir, "haproxy.cfg")
+        return os.path.join(self._workdir or "WORKDIR", "haproxy.cfg")
 
     @property
     def admin_socket(self) -> str:
-        return os.path.join(self._workdir, "admin.sock")
+        return os.path.join(self._workdir or "WORKDIR", "admin.sock")
 
     def config_text(self) -> str:
         """The configuration HAProxy is (or will be) started with."""
@@ -222,28 +237,34 @@ class HAProxy:
         """Write the config, run HAProxy and fire once it serves (fails with its log)."""
         if self.running:
             raise HAProxyError("HAProxy is already running")
+        self._remove_workdir()
+        self._workdir = tempfile.mkdtemp(prefix="hatwist-haproxy-")
         with open(self.config_path, "w", encoding="utf-8") as f:
             f.write(self.config_text())
-        if os.path.exists(self.admin_socket):
-            os.unlink(self.admin_socket)
         argv = [HAPROXY_BINARY, "-db", "-f", self.config_path]
         if self.netns is not None:
             # ``ip netns exec`` execs the command, so signals reach HAProxy itself.
             argv = ["ip", "netns", "exec", self.netns, *argv]
         self._process = process = _HAProxyProcess(self._line)
-        self._transport = self._reactor.spawnProcess(
+        self._transport = transport = self._reactor.spawnProcess(
             process, argv[0], argv, env=None, childFDs={0: "w", 1: "r", 2: "r"}
         )
+        pid = transport.pid
+        _RUNNING[pid] = self._workdir
+        process.ended.addCallback(lambda _: _RUNNING.pop(pid, None))
         deadline = self._reactor.seconds() + timeout
         endpoint = UNIXClientEndpoint(self._reactor, self.admin_socket, timeout=1)
         while True:
             if process.exited:
+                self._remove_workdir()
                 raise HAProxyError("HAProxy exited during start-up:\n" + "\n".join(self.logs[-20:]))
-            try:
+            answer = b""
+            with contextlib.suppress(error.ConnectError, OSError):
                 probe = yield connectProtocol(endpoint, _InfoProbe())
-                answer = yield probe.answer
-            except (error.ConnectError, error.ConnectionLost, OSError):
-                answer = b""
+                try:
+                    answer = yield probe.answer.addTimeout(1, self._reactor)
+                except defer.TimeoutError:
+                    probe.transport.abortConnection()
             if b"Name: HAProxy" in answer:
                 return self
             if self._reactor.seconds() > deadline:
@@ -256,9 +277,13 @@ class HAProxy:
 
     @defer.inlineCallbacks
     def stop(self, timeout: float = STOP_DEADLINE):
-        """Stop HAProxy (SIGTERM, then SIGKILL after ``timeout``); a no-op if not running."""
+        """Stop HAProxy (SIGTERM, then SIGKILL after ``timeout``); a no-op if not running.
+
+        Its config file and admin socket go too; :attr:`logs` stays.
+        """
         process = self._process
         if process is None or process.exited:
+            self._remove_workdir()
             return None
         with contextlib.suppress(error.ProcessExitedAlready):
             self._transport.signalProcess("TERM")
@@ -269,7 +294,13 @@ class HAProxy:
             with contextlib.suppress(error.ProcessExitedAlready):
                 self._transport.signalProcess("KILL")
             yield _deadline(self._reactor, _observe(waiting), timeout)
+        self._remove_workdir()
         return None
+
+    def _remove_workdir(self) -> None:
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
 
     @defer.inlineCallbacks
     def restart(self):
@@ -278,13 +309,9 @@ class HAProxy:
         yield self.start()
         return self
 
-    @defer.inlineCallbacks
-    def close(self):
-        """Stop HAProxy and remove its working directory (fixture teardown)."""
-        try:
-            yield self.stop()
-        finally:
-            shutil.rmtree(self._workdir, ignore_errors=True)
+    def close(self) -> defer.Deferred[None]:
+        """Stop HAProxy and clean up (fixture teardown; same as :meth:`stop`)."""
+        return self.stop()
 
 
 def _sleep(reactor, seconds: float) -> defer.Deferred[None]:

@@ -147,6 +147,9 @@ def test_haproxy_config_has_the_production_shape(reactor):
     assert "tcp-request session reject if { dst_port 2525 }" in text
     assert "server mx 0.0.0.0 source 0.0.0.0 usesrc clientip" in text
     assert "server mx6 ::: source ::: usesrc clientip" in text
+    assert text.index("use-server mx if { src 0.0.0.0/0 }") < text.index(
+        "use-server mx6 if { src ::/0 }"
+    )
     assert "timeout connect 1500ms" in text
     assert "\n    user" not in text and "\n    group" not in text
 
