@@ -173,7 +173,12 @@ class DeliveryAgent:
         self._ehlo = default_ehlo_hostname or socket.gethostname()
 
     def deliver(self, message: OutboundMessage) -> defer.Deferred[AttemptResult]:
-        """Try to deliver ``message`` once; always fires with an :class:`AttemptResult`."""
+        """
+        Try to deliver ``message`` once; always fires with an :class:`AttemptResult`.
+
+        Cancelling it (service shutdown) aborts the session in progress and fails it with
+        ``CancelledError``: no result is reported for an attempt that was cut short.
+        """
         return defer.Deferred.fromCoroutine(self._deliver(message))
 
     def close(self) -> defer.Deferred[None]:
@@ -185,6 +190,8 @@ class DeliveryAgent:
         walk = _Walk()
         try:
             outcome = await self._walk(message, walk)
+        except defer.CancelledError:
+            raise
         except Exception as e:
             _log.failure("delivery attempt of message {message_id} failed", message_id=message.id)
             outcome = _NoAnswer(*INTERNAL, f"internal error: {type(e).__name__}: {e}")
@@ -291,7 +298,11 @@ class DeliveryAgent:
             return f"no greeting ({e})"
         except SessionError as e:
             return str(e)
+        except defer.CancelledError:
+            raise
         except Exception as e:
+            # Anything else about one route (a proxy host name that does not resolve, ...)
+            # must not stop the others from being tried.
             return f"{type(e).__name__}: {e}"
         try:
             return await self._send(self.pool.adopt(key, session), message, settings)

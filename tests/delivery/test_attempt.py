@@ -494,3 +494,17 @@ async def test_deliver_returns_a_deferred_for_a_slow_session(world):
     pending.callback(FakeSession([]))
     result = await d
     assert result.addresses("delivered") == RCPTS
+
+
+def test_cancelling_an_attempt_aborts_it_without_trying_other_routes(world):
+    agent, net, _ = world
+    two_mx(net)
+    cancelled = []
+    agent._open_session = lambda endpoint, **kw: defer.Deferred(cancelled.append)
+    d = agent.deliver(message())
+    failures = []
+    d.addErrback(failures.append)
+    d.cancel()
+    assert len(cancelled) == 1
+    [failure] = failures
+    assert failure.check(defer.CancelledError)
