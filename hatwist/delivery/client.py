@@ -88,7 +88,7 @@ class OutboundSession:
         self._command_timeout = command_timeout
         self._protocol: SessionProtocol | None = None
         self._connecting: defer.Deferred | None = None
-        self._opened: defer.Deferred[OutboundSession] = defer.Deferred(lambda d: self.abort())
+        self._opened: defer.Deferred[OutboundSession] = defer.Deferred(self._cancel_open)
         self._deadline: IDelayedCall | None = None
         self._deadline_seconds = 0.0
         self._queue: deque[_Item] = deque()
@@ -167,6 +167,16 @@ class OutboundSession:
             self._pump()
         return d
 
+    def when_closed(self) -> defer.Deferred[None]:
+        """Fires with ``None`` once the connection is gone, however that happened (for a
+        pool that must forget sessions the server closed while idle). Never fails."""
+        d: defer.Deferred[None] = defer.Deferred()
+        if self._gone:
+            d.callback(None)
+        else:
+            self._closed_waiters.append(d)
+        return d
+
     def abort(self) -> None:
         """Close the connection now; whatever was waiting fails."""
         stage = self._protocol.stage if self._protocol is not None else "connect"
@@ -221,6 +231,13 @@ class OutboundSession:
             proto.quit()
         else:
             proto.send(item.envelope, item.content)
+
+    def _cancel_open(self, d: defer.Deferred) -> None:
+        # Deferred.cancel() fails ``d`` with CancelledError, the usual signal; _fail must
+        # not get there first with its own error.
+        self._opened = defer.Deferred()
+        self._opened.addErrback(lambda _: None)
+        self.abort()
 
     def _cancel_item(self, d: defer.Deferred) -> None:
         for item in self._queue:
