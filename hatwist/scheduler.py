@@ -1,0 +1,677 @@
+# -*- test-case-name: tests.test_scheduler -*-
+"""
+The queue runner: every spooled message is tried, retried, bounced or removed.
+
+The unit of work is a *part*: one message's pending recipients at one domain,
+sent as one ``OutboundMessage``.  Parts wait in a queue per (binding, domain),
+which runs at most ``max_connections`` attempts at once; queues take turns
+(round robin), so a busy domain cannot starve a quiet one.
+
+Promises, in the order they matter:
+
+- Accepted mail is never dropped.  Whatever goes wrong inside hatwist -- the
+  agent raising, the spool failing -- is logged and treated as a temporary
+  failure; the message stays spooled and is retried.
+- Per-recipient results are written to the spool as soon as an attempt ends, so
+  a restart never delivers a recipient twice that was recorded as delivered.
+- A message whose route has no plumbed proxy does not spend retries: its queue
+  is held until the registry reports one of the route's servers plumbed again,
+  or one health-check interval has passed.
+- When nothing is pending any more, failed recipients get a DSN (never for a
+  null sender), spooled and scheduled like any other message, and only then is
+  the original removed: a crash in between can repeat a bounce, never lose one.
+
+Retry times and expiry come from :mod:`hatwist.schedule`; time comes from the
+injected reactor.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from hatwist.delivery import Envelope
+from hatwist.delivery.attempt import OutboundMessage
+from hatwist.dsn import build_dsn, should_bounce
+from hatwist.health import ServerState, StateChange
+from hatwist.schedule import RetryPolicy
+from hatwist.spool import DELIVERED, FAILED, PENDING, MessageNotFound, SpooledMessage
+
+#: Used for a message whose binding vanished from the config (after a reload):
+#: its mail is kept and retried slowly instead of being lost or bounced at once.
+FALLBACK_POLICY = RetryPolicy(retry_interval=15 * 60, message_expiration=5 * 24 * 3600)
+FALLBACK_MAX_CONNECTIONS = 1
+
+#: The code recorded for recipients of an attempt that failed inside hatwist
+#: (RFC 3463 4.3.0, "other or undefined mail system status").
+INTERNAL_ERROR_CODE = 451
+
+#: Counter names, for /status and /metrics.  ``delivered``, ``deferred`` and
+#: ``bounced`` count recipients (``bounced``: failed for good, expiry
+#: included); ``attempts`` counts attempts made, ``waiting`` attempts held back
+#: for want of a plumbed proxy, ``errors`` failures inside hatwist, ``dsns``
+#: bounce messages spooled.
+COUNTERS = ("delivered", "deferred", "bounced", "attempts", "waiting", "errors", "dsns")
+
+QueueKey = tuple[str, str]
+"""(binding, domain)."""
+
+
+def domain_of(address: str) -> str:
+    """The lower-cased domain of an envelope address (everything after the last ``@``)."""
+    return address.rpartition("@")[2].lower()
+
+
+@attrs.define(eq=False)
+class _Part:
+    """One message's pending recipients at one domain: what one attempt sends."""
+
+    message_id: str
+    key: QueueKey
+    due: float
+    timer: IDelayedCall | None = None
+
+
+@attrs.define(eq=False)
+class _Queue:
+    """The parts for one (binding, domain) that are due, and what is running."""
+
+    key: QueueKey
+    ready: deque[_Part] = attrs.Factory(deque)
+    in_flight: int = 0
+    held: bool = False
+    release: IDelayedCall | None = None
+
+
+@attrs.define(eq=False)
+class _Entry:
+    """A message the scheduler is responsible for, with its latest state."""
+
+    message: SpooledMessage
+    parts: dict[str, _Part] = attrs.Factory(dict)
+    finishing: bool = False
+    bounced: bool = False
+    retry: IDelayedCall | None = None
+
+
+class Scheduler(Service):
+    """
+    Runs the spool: attempts, retries, holds, bounces and removals.
+
+    :param spool: a :class:`hatwist.spool.Spool` (or anything with its
+        ``store``, ``content``, ``update``, ``remove`` and ``recover``).
+    :param agent: has ``deliver(OutboundMessage) -> Deferred[AttemptResult]``.
+    :param config_provider: returns the current ``Config``; asked at every
+        decision, so a reload takes effect at once.
+    :param registry: the proxy :class:`hatwist.health.ServerRegistry`.
+    :param reactor: ``IReactorTime``.
+    :param reporting_mta: this host's name, for DSNs.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        spool: Any,
+        agent: Any,
+        config_provider: Callable[[], Any],
+        registry: Any,
+        reactor: Any,
+        reporting_mta: str,
+    ) -> None:
+        self._spool = spool
+        self._agent = agent
+        self._config = config_provider
+        self._registry = registry
+        self._reactor = reactor
+        self._reporting_mta = reporting_mta
+        self._counters: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
+        self._reset()
+
+    def _reset(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+        self._queues: dict[QueueKey, _Queue] = {}
+        # Queues that could start an attempt now, in round-robin order.
+        self._startable: OrderedDict[QueueKey, None] = OrderedDict()
+        self._in_flight: dict[_Part, defer.Deferred] = {}
+        self._background: set[defer.Deferred] = set()
+        self._stopping = False
+        self._pumping = False
+        self._unsubscribe: Callable[[], None] | None = None
+        self._recovery_waiters: list[defer.Deferred] | None = []
+
+    # -- the public face -----------------------------------------------------
+
+    def startService(self) -> None:
+        """Subscribe to proxy state changes and schedule everything in the spool."""
+        super().startService()
+        self._stopping = False
+        self._unsubscribe = self._registry.subscribe(self._state_changed)
+        d = defer.maybeDeferred(self._spool.recover)
+        d.addCallbacks(self._recovered, self._recovery_failed)
+        d.addBoth(self._recovery_done)
+        self._track(d)
+        self._pump()  # anything submitted before the start
+
+    def when_recovered(self) -> defer.Deferred:
+        """
+        Fires once the spool's messages found at start-up have been scheduled
+        (at once if that has happened already).
+        """
+        if self._recovery_waiters is None:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._recovery_waiters.append(d)
+        return d
+
+    def _recovery_done(self, _: object) -> None:
+        waiters, self._recovery_waiters = self._recovery_waiters or [], None
+        for d in waiters:
+            d.callback(None)
+
+    def stopService(self) -> defer.Deferred:
+        """
+        Start nothing new; wait up to ``service.shutdown_grace`` seconds for the
+        attempts in flight, then cancel them.  Everything else stays spooled.
+        """
+        super().stopService()
+        self._stopping = True
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        for call in self._timers():
+            if call.active():
+                call.cancel()
+        grace = self._grace()
+        self.log.info(
+            "scheduler stopping: waiting up to {grace}s for {count} attempts in flight",
+            grace=grace, count=len(self._in_flight),
+        )
+        cutoff = self._reactor.callLater(grace, self._cancel_in_flight)
+
+        def stopped(_: object) -> None:
+            if cutoff.active():
+                cutoff.cancel()
+            # Everything left is durable in the spool; the next start recovers it.
+            self._reset()
+            self._stopping = True
+
+        return self._drain().addCallback(stopped)
+
+    def _drain(self) -> defer.Deferred:
+        """Fires when no attempt and no spool work is left (none can start meanwhile)."""
+        waiting = list(self._in_flight.values()) + list(self._background)
+        if not waiting:
+            return defer.succeed(None)
+        done = defer.DeferredList(waiting, consumeErrors=True)
+        return done.addCallback(lambda _: self._drain())
+
+    def submit(self, message: SpooledMessage) -> None:
+        """
+        Take charge of a freshly spooled (or recovered) message; due parts start now.
+
+        This is the inbound listener's ``on_accepted``.  Once stopping, a message
+        is left in the spool for the next start.
+        """
+        if self._stopping:
+            self._decision(message, "", "left spooled (scheduler stopping)")
+            return
+        if message.id in self._entries:
+            return
+        entry = _Entry(message)
+        self._entries[message.id] = entry
+        self._plan(entry)
+        self._pump()
+
+    def queue_depths(self) -> dict[QueueKey, int]:
+        """Pending recipients per (binding, domain), for /status and /metrics."""
+        depths: Counter[QueueKey] = Counter()
+        for entry in self._entries.values():
+            for recipient in entry.message.pending():
+                depths[(entry.message.binding, domain_of(recipient.address))] += 1
+        return dict(depths)
+
+    def counters(self) -> dict[str, int]:
+        """A snapshot of the counters named in :data:`COUNTERS`."""
+        return dict(self._counters)
+
+    def in_flight(self) -> int:
+        """Attempts running now."""
+        return len(self._in_flight)
+
+    # -- planning ------------------------------------------------------------
+
+    def _recovered(self, messages: Iterable[SpooledMessage]) -> None:
+        messages = list(messages)
+        self.log.info("scheduler: {count} spooled messages recovered", count=len(messages))
+        for message in messages:
+            self.submit(message)
+
+    def _recovery_failed(self, failure: Failure) -> None:
+        self.log.failure(
+            "spool recovery failed: spooled mail waits for the next start", failure
+        )
+
+    def _plan(self, entry: _Entry) -> None:
+        """Make a part for every domain with pending recipients that has none yet."""
+        message = entry.message
+        domains = {domain_of(r.address) for r in message.pending()}
+        if not domains:
+            self._finish(entry)
+            return
+        for domain in sorted(domains - entry.parts.keys()):
+            part = _Part(message.id, (message.binding, domain), due=message.next_attempt_at)
+            entry.parts[domain] = part
+            self._schedule(part)
+
+    def _schedule(self, part: _Part) -> None:
+        if self._stopping:
+            return
+        delay = part.due - self._reactor.seconds()
+        if delay <= 0:
+            self._make_ready(part)
+        else:
+            part.timer = self._reactor.callLater(delay, self._due, part)
+
+    def _due(self, part: _Part) -> None:
+        part.timer = None
+        self._make_ready(part)
+        self._pump()
+
+    def _make_ready(self, part: _Part, *, first: bool = False) -> None:
+        queue = self._queues.get(part.key)
+        if queue is None:
+            queue = self._queues[part.key] = _Queue(part.key)
+        if first:
+            queue.ready.appendleft(part)
+        else:
+            queue.ready.append(part)
+        self._refresh(queue)
+
+    def _refresh(self, queue: _Queue) -> None:
+        """Keep :attr:`_startable` true to whether ``queue`` could start an attempt."""
+        if queue.ready and not queue.held and queue.in_flight < self._max_connections(queue.key):
+            if queue.key not in self._startable:
+                self._startable[queue.key] = None
+        else:
+            self._startable.pop(queue.key, None)
+            if not queue.ready and not queue.in_flight and not queue.held:
+                self._queues.pop(queue.key, None)
+
+    def _pump(self) -> None:
+        """Start attempts, one per startable queue in turn, until none can start."""
+        if self._pumping:
+            return  # the loop below picks up whatever changed
+        self._pumping = True
+        try:
+            while self._startable and self.running and not self._stopping:
+                key, _ = self._startable.popitem(last=False)
+                queue = self._queues[key]
+                self._start(queue.ready.popleft(), queue)
+                self._refresh(queue)  # back at the end of the line, if still startable
+        finally:
+            self._pumping = False
+
+    # -- attempts ------------------------------------------------------------
+
+    def _start(self, part: _Part, queue: _Queue) -> None:
+        entry = self._entries.get(part.message_id)
+        if entry is None or entry.parts.get(part.key[1]) is not part:
+            return
+        domain = part.key[1]
+        if self._policy(part.key).is_expired(entry.message.received_at, self._now()):
+            self._expire(entry, part)
+            return
+        why = self._no_plumbed_proxy(part.key)
+        if why is not None:
+            self._hold(queue, part, entry, why)
+            return
+        recipients = tuple(
+            r.address for r in entry.message.pending() if domain_of(r.address) == domain
+        )
+        queue.in_flight += 1
+        d = defer.maybeDeferred(self._spool.content, entry.message.id)
+        d.addCallback(self._deliver, entry.message, domain, recipients)
+        self._in_flight[part] = d
+        d.addBoth(self._attempted, part, queue, recipients)
+        d.addBoth(self._settled, part)
+
+    def _deliver(
+        self, content: bytes, message: SpooledMessage, domain: str, recipients: tuple[str, ...]
+    ) -> defer.Deferred:
+        outbound = OutboundMessage(
+            id=message.id,
+            binding=message.binding,
+            domain=domain,
+            envelope=Envelope(mail_from=message.mail_from, rcpt_to=recipients),
+            content=content,
+        )
+        return self._agent.deliver(outbound)
+
+    def _settled(self, _: object, part: _Part) -> None:
+        self._in_flight.pop(part, None)
+
+    def _attempted(
+        self, outcome: Any, part: _Part, queue: _Queue, recipients: tuple[str, ...]
+    ) -> defer.Deferred | None:
+        queue.in_flight -= 1
+        try:
+            cancelled = isinstance(outcome, Failure) and outcome.check(defer.CancelledError)
+            if cancelled and self._stopping:
+                self._decision_for(part, "cancelled at shutdown, left spooled")
+                return None
+            entry = self._entries.get(part.message_id)
+            if entry is None:
+                return None
+            return self._record(entry, part, queue, outcome, recipients)
+        except Exception:
+            # Never let bookkeeping kill the loop: keep the part and try it later.
+            self.log.failure("scheduler: recording an attempt failed; retrying later")
+            self._counters["errors"] += 1
+            part.due = self._now() + self._policy(part.key).retry_interval
+            self._schedule(part)
+            return None
+        finally:
+            self._refresh(queue)
+            self._pump()
+
+    def _record(
+        self,
+        entry: _Entry,
+        part: _Part,
+        queue: _Queue,
+        outcome: Any,
+        recipients: tuple[str, ...],
+    ) -> defer.Deferred | None:
+        """Apply an attempt's per-recipient results to the message and spool them."""
+        if isinstance(outcome, Failure):
+            self._counters["errors"] += 1
+            self.log.failure(
+                "message {message_id} binding {binding} domain {domain}: attempt failed "
+                "inside hatwist; counted as a temporary failure",
+                outcome, message_id=part.message_id, binding=part.key[0], domain=part.key[1],
+            )
+            reason = f"4.3.0 local error: {outcome.getErrorMessage()}"
+            results = {a: (INTERNAL_ERROR_CODE, reason, "temporary") for a in recipients}
+        elif getattr(outcome, "waiting_for_proxy", False):
+            self._hold(queue, part, entry, _reason_of(outcome))
+            return None
+        else:
+            results = {r.address: (r.code, r.response, r.kind) for r in outcome.recipients}
+        self._counters["attempts"] += 1
+        wanted = set(recipients)
+        updated = []
+        for r in entry.message.recipients:
+            if r.status == PENDING and r.address in wanted:
+                code, text, kind = results.get(
+                    r.address, (INTERNAL_ERROR_CODE, "4.3.0 no result for this recipient",
+                                "temporary")
+                )
+                status = {"delivered": DELIVERED, "permanent": FAILED}.get(kind, PENDING)
+                self._counters[{DELIVERED: "delivered", FAILED: "bounced"}.get(
+                    status, "deferred")] += 1
+                r = attrs.evolve(r, status=status, code=code, reason=text,
+                                 attempts=r.attempts + 1)
+            updated.append(r)
+        entry.message = attrs.evolve(
+            entry.message, recipients=tuple(updated), attempts=entry.message.attempts + 1
+        )
+        still = [r for r in entry.message.pending() if domain_of(r.address) == part.key[1]]
+        outcome_text = _summary(results)
+        if not still:
+            del entry.parts[part.key[1]]
+        else:
+            policy = self._policy(part.key)
+            now = self._now()
+            tries = max(r.attempts for r in still)
+            part.due = min(
+                policy.next_attempt_at(attempts=tries, now=now),
+                max(policy.expires_at(entry.message.received_at), now),
+            )
+        return self._save(entry, part, outcome_text, reschedule=bool(still))
+
+    def _save(self, entry: _Entry, part: _Part, outcome: str, *, reschedule: bool) -> Any:
+        """Spool the entry's state, log the decision, and schedule what comes next."""
+        if entry.parts:
+            entry.message = attrs.evolve(
+                entry.message, next_attempt_at=min(p.due for p in entry.parts.values())
+            )
+        self._decision_for(
+            part, outcome, next_attempt_at=part.due if reschedule else None
+        )
+        d = defer.maybeDeferred(self._spool.update, entry.message)
+        d.addErrback(self._save_failed, entry.message)
+        if reschedule:
+            self._schedule(part)
+        if not entry.parts:
+            self._finish(entry)
+        return d
+
+    def _save_failed(self, failure: Failure, message: SpooledMessage) -> None:
+        # The state in memory stands and goes to disk with the next change; a
+        # restart before that retries recipients that may have been delivered.
+        self._counters["errors"] += 1
+        self.log.failure("message {message_id}: saving its state to the spool failed",
+                         failure, message_id=message.id)
+
+    def _expire(self, entry: _Entry, part: _Part) -> None:
+        """The part ran out of time: its pending recipients fail, keeping their last reason."""
+        domain = part.key[1]
+        updated = []
+        for r in entry.message.recipients:
+            if r.status == PENDING and domain_of(r.address) == domain:
+                self._counters["bounced"] += 1
+                r = attrs.evolve(r, status=FAILED)
+            updated.append(r)
+        entry.message = attrs.evolve(entry.message, recipients=tuple(updated))
+        del entry.parts[domain]
+        self._track(self._save(entry, part, "expired", reschedule=False))
+
+    # -- waiting for a proxy -------------------------------------------------
+
+    def _no_plumbed_proxy(self, key: QueueKey) -> str | None:
+        """Why the queue's route cannot run now, or None when it can (or we cannot tell)."""
+        settings = self._settings(key)
+        if settings is None or not settings.uses_proxy:
+            return None
+        try:
+            if any(self._registry.is_plumbed(s) for s in settings.proxy_servers):
+                return None
+        except Exception:
+            return None  # a server the registry does not know yet: let the agent decide
+        servers = ", ".join(s.text for s in settings.proxy_servers)
+        return f"4.4.0 no plumbed ha_proxy_server for binding {key[0]} ({servers} unplumbed)"
+
+    def _hold(self, queue: _Queue, part: _Part, entry: _Entry, reason: str) -> None:
+        """Put ``part`` back at the head of its queue and hold the queue for a proxy."""
+        self._counters["waiting"] += 1
+        domain = part.key[1]
+        # Remember why, for an expiry DSN, without counting an attempt.
+        entry.message = attrs.evolve(entry.message, recipients=tuple(
+            attrs.evolve(r, code=INTERNAL_ERROR_CODE, reason=reason)
+            if r.status == PENDING and r.reason is None and domain_of(r.address) == domain
+            else r
+            for r in entry.message.recipients
+        ))
+        queue.held = True
+        self._make_ready(part, first=True)
+        if queue.release is None or not queue.release.active():
+            interval = self._health_interval()
+            queue.release = self._reactor.callLater(interval, self._release, queue)
+        self._decision_for(part, "waiting for a plumbed proxy", reason=reason)
+
+    def _release(self, queue: _Queue) -> None:
+        if queue.release is not None and queue.release.active():
+            queue.release.cancel()
+        queue.release = None
+        queue.held = False
+        if self._queues.get(queue.key) is not queue:
+            return
+        self._refresh(queue)
+        self._pump()
+
+    def _state_changed(self, change: StateChange) -> None:
+        """Registry observer: a server came back, so release the queues that use it."""
+        if change.new is not ServerState.PLUMBED or self._stopping:
+            return
+        try:
+            for queue in [q for q in self._queues.values() if q.held]:
+                settings = self._settings(queue.key)
+                if settings is None or change.server in settings.proxy_servers:
+                    self._release(queue)
+        except Exception:
+            self.log.failure("scheduler: handling a proxy state change failed")
+
+    # -- the end of a message ------------------------------------------------
+
+    def _finish(self, entry: _Entry) -> None:
+        """Nothing pending: bounce the failed recipients (once), then remove the message."""
+        if entry.finishing:
+            return
+        entry.finishing = True
+        message = entry.message
+        failed = [r for r in message.recipients if r.status == FAILED]
+        d = defer.succeed(None)
+        if failed and should_bounce(message.mail_from) and not entry.bounced:
+            d.addCallback(lambda _: self._bounce(entry, failed))
+        d.addCallback(lambda _: self._spool.remove(message.id))
+        d.addErrback(lambda f: None if f.check(MessageNotFound) else f)
+        d.addCallbacks(self._removed, self._finish_failed, callbackArgs=(entry,),
+                       errbackArgs=(entry,))
+        self._track(d)
+
+    def _bounce(self, entry: _Entry, failed: list) -> defer.Deferred:
+        message = entry.message
+        content = defer.maybeDeferred(self._spool.content, message.id)
+        content.addErrback(lambda f: b"" if f.check(MessageNotFound) else f)
+
+        def spool_dsn(original: bytes) -> defer.Deferred:
+            dsn = build_dsn(
+                reporting_mta=self._reporting_mta,
+                original=message,
+                failed=[_dsn_line(r) for r in failed],
+                original_headers=original,
+                arrival_date=message.received_at,
+                date=self._now(),
+            )
+            return self._spool.store(message.binding, "", (message.mail_from,), dsn)
+
+        def spooled(notice: SpooledMessage) -> None:
+            entry.bounced = True
+            self._counters["dsns"] += 1
+            self._decision(message, "", f"DSN {notice.id} spooled to <{message.mail_from}>")
+            self.submit(notice)
+
+        return content.addCallback(spool_dsn).addCallback(spooled)
+
+    def _removed(self, _: object, entry: _Entry) -> None:
+        self._entries.pop(entry.message.id, None)
+        self._decision(entry.message, "", "removed")
+
+    def _finish_failed(self, failure: Failure, entry: _Entry) -> None:
+        self._counters["errors"] += 1
+        self.log.failure("message {message_id}: bounce or removal failed; retrying later",
+                         failure, message_id=entry.message.id)
+        entry.finishing = False
+        if not self._stopping:
+            entry.retry = self._reactor.callLater(
+                FALLBACK_POLICY.retry_interval, self._finish, entry)
+
+    # -- helpers -------------------------------------------------------------
+
+    def _now(self) -> float:
+        return self._reactor.seconds()
+
+    def _settings(self, key: QueueKey) -> Any:
+        try:
+            return self._config().binding(key[0]).settings_for(key[1])
+        except Exception:
+            return None
+
+    def _policy(self, key: QueueKey) -> RetryPolicy:
+        settings = self._settings(key)
+        return FALLBACK_POLICY if settings is None else RetryPolicy.from_settings(settings)
+
+    def _max_connections(self, key: QueueKey) -> int:
+        settings = self._settings(key)
+        return FALLBACK_MAX_CONNECTIONS if settings is None else settings.max_connections
+
+    def _health_interval(self) -> float:
+        try:
+            return self._config().health.interval
+        except Exception:
+            return FALLBACK_POLICY.retry_interval
+
+    def _grace(self) -> float:
+        try:
+            return self._config().service.shutdown_grace
+        except Exception:
+            return 0
+
+    def _timers(self) -> list[IDelayedCall]:
+        calls = [q.release for q in self._queues.values() if q.release is not None]
+        for entry in self._entries.values():
+            calls += [p.timer for p in entry.parts.values() if p.timer is not None]
+            if entry.retry is not None:
+                calls.append(entry.retry)
+        return calls
+
+    def _cancel_in_flight(self) -> None:
+        self.log.warn("scheduler: grace period over; cancelling {count} attempts",
+                      count=len(self._in_flight))
+        for d in list(self._in_flight.values()):
+            d.cancel()
+
+    def _track(self, d: defer.Deferred) -> None:
+        """Keep ``d`` until it fires, so stopService can wait for it."""
+        self._background.add(d)
+        d.addBoth(lambda result: self._background.discard(d) or result)
+        d.addErrback(lambda f: self.log.failure("scheduler: background work failed", f))
+
+    def _decision_for(self, part: _Part, outcome: str, **fields: Any) -> None:
+        entry = self._entries.get(part.message_id)
+        if entry is not None:
+            self._decision(entry.message, part.key[1], outcome, **fields)
+
+    def _decision(
+        self, message: SpooledMessage, domain: str, outcome: str, **fields: Any
+    ) -> None:
+        self.log.info(
+            "message {message_id} binding {binding} domain {domain}: {outcome}",
+            message_id=message.id, binding=message.binding, domain=domain, outcome=outcome,
+            **fields,
+        )
+
+
+def _reason_of(result: Any) -> str:
+    for r in getattr(result, "recipients", ()):
+        return r.response
+    return str(getattr(result, "error", None) or "no plumbed proxy")
+
+
+def _summary(results: dict[str, tuple[int, str, str]]) -> str:
+    kinds = Counter(kind for _, _, kind in results.values())
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+
+
+def _dsn_line(recipient: Any) -> tuple[str, int | None, str | None]:
+    """A failed recipient as ``build_dsn`` wants it.
+
+    A recipient that failed with a temporary code ran out of time: it is
+    reported as expired (RFC 3463 5.4.7), quoting the last temporary error.
+    """
+    code = recipient.code
+    if code is not None and code >= 500:
+        return (recipient.address, code, recipient.reason)
+    last = " ".join(str(p) for p in (code, recipient.reason) if p is not None)
+    expired = "delivery time expired" + (f"; last error: {last}" if last else "")
+    return (recipient.address, None, expired)

@@ -1,0 +1,523 @@
+"""
+Tests for hatwist.scheduler: queues, retries, bounces, holds and shutdown.
+
+Time is a task.Clock; the agent is scripted (its Deferreds are held open until a
+test answers them); the spool is in memory, except in the last tests, which use
+the real Spool in a temporary directory.  Config and proxy registry are real.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+
+import attrs
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from hatwist.config import parse_config
+from hatwist.delivery import RecipientResult
+from hatwist.delivery.attempt import AttemptResult
+from hatwist.health import ServerRegistry
+from hatwist.scheduler import Scheduler
+from hatwist.spool import DELIVERED, FAILED, PENDING, MessageNotFound, Spool, SpooledMessage
+from hatwist.spool._values import new_recipients
+
+CONFIG = """
+retry_interval = 60
+message_expiration = 3600
+max_connections = 2
+shutdown_grace = 10
+ha_proxy_client {
+  health_check_interval = 5
+}
+binding proxied {
+  ha_proxy_server = 127.0.0.1:5000
+  ha_proxy_src_addr = 127.0.0.9
+}
+"""
+START = 1_000_000.0
+
+
+class MemorySpool:
+    """The Spool's interface over a dict; calls succeed at once unless told to fail."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.messages: dict[str, SpooledMessage] = {}
+        self.contents: dict[str, bytes] = {}
+        self.removed: list[str] = []
+        self.stored: list[SpooledMessage] = []
+        self.fail_updates = 0
+        self._n = 0
+
+    def add(self, binding, mail_from, rcpt_to, content=b"Subject: hi\r\n\r\nbody\r\n", **kw):
+        self._n += 1
+        now = self.clock.seconds()
+        message = SpooledMessage(
+            id=f"m{self._n}", binding=binding, mail_from=mail_from,
+            recipients=new_recipients(rcpt_to), received_at=now, attempts=0,
+            next_attempt_at=now, size=len(content),
+        )
+        message = attrs.evolve(message, **kw)
+        self.messages[message.id] = message
+        self.contents[message.id] = content
+        return message
+
+    def store(self, binding, mail_from, rcpt_to, content):
+        message = self.add(binding, mail_from, rcpt_to, content)
+        self.stored.append(message)
+        return defer.succeed(message)
+
+    def content(self, message_id):
+        if message_id not in self.contents:
+            return defer.fail(MessageNotFound(message_id))
+        return defer.succeed(self.contents[message_id])
+
+    def update(self, message):
+        if self.fail_updates:
+            self.fail_updates -= 1
+            return defer.fail(OSError(28, "No space left on device"))
+        self.messages[message.id] = message
+        return defer.succeed(None)
+
+    def remove(self, message_id):
+        self.removed.append(message_id)
+        del self.messages[message_id]
+        del self.contents[message_id]
+        return defer.succeed(None)
+
+    def recover(self):
+        return defer.succeed(sorted(self.messages.values(), key=lambda m: m.id))
+
+
+class HeldAgent:
+    """Every deliver() call waits until the test answers it."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.calls: list[tuple[object, defer.Deferred]] = []
+        self.times: list[float] = []
+        self.cancelled = 0
+
+    def deliver(self, outbound):
+        d = defer.Deferred(lambda _: self._cancelled())
+        self.calls.append((outbound, d))
+        self.times.append(self.clock.seconds())
+        return d
+
+    def _cancelled(self):
+        self.cancelled += 1
+
+    def pending(self):
+        return [(o, d) for o, d in self.calls if not d.called]
+
+    def answer(self, index, code, text="", codes=None):
+        """Fire call ``index``: every recipient gets ``code`` (or its entry in ``codes``)."""
+        outbound, d = self.calls[index]
+        d.callback(result_for(outbound, code, text, codes))
+
+
+def result_for(outbound, code, text="", codes=None):
+    codes = codes or {}
+    return AttemptResult(
+        message_id=outbound.id,
+        recipients=tuple(
+            RecipientResult(a, codes.get(a, code), text) for a in outbound.envelope.rcpt_to
+        ),
+        route="direct", mx_host="mx.test", mx_address="192.0.2.1", duration=0.1,
+    )
+
+
+class World:
+    def __init__(self, config_text=CONFIG):
+        self.clock = task.Clock()
+        self.clock.advance(START)
+        self.config = parse_config(config_text)
+        self.spool = MemorySpool(self.clock)
+        self.agent = HeldAgent(self.clock)
+        self.registry = ServerRegistry(
+            self.config.proxy_servers, success_threshold=1, failure_threshold=1
+        )
+        self.events: list[dict] = []
+        self.scheduler = Scheduler(
+            spool=self.spool, agent=self.agent, config_provider=lambda: self.config,
+            registry=self.registry, reactor=self.clock, reporting_mta="relay.test",
+        )
+        self.scheduler.log = Logger(observer=self.events.append)
+
+    def submit(self, binding="default", mail_from="alice@src.test",
+               rcpt_to=("bob@dst.test",), **kw):
+        message = self.spool.add(binding, mail_from, rcpt_to, **kw)
+        self.scheduler.submit(message)
+        return message
+
+    def proxy(self, up):
+        server = self.config.proxy_servers[0]
+        if up:
+            self.registry.record_success(server, at=self.clock.seconds())
+        else:
+            self.registry.record_failure(server, at=self.clock.seconds(), error="refused")
+
+
+@pytest.fixture
+def world():
+    w = World()
+    w.scheduler.startService()
+    yield w
+    if w.scheduler.running:
+        stopping = w.scheduler.stopService()
+        for _, d in w.agent.pending():
+            d.cancel()
+        w.clock.advance(3600)
+        assert stopping.called
+    assert not w.clock.getDelayedCalls()
+
+
+def parse(content):
+    return email.message_from_bytes(content, policy=email.policy.default)
+
+
+def delivery_status(dsn):
+    report = next(p for p in dsn.walk() if p.get_content_type() == "message/delivery-status")
+    return report.as_string()
+
+
+def test_delivered_message_is_removed(world):
+    message = world.submit()
+    [(outbound, _)] = world.agent.calls
+    assert outbound.envelope.mail_from == "alice@src.test"
+    assert outbound.envelope.rcpt_to == ("bob@dst.test",)
+    assert outbound.domain == "dst.test" and outbound.binding == "default"
+    assert outbound.content == world.spool.contents[message.id]
+    world.agent.answer(0, 250, "2.0.0 ok")
+    assert world.spool.removed == [message.id]
+    assert world.spool.stored == []
+    assert world.scheduler.queue_depths() == {}
+    assert world.scheduler.counters()["delivered"] == 1
+
+
+def test_temporary_failure_retried_at_backoff_time_not_before(world):
+    message = world.submit()
+    world.agent.answer(0, 451, "4.7.1 try later")
+    saved = world.spool.messages[message.id]
+    [rcpt] = saved.recipients
+    assert (rcpt.status, rcpt.code, rcpt.attempts) == (PENDING, 451, 1)
+    assert saved.next_attempt_at == START + 60
+    world.clock.advance(59.9)
+    assert len(world.agent.calls) == 1
+    world.clock.advance(0.1)
+    assert len(world.agent.calls) == 2
+    world.agent.answer(1, 451, "4.7.1 try later")
+    # Doubling: the second retry comes 120 s after the second attempt.
+    world.clock.advance(119.9)
+    assert len(world.agent.calls) == 2
+    world.clock.advance(0.1)
+    assert len(world.agent.calls) == 3
+    assert world.scheduler.counters()["deferred"] == 2
+    assert world.scheduler.queue_depths() == {("default", "dst.test"): 1}
+
+
+def test_permanent_failure_bounces_to_sender(world):
+    message = world.submit(rcpt_to=("bob@dst.test", "carol@dst.test"))
+    world.agent.answer(0, 250, "ok", codes={"carol@dst.test": 550})
+    assert world.spool.removed == [message.id]
+    [notice] = world.spool.stored
+    assert (notice.binding, notice.mail_from) == ("default", "")
+    assert [r.address for r in notice.recipients] == ["alice@src.test"]
+    dsn = parse(world.spool.contents[notice.id])
+    assert dsn.get_content_type() == "multipart/report"
+    assert dsn["To"].addresses[0].addr_spec == "alice@src.test"
+    report = delivery_status(dsn)
+    assert "Final-Recipient: rfc822; carol@dst.test" in report
+    assert "Action: failed" in report
+    assert "bob@dst.test" not in report
+    # The DSN itself is scheduled like any other message.
+    outbound, _ = world.agent.calls[1]
+    assert outbound.envelope.mail_from == ""
+    assert outbound.envelope.rcpt_to == ("alice@src.test",)
+    assert outbound.domain == "src.test"
+    assert world.scheduler.counters()["bounced"] == 1
+
+
+def test_null_sender_never_bounced(world):
+    message = world.submit(mail_from="")
+    world.agent.answer(0, 550, "5.1.1 no such user")
+    assert world.spool.removed == [message.id]
+    assert world.spool.stored == []
+    assert len(world.agent.calls) == 1
+
+
+def test_expiry_bounces_with_last_reason(world):
+    message = world.submit()
+    n = 0
+    while message.id not in world.spool.removed:
+        world.agent.answer(n, 451, f"4.4.1 mx busy #{n}")
+        n += 1
+        world.clock.advance(min(c.getTime() for c in world.clock.getDelayedCalls())
+                            - world.clock.seconds())
+    # Backoff 60, 120, 240, then 480 (the cap): none after the hour is up.
+    calls = zip(world.agent.calls, world.agent.times, strict=True)
+    times = [t for (o, _), t in calls if o.id == message.id]
+    assert times == [
+        START + t for t in (0, 60, 180, 420, 900, 1380, 1860, 2340, 2820, 3300)
+    ]
+    assert world.clock.seconds() == START + 3600
+    [notice] = world.spool.stored
+    dsn = parse(world.spool.contents[notice.id])
+    report = delivery_status(dsn)
+    assert "Action: failed" in report
+    assert "Status: 5.4.7" in report
+    human = next(p for p in dsn.walk() if p.get_content_type() == "text/plain").get_content()
+    assert "4.4.1 mx busy #9" in human
+
+
+def test_max_connections_respected(world):
+    for i in range(5):
+        world.submit(rcpt_to=(f"u{i}@dst.test",))
+    assert len(world.agent.pending()) == 2
+    world.agent.answer(0, 250)
+    assert len(world.agent.pending()) == 2
+    assert len(world.agent.calls) == 3
+    world.agent.answer(1, 250)
+    world.agent.answer(2, 250)
+    world.agent.answer(3, 250)
+    world.agent.answer(4, 250)
+    assert world.spool.messages == {}
+
+
+def test_queues_take_turns(world):
+    for i in range(4):
+        world.submit(rcpt_to=(f"u{i}@busy.test",))
+    world.submit(rcpt_to=("v@quiet.test",))
+    # busy.test is limited to 2; quiet.test gets its slot at once.
+    assert sorted(o.domain for o, _ in world.agent.pending()) == [
+        "busy.test", "busy.test", "quiet.test"
+    ]
+
+
+def test_two_domains_of_one_message_go_to_two_queues(world):
+    message = world.submit(rcpt_to=("a@X.test", "b@y.test", "c@x.test"))
+    calls = {o.domain: o for o, _ in world.agent.calls}
+    assert set(calls) == {"x.test", "y.test"}
+    assert calls["x.test"].envelope.rcpt_to == ("a@X.test", "c@x.test")
+    assert calls["y.test"].envelope.rcpt_to == ("b@y.test",)
+    assert world.scheduler.queue_depths() == {("default", "x.test"): 2, ("default", "y.test"): 1}
+    x = next(i for i, (o, _) in enumerate(world.agent.calls) if o.domain == "x.test")
+    world.agent.answer(x, 250)
+    world.agent.answer(1 - x, 451, "4.2.0 later")
+    saved = world.spool.messages[message.id]
+    assert [r.status for r in saved.recipients] == [DELIVERED, PENDING, DELIVERED]
+    world.clock.advance(60)
+    [(retry, _)] = world.agent.pending()
+    assert retry.envelope.rcpt_to == ("b@y.test",)
+
+
+def test_no_plumbed_proxy_waits_without_spending_attempts(world):
+    world.proxy(up=False)
+    message = world.submit(binding="proxied")
+    world.clock.advance(5 * 20)  # twenty health-check intervals
+    assert world.agent.calls == []
+    saved = world.spool.messages[message.id]
+    assert saved.recipients[0].attempts == 0 and saved.attempts == 0
+    assert world.scheduler.counters()["attempts"] == 0
+    assert world.scheduler.queue_depths() == {("proxied", "dst.test"): 1}
+    world.proxy(up=True)  # the registry's StateChange releases the queue at once
+    [(outbound, _)] = world.agent.calls
+    assert outbound.binding == "proxied"
+
+
+def test_held_queue_is_rechecked_after_health_interval(world):
+    world.proxy(up=False)
+    world.submit(binding="proxied")
+    # A reload turns the proxy off for this binding; no StateChange is sent.
+    world.config = parse_config(CONFIG.replace("ha_proxy_src_addr", "ha_proxy_bypass = true\n#"))
+    world.clock.advance(4.9)
+    assert world.agent.calls == []
+    world.clock.advance(0.1)
+    assert len(world.agent.calls) == 1
+
+
+def test_waiting_result_from_agent_does_not_spend_attempt(world):
+    message = world.submit()
+
+    @attrs.frozen
+    class Waiting:
+        recipients: tuple
+        waiting_for_proxy: bool = True
+
+    _, d = world.agent.calls[0]
+    d.callback(Waiting((RecipientResult("bob@dst.test", 451, "4.4.0 no plumbed proxy"),)))
+    assert world.spool.messages[message.id].recipients[0].attempts == 0
+    world.clock.advance(5)
+    assert len(world.agent.calls) == 2
+
+
+def test_agent_that_raises_does_not_kill_scheduler(world):
+    real = world.agent.deliver
+    raised = []
+
+    def broken(outbound):
+        if not raised:
+            raised.append(outbound)
+            raise RuntimeError("boom")
+        return real(outbound)
+
+    world.agent.deliver = broken
+    message = world.submit()
+    saved = world.spool.messages[message.id]
+    assert saved.recipients[0].status == PENDING
+    assert "boom" in saved.recipients[0].reason
+    other = world.submit(rcpt_to=("x@other.test",))
+    assert [o.id for o, _ in world.agent.calls] == [other.id]
+    world.clock.advance(60)
+    assert [o.id for o, _ in world.agent.calls] == [other.id, message.id]
+    assert world.scheduler.counters()["errors"] == 1
+
+
+def test_agent_failure_is_a_temporary_failure(world):
+    message = world.submit()
+    world.agent.calls[0][1].errback(ValueError("broken session"))
+    assert world.spool.messages[message.id].recipients[0].status == PENDING
+    world.clock.advance(60)
+    assert len(world.agent.calls) == 2
+
+
+def test_spool_update_failure_keeps_the_message(world):
+    world.spool.fail_updates = 1
+    message = world.submit()
+    world.agent.answer(0, 451, "4.0.0 later")
+    assert world.spool.messages[message.id].recipients[0].attempts == 0  # not saved
+    world.clock.advance(60)
+    world.agent.answer(1, 250)
+    assert world.spool.removed == [message.id]
+
+
+def test_recovery_schedules_spooled_messages_at_start():
+    w = World()
+    due = w.spool.add("default", "a@src.test", ["b@dst.test"], next_attempt_at=START - 10)
+    later = w.spool.add("default", "a@src.test", ["c@dst.test"], next_attempt_at=START + 100)
+    w.scheduler.startService()
+    assert [o.id for o, _ in w.agent.calls] == [due.id]
+    w.clock.advance(100)
+    assert [o.id for o, _ in w.agent.calls] == [due.id, later.id]
+    w.agent.answer(0, 250)
+    w.agent.answer(1, 250)
+    assert w.spool.messages == {}
+    w.scheduler.stopService()
+
+
+def test_recovered_message_with_nothing_pending_is_bounced_and_removed():
+    w = World()
+    message = w.spool.add("default", "a@src.test", ["b@dst.test"])
+    failed = attrs.evolve(message.recipients[0], status=FAILED, code=550, reason="5.1.1 gone")
+    w.spool.messages[message.id] = attrs.evolve(message, recipients=(failed,))
+    w.scheduler.startService()
+    assert message.id in w.spool.removed
+    assert len(w.spool.stored) == 1
+    w.scheduler.stopService()
+    w.clock.advance(10)
+
+
+def test_stop_waits_for_in_flight_attempts():
+    w = World()
+    w.scheduler.startService()
+    message = w.submit()
+    stopping = w.scheduler.stopService()
+    assert not stopping.called
+    w.agent.answer(0, 250)
+    assert stopping.called
+    assert w.spool.removed == [message.id]
+    assert not w.clock.getDelayedCalls()
+
+
+def test_stop_cancels_attempts_after_grace_and_leaves_mail_spooled():
+    w = World()
+    w.scheduler.startService()
+    message = w.submit()
+    stopping = w.scheduler.stopService()
+    w.clock.advance(9.9)
+    assert not stopping.called
+    w.clock.advance(0.1)
+    assert stopping.called
+    assert w.agent.cancelled == 1
+    assert w.spool.messages[message.id].recipients[0].status == PENDING
+    assert w.spool.messages[message.id].recipients[0].attempts == 0
+    assert not w.clock.getDelayedCalls()
+
+
+def test_stop_starts_nothing_new():
+    w = World()
+    w.scheduler.startService()
+    w.submit(rcpt_to=("a@dst.test",))
+    w.submit(rcpt_to=("b@dst.test",))
+    w.submit(rcpt_to=("c@dst.test",))  # waits for a slot
+    stopping = w.scheduler.stopService()
+    w.agent.answer(0, 250)
+    w.agent.answer(1, 250)
+    assert stopping.called
+    assert len(w.agent.calls) == 2
+    assert len(w.spool.messages) == 1
+
+
+def test_decisions_are_structured_log_events(world):
+    message = world.submit()
+    world.agent.answer(0, 451, "4.0.0 later")
+    [event] = [e for e in world.events if e.get("next_attempt_at")]
+    assert event["message_id"] == message.id
+    assert (event["binding"], event["domain"]) == ("default", "dst.test")
+    assert event["outcome"] == "1 temporary"
+    assert event["next_attempt_at"] == START + 60
+
+
+# -- with the real Spool --------------------------------------------------------------------
+
+
+class InstantAgent:
+    def __init__(self, code):
+        self.code = code
+        self.calls = []
+
+    def deliver(self, outbound):
+        self.calls.append(outbound)
+        return defer.succeed(result_for(outbound, self.code, "4.0.0 later"))
+
+
+@pytest_twisted.inlineCallbacks
+def test_real_spool_state_survives_restart(tmp_path):
+    from twisted.internet import reactor
+
+    clock = task.Clock()
+    config = parse_config(CONFIG)
+    registry = ServerRegistry((), success_threshold=1, failure_threshold=1)
+    spool = Spool(str(tmp_path), reactor=reactor, threadpool=reactor.getThreadPool())
+
+    def scheduler(agent):
+        return Scheduler(spool=spool, agent=agent, config_provider=lambda: config,
+                         registry=registry, reactor=clock, reporting_mta="relay.test")
+
+    message = yield spool.store("default", "a@src.test", ["b@dst.test"], b"Subject: x\r\n\r\n")
+    clock.advance(message.received_at)  # the real Spool stamps messages with real time
+    first = scheduler(InstantAgent(451))
+    first.startService()
+    first.submit(message)
+    assert first.in_flight() == 1
+    yield first.stopService().addTimeout(10, reactor)
+    [saved] = yield spool.recover().addTimeout(10, reactor)
+    assert saved.recipients[0].attempts == 1
+    assert saved.next_attempt_at > clock.seconds()
+
+    agent = InstantAgent(250)
+    second = scheduler(agent)
+    second.startService()
+    yield second.when_recovered().addTimeout(10, reactor)
+    assert agent.calls == []  # not due yet
+    clock.advance(60)
+    assert second.in_flight() == 1
+    yield second.stopService().addTimeout(10, reactor)  # waits for the attempt and its state
+    assert [o.id for o in agent.calls] == [message.id]
+    left = yield spool.recover().addTimeout(10, reactor)
+    assert left == []
+    assert not clock.getDelayedCalls()
