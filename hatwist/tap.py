@@ -1,0 +1,307 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+``twistd hatwist --config FILE``: the relay as one Twisted service tree.
+
+:class:`RelayService` wires the parts once from a :class:`~hatwist.config.Config`, in the
+order the data flows: spool threads -> proxy health -> scheduler -> status web -> inbound
+listener. Twisted starts children in that order and stops them in reverse, which is exactly
+the shutdown operators want: stop accepting mail first, let attempts in flight finish within
+``shutdown_grace``, and leave everything else durable in the spool.
+
+SIGHUP reloads the config file atomically: the new file is read and validated off the
+reactor thread; if it is invalid the error is logged and the running config stays.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, task, threads
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
+
+from hatwist import __version__
+from hatwist.config import Config, ConfigError, ServerAddress, load_config
+from hatwist.delivery.attempt import DeliveryAgent
+from hatwist.health import HealthChecker, ServerRegistry, make_probe
+from hatwist.inbound import InboundFactory
+from hatwist.mx import MXResolver, build_resolver
+from hatwist.scheduler import Scheduler
+from hatwist.spool import Spool
+
+__all__ = ["Options", "RelayService", "makeService"]
+
+SPOOL_THREADS = 4
+
+
+class Options(usage.Options):
+    """Command-line options of ``twistd hatwist`` / ``twist hatwist``."""
+
+    synopsis = "--config FILE"
+    longdesc = (
+        "Run the hatwist relay: accept mail on `listen`, spool it durably, and deliver it "
+        "through the configured HAProxy PROXY-protocol servers."
+    )
+    optParameters = [
+        ["config", "c", "/etc/hatwist/hatwist.conf", "the hatwist config file"],
+    ]
+
+    def postOptions(self) -> None:
+        try:
+            self["loaded"] = load_config(self["config"])
+        except OSError as error:
+            raise usage.UsageError(f"cannot read config {self['config']}: {error}") from None
+        except ConfigError as error:
+            raise usage.UsageError(str(error)) from None
+
+
+def server_endpoint(reactor: Any, address: ServerAddress) -> IStreamServerEndpoint:
+    """A listening endpoint for a configured ``host:port`` (an IP literal)."""
+    if address.ip_version == 6:
+        return TCP6ServerEndpoint(reactor, address.port, interface=address.host)
+    return TCP4ServerEndpoint(reactor, address.port, interface=address.host)
+
+
+class _ThreadPoolService(service.Service):
+    """Owns the threads that do the spool's blocking file I/O and fsyncs."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        # ThreadPool.stop joins its threads: a blocking call kept off the reactor thread.
+        return threads.deferToThread(self.pool.stop)
+
+
+class _ListeningService(service.Service):
+    """Listens on an endpoint while running; exposes the port once listening."""
+
+    def __init__(
+        self, endpoint: IStreamServerEndpoint, factory: Any,
+        on_stop: Callable[[], defer.Deferred[None]] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port: IListeningPort | None = None
+        self.listening: defer.Deferred[IListeningPort] | None = None
+        self._on_stop = on_stop
+
+    def startService(self) -> None:
+        super().startService()
+        self.listening = self.endpoint.listen(self.factory)
+
+        def remember(port: IListeningPort) -> IListeningPort:
+            self.port = port
+            return port
+
+        self.listening.addCallback(remember)
+
+    async def _stop(self) -> None:
+        if self.listening is not None:
+            port = await self.listening
+            await port.stopListening()
+        if self._on_stop is not None:
+            await self._on_stop()
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return defer.Deferred.fromCoroutine(self._stop())
+
+
+class RelayService(service.MultiService):
+    """
+    The whole relay. ``config`` is the running configuration; :meth:`reload` replaces it.
+
+    Attributes ``registry``, ``scheduler``, ``spool``, ``agent``, ``inbound`` and
+    ``status_site`` are the named objects the status page and tests look at.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: Config, *, reactor: Any, hostname: str | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.hostname = hostname or socket.getfqdn()
+        health = config.health
+
+        self.registry = ServerRegistry(
+            config.proxy_servers,
+            success_threshold=health.success_threshold,
+            failure_threshold=health.failure_threshold,
+        )
+        self.threadpool = ThreadPool(minthreads=1, maxthreads=SPOOL_THREADS, name="hatwist-spool")
+        _ThreadPoolService(self.threadpool).setServiceParent(self)
+
+        self.checker = HealthChecker(
+            self.registry, health, self._probe(config), reactor=reactor
+        )
+        self.checker.setServiceParent(self)
+
+        resolver = config.service.resolver
+        self.resolver = MXResolver(
+            build_resolver(
+                (resolver.host, resolver.port) if resolver else None, reactor=reactor
+            ),
+            reactor=reactor,
+        )
+        self.agent = DeliveryAgent(
+            config, self.registry, self.resolver, reactor=reactor,
+            default_ehlo_hostname=self.hostname,
+        )
+        self.spool = Spool(config.service.spool_dir, reactor=reactor, threadpool=self.threadpool)
+        self.scheduler = Scheduler(
+            spool=self.spool,
+            agent=self.agent,
+            config_provider=lambda: self.config,
+            registry=self.registry,
+            reactor=reactor,
+            reporting_mta=self.hostname,
+        )
+        self.scheduler.setServiceParent(self)
+
+        self.status_site = self._status_site()
+        if self.status_site is not None:
+            _ListeningService(
+                server_endpoint(reactor, config.service.status_listen), self.status_site
+            ).setServiceParent(self)
+
+        self.inbound = InboundFactory(
+            spool=self.spool,
+            relay_from=config.service.relay_from,
+            max_message_size=config.service.max_message_size,
+            hostname=self.hostname,
+            binding_exists=self._binding_exists,
+            on_accepted=self.scheduler.submit,
+            reactor=reactor,
+        )
+        self.listener = _ListeningService(
+            server_endpoint(reactor, config.service.listen), self.inbound,
+            on_stop=self._drain_inbound,
+        )
+        self.listener.setServiceParent(self)
+
+    # -- wiring helpers ---------------------------------------------------------
+
+    def _probe(self, config: Config) -> Any:
+        return make_probe(config.health, reactor=self.reactor, sources_for=config.sources_for)
+
+    def _status_site(self) -> Any:
+        """The /status, /metrics and HTML site, when the web module is present."""
+        try:
+            from hatwist.web import make_status_site
+        except ImportError:
+            return None
+        return make_status_site(self)
+
+    def _binding_exists(self, name: str) -> bool:
+        try:
+            self.config.binding(name)
+        except KeyError:
+            return False
+        return True
+
+    async def _drain_inbound(self) -> None:
+        """Let submitters in the middle of a transaction finish, within the grace period."""
+        grace = self.config.service.shutdown_grace
+        deadline = self.reactor.seconds() + grace
+        while self.inbound.sessions and self.reactor.seconds() < deadline:
+            await task.deferLater(self.reactor, 0.1)
+        for session in list(self.inbound.sessions):
+            session.transport.loseConnection()
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def startService(self) -> None:
+        self.log.info(
+            "hatwist {version} starting: config {config}, listen {listen}, "
+            "{servers} proxy server(s)",
+            version=__version__,
+            config=self.config.filename,
+            listen=str(self.config.service.listen),
+            servers=len(self.config.proxy_servers),
+        )
+        super().startService()
+        self._previous_hup = _install_sighup(self.reactor, self.reload)
+
+    def stopService(self) -> defer.Deferred[None]:
+        if self._previous_hup is not None:
+            signal.signal(signal.SIGHUP, self._previous_hup)
+            self._previous_hup = None
+        d = defer.maybeDeferred(super().stopService)
+        d.addCallback(lambda _: self.agent.close())
+        d.addCallback(lambda _: self.resolver.close())
+        return d
+
+    _previous_hup: Any = None
+
+    def reload(self) -> defer.Deferred[bool]:
+        """Re-read the config file; apply it if valid. Fires True when applied."""
+        filename = self.config.filename
+        d = threads.deferToThread(load_config, filename)
+        d.addCallbacks(self._apply, self._reload_failed, errbackArgs=(filename,))
+        return d
+
+    def _reload_failed(self, failure: Any, filename: str) -> bool:
+        self.log.error(
+            "config reload refused, keeping the running config: {error}",
+            error=str(failure.value) if failure.check(ConfigError, OSError)
+            else failure.getTraceback(),
+            filename=filename,
+        )
+        return False
+
+    def _apply(self, config: Config) -> bool:
+        old = self.config
+        for key in ("listen", "status_listen", "spool_dir", "resolver"):
+            if getattr(old.service, key) != getattr(config.service, key):
+                self.log.warn(
+                    "config reload: {key} changed; it takes effect at the next restart",
+                    key=key,
+                )
+        health = config.health
+        self.registry.update_servers(
+            config.proxy_servers,
+            success_threshold=health.success_threshold,
+            failure_threshold=health.failure_threshold,
+        )
+        self.checker.reconfigure(health, self._probe(config))
+        self.agent.config = config
+        self.inbound.relay_from = tuple(config.service.relay_from)
+        self.inbound.max_message_size = config.service.max_message_size
+        self.config = config
+        self.log.info("config reloaded from {filename}", filename=config.filename)
+        return True
+
+
+def _install_sighup(reactor: Any, reload: Callable[[], object]) -> Any:
+    """Route SIGHUP to ``reload`` in the reactor thread; returns the previous handler."""
+    if not hasattr(signal, "SIGHUP"):
+        return None
+
+    def handler(signum: int, frame: object) -> None:
+        reactor.callFromThread(reload)
+
+    try:
+        return signal.signal(signal.SIGHUP, handler)
+    except ValueError:  # not the main thread (e.g. some test runners)
+        return None
+
+
+def makeService(options: Options) -> RelayService:
+    """The IServiceMaker entry point used by twistd/twist."""
+    from twisted.internet import reactor
+
+    return RelayService(options["loaded"], reactor=reactor)
