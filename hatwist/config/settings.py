@@ -1,4 +1,4 @@
-"""From a parsed tree to resolved values per binding and domain (tests: tests/config/).
+"""Resolve a parsed tree into values per binding and domain (tests: tests/config/test_settings.py).
 
 A value for a (binding, domain) pair comes from the first of these scopes that sets it::
 
@@ -374,8 +374,13 @@ class _Loader:
             ),
             warnings=tuple(self.warnings),
             sources=self.sources,
-            proxy_servers=tuple(dict.fromkeys(s for _, _, s in sorted(self.servers))),
+            proxy_servers=self.proxy_servers(),
         )
+
+    def proxy_servers(self) -> tuple[ServerAddress, ...]:
+        """Every distinct server in file order (scopes are visited out of file order)."""
+        in_order = sorted(self.servers, key=lambda entry: (entry[0], entry[1]))
+        return tuple(dict.fromkeys(server for _, _, server in in_order))
 
     def add_binding(
         self, bindings: dict[str, _BindingScope], scope: Scope, name: str, group: str | None
