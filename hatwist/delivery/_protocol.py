@@ -254,6 +254,12 @@ class SessionProtocol(ESMTPClient):
     def _starttls_reply(self, code: int, resp: bytes) -> None:
         if code == 220:
             self._tls_pending = True
+            if self.clearLineBuffer():
+                # Bytes that came with the 220 were sent before TLS, by the server or by
+                # someone in the path, and would be read as if protected (STARTTLS
+                # response injection, CVE-2011-0411's client-side twin).
+                self.fail(TLSFailed("plaintext data arrived with STARTTLS's 220 reply"))
+                return
             try:
                 self.transport.startTLS(self.context)
             except Exception as e:
