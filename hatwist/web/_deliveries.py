@@ -1,0 +1,117 @@
+# -*- test-case-name: tests.web.test_deliveries -*-
+"""
+Delivery counts for /status and /metrics, read from the delivery agent's log events.
+
+The agent emits one event per attempt (``hatwist_event="delivery_attempt"``, namespace
+``hatwist.delivery.attempt``). Counting from the log keeps the two apart: the agent knows
+nothing about metrics, and this observer reads event fields only. Fields read:
+
+``binding``
+    the binding name.
+``route``
+    ``"direct"`` or ``"proxy SERVER from SRC"``; ``None`` when no MX was reached
+    (counted as :data:`NO_ROUTE`).
+``codes``
+    ``{recipient: reply code}``: one count per recipient, by the reply's class.
+``no_greeting`` (optional)
+    the proxy servers (as configured) that accepted the TCP connection but never sent a
+    220 banner during this attempt. Without it, the ``via proxy SERVER from SRC: proxy
+    connected, no greeting`` fragments of ``error`` are counted instead (those are only
+    there when the attempt as a whole failed).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.logger import ILogObserver
+from zope.interface import implementer
+
+#: The ``hatwist_event`` value of the agent's one event per attempt.
+DELIVERY_EVENT = "delivery_attempt"
+
+#: Result names, by the first digit of a recipient's final reply code (the vocabulary of
+#: ``hatwist.delivery.RecipientResult.kind``).
+RESULTS = {2: "delivered", 4: "temporary", 5: "permanent"}
+
+#: The route label of an attempt that reached no MX (DNS failure, no usable route).
+NO_ROUTE = "none"
+
+_NO_GREETING = re.compile(r"via proxy (\S+) from \S+: proxy connected, no greeting")
+
+ResultKey = tuple[str, str, str]
+"""(binding, route, result)."""
+
+NoGreetingKey = tuple[str, str]
+"""(binding, proxy server)."""
+
+
+def result_of(code: Any) -> str | None:
+    """``"delivered"``, ``"temporary"`` or ``"permanent"`` for a reply code, else None."""
+    if isinstance(code, bool) or not isinstance(code, int):
+        return None
+    return RESULTS.get(code // 100)
+
+
+def no_greeting_servers(event: Mapping[str, Any]) -> list[str]:
+    """The proxy servers that connected but sent no greeting, per one attempt event."""
+    servers = event.get("no_greeting")
+    if servers is not None:
+        return [str(s) for s in servers]
+    error = event.get("error")
+    return _NO_GREETING.findall(error) if isinstance(error, str) else []
+
+
+@implementer(ILogObserver)
+class DeliveryMetrics:
+    """
+    Counts recipients by (binding, route, result) and no-greeting proxy sessions by
+    (binding, server). Add it with ``globalLogPublisher.addObserver``.
+
+    Never raises: a log observer that fails would hide the event from nobody but would
+    be reported on every delivery, so malformed events are skipped instead.
+    """
+
+    def __init__(self) -> None:
+        self._results: Counter[ResultKey] = Counter()
+        self._no_greeting: Counter[NoGreetingKey] = Counter()
+        self._attempts = 0
+
+    def __call__(self, event: Mapping[str, Any]) -> None:
+        if event.get("hatwist_event") != DELIVERY_EVENT:
+            return
+        binding = str(event.get("binding"))
+        route = event.get("route") or NO_ROUTE
+        codes = event.get("codes")
+        if not isinstance(codes, Mapping):
+            return
+        self._attempts += 1
+        for code in codes.values():
+            result = result_of(code)
+            if result is not None:
+                self._results[(binding, str(route), result)] += 1
+        for server in no_greeting_servers(event):
+            self._no_greeting[(binding, server)] += 1
+
+    @property
+    def attempts(self) -> int:
+        """Attempt events seen."""
+        return self._attempts
+
+    def results(self) -> dict[ResultKey, int]:
+        """Recipients counted per (binding, route, result)."""
+        return dict(self._results)
+
+    def result_totals(self) -> dict[str, int]:
+        """Recipients per result, every result named (zero included)."""
+        totals = dict.fromkeys(RESULTS.values(), 0)
+        for (_, _, result), count in self._results.items():
+            totals[result] += count
+        return totals
+
+    def no_greeting(self) -> dict[NoGreetingKey, int]:
+        """Sessions where the proxy connected but no greeting came, per (binding, server)."""
+        return dict(self._no_greeting)

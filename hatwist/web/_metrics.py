@@ -1,0 +1,138 @@
+# -*- test-case-name: tests.web.test_metrics -*-
+"""
+Prometheus metrics: every value computed at scrape time from the status sources.
+
+A custom collector on a dedicated ``CollectorRegistry`` (never prometheus_client's global
+one): nothing is copied into metric objects between scrapes, so a scrape shows exactly
+what /status would show at the same moment, and two services in one process (tests)
+never share a metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from ._status import StatusSources, proxy_views, queue_depths, scheduler_counters
+
+#: Help text of the scheduler's counters, exported as ``hatwist_scheduler_<name>_total``.
+#: A counter the scheduler adds later is exported with a generic help text.
+SCHEDULER_HELP = {
+    "delivered": "Recipients delivered.",
+    "deferred": "Recipient attempts that ended with a temporary failure (retried later).",
+    "bounced": "Recipients failed for good (permanent failure or expiry).",
+    "attempts": "Delivery attempts started.",
+    "waiting": "Attempts held back because no proxy server of the route was plumbed.",
+    "errors": "Attempts that failed inside hatwist (counted as temporary failures).",
+    "dsns": "Bounce messages spooled.",
+}
+
+
+class StatusCollector(Collector):
+    """Reads the registry, the scheduler and the delivery counts on every scrape."""
+
+    def __init__(self, sources: StatusSources) -> None:
+        self._sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        sources = self._sources
+        info = GaugeMetricFamily("hatwist_info", "hatwist version (always 1).", labels=["version"])
+        info.add_metric([sources.version], 1)
+        yield info
+
+        deliveries = CounterMetricFamily(
+            "hatwist_deliveries",
+            "Recipients per delivery attempt, by binding, route and result "
+            "(delivered 2xx, temporary 4xx, permanent 5xx).",
+            labels=["binding", "route", "result"],
+        )
+        for (binding, route, result), count in sorted(sources.deliveries.results().items()):
+            deliveries.add_metric([binding, route, result], count)
+        yield deliveries
+
+        no_greeting = CounterMetricFamily(
+            "hatwist_proxy_no_greeting",
+            "Proxy sessions that connected but got no SMTP greeting "
+            "(an unusable source IP or unreachable MX behind HAProxy).",
+            labels=["binding", "server"],
+        )
+        for (binding, server), count in sorted(sources.deliveries.no_greeting().items()):
+            no_greeting.add_metric([binding, server], count)
+        yield no_greeting
+
+        yield from self._proxies()
+        yield from self._queues()
+
+    def _proxies(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "hatwist_proxy_up",
+            "1 when the proxy server is plumbed, 0 when unplumbed.",
+            labels=["server"],
+        )
+        latency = GaugeMetricFamily(
+            "hatwist_proxy_check_latency_seconds",
+            "Duration of the latest successful health check.",
+            labels=["server"],
+        )
+        last_check = GaugeMetricFamily(
+            "hatwist_proxy_last_check_timestamp_seconds",
+            "When the latest health check ended (Unix time).",
+            labels=["server"],
+        )
+        checks = CounterMetricFamily(
+            "hatwist_proxy_checks", "Health checks run.", labels=["server"]
+        )
+        failures = CounterMetricFamily(
+            "hatwist_proxy_check_failures", "Health checks failed.", labels=["server"]
+        )
+        changes = CounterMetricFamily(
+            "hatwist_proxy_state_changes",
+            "Flips between plumbed and unplumbed.",
+            labels=["server"],
+        )
+        for proxy in proxy_views(self._sources):
+            labels = [proxy.server]
+            up.add_metric(labels, 1 if proxy.state == "plumbed" else 0)
+            if proxy.last_latency is not None:
+                latency.add_metric(labels, proxy.last_latency)
+            if proxy.last_check is not None:
+                last_check.add_metric(labels, proxy.last_check)
+            checks.add_metric(labels, proxy.checks)
+            failures.add_metric(labels, proxy.failures)
+            changes.add_metric(labels, proxy.state_changes)
+        yield from (up, latency, last_check, checks, failures, changes)
+
+    def _queues(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "hatwist_queue_depth",
+            "Pending recipients per binding and domain.",
+            labels=["binding", "domain"],
+        )
+        for binding, domain, count in queue_depths(self._sources):
+            depth.add_metric([binding, domain], count)
+        yield depth
+        for name, value in sorted(scheduler_counters(self._sources).items()):
+            help_text = SCHEDULER_HELP.get(name, f"Scheduler counter {name!r}.")
+            counter = CounterMetricFamily(f"hatwist_scheduler_{name}", help_text)
+            counter.add_metric([], value)
+            yield counter
+
+
+def metrics_registry(sources: StatusSources) -> CollectorRegistry:
+    """A fresh registry holding one :class:`StatusCollector`."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(sources))
+    return registry
+
+
+def render_metrics(registry: CollectorRegistry, accept: str = "") -> tuple[bytes, str]:
+    """
+    ``registry`` in the format the scraper's ``Accept`` header asks for, and its
+    Content-Type: OpenMetrics when asked, else Prometheus text (0.0.4).
+    """
+    encode, content_type = choose_encoder(accept)
+    return encode(registry), content_type

@@ -1,0 +1,156 @@
+# -*- test-case-name: tests.web.test_page -*-
+"""
+The HTML status page an operator leaves open: it reloads itself every few seconds.
+
+Pure: rendered from the /status document, so the page never shows anything the JSON
+does not. Every value is escaped; there are no scripts and no external assets (the
+server's Content-Security-Policy forbids them), so the page works on an isolated host.
+Each proxy row carries ``data-server`` and ``data-state`` for tools that read the page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from html import escape
+from typing import Any
+
+from . import _format
+
+#: Seconds between reloads (``<meta http-equiv="refresh">``).
+REFRESH_SECONDS = 5
+
+_STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.4em; margin: 0 0 .2em; }
+h2 { font-size: 1.1em; margin: 1.4em 0 .4em; }
+p.summary { margin: 0; color: #555; }
+table { border-collapse: collapse; }
+th, td { padding: .25em .7em; border-bottom: 1px solid #ddd; text-align: left; }
+td.number { text-align: right; font-variant-numeric: tabular-nums; }
+td.state { font-weight: bold; text-transform: uppercase; color: #fff; }
+td.state.plumbed { background: #1a7f37; }
+td.state.unplumbed { background: #cf222e; }
+td.error { color: #cf222e; }
+td.empty { color: #777; font-style: italic; }
+"""
+
+_PROXY_COLUMNS = (
+    "server",
+    "state",
+    "consecutive ok",
+    "consecutive failed",
+    "last check",
+    "latency",
+    "checks",
+    "failed checks",
+    "no greeting",
+    "last error",
+)
+
+
+def _cell(value: object, css: str | None = None) -> str:
+    attribute = f' class="{escape(css)}"' if css else ""
+    return f"<td{attribute}>{escape(_format.text(value))}</td>"
+
+
+def _table(table_id: str, columns: Sequence[str], rows: Iterable[str], empty: str) -> list[str]:
+    body = list(rows) or [
+        f'<tr><td class="empty" colspan="{len(columns)}">{escape(empty)}</td></tr>'
+    ]
+    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+    return [
+        f'<table id="{table_id}">',
+        f"<thead><tr>{head}</tr></thead>",
+        "<tbody>",
+        *body,
+        "</tbody>",
+        "</table>",
+    ]
+
+
+def _proxy_row(proxy: dict[str, Any], now: float) -> str:
+    server, state = proxy["server"], proxy["state"]
+    cells = [
+        _cell(server, "server"),
+        _cell(state, f"state {state}"),
+        _cell(proxy["consecutive_successes"], "number"),
+        _cell(proxy["consecutive_failures"], "number"),
+        _cell(_format.age(now, proxy["last_check"])),
+        _cell(_format.latency(proxy["last_latency"]), "number"),
+        _cell(proxy["checks"], "number"),
+        _cell(proxy["failures"], "number"),
+        _cell(proxy.get("no_greeting", 0), "number"),
+        _cell(proxy["last_error"], "error" if proxy["last_error"] else None),
+    ]
+    return f'<tr data-server="{escape(server)}" data-state="{escape(state)}">{"".join(cells)}</tr>'
+
+
+def _queue_row(queue: dict[str, Any]) -> str:
+    cells = _cell(queue["binding"]) + _cell(queue["domain"]) + _cell(queue["depth"], "number")
+    return f"<tr>{cells}</tr>"
+
+
+def counter_rows(deliveries: dict[str, Any], no_greeting: int) -> list[tuple[str, object]]:
+    """(name, value) of every counter the page and ``hatwist status`` show, in order."""
+    rows: list[tuple[str, object]] = [
+        *((f"scheduler: {name}", n) for name, n in deliveries.get("counters", {}).items()),
+        *((f"attempt results: {name}", n) for name, n in deliveries.get("results", {}).items()),
+    ]
+    if "in_flight" in deliveries:
+        rows.append(("attempts in flight", deliveries["in_flight"]))
+    rows.append(("proxy connected, no greeting", no_greeting))
+    return rows
+
+
+def _summary(proxies: list[dict[str, Any]]) -> str:
+    if not proxies:
+        return "no proxy servers configured"
+    plumbed = sum(p["state"] == "plumbed" for p in proxies)
+    return f"{plumbed} of {len(proxies)} proxy servers plumbed"
+
+
+def render_page(document: dict[str, Any], refresh: int = REFRESH_SECONDS) -> str:
+    """The whole page for one /status document."""
+    now = document["now"]
+    proxies = document["proxies"]
+    unplumbed = sum(p["state"] != "plumbed" for p in proxies)
+    title = f"hatwist: {unplumbed} unplumbed" if unplumbed else "hatwist: all plumbed"
+    counters = counter_rows(document["deliveries"], document["no_greeting"])
+    lines = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        f'<meta http-equiv="refresh" content="{int(refresh)}">',
+        f"<title>{escape(title)}</title>",
+        f"<style>{_STYLE}</style>",
+        "</head>",
+        "<body>",
+        f"<h1>hatwist {escape(str(document['version']))}</h1>",
+        f'<p class="summary">{escape(_summary(proxies))} &middot; as of '
+        f"{escape(_format.utc(now))} &middot; refreshes every {int(refresh)} s</p>",
+        "<h2>Proxy servers</h2>",
+        *_table(
+            "proxies",
+            _PROXY_COLUMNS,
+            (_proxy_row(p, now) for p in proxies),
+            "no proxy servers configured",
+        ),
+        "<h2>Queues</h2>",
+        *_table(
+            "queues",
+            ("binding", "domain", "pending recipients"),
+            (_queue_row(q) for q in document["queues"]),
+            "no mail queued",
+        ),
+        "<h2>Counters</h2>",
+        *_table(
+            "counters",
+            ("counter", "value"),
+            (f"<tr>{_cell(n)}{_cell(v, 'number')}</tr>" for n, v in counters),
+            "none",
+        ),
+        "</body>",
+        "</html>",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,92 @@
+# -*- test-case-name: tests.web.test_resource -*-
+"""
+The twisted.web faces on ``status_listen``: ``/`` (HTML), ``/status`` (JSON), ``/metrics``.
+
+Each request reads the sources afresh and renders synchronously: all of it is in-memory
+bookkeeping, so nothing here can block the reactor on I/O. Responses are never cached,
+and the page may load nothing from anywhere (Content-Security-Policy).
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from ._metrics import metrics_registry, render_metrics
+from ._page import render_page
+from ._status import StatusSources, status_document
+
+_JSON = b"application/json; charset=utf-8"
+_HTML = b"text/html; charset=utf-8"
+#: The page uses one inline style sheet and nothing else: no scripts, frames or fetches.
+_PAGE_POLICY = b"default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'"
+
+
+def _common_headers(request: Request, content_type: bytes) -> None:
+    request.setHeader(b"Content-Type", content_type)
+    request.setHeader(b"Cache-Control", b"no-store")
+    request.setHeader(b"X-Content-Type-Options", b"nosniff")
+
+
+class StatusResource(Resource):
+    """``GET /status``: the status document as JSON."""
+
+    isLeaf = True
+
+    def __init__(self, sources: StatusSources) -> None:
+        super().__init__()
+        self._sources = sources
+
+    def render_GET(self, request: Request) -> bytes:
+        _common_headers(request, _JSON)
+        return json.dumps(status_document(self._sources), indent=2).encode() + b"\n"
+
+
+class MetricsResource(Resource):
+    """``GET /metrics``: Prometheus text (or OpenMetrics when the scraper asks)."""
+
+    isLeaf = True
+
+    def __init__(self, sources: StatusSources) -> None:
+        super().__init__()
+        self._registry = metrics_registry(sources)
+
+    def render_GET(self, request: Request) -> bytes:
+        accept = (request.getHeader(b"accept") or b"").decode("latin-1")
+        body, content_type = render_metrics(self._registry, accept)
+        _common_headers(request, content_type.encode())
+        return body
+
+
+class PageResource(Resource):
+    """``GET /``: the self-refreshing HTML page."""
+
+    isLeaf = True
+
+    def __init__(self, sources: StatusSources) -> None:
+        super().__init__()
+        self._sources = sources
+
+    def render_GET(self, request: Request) -> bytes:
+        _common_headers(request, _HTML)
+        request.setHeader(b"Content-Security-Policy", _PAGE_POLICY)
+        return render_page(status_document(self._sources)).encode()
+
+
+def make_status_root(sources: StatusSources) -> Resource:
+    """The resource tree: ``/``, ``/status`` and ``/metrics``; anything else is 404."""
+    root = Resource()
+    root.putChild(b"", PageResource(sources))
+    root.putChild(b"status", StatusResource(sources))
+    root.putChild(b"metrics", MetricsResource(sources))
+    return root
+
+
+def make_status_site(sources: StatusSources) -> Site:
+    """The ``Site`` to listen with on ``status_listen`` (no access log, no tracebacks)."""
+    site = Site(make_status_root(sources))
+    site.displayTracebacks = False
+    site.noisy = False
+    return site

@@ -1,0 +1,137 @@
+# -*- test-case-name: tests.web.test_status -*-
+"""
+The status model: what /status, /metrics and the HTML page all show, taken in one place.
+
+Pure: the sources are read through :class:`StatusSources` (the registry, the scheduler,
+the delivery counts, the version and a clock), so tests hand in fakes or the real
+objects alike, and the three faces cannot disagree about what they saw.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Protocol
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+
+from ._deliveries import DeliveryMetrics
+
+
+class ProxyRegistry(Protocol):
+    """What is read of ``hatwist.health.ServerRegistry``."""
+
+    def snapshot(self) -> list[Any]: ...
+
+
+class QueueSource(Protocol):
+    """What is read of ``hatwist.scheduler.Scheduler`` (``in_flight()`` is optional)."""
+
+    def queue_depths(self) -> dict[tuple[str, str], int]: ...
+
+    def counters(self) -> dict[str, int]: ...
+
+
+@attrs.frozen
+class StatusSources:
+    """
+    Everything the status faces read, each behind the narrowest seam that works.
+
+    ``registry`` or ``scheduler`` may be ``None`` (a service without them shows no
+    proxies or no queues). ``deliveries`` must be the observer the service added to the
+    log publisher, or its counts stay zero.
+    """
+
+    registry: ProxyRegistry | None
+    scheduler: QueueSource | None
+    version: str
+    clock: IReactorTime
+    deliveries: DeliveryMetrics = attrs.field(factory=DeliveryMetrics)
+
+
+@attrs.frozen
+class ProxyView:
+    """One proxy server as shown: the registry's status plus its no-greeting count."""
+
+    server: str
+    state: str
+    consecutive_successes: int
+    consecutive_failures: int
+    last_check: float | None
+    last_error: str | None
+    last_latency: float | None
+    checks: int
+    failures: int
+    state_changes: int
+    no_greeting: int
+
+
+def proxy_views(sources: StatusSources) -> list[ProxyView]:
+    """Every proxy server in config order, named exactly as configured."""
+    if sources.registry is None:
+        return []
+    no_greeting: Counter[str] = Counter()
+    for (_, server), count in sources.deliveries.no_greeting().items():
+        no_greeting[server] += count
+    views = []
+    for status in sources.registry.snapshot():
+        server = str(status.server)
+        views.append(
+            ProxyView(
+                server=server,
+                state=status.state.value,
+                consecutive_successes=status.consecutive_successes,
+                consecutive_failures=status.consecutive_failures,
+                last_check=status.last_check,
+                last_error=status.last_error,
+                last_latency=status.last_latency,
+                checks=status.checks,
+                failures=status.failures,
+                state_changes=status.state_changes,
+                no_greeting=no_greeting[server],
+            )
+        )
+    return views
+
+
+def queue_depths(sources: StatusSources) -> list[tuple[str, str, int]]:
+    """(binding, domain, depth) for every queue, sorted by binding then domain."""
+    if sources.scheduler is None:
+        return []
+    return sorted((b, d, n) for (b, d), n in sources.scheduler.queue_depths().items())
+
+
+def scheduler_counters(sources: StatusSources) -> dict[str, int]:
+    """The scheduler's counters (recipients delivered, deferred, bounced; attempts; ...)."""
+    if sources.scheduler is None:
+        return {}
+    return dict(sources.scheduler.counters())
+
+
+def status_document(sources: StatusSources) -> dict[str, Any]:
+    """
+    The /status JSON document.
+
+    ``deliveries.counters`` are the scheduler's counters; ``deliveries.results`` counts
+    recipients by the class of their final reply in each attempt (so a recipient retried
+    three times counts three times there, once in ``counters``). ``no_greeting`` counts
+    proxy sessions that connected but never got a 220 banner: through HAProxy, the sign
+    of an unusable source IP or an unreachable MX.
+    """
+    proxies = proxy_views(sources)
+    deliveries: dict[str, Any] = {
+        "counters": scheduler_counters(sources),
+        "results": sources.deliveries.result_totals(),
+        "attempts_seen": sources.deliveries.attempts,
+    }
+    in_flight = getattr(sources.scheduler, "in_flight", None)
+    if callable(in_flight):
+        deliveries["in_flight"] = in_flight()
+    return {
+        "version": sources.version,
+        "now": sources.clock.seconds(),
+        "proxies": [attrs.asdict(p) for p in proxies],
+        "queues": [{"binding": b, "domain": d, "depth": n} for b, d, n in queue_depths(sources)],
+        "deliveries": deliveries,
+        "no_greeting": sum(sources.deliveries.no_greeting().values()),
+    }
