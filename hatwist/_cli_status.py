@@ -1,0 +1,160 @@
+"""``hatwist status [--url URL]`` (tests: tests/web/test_cli_status.py).
+
+Fetches a running hatwist's /status document and prints it as tables: the proxy servers
+with their plumbed/unplumbed state, the queues, and the counters. Exit status 0 when the
+service answered, 1 when it could not be reached or did not answer with a status document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+from hatwist.web import _format
+from hatwist.web._page import counter_rows
+
+EXIT_OK = 0
+EXIT_UNREACHABLE = 1
+
+#: ``status_listen``'s default in the config schema.
+DEFAULT_URL = "http://127.0.0.1:8025"
+
+#: Seconds to wait for the service; the CLI is not the reactor, so blocking is fine.
+TIMEOUT = 10.0
+
+STATUS_PATH = "/status"
+
+
+class StatusUnavailable(Exception):
+    """The status document could not be fetched or read; the message says why."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``status`` sub-command to the ``hatwist`` command."""
+    parser = subparsers.add_parser(
+        "status",
+        help="show a running hatwist's proxy states, queues and counters",
+        description=__doc__.split("\n\n")[1].replace("\n", " "),
+    )
+    parser.add_argument(
+        "--url",
+        default=DEFAULT_URL,
+        help=f"the service's status_listen address as a URL (default {DEFAULT_URL})",
+    )
+    parser.set_defaults(run=run)
+
+
+def status_url(url: str) -> str:
+    """``url`` pointing at /status: a bare ``http://host:port`` gets the path added."""
+    if "://" not in url:
+        url = "http://" + url
+    parts = urllib.parse.urlsplit(url)
+    if parts.path in ("", "/"):
+        parts = parts._replace(path=STATUS_PATH)
+    return urllib.parse.urlunsplit(parts)
+
+
+def fetch(url: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+    """The /status document at ``url``; raises :class:`StatusUnavailable`."""
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read()
+    except urllib.error.HTTPError as e:
+        raise StatusUnavailable(f"{url} answered {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        raise StatusUnavailable(f"cannot reach {url}: {e.reason}") from None
+    except (OSError, ValueError) as e:
+        raise StatusUnavailable(f"cannot reach {url}: {e}") from None
+    try:
+        document = json.loads(body)
+    except ValueError:
+        raise StatusUnavailable(f"{url} did not answer with JSON") from None
+    if not isinstance(document, dict) or not {"proxies", "queues"} <= document.keys():
+        raise StatusUnavailable(f"{url} did not answer with a hatwist status document")
+    return document
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    url = status_url(args.url)
+    try:
+        document = fetch(url)
+    except StatusUnavailable as e:
+        print(f"hatwist status: {e}", file=err)
+        print("is the service running, and is --url its status_listen address?", file=err)
+        return EXIT_UNREACHABLE
+    out.write(as_text(document, url))
+    return EXIT_OK
+
+
+def _table(header: list[str], rows: Iterable[list[str]], indent: str = "  ") -> list[str]:
+    rows = [header, *rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return [
+        indent
+        + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+def _proxy_rows(document: dict[str, Any]) -> list[list[str]]:
+    now = document.get("now", 0.0)
+    return [
+        [
+            str(p["server"]),
+            str(p["state"]).upper(),
+            str(p["consecutive_successes"]),
+            str(p["consecutive_failures"]),
+            _format.age(now, p.get("last_check")),
+            _format.latency(p.get("last_latency")),
+            f"{p.get('failures', 0)}/{p.get('checks', 0)}",
+            str(p.get("no_greeting", 0)),
+            _format.text(p.get("last_error")),
+        ]
+        for p in document["proxies"]
+    ]
+
+
+def as_text(document: dict[str, Any], url: str) -> str:
+    """The status document as aligned tables for a terminal."""
+    version = document.get("version", "?")
+    now = document.get("now")
+    when = f" at {_format.utc(now)}" if isinstance(now, int | float) else ""
+    lines = [f"hatwist {version}, {url}{when}", "", "proxy servers"]
+    if document["proxies"]:
+        lines += _table(
+            [
+                "server",
+                "state",
+                "ok",
+                "failed",
+                "last check",
+                "latency",
+                "failed/checks",
+                "no greeting",
+                "last error",
+            ],
+            _proxy_rows(document),
+        )
+    else:
+        lines.append("  (none configured)")
+    lines += ["", "queues"]
+    if document["queues"]:
+        lines += _table(
+            ["binding", "domain", "pending recipients"],
+            ([q["binding"], q["domain"], str(q["depth"])] for q in document["queues"]),
+        )
+    else:
+        lines.append("  (no mail queued)")
+    counters = counter_rows(document.get("deliveries", {}), document.get("no_greeting", 0))
+    lines += ["", "counters"]
+    lines += _table(["counter", "value"], ([name, str(value)] for name, value in counters))
+    return "\n".join(lines) + "\n"
