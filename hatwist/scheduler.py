@@ -54,6 +54,9 @@ FALLBACK_MAX_CONNECTIONS = 1
 #: (RFC 3463 4.3.0, "other or undefined mail system status").
 INTERNAL_ERROR_CODE = 451
 
+#: The code recorded (without counting an attempt) for recipients held for a proxy.
+NO_PROXY_CODE = 451
+
 #: Counter names, for /status and /metrics.  ``delivered``, ``deferred`` and
 #: ``bounced`` count recipients (``bounced``: failed for good, expiry
 #: included); ``attempts`` counts attempts made, ``waiting`` attempts held back
@@ -88,6 +91,8 @@ class _Queue:
     ready: deque[_Part] = attrs.Factory(deque)
     in_flight: int = 0
     held: bool = False
+    waiting: bool = False
+    """Held for a proxy since the last attempt that ran (for logging once)."""
     release: IDelayedCall | None = None
 
 
@@ -299,13 +304,15 @@ class Scheduler(Service):
 
     def _refresh(self, queue: _Queue) -> None:
         """Keep :attr:`_startable` true to whether ``queue`` could start an attempt."""
+        if self._queues.get(queue.key) is not queue:
+            return  # a queue from before a stop: forgotten
         if queue.ready and not queue.held and queue.in_flight < self._max_connections(queue.key):
             if queue.key not in self._startable:
                 self._startable[queue.key] = None
         else:
             self._startable.pop(queue.key, None)
             if not queue.ready and not queue.in_flight and not queue.held:
-                self._queues.pop(queue.key, None)
+                del self._queues[queue.key]
 
     def _pump(self) -> None:
         """Start attempts, one per startable queue in turn, until none can start."""
@@ -316,7 +323,16 @@ class Scheduler(Service):
             while self._startable and self.running and not self._stopping:
                 key, _ = self._startable.popitem(last=False)
                 queue = self._queues[key]
-                self._start(queue.ready.popleft(), queue)
+                part = queue.ready.popleft()
+                try:
+                    self._start(part, queue)
+                except Exception:
+                    # Never let one message stop the loop: log it, try it again later.
+                    self._counters["errors"] += 1
+                    self.log.failure("message {message_id}: starting an attempt failed",
+                                     message_id=part.message_id)
+                    part.due = self._now() + self._policy(key).retry_interval
+                    self._schedule(part)
                 self._refresh(queue)  # back at the end of the line, if still startable
         finally:
             self._pumping = False
@@ -339,6 +355,7 @@ class Scheduler(Service):
             r.address for r in entry.message.pending() if domain_of(r.address) == domain
         )
         queue.in_flight += 1
+        queue.waiting = False
         d = defer.maybeDeferred(self._spool.content, entry.message.id)
         d.addCallback(self._deliver, entry.message, domain, recipients)
         self._in_flight[part] = d
@@ -497,7 +514,7 @@ class Scheduler(Service):
         domain = part.key[1]
         # Remember why, for an expiry DSN, without counting an attempt.
         entry.message = attrs.evolve(entry.message, recipients=tuple(
-            attrs.evolve(r, code=INTERNAL_ERROR_CODE, reason=reason)
+            attrs.evolve(r, code=NO_PROXY_CODE, reason=reason)
             if r.status == PENDING and r.reason is None and domain_of(r.address) == domain
             else r
             for r in entry.message.recipients
@@ -507,7 +524,9 @@ class Scheduler(Service):
         if queue.release is None or not queue.release.active():
             interval = self._health_interval()
             queue.release = self._reactor.callLater(interval, self._release, queue)
-        self._decision_for(part, "waiting for a plumbed proxy", reason=reason)
+        if not queue.waiting:  # log when the wait begins, not at every re-check
+            queue.waiting = True
+            self._decision_for(part, "waiting for a plumbed proxy", reason=reason)
 
     def _release(self, queue: _Queue) -> None:
         if queue.release is not None and queue.release.active():

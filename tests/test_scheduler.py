@@ -329,6 +329,20 @@ def test_no_plumbed_proxy_waits_without_spending_attempts(world):
     assert outbound.binding == "proxied"
 
 
+def test_message_waiting_for_proxy_expires_with_that_reason(world):
+    world.proxy(up=False)
+    message = world.submit(binding="proxied")
+    world.clock.advance(3600)
+    assert message.id in world.spool.removed
+    assert world.agent.calls == []
+    [notice] = world.spool.stored
+    assert notice.binding == "proxied"
+    dsn = parse(world.spool.contents[notice.id])
+    assert "Status: 5.4.7" in delivery_status(dsn)
+    human = next(p for p in dsn.walk() if p.get_content_type() == "text/plain").get_content()
+    assert "no plumbed ha_proxy_server for binding proxied" in human
+
+
 def test_held_queue_is_rechecked_after_health_interval(world):
     world.proxy(up=False)
     world.submit(binding="proxied")
