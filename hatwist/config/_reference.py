@@ -109,6 +109,18 @@ def _table(rows: list[list[str]]) -> list[str]:
     return [rule, body[0], rule, *body[1:], rule]
 
 
+def _key_sections(underline: str) -> list[str]:
+    lines: list[str] = []
+    for section, (title, intro) in _SECTION_TITLES.items():
+        lines += ["", title, underline * len(title), "", *textwrap.wrap(intro, 92), ""]
+        rows = [["key", "type", "default", "meaning"]]
+        for key in schema.KEYS:
+            if key.section is section:
+                rows.append([f"``{key.name}``", key.type_doc, key.describe_default(), key.doc])
+        lines += _table(rows)
+    return lines
+
+
 def render() -> str:
     """The whole reference as reStructuredText."""
     lines = [_PREAMBLE.rstrip("\n")]
@@ -116,16 +128,29 @@ def render() -> str:
     for rule in schema.SCOPES.values():
         parents = ", ".join(title for p, title in _SCOPE_TITLES.items() if p in rule.parents)
         scope_rows.append([f"``{rule.kind}``", parents, rule.name.value, rule.doc])
-    lines += ["", *_table(scope_rows), _ORDER.rstrip("\n")]
-    for section, (title, intro) in _SECTION_TITLES.items():
-        lines += ["", title, "-" * len(title), "", *textwrap.wrap(intro, 92), ""]
-        rows = [["key", "type", "default", "meaning"]]
-        for key in schema.KEYS:
-            if key.section is section:
-                rows.append([f"``{key.name}``", key.type_doc, key.describe_default(), key.doc])
-        lines += _table(rows)
+    lines += ["", *_table(scope_rows), _ORDER.rstrip("\n"), *_key_sections("-")]
     return "\n".join(lines) + "\n"
 
 
+README_BEGIN = ".. BEGIN GENERATED CONFIG KEYS (python3 -m hatwist.config._reference --readme)"
+README_END = ".. END GENERATED CONFIG KEYS"
+
+
+def render_readme(readme: str) -> str:
+    """``readme`` with the key tables between its markers regenerated from the schema."""
+    head, _, rest = readme.partition(README_BEGIN)
+    _, _, tail = rest.partition(README_END)
+    if not tail and README_END not in rest:
+        raise ValueError(f"README has no {README_BEGIN!r} ... {README_END!r} markers")
+    body = "\n".join(_key_sections("~")).lstrip("\n")
+    return f"{head}{README_BEGIN}\n\n{body}\n\n{README_END}{tail}"
+
+
 if __name__ == "__main__":
-    sys.stdout.write(render())
+    if sys.argv[1:] == ["--readme"]:
+        with open("README.rst", encoding="utf-8") as f:
+            updated = render_readme(f.read())
+        with open("README.rst", "w", encoding="utf-8") as f:
+            f.write(updated)
+    else:
+        sys.stdout.write(render())

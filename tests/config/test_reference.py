@@ -28,3 +28,12 @@ def test_reference_example_is_a_valid_config():
     example = re.search(r"::\n\n((?:    .*\n|\n)+)", render()).group(1)
     config = parse_config("\n".join(line[4:] for line in example.splitlines()))
     assert config.binding("b1").group == "pool"
+
+
+def test_readme_key_tables_match_the_generator():
+    from hatwist.config._reference import render_readme
+
+    readme = (REFERENCE.parents[1] / "README.rst").read_text(encoding="utf-8")
+    assert readme == render_readme(readme), (
+        "README.rst's config key tables are stale: run python3 -m hatwist.config._reference --readme"
+    )
