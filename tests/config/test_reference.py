@@ -35,5 +35,6 @@ def test_readme_key_tables_match_the_generator():
 
     readme = (REFERENCE.parents[1] / "README.rst").read_text(encoding="utf-8")
     assert readme == render_readme(readme), (
-        "README.rst's config key tables are stale: run python3 -m hatwist.config._reference --readme"
+        "README.rst config key tables are stale: "
+        "run python3 -m hatwist.config._reference --readme"
     )
