@@ -248,6 +248,7 @@ async def test_drop_mid_data_fails_the_message_and_closes_the_session(reactor, s
     assert (error.stage, error.temporary) == ("DATA", True)
     await within(reactor, session.when_closed())
     assert not session.is_open
+    assert len(smtp_sink.sessions) == 1  # no reconnect, no retry
     late = await failure_of(reactor, session.send(Envelope("a@x", ["b@x"]), b"again"))
     assert isinstance(late, ConnectionLostDuringSession) and late.stage == "idle"
     await within(reactor, session.quit())  # on a dead session: fires, does not hang
@@ -343,8 +344,9 @@ async def test_unanswered_quit_closes_at_the_deadline(reactor, smtp_sink):
 
 @pytest_twisted.ensureDeferred
 async def test_connect_refused_is_connect_failed(reactor):
-    port = free_port("127.0.0.1")
-    error = await failure_of(reactor, open_to(reactor, tcp(reactor, "127.0.0.1", port)))
+    endpoint = ReportingEndpoint(tcp(reactor, "127.0.0.1", free_port("127.0.0.1")))
+    error = await failure_of(reactor, open_to(reactor, endpoint))
+    assert endpoint.attempts == 1  # no built-in retries
     assert isinstance(error, ConnectFailed)
     assert error.temporary and "refused" in error.reason
 

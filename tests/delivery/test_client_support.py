@@ -38,13 +38,16 @@ async def failure_of(reactor, d: defer.Deferred) -> BaseException:
 @implementer(IStreamClientEndpoint)
 class ReportingEndpoint:
     """Wraps an endpoint; :attr:`connected` fires once the client protocol is connected
-    (its ``connectionMade`` has run), the readiness a Clock-driven deadline test needs."""
+    (its ``connectionMade`` has run), the readiness a Clock-driven deadline test needs;
+    :attr:`attempts` counts connection attempts (there must be no hidden retries)."""
 
     def __init__(self, inner: IStreamClientEndpoint) -> None:
         self._inner = inner
         self.connected: defer.Deferred = defer.Deferred()
+        self.attempts = 0
 
     def connect(self, factory):
+        self.attempts += 1
         d = self._inner.connect(factory)
 
         def report(proto):
