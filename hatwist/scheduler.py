@@ -153,6 +153,7 @@ class Scheduler(Service):
         self._pumping = False
         self._unsubscribe: Callable[[], None] | None = None
         self._recovery_waiters: list[defer.Deferred] | None = []
+        self._finished_while_recovering: set[str] | None = set()
 
     # -- the public face -----------------------------------------------------
 
@@ -179,6 +180,7 @@ class Scheduler(Service):
         return d
 
     def _recovery_done(self, _: object) -> None:
+        self._finished_while_recovering = None
         waiters, self._recovery_waiters = self._recovery_waiters or [], None
         for d in waiters:
             d.callback(None)
@@ -256,7 +258,10 @@ class Scheduler(Service):
     # -- planning ------------------------------------------------------------
 
     def _recovered(self, messages: Iterable[SpooledMessage]) -> None:
-        messages = list(messages)
+        # A message accepted and finished while recovery read the directory
+        # may be in its list: it must not come back.
+        finished = self._finished_while_recovering or set()
+        messages = [m for m in messages if m.id not in finished]
         self.log.info("scheduler: {count} spooled messages recovered", count=len(messages))
         for message in messages:
             self.submit(message)
@@ -410,6 +415,12 @@ class Scheduler(Service):
         recipients: tuple[str, ...],
     ) -> defer.Deferred | None:
         """Apply an attempt's per-recipient results to the message and spool them."""
+        if isinstance(outcome, Failure) and outcome.check(MessageNotFound):
+            # Someone removed it (an operator, or a finished duplicate): nothing to send.
+            self.log.warn("message {message_id}: gone from the spool; forgotten",
+                          message_id=part.message_id)
+            self._forget(entry)
+            return None
         if isinstance(outcome, Failure):
             self._counters["errors"] += 1
             self.log.failure(
@@ -593,8 +604,16 @@ class Scheduler(Service):
         return content.addCallback(spool_dsn).addCallback(spooled)
 
     def _removed(self, _: object, entry: _Entry) -> None:
-        self._entries.pop(entry.message.id, None)
+        self._forget(entry)
         self._decision(entry.message, "", "removed")
+
+    def _forget(self, entry: _Entry) -> None:
+        self._entries.pop(entry.message.id, None)
+        if self._finished_while_recovering is not None:
+            self._finished_while_recovering.add(entry.message.id)
+        for part in entry.parts.values():
+            if part.timer is not None and part.timer.active():
+                part.timer.cancel()
 
     def _finish_failed(self, failure: Failure, entry: _Entry) -> None:
         self._counters["errors"] += 1

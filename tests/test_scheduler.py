@@ -435,6 +435,31 @@ def test_recovered_message_with_nothing_pending_is_bounced_and_removed():
     w.clock.advance(10)
 
 
+def test_message_removed_behind_our_back_is_forgotten(world):
+    message = world.submit()
+    world.agent.answer(0, 451, "4.0.0 later")
+    world.spool.remove(message.id)
+    world.clock.advance(60)
+    assert len(world.agent.calls) == 1
+    assert world.scheduler.queue_depths() == {}
+
+
+def test_message_finished_during_recovery_is_not_recovered():
+    w = World()
+    listing = defer.Deferred()
+    w.spool.recover = lambda: listing
+    w.scheduler.startService()
+    message = w.submit()
+    snapshot = [w.spool.messages[message.id]]  # what recovery read from the directory
+    w.agent.answer(0, 250)
+    listing.callback(snapshot)
+    assert len(w.agent.calls) == 1
+    assert w.spool.removed == [message.id]
+    # Not even tried again (which would only find it gone from the spool):
+    assert not [e for e in w.events if "gone from the spool" in e["log_format"]]
+    w.scheduler.stopService()
+
+
 def test_stop_waits_for_in_flight_attempts():
     w = World()
     w.scheduler.startService()
