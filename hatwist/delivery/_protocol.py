@@ -4,9 +4,9 @@ The wire half of an outbound session: ``twisted.mail``'s ESMTP client, with its 
 fixed, driven one message at a time.
 
 What is kept from ``twisted.mail.smtp.ESMTPClient``: the reply reader (multi-line
-replies, code parsing, the ``_expected``/``_okresponse``/``_failresponse`` dispatch), the
-conversation log used in error reasons, TLS-mode detection and the
-``transport.startTLS`` switch. What is replaced, and why (FIELD-NOTES section 4):
+replies, code parsing, the ``_expected``/``_okresponse``/``_failresponse`` dispatch),
+TLS-mode detection and the ``transport.startTLS`` switch. What is replaced, and why
+(FIELD-NOTES section 4):
 
 - the mail transaction (MAIL, RCPT, DATA, RSET): the library's version stuffs dots per
   16 KiB chunk (SMTP smuggling), rewrites addresses through ``email.utils.parseaddr`` and
@@ -45,9 +45,6 @@ from hatwist.delivery._errors import (
 from hatwist.delivery._stuffing import DotStuffer
 from hatwist.delivery._tls import TLSPolicy
 from hatwist.delivery._values import Envelope, RecipientResult
-
-#: Lines of the conversation kept for error reasons (commands and replies, never content).
-LOG_LINES = 20
 
 #: Content is fed to the stuffer and written in slices of this size.
 WRITE_CHUNK = 64 * 1024
@@ -102,13 +99,13 @@ def parse_extensions(resp: bytes) -> dict[str, str]:
 class SessionProtocol(ESMTPClient):
     """One SMTP connection; the owner decides what to send and when to give up."""
 
-    #: Keep the conversation log: error reasons quote it.
-    debug = True
+    #: No conversation log: nothing reads it, and it costs on every line.
+    debug = False
     #: No per-line idle timer: the owner puts a deadline on each whole operation.
     timeout = None
 
     def __init__(self, owner: SessionOwner, ehlo_hostname: bytes, policy: TLSPolicy) -> None:
-        ESMTPClient.__init__(self, None, policy.creator, ehlo_hostname, logsize=LOG_LINES)
+        ESMTPClient.__init__(self, None, policy.creator, ehlo_hostname)
         self._owner = owner
         self._policy = policy
         #: The command waiting for its reply ("greeting", "EHLO", "MAIL", ...) or "idle".
@@ -267,8 +264,10 @@ class SessionProtocol(ESMTPClient):
                 return
             self._tlsMode = True
             # EHLO again (RFC 3207): it is written once the handshake is done, and its
-            # reply is the first proof the handshake worked.
+            # reply is the first proof the handshake worked. Until then a deadline or a
+            # lost connection is the handshake's.
             self._ehlo()
+            self.stage = "STARTTLS"
         elif code == SERVICE_CLOSING:
             self.fail(GreetingRejected(code, _text(resp), stage="STARTTLS"), polite=True)
         elif _class(code) in (4, 5) and self._policy.required:

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from twisted.internet import protocol
+from twisted.internet import defer, protocol, task
 
 from hatwist.config import TLSMode
-from hatwist.delivery import Envelope, TLSFailed, TLSUnavailable, open_session
+from hatwist.delivery import (
+    Envelope,
+    SessionTimeout,
+    TLSFailed,
+    TLSUnavailable,
+    open_session,
+)
 from tests.rig.certs import make_ca
 
 from .test_client_support import ScriptedServer, failure_of, open_to, tcp, within
@@ -168,7 +174,8 @@ async def test_plaintext_injected_after_starttls_is_refused(reactor):
 
 
 class _NotTLS(protocol.Protocol):
-    """Says 220 to STARTTLS, then answers the TLS ClientHello with plaintext."""
+    """Says 220 to STARTTLS, then answers the TLS ClientHello with plaintext (or, when
+    the factory has a ``hello`` Deferred, fires it and stays silent)."""
 
     def connectionMade(self):
         self.transport.write(b"220 peer.test\r\n")
@@ -181,7 +188,10 @@ class _NotTLS(protocol.Protocol):
         elif self.state == "starttls":
             self.transport.write(b"220 go ahead\r\n")
             self.state = "hello"
-        else:
+        elif getattr(self.factory, "hello", None) is not None:
+            hello, self.factory.hello = self.factory.hello, None
+            hello.callback(None)
+        elif self.state == "hello":
             self.transport.write(b"500 what is this?\r\n")
 
 
@@ -210,3 +220,26 @@ def test_required_needs_the_mx_host_name():
             connect_timeout=1,
             command_timeout=1,
         )
+
+
+@pytest_twisted.ensureDeferred
+async def test_silent_handshake_times_out_as_starttls(reactor):
+    factory = protocol.Factory.forProtocol(_NotTLS)
+    factory.hello = defer.Deferred()
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    clock = task.Clock()
+    try:
+        address = port.getHost()
+        opening = open_to(
+            reactor,
+            tcp(reactor, address.host, address.port),
+            clock=clock,
+            tls=TLSMode.IFAVAILABLE,
+            command_timeout=30,
+        )
+        await within(reactor, factory.hello)  # the ClientHello arrived: handshake pending
+        clock.advance(30)
+        error = await failure_of(reactor, opening)
+    finally:
+        await port.stopListening()
+    assert isinstance(error, SessionTimeout) and error.stage == "STARTTLS"
