@@ -142,7 +142,7 @@ class HAProxy:
 
     ``host`` is the loopback address the relay listens on, ``port`` a fixed port (default:
     a free one, kept across :meth:`restart`). ``netns`` names a network namespace to run
-    HAProxy in (see :mod:`tests.rig.netns`); the listener is then inside it too.
+    HAProxy in (see ``tests/rig/netns.py``); the listener is then inside it too.
     ``connect_timeout`` bounds HAProxy's connect to the destination; ``client_timeout``
     and ``server_timeout`` are its idle timeouts (seconds).
     """

@@ -26,7 +26,7 @@ from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IReactorTCP
 from twisted.protocols.basic import LineReceiver
 
-from tests.rig.certs import CA, shared_ca
+from hatwist.lab.certs import CA, shared_ca
 
 Reply = tuple[int, str]
 
