@@ -1,10 +1,11 @@
 """A real HAProxy 2.6 subprocess shaped like production (tests: tests.rig.test_rig).
 
 The relay that hatwist talks to in production is HAProxy with ``accept-proxy`` on the
-frontend and ``usesrc clientip`` on the backend (FIELD-NOTES section 3). Tests that want
-to prove what a mail server sees must go through that same software, so this module writes
-that config, runs ``/usr/sbin/haproxy -db`` (optionally inside a network namespace),
-waits until it is really serving, and keeps its log lines for assertions.
+frontend and ``usesrc clientip`` on the backend (FIELD-NOTES section 3). The demo and the
+tests that want to prove what a mail server sees must go through that same software, so
+this module writes that config, runs ``haproxy -db`` (optionally inside a network
+namespace), waits until it is really serving, and keeps its log lines for assertions.
+``usesrc clientip`` needs root.
 
 Readiness is proven, not slept for: the config also declares an admin ``stats socket`` (a
 UNIX socket path, so it is reachable from outside a network namespace), and HAProxy only
@@ -79,9 +80,16 @@ class HAProxyError(Exception):
     """HAProxy could not be started, or exited while a test relied on it."""
 
 
+def find_haproxy() -> str | None:
+    """The HAProxy binary to run: Debian's :data:`HAPROXY_BINARY`, else ``haproxy`` on PATH."""
+    if os.access(HAPROXY_BINARY, os.X_OK):
+        return HAPROXY_BINARY
+    return shutil.which("haproxy")
+
+
 def haproxy_available() -> bool:
-    """Whether the HAProxy binary the rig runs is installed."""
-    return os.access(HAPROXY_BINARY, os.X_OK)
+    """Whether an HAProxy binary is installed (see :func:`find_haproxy`)."""
+    return find_haproxy() is not None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -241,7 +249,7 @@ class HAProxy:
         self._workdir = tempfile.mkdtemp(prefix="hatwist-haproxy-")
         with open(self.config_path, "w", encoding="utf-8") as f:
             f.write(self.config_text())
-        argv = [HAPROXY_BINARY, "-db", "-f", self.config_path]
+        argv = [find_haproxy() or HAPROXY_BINARY, "-db", "-f", self.config_path]
         if self.netns is not None:
             # ``ip netns exec`` execs the command, so signals reach HAProxy itself.
             argv = ["ip", "netns", "exec", self.netns, *argv]
