@@ -48,10 +48,15 @@ class ProxyRoute:
 
 @attrs.frozen
 class NoRoute:
-    """No way to reach this MX address right now; ``reason`` says what to fix."""
+    """No way to reach this MX address right now; ``reason`` says what to fix.
+
+    ``waiting_for_proxy`` is True only when a plumbed proxy would have made a route: the
+    scheduler then holds the message for the health checker instead of spending a retry.
+    """
 
     reason: str
     temporary: bool = True
+    waiting_for_proxy: bool = False
 
 
 Route = DirectRoute | ProxyRoute
@@ -98,6 +103,7 @@ def choose_routes(
     if not usable:
         servers = ", ".join(server.text for server in settings.proxy_servers)
         return NoRoute(
-            f"no plumbed ha_proxy_server for {_binding_name(binding)} ({servers} unplumbed)"
+            f"no plumbed ha_proxy_server for {_binding_name(binding)} ({servers} unplumbed)",
+            waiting_for_proxy=True,
         )
     return tuple(ProxyRoute(server, source) for server in usable)

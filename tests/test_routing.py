@@ -136,8 +136,12 @@ NO_ROUTES = [
 
 @pytest.mark.parametrize(("delivery", "address", "plumbed", "reason"), NO_ROUTES)
 def test_no_route_names_what_to_fix(delivery, address, plumbed, reason):
-    assert choose_routes(delivery, address, plumbed, binding="b1") == NoRoute(reason)
-    assert NoRoute(reason).temporary is True
+    route = choose_routes(delivery, address, plumbed, binding="b1")
+    assert isinstance(route, NoRoute)
+    assert route.reason == reason
+    assert route.temporary is True
+    # Only a missing plumbed proxy is worth waiting for; a missing option is not.
+    assert route.waiting_for_proxy is reason.startswith("no plumbed")
 
 
 def test_route_descriptions_for_logs():

@@ -80,6 +80,8 @@ class AttemptResult:
     mx_address: str | None
     duration: float
     error: str | None = None
+    waiting_for_proxy: bool = False
+    """True when every MX address was skipped only because no proxy was plumbed."""
 
     def addresses(self, kind: str) -> tuple[str, ...]:
         """The recipients whose result is ``"delivered"``, ``"temporary"`` or ``"permanent"``."""
@@ -93,6 +95,7 @@ class _NoAnswer:
     code: int
     status: str
     reason: str
+    waiting_for_proxy: bool = False
 
 
 class _Stop(Exception):
@@ -112,6 +115,7 @@ class _Walk:
     route: str | None = None
     failures: list[str] = attrs.Factory(list)
     skipped: list[str] = attrs.Factory(list)
+    only_waiting_for_proxy: bool = True
 
     def give_up(self, domain: str) -> _NoAnswer:
         """The answer for every recipient when no session took the message."""
@@ -119,7 +123,11 @@ class _Walk:
         if self.failures:
             reason = f"no MX of {domain} took the message: " + "; ".join(self.failures + skipped)
             return _NoAnswer(*NO_SESSION, reason)
-        return _NoAnswer(*NO_ROUTE, f"no usable route to any MX of {domain}: " + "; ".join(skipped))
+        return _NoAnswer(
+            *NO_ROUTE,
+            f"no usable route to any MX of {domain}: " + "; ".join(skipped),
+            waiting_for_proxy=bool(skipped) and self.only_waiting_for_proxy,
+        )
 
 
 def _tcp_endpoint(
@@ -195,8 +203,9 @@ class DeliveryAgent:
         except Exception as e:
             _log.failure("delivery attempt of message {message_id} failed", message_id=message.id)
             outcome = _NoAnswer(*INTERNAL, f"internal error: {type(e).__name__}: {e}")
+        waiting_for_proxy = False
         if isinstance(outcome, _NoAnswer):
-            error = outcome.reason
+            error, waiting_for_proxy = outcome.reason, outcome.waiting_for_proxy
             recipients = tuple(
                 RecipientResult(address, outcome.code, f"{outcome.status} {outcome.reason}")
                 for address in message.envelope.rcpt_to
@@ -211,6 +220,7 @@ class DeliveryAgent:
             mx_address=walk.address,
             duration=self._reactor.seconds() - started,
             error=error,
+            waiting_for_proxy=waiting_for_proxy,
         )
         self._emit(message, result)
         return result
@@ -236,6 +246,7 @@ class DeliveryAgent:
                 routes = choose_routes(settings, address, plumbed or [], binding=message.binding)
                 if isinstance(routes, NoRoute):
                     walk.skipped.append(routes.reason)
+                    walk.only_waiting_for_proxy &= routes.waiting_for_proxy
                     continue
                 for route in routes:
                     walk.host, walk.address, walk.route = host, address, route.describe()

@@ -348,6 +348,7 @@ def test_skipped_addresses_appear_in_the_reason_when_nothing_else_worked(world):
     assert net.addresses_opened() == ["127.0.0.20"]
     assert "connection refused" in result.error
     assert "ha_proxy_ipv6_src_addr" in result.error
+    assert result.waiting_for_proxy is False
 
 
 def test_no_plumbed_proxy_fails_temporarily_naming_the_servers(world):
@@ -358,6 +359,7 @@ def test_no_plumbed_proxy_fails_temporarily_naming_the_servers(world):
     assert net.opened == []
     assert "no plumbed ha_proxy_server for binding b1 (127.0.0.1:5000 unplumbed)" in result.error
     assert result.addresses("temporary") == RCPTS
+    assert result.waiting_for_proxy is True
 
 
 @pytest.mark.parametrize(
