@@ -15,7 +15,7 @@ NOTHING = "-"
 
 
 def age(now: float, then: float | None) -> str:
-    """``"7s ago"``, ``"3m05s ago"``, ``"2h10m ago"``; ``"never"`` for None."""
+    """``"7s ago"``, ``"3m05s ago"``, ``"2h10m ago"``, ``"3d04h ago"``; ``"never"`` for None."""
     if then is None:
         return "never"
     seconds = max(0, round(now - then))
@@ -25,7 +25,10 @@ def age(now: float, then: float | None) -> str:
     if minutes < 60:
         return f"{minutes}m{seconds:02d}s ago"
     hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m ago"
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m ago"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h ago"
 
 
 def latency(seconds: float | None) -> str:

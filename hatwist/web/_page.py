@@ -26,11 +26,12 @@ h2 { font-size: 1.1em; margin: 1.4em 0 .4em; }
 p.summary { margin: 0; color: #555; }
 table { border-collapse: collapse; }
 th, td { padding: .25em .7em; border-bottom: 1px solid #ddd; text-align: left; }
+td { white-space: nowrap; }
 td.number { text-align: right; font-variant-numeric: tabular-nums; }
 td.state { font-weight: bold; text-transform: uppercase; color: #fff; }
 td.state.plumbed { background: #1a7f37; }
 td.state.unplumbed { background: #cf222e; }
-td.error { color: #cf222e; }
+td.error { color: #cf222e; white-space: normal; }
 td.empty { color: #777; font-style: italic; }
 """
 

@@ -1,0 +1,128 @@
+"""Tests for hatwist.web._metrics: Prometheus text computed at scrape time."""
+
+from __future__ import annotations
+
+import prometheus_client
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
+from prometheus_client.parser import text_string_to_metric_families
+
+from hatwist.web import DeliveryMetrics, metrics_registry, render_metrics
+from tests.web.support import V4, V6, FakeScheduler, attempt_event, registry, sources, unplumb
+
+
+def scrape(registry, accept: str = "") -> dict[tuple[str, frozenset], float]:
+    body, content_type = render_metrics(registry, accept)
+    parse = (
+        openmetrics_families if "openmetrics" in content_type else (text_string_to_metric_families)
+    )
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in parse(body.decode())
+        for sample in family.samples
+    }
+
+
+def labels(**kw) -> frozenset:
+    return frozenset(kw.items())
+
+
+def test_proxy_up_follows_the_registry_at_each_scrape():
+    reg = registry(V4, V6)
+    metrics = metrics_registry(sources(reg))
+    first = scrape(metrics)
+    assert first[("hatwist_proxy_up", labels(server="127.0.0.1:5000"))] == 1
+    assert first[("hatwist_proxy_up", labels(server="[0::1]:5001"))] == 1
+    unplumb(reg, V6, at=10.0, error="connection refused")
+    second = scrape(metrics)
+    assert second[("hatwist_proxy_up", labels(server="[0::1]:5001"))] == 0
+    assert second[("hatwist_proxy_up", labels(server="127.0.0.1:5000"))] == 1
+
+
+def test_check_latency_counts_and_timestamps_per_server():
+    reg = registry(V4, V6)
+    reg.record_success(V4, at=100.0, latency=0.25)
+    reg.record_success(V4, at=110.0, latency=0.5)
+    reg.record_failure(V6, at=120.0, error="timeout")
+    samples = scrape(metrics_registry(sources(reg)))
+    v4, v6 = labels(server="127.0.0.1:5000"), labels(server="[0::1]:5001")
+    assert samples[("hatwist_proxy_check_latency_seconds", v4)] == 0.5
+    # No successful check yet: no latency sample at all rather than a fake zero.
+    assert ("hatwist_proxy_check_latency_seconds", v6) not in samples
+    assert samples[("hatwist_proxy_checks_total", v4)] == 2
+    assert samples[("hatwist_proxy_checks_total", v6)] == 1
+    assert samples[("hatwist_proxy_check_failures_total", v4)] == 0
+    assert samples[("hatwist_proxy_check_failures_total", v6)] == 1
+    assert samples[("hatwist_proxy_last_check_timestamp_seconds", v6)] == 120.0
+
+
+def test_deliveries_by_binding_route_and_result():
+    deliveries = DeliveryMetrics()
+    route = "proxy 127.0.0.1:5000 from 127.0.0.9"
+    deliveries(attempt_event("b1", route, {"a@x.test": 250, "b@x.test": 250}))
+    deliveries(attempt_event("b2", "direct", {"a@x.test": 550}))
+    samples = scrape(metrics_registry(sources(registry(), deliveries=deliveries)))
+    assert (
+        samples[("hatwist_deliveries_total", labels(binding="b1", route=route, result="delivered"))]
+        == 2
+    )
+    assert (
+        samples[
+            ("hatwist_deliveries_total", labels(binding="b2", route="direct", result="permanent"))
+        ]
+        == 1
+    )
+    assert sum(v for (name, _), v in samples.items() if name == "hatwist_deliveries_total") == 3
+
+
+def test_no_greeting_by_binding_and_server():
+    deliveries = DeliveryMetrics()
+    deliveries(attempt_event("b1", no_greeting=["127.0.0.1:5000"]))
+    deliveries(attempt_event("b1", no_greeting=["127.0.0.1:5000"]))
+    samples = scrape(metrics_registry(sources(registry(), deliveries=deliveries)))
+    key = ("hatwist_proxy_no_greeting_total", labels(binding="b1", server="127.0.0.1:5000"))
+    assert samples[key] == 2
+
+
+def test_queue_depth_and_scheduler_counters():
+    scheduler = FakeScheduler({("b1", "example.test"): 3}, {"delivered": 7, "bounced": 1})
+    samples = scrape(metrics_registry(sources(registry(), scheduler)))
+    assert samples[("hatwist_queue_depth", labels(binding="b1", domain="example.test"))] == 3
+    assert samples[("hatwist_scheduler_delivered_total", labels())] == 7
+    assert samples[("hatwist_scheduler_bounced_total", labels())] == 1
+    scheduler.depths.clear()
+    assert not any(
+        name == "hatwist_queue_depth"
+        for name, _ in scrape(metrics_registry(sources(registry(), scheduler)))
+    )
+
+
+def test_version_info():
+    samples = scrape(metrics_registry(sources(registry())))
+    assert samples[("hatwist_info", labels(version="9.9.9-test"))] == 1
+
+
+def test_openmetrics_when_the_scraper_asks_for_it():
+    reg = registry(V4)
+    body, content_type = render_metrics(
+        metrics_registry(sources(reg)), "application/openmetrics-text; version=1.0.0"
+    )
+    assert content_type.startswith("application/openmetrics-text")
+    assert body.endswith(b"# EOF\n")
+    samples = scrape(metrics_registry(sources(reg)), "application/openmetrics-text")
+    assert samples[("hatwist_proxy_up", labels(server="127.0.0.1:5000"))] == 1
+
+
+def test_plain_text_by_default():
+    _, content_type = render_metrics(metrics_registry(sources(registry())))
+    assert content_type.startswith("text/plain; version=0.0.4")
+
+
+def test_a_dedicated_registry_never_the_global_one():
+    first = metrics_registry(sources(registry(V4)))
+    second = metrics_registry(sources(registry(V6)))
+    assert ("hatwist_proxy_up", labels(server="127.0.0.1:5000")) not in scrape(second)
+    assert ("hatwist_proxy_up", labels(server="[0::1]:5001")) not in scrape(first)
+    global_text = prometheus_client.generate_latest(prometheus_client.REGISTRY).decode()
+    assert "hatwist_" not in global_text

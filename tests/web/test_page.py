@@ -1,0 +1,100 @@
+"""Tests for hatwist.web._page and _format: the HTML page, rendered without a browser."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from hatwist.web import REFRESH_SECONDS, DeliveryMetrics, _format, render_page, status_document
+from tests.web.support import (
+    V4,
+    V6,
+    FakeScheduler,
+    attempt_event,
+    proxy_rows,
+    registry,
+    sources,
+    unplumb,
+)
+
+
+def page(reg=None, scheduler=None, deliveries=None) -> str:
+    return render_page(status_document(sources(reg, scheduler, deliveries=deliveries)))
+
+
+def test_each_proxy_row_shows_its_state_visibly_and_as_data():
+    reg = registry(V4, V6)
+    unplumb(reg, V6, at=1.0, error="refused")
+    assert proxy_rows(page(reg)) == {
+        "127.0.0.1:5000": {"data-state": "plumbed", "class": "state plumbed", "text": "plumbed"},
+        "[0::1]:5001": {"data-state": "unplumbed", "class": "state unplumbed", "text": "unplumbed"},
+    }
+
+
+def test_title_counts_unplumbed_servers():
+    reg = registry(V4, V6)
+    assert "<title>hatwist: all plumbed</title>" in page(reg)
+    unplumb(reg, V4, at=1.0, error="refused")
+    assert "<title>hatwist: 1 unplumbed</title>" in page(reg)
+
+
+def test_refreshes_itself():
+    assert f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' in page(registry())
+    assert 0 < REFRESH_SECONDS <= 10
+
+
+def test_every_value_is_escaped():
+    reg = registry(V4)
+    unplumb(reg, V4, at=1.0, error='<script>alert("x")</script> & more')
+    scheduler = FakeScheduler({("<b>binding</b>", "dom\"ain'.test"): 1})
+    html = page(reg, scheduler)
+    assert "<script>" not in html and "<b>binding" not in html
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; more" in html
+    assert "&lt;b&gt;binding&lt;/b&gt;" in html and "dom&quot;ain&#x27;.test" in html
+
+
+def test_no_scripts_and_no_external_assets():
+    html = page(registry(V4, V6), FakeScheduler({("b", "d"): 1}))
+    assert "<script" not in html
+    assert not re.search(r"\b(src|href)=", html)
+    assert "url(" not in html and "@import" not in html
+
+
+def test_queues_and_counters_are_shown():
+    deliveries = DeliveryMetrics()
+    deliveries(attempt_event(no_greeting=["127.0.0.1:5000"], codes={"a@x.test": 451}))
+    html = page(
+        registry(V4), FakeScheduler({("b1", "example.test"): 42}, {"delivered": 9}), deliveries
+    )
+    assert '<tr><td>b1</td><td>example.test</td><td class="number">42</td></tr>' in html
+    assert '<tr><td>scheduler: delivered</td><td class="number">9</td></tr>' in html
+    assert '<tr><td>attempt results: temporary</td><td class="number">1</td></tr>' in html
+    assert '<tr><td>proxy connected, no greeting</td><td class="number">1</td></tr>' in html
+
+
+def test_empty_tables_say_so():
+    html = page(None, None)
+    assert "no proxy servers configured" in html and "no mail queued" in html
+
+
+@pytest.mark.parametrize(
+    ("then", "expected"),
+    [
+        (None, "never"),
+        (1000.0, "0s ago"),
+        (993.4, "7s ago"),
+        (1000.0 - 185, "3m05s ago"),
+        (1000.0 - 2 * 3600 - 600, "2h10m ago"),
+        (1000.0 - 3 * 86400 - 4 * 3600, "3d04h ago"),
+        (1005.0, "0s ago"),  # a check stamped after "now" (clock skew) is not negative
+    ],
+)
+def test_age_reads_for_a_person(then, expected):
+    assert _format.age(1000.0, then) == expected
+
+
+def test_latency_and_empty_values():
+    assert _format.latency(0.0021) == "2.1 ms"
+    assert _format.latency(None) == _format.text(None) == _format.text("") == "-"
+    assert _format.utc(0) == "1970-01-01 00:00:00 UTC"
