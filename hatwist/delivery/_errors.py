@@ -7,7 +7,19 @@ exceptions. These errors are for the cases where no recipient got an answer from
 peer: the session could not be opened, or it broke. Each carries ``temporary`` (retry
 later, or bounce) and ``reason`` (a sentence a person can act on); the caller adds which
 MX, address and route it was.
+
+Errors with a ``stage`` name the command that was waiting for its reply, one of
+:data:`STAGES`. Only a failure in ``DATA`` can leave a message delivered without our
+knowing (the peer may have accepted the final dot); before it nothing was accepted.
 """
+
+#: Stage names, in session order: set-up, between messages, one transaction, the end.
+STAGES = (
+    "connect", "greeting", "EHLO", "HELO", "STARTTLS",
+    "idle", "closing",
+    "RSET", "MAIL", "RCPT", "DATA",
+    "QUIT",
+)  # fmt: skip
 
 from __future__ import annotations
 
