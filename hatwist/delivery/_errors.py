@@ -13,6 +13,8 @@ Errors with a ``stage`` name the command that was waiting for its reply, one of
 knowing (the peer may have accepted the final dot); before it nothing was accepted.
 """
 
+from __future__ import annotations
+
 #: Stage names, in session order: set-up, between messages, one transaction, the end.
 STAGES = (
     "connect", "greeting", "EHLO", "HELO", "STARTTLS",
@@ -20,8 +22,6 @@ STAGES = (
     "RSET", "MAIL", "RCPT", "DATA",
     "QUIT",
 )  # fmt: skip
-
-from __future__ import annotations
 
 
 class SessionError(Exception):
