@@ -22,6 +22,8 @@ setup(
         "twisted[tls]==26.10.0",  # brings service-identity and pyOpenSSL
         "attrs>=23.1",
         "zope.interface>=6.0",
+        "prometheus-client==0.26.0",  # /metrics
+        "cryptography>=42",  # the demo lab's certificates (already a pyOpenSSL dependency)
     ],
     extras_require={
         "test": [
