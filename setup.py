@@ -1,5 +1,7 @@
 """hatwist: an outbound SMTP relay that sends mail through an HAProxy PROXY-protocol hop."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
@@ -9,14 +11,14 @@ setup(
         "Outbound SMTP relay that picks each message's source IP through an "
         "HAProxy PROXY protocol v2 hop"
     ),
-    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description=(Path(__file__).parent / "README.rst").read_text(encoding="utf-8"),
     long_description_content_type="text/x-rst",
     license="MIT",
     python_requires=">=3.11",
     # twisted/plugins/ is a namespace directory (no __init__.py): it is listed
     # explicitly so that a plain ``pip install .`` drops the plugin module into
     # site-packages/twisted/plugins/, where twistd and clientFromString look.
-    packages=find_packages(include=["hatwist", "hatwist.*"]) + ["twisted.plugins"],
+    packages=[*find_packages(include=["hatwist", "hatwist.*"]), "twisted.plugins"],
     package_data={"twisted.plugins": ["hatwist_plugins.py"]},
     install_requires=[
         "twisted[tls]==26.10.0",  # brings service-identity and pyOpenSSL
