@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 
-from twisted.web.resource import Resource
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from ._metrics import metrics_registry, render_metrics
@@ -30,10 +31,15 @@ def _common_headers(request: Request, content_type: bytes) -> None:
     request.setHeader(b"X-Content-Type-Options", b"nosniff")
 
 
-class StatusResource(Resource):
-    """``GET /status``: the status document as JSON."""
+class _Node(Resource):
+    """A resource whose only children are the ones put there: anything else is 404."""
 
-    isLeaf = True
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        return notFound()
+
+
+class StatusResource(_Node):
+    """``GET /status``: the status document as JSON."""
 
     def __init__(self, sources: StatusSources) -> None:
         super().__init__()
@@ -44,10 +50,8 @@ class StatusResource(Resource):
         return json.dumps(status_document(self._sources), indent=2).encode() + b"\n"
 
 
-class MetricsResource(Resource):
+class MetricsResource(_Node):
     """``GET /metrics``: Prometheus text (or OpenMetrics when the scraper asks)."""
-
-    isLeaf = True
 
     def __init__(self, sources: StatusSources) -> None:
         super().__init__()
@@ -60,10 +64,8 @@ class MetricsResource(Resource):
         return body
 
 
-class PageResource(Resource):
+class PageResource(_Node):
     """``GET /``: the self-refreshing HTML page."""
-
-    isLeaf = True
 
     def __init__(self, sources: StatusSources) -> None:
         super().__init__()
@@ -77,7 +79,7 @@ class PageResource(Resource):
 
 def make_status_root(sources: StatusSources) -> Resource:
     """The resource tree: ``/``, ``/status`` and ``/metrics``; anything else is 404."""
-    root = Resource()
+    root = _Node()
     root.putChild(b"", PageResource(sources))
     root.putChild(b"status", StatusResource(sources))
     root.putChild(b"metrics", MetricsResource(sources))

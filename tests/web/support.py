@@ -9,8 +9,8 @@ from __future__ import annotations
 from html.parser import HTMLParser
 
 import attrs
-from twisted.internet import defer
-from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.internet import defer, protocol
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http_headers import Headers
 
 from hatwist.config import ServerAddress
@@ -98,9 +98,27 @@ async def get(reactor, url: str, accept: str | None = None) -> tuple[int, Header
     d = agent.request(b"GET", url.encode(), headers)
     d.addTimeout(DEADLINE, reactor)
     response = await d
-    body = readBody(response)
-    body.addTimeout(DEADLINE, reactor)
-    return response.code, response.headers, await body
+    body = _Body()
+    response.deliverBody(body)
+    body.done.addTimeout(DEADLINE, reactor)
+    return response.code, response.headers, await body.done
+
+
+class _Body(protocol.Protocol):
+    """Collects a response body (``readBody`` warns about this transport in Twisted 26)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.done: defer.Deferred[bytes] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def connectionLost(self, reason=protocol.connectionDone) -> None:
+        if reason.check(ResponseDone):
+            self.done.callback(b"".join(self.chunks))
+        else:
+            self.done.errback(reason)
 
 
 class _ProxyRows(HTMLParser):

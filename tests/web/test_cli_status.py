@@ -1,0 +1,182 @@
+"""Tests for hatwist._cli_status: ``hatwist status`` against a served status site.
+
+The reactor runs in the test thread, so the command (blocking urllib, as a user's terminal
+would run it) runs in a worker thread or in a subprocess while the reactor serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import threads, utils
+
+from hatwist import _cli_status
+from hatwist.web import DeliveryMetrics
+from tests.web.support import (
+    DEADLINE,
+    V4,
+    V6,
+    FakeScheduler,
+    Served,
+    attempt_event,
+    registry,
+    sources,
+    unplumb,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("given", "fetched"),
+    [
+        ("http://127.0.0.1:8025", "http://127.0.0.1:8025/status"),
+        ("http://127.0.0.1:8025/", "http://127.0.0.1:8025/status"),
+        ("127.0.0.1:9000", "http://127.0.0.1:9000/status"),
+        ("http://[::1]:8025/status", "http://[::1]:8025/status"),
+        ("http://host:1/other/status", "http://host:1/other/status"),
+    ],
+)
+def test_url_points_at_status(given, fetched):
+    assert _cli_status.status_url(given) == fetched
+
+
+def test_default_url_is_status_listens_default():
+    from hatwist.cli import build_parser
+
+    args = build_parser().parse_args(["status"])
+    assert args.url == _cli_status.DEFAULT_URL == "http://127.0.0.1:8025"
+    assert args.run is _cli_status.run
+
+
+def lines_starting(text: str, prefix: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip().startswith(prefix)]
+
+
+def test_tables_are_aligned_and_name_each_state():
+    document = {
+        "version": "1.2.3",
+        "now": 1000.0,
+        "proxies": [
+            {
+                "server": "127.0.0.1:5000",
+                "state": "plumbed",
+                "consecutive_successes": 4,
+                "consecutive_failures": 0,
+                "last_check": 990.0,
+                "last_error": None,
+                "last_latency": 0.002,
+                "checks": 10,
+                "failures": 1,
+                "no_greeting": 0,
+            },
+            {
+                "server": "proxy-long-name.example.test:5000",
+                "state": "unplumbed",
+                "consecutive_successes": 0,
+                "consecutive_failures": 3,
+                "last_check": 999.0,
+                "last_error": "connection refused",
+                "last_latency": None,
+                "checks": 3,
+                "failures": 3,
+                "no_greeting": 2,
+            },
+        ],
+        "queues": [{"binding": "b1", "domain": "example.test", "depth": 12}],
+        "deliveries": {"counters": {"delivered": 5}, "results": {"delivered": 5}},
+        "no_greeting": 2,
+    }
+    text = _cli_status.as_text(document, "http://x/status")
+    [plumbed] = lines_starting(text, "127.0.0.1:5000")
+    [unplumbed] = lines_starting(text, "proxy-long-name")
+    [header] = lines_starting(text, "server")
+    assert plumbed.split()[:2] == ["127.0.0.1:5000", "PLUMBED"]
+    assert unplumbed.split()[:2] == ["proxy-long-name.example.test:5000", "UNPLUMBED"]
+    # Columns line up: the state column starts at the same offset on every row.
+    assert header.index("state") == plumbed.index("PLUMBED") == unplumbed.index("UNPLUMBED")
+    assert "connection refused" in unplumbed and "1/10" in plumbed and "2.0 ms" in plumbed
+    assert lines_starting(text, "b1")[0].split() == ["b1", "example.test", "12"]
+    assert lines_starting(text, "proxy connected, no greeting")[0].split()[-1] == "2"
+    assert text.startswith("hatwist 1.2.3, http://x/status at ")
+
+
+def run_in_thread(reactor, url: str):
+    out, err = io.StringIO(), io.StringIO()
+    d = threads.deferToThread(_cli_status.run, argparse.Namespace(url=url), out, err)
+    d.addTimeout(DEADLINE, reactor)
+    return d, out, err
+
+
+@pytest_twisted.ensureDeferred
+async def test_prints_the_running_services_state(reactor):
+    reg = registry(V4, V6)
+    unplumb(reg, V6, at=1_800_000_000.0, error="no banner within 5s")
+    deliveries = DeliveryMetrics()
+    deliveries(attempt_event(no_greeting=["[0::1]:5001"], codes={"a@x.test": 451}))
+    scheduler = FakeScheduler({("b1", "example.test"): 3}, {"delivered": 7})
+    site = Served(reactor, sources(reg, scheduler, deliveries=deliveries))
+    try:
+        d, out, err = run_in_thread(reactor, site.url)
+        assert await d == _cli_status.EXIT_OK, err.getvalue()
+    finally:
+        await site.close()
+    text = out.getvalue()
+    assert lines_starting(text, "127.0.0.1:5000")[0].split()[1] == "PLUMBED"
+    [v6] = lines_starting(text, "[0::1]:5001")
+    assert v6.split()[1] == "UNPLUMBED" and "no banner within 5s" in v6
+    assert lines_starting(text, "b1")[0].split() == ["b1", "example.test", "3"]
+    assert lines_starting(text, "scheduler: delivered")[0].split()[-1] == "7"
+    assert lines_starting(text, "proxy connected, no greeting")[0].split()[-1] == "1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_hatwist_command_prints_status_in_a_subprocess(reactor):
+    reg = registry(V4)
+    unplumb(reg, V4, at=1.0, error="refused")
+    site = Served(reactor, sources(reg))
+    try:
+        d = utils.getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "hatwist.cli", "status", "--url", site.url],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            path=str(ROOT),
+        )
+        d.addTimeout(DEADLINE, reactor)
+        out, err, code = await d
+    finally:
+        await site.close()
+    assert code == 0, err.decode()
+    assert lines_starting(out.decode(), "127.0.0.1:5000")[0].split()[1] == "UNPLUMBED"
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreachable_service_exits_1_with_a_clear_message(reactor):
+    # A port that was just ours and is now closed: connection refused.
+    site = Served(reactor, sources(registry()))
+    url = site.url
+    await site.close()
+    d, out, err = run_in_thread(reactor, url)
+    assert await d == _cli_status.EXIT_UNREACHABLE
+    assert f"cannot reach {url}/status" in err.getvalue()
+    assert out.getvalue() == ""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_url_that_is_not_a_status_document_exits_1(reactor):
+    site = Served(reactor, sources(registry()))
+    try:
+        d, _, missing = run_in_thread(reactor, site.url + "/nope")
+        assert await d == _cli_status.EXIT_UNREACHABLE
+        d, _, metrics = run_in_thread(reactor, site.url + "/metrics")
+        assert await d == _cli_status.EXIT_UNREACHABLE
+    finally:
+        await site.close()
+    assert "answered 404" in missing.getvalue()
+    assert "did not answer with JSON" in metrics.getvalue()
