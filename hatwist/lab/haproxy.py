@@ -191,6 +191,11 @@ class HAProxy:
         return f"{self.host}:{self.port}"
 
     @property
+    def pid(self) -> int | None:
+        """The HAProxy process id while it runs (so callers can prove it is gone later)."""
+        return self._transport.pid if self.running else None
+
+    @property
     def running(self) -> bool:
         return self._process is not None and not self._process.exited
 
