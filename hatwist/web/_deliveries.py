@@ -59,7 +59,7 @@ def result_of(code: Any) -> str | None:
 def no_greeting_servers(event: Mapping[str, Any]) -> list[str]:
     """The proxy servers that connected but sent no greeting, per one attempt event."""
     servers = event.get("no_greeting")
-    if servers is not None:
+    if isinstance(servers, list | tuple | set | frozenset):
         return [str(s) for s in servers]
     error = event.get("error")
     return _NO_GREETING.findall(error) if isinstance(error, str) else []
@@ -71,8 +71,8 @@ class DeliveryMetrics:
     Counts recipients by (binding, route, result) and no-greeting proxy sessions by
     (binding, server). Add it with ``globalLogPublisher.addObserver``.
 
-    Never raises: a log observer that fails would hide the event from nobody but would
-    be reported on every delivery, so malformed events are skipped instead.
+    Never raises: the log publisher would report a failing observer on every delivery,
+    so a malformed event is skipped instead.
     """
 
     def __init__(self) -> None:

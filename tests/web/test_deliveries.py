@@ -54,7 +54,8 @@ def test_malformed_attempt_event_is_skipped_not_raised():
     metrics = DeliveryMetrics()
     metrics(attempt_event(codes=None) | {"codes": "garbage"})
     metrics(attempt_event(codes={"a@x.test": "250", "b@x.test": True, "c@x.test": 999}))
-    assert metrics.results() == {}
+    metrics(attempt_event(codes={}, no_greeting=5))
+    assert metrics.results() == {} and metrics.no_greeting() == {}
     assert metrics.result_totals() == {"delivered": 0, "temporary": 0, "permanent": 0}
 
 
