@@ -40,6 +40,7 @@ _log = Logger(namespace="hatwist.delivery.attempt")
 #: The reply every recipient gets when no session took the message (RFC 3463: 4.4.1 "no
 #: answer from host", 4.4.4 "unable to route", 4.3.5 "system incorrectly configured").
 NO_SESSION = (451, "4.4.1")
+PROXY_NO_GREETING = "proxy connected, no greeting"
 NO_ROUTE = (451, "4.4.4")
 BAD_CONFIG = (451, "4.3.5")
 INTERNAL = (451, "4.3.0")
@@ -82,6 +83,9 @@ class AttemptResult:
     error: str | None = None
     waiting_for_proxy: bool = False
     """True when every MX address was skipped only because no proxy was plumbed."""
+    no_greeting: tuple[str, ...] = ()
+    """Proxy servers (as configured) that connected but sent no 220 banner in this attempt:
+    an unusable source IP or an unreachable MX behind HAProxy."""
 
     def addresses(self, kind: str) -> tuple[str, ...]:
         """The recipients whose result is ``"delivered"``, ``"temporary"`` or ``"permanent"``."""
@@ -116,6 +120,7 @@ class _Walk:
     failures: list[str] = attrs.Factory(list)
     skipped: list[str] = attrs.Factory(list)
     only_waiting_for_proxy: bool = True
+    no_greeting: list[str] = attrs.Factory(list)
 
     def give_up(self, domain: str) -> _NoAnswer:
         """The answer for every recipient when no session took the message."""
@@ -221,6 +226,7 @@ class DeliveryAgent:
             duration=self._reactor.seconds() - started,
             error=error,
             waiting_for_proxy=waiting_for_proxy,
+            no_greeting=tuple(walk.no_greeting),
         )
         self._emit(message, result)
         return result
@@ -258,6 +264,10 @@ class DeliveryAgent:
                             f"{host.name} [{address}] via {route.describe()}: {stop.reason}",
                         )
                     if isinstance(outcome, str):
+                        if isinstance(route, ProxyRoute) and outcome.startswith(
+                            PROXY_NO_GREETING
+                        ):
+                            walk.no_greeting.append(route.server.text)
                         walk.failures.append(
                             f"{host.name} [{address}] via {route.describe()}: {outcome}"
                         )
@@ -305,7 +315,7 @@ class DeliveryAgent:
             )
         except NoGreeting as e:
             if isinstance(route, ProxyRoute):
-                return f"proxy connected, no greeting ({e})"
+                return f"{PROXY_NO_GREETING} ({e})"
             return f"no greeting ({e})"
         except SessionError as e:
             return str(e)
@@ -374,5 +384,6 @@ class DeliveryAgent:
             duration=result.duration,
             error=result.error,
             error_text=f": {result.error}" if result.error else "",
+            no_greeting=list(result.no_greeting),
             hatwist_event="delivery_attempt",
         )

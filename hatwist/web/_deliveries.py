@@ -13,16 +13,13 @@ nothing about metrics, and this observer reads event fields only. Fields read:
     (counted as :data:`NO_ROUTE`).
 ``codes``
     ``{recipient: reply code}``: one count per recipient, by the reply's class.
-``no_greeting`` (optional)
+``no_greeting``
     the proxy servers (as configured) that accepted the TCP connection but never sent a
-    220 banner during this attempt. Without it, the ``via proxy SERVER from SRC: proxy
-    connected, no greeting`` fragments of ``error`` are counted instead (those are only
-    there when the attempt as a whole failed).
+    220 banner during this attempt ("proxy connected, no greeting").
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -39,8 +36,6 @@ RESULTS = {2: "delivered", 4: "temporary", 5: "permanent"}
 
 #: The route label of an attempt that reached no MX (DNS failure, no usable route).
 NO_ROUTE = "none"
-
-_NO_GREETING = re.compile(r"via proxy (\S+) from \S+: proxy connected, no greeting")
 
 ResultKey = tuple[str, str, str]
 """(binding, route, result)."""
@@ -61,8 +56,7 @@ def no_greeting_servers(event: Mapping[str, Any]) -> list[str]:
     servers = event.get("no_greeting")
     if isinstance(servers, list | tuple | set | frozenset):
         return [str(s) for s in servers]
-    error = event.get("error")
-    return _NO_GREETING.findall(error) if isinstance(error, str) else []
+    return []
 
 
 @implementer(ILogObserver)

@@ -243,6 +243,10 @@ def test_moves_on_to_the_next_mx_after_a_session_that_never_took_the_message(wor
     assert net.addresses_opened() == ["127.0.0.20", "127.0.0.21"]
     assert [r.kind for r in result.recipients] == ["delivered", "delivered"]
     assert result.mx_host == "mx2.example.test"
+    # Only a silent proxied session counts as "proxy connected, no greeting", even when a
+    # later MX took the message.
+    silent = isinstance(first_mx, NoGreeting)
+    assert result.no_greeting == (("127.0.0.1:5000",) if silent else ())
 
 
 def test_tries_every_address_of_a_host_before_the_next_host(world):
@@ -325,6 +329,7 @@ def test_when_every_mx_fails_every_recipient_is_temporary_with_all_reasons(world
     )
     assert "proxy connected, no greeting" in result.error
     assert (result.mx_host, result.mx_address) == ("mx2.example.test", "127.0.0.21")
+    assert result.no_greeting == ("127.0.0.1:5000",)
 
 
 def test_ipv6_mx_without_an_ipv6_source_fails_naming_the_option(world):

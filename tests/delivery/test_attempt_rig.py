@@ -191,6 +191,7 @@ async def test_a_greeting_that_never_comes_moves_on_to_the_next_mx(
         assert result.mx_address == "127.0.0.20"
         assert result.addresses("delivered") == RCPTS
         assert len(silent.sessions) == 1 and silent.messages == []
+        assert len(result.no_greeting) == 1
     finally:
         await silent.stop()
 

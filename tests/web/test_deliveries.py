@@ -59,22 +59,13 @@ def test_malformed_attempt_event_is_skipped_not_raised():
     assert metrics.result_totals() == {"delivered": 0, "temporary": 0, "permanent": 0}
 
 
-def test_no_greeting_read_from_the_error_text_per_proxy_server():
-    metrics = DeliveryMetrics()
-    metrics(
-        attempt_event(
-            route="proxy [::1]:5001 from ::9", codes={"a@x": 451}, error=NO_GREETING_ERROR
-        )
-    )
-    assert metrics.no_greeting() == {("b1", "127.0.0.1:5000"): 1, ("b1", "[::1]:5001"): 1}
-
-
-def test_no_greeting_field_wins_over_the_error_text():
+def test_no_greeting_counted_per_proxy_server_from_the_structured_field():
     metrics = DeliveryMetrics()
     # An attempt that met a silent proxy, then delivered through another one: only a
     # structured field can say so, since a delivered attempt has no error text.
-    metrics(attempt_event(no_greeting=["127.0.0.1:5000"], error=NO_GREETING_ERROR))
-    assert metrics.no_greeting() == {("b1", "127.0.0.1:5000"): 1}
+    metrics(attempt_event(no_greeting=["127.0.0.1:5000", "[::1]:5001"], error=None))
+    metrics(attempt_event(error=NO_GREETING_ERROR))  # text alone is never parsed
+    assert metrics.no_greeting() == {("b1", "127.0.0.1:5000"): 1, ("b1", "[::1]:5001"): 1}
 
 
 CONFIG = """
