@@ -23,7 +23,7 @@ from twisted.application import service
 from twisted.internet import defer, task, threads
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
@@ -35,6 +35,7 @@ from hatwist.inbound import InboundFactory
 from hatwist.mx import MXResolver, build_resolver
 from hatwist.scheduler import Scheduler
 from hatwist.spool import Spool
+from hatwist.web import DeliveryMetrics, StatusSources, make_status_site
 
 __all__ = ["Options", "RelayService", "makeService"]
 
@@ -124,8 +125,9 @@ class RelayService(service.MultiService):
     """
     The whole relay. ``config`` is the running configuration; :meth:`reload` replaces it.
 
-    Attributes ``registry``, ``scheduler``, ``spool``, ``agent``, ``inbound`` and
-    ``status_site`` are the named objects the status page and tests look at.
+    Attributes ``registry``, ``scheduler``, ``spool``, ``agent``, ``inbound``, ``status``,
+    ``status_site``, ``listener`` and ``status_listener`` are the named objects the status
+    page and tests look at.
     """
 
     log = Logger()
@@ -172,11 +174,17 @@ class RelayService(service.MultiService):
         )
         self.scheduler.setServiceParent(self)
 
-        self.status_site = self._status_site()
-        if self.status_site is not None:
-            _ListeningService(
-                server_endpoint(reactor, config.service.status_listen), self.status_site
-            ).setServiceParent(self)
+        # Delivery counts come from the agent's one log event per attempt, so the agent
+        # knows nothing of metrics; the observer is added while the service runs.
+        self.deliveries = DeliveryMetrics()
+        self.status = StatusSources(
+            self.registry, self.scheduler, __version__, reactor, deliveries=self.deliveries
+        )
+        self.status_site = make_status_site(self.status)
+        self.status_listener = _ListeningService(
+            server_endpoint(reactor, config.service.status_listen), self.status_site
+        )
+        self.status_listener.setServiceParent(self)
 
         self.inbound = InboundFactory(
             spool=self.spool,
@@ -197,14 +205,6 @@ class RelayService(service.MultiService):
 
     def _probe(self, config: Config) -> Any:
         return make_probe(config.health, reactor=self.reactor, sources_for=config.sources_for)
-
-    def _status_site(self) -> Any:
-        """The /status, /metrics and HTML site, when the web module is present."""
-        try:
-            from hatwist.web import make_status_site
-        except ImportError:
-            return None
-        return make_status_site(self)
 
     def _binding_exists(self, name: str) -> bool:
         try:
@@ -233,6 +233,7 @@ class RelayService(service.MultiService):
             listen=str(self.config.service.listen),
             servers=len(self.config.proxy_servers),
         )
+        globalLogPublisher.addObserver(self.deliveries)
         super().startService()
         self._previous_hup = _install_sighup(self.reactor, self.reload)
 
@@ -243,7 +244,12 @@ class RelayService(service.MultiService):
         d = defer.maybeDeferred(super().stopService)
         d.addCallback(lambda _: self.agent.close())
         d.addCallback(lambda _: self.resolver.close())
+        d.addBoth(self._stopped)
         return d
+
+    def _stopped(self, result: object) -> object:
+        globalLogPublisher.removeObserver(self.deliveries)
+        return result
 
     _previous_hup: Any = None
 
