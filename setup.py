@@ -33,6 +33,7 @@ setup(
             "pytest-twisted==1.14.3",
             "hypothesis==6.155.2",
             "ruff==0.17.5",
+            "docutils==0.23",  # README and docs render cleanly (tests/test_docs.py)
         ],
     },
     entry_points={"console_scripts": ["hatwist = hatwist.cli:main"]},
