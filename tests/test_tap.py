@@ -1,0 +1,100 @@
+"""twistd's face of hatwist (hatwist.tap): options, the service tree, config reload."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import pytest_twisted
+from twisted.application.service import IServiceMaker
+from twisted.internet import defer
+from twisted.plugin import getPlugins
+from twisted.python import usage
+
+from hatwist.tap import Options, RelayService
+
+CONFIG = """\
+listen = 127.0.0.1:0
+status_listen = 127.0.0.1:0
+spool_dir = {spool}
+resolver = 127.0.0.1:53535
+ha_proxy_server = 127.0.0.1:1
+ha_proxy_src_addr = 127.0.0.9
+ha_proxy_client {{
+  health_check_interval = 60
+}}
+"""
+
+
+def write_config(tmp_path, text=CONFIG):
+    path = tmp_path / "hatwist.conf"
+    path.write_text(text.format(spool=tmp_path / "spool"), encoding="utf-8")
+    return path
+
+
+def test_twistd_finds_the_hatwist_service_maker():
+    makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
+    assert makers["hatwist"].options is Options
+
+
+def test_options_load_and_validate_the_config(tmp_path):
+    path = write_config(tmp_path)
+    options = Options()
+    options.parseOptions(["--config", str(path)])
+    assert options["loaded"].filename == str(path)
+
+
+def test_an_invalid_config_is_a_usage_error_naming_file_and_line(tmp_path):
+    path = write_config(tmp_path, CONFIG + "colour = blue\n")
+    with pytest.raises(usage.UsageError, match=rf"{re.escape(str(path))}:10:1: .*colour"):
+        Options().parseOptions(["--config", str(path)])
+
+
+def test_a_missing_config_file_is_a_usage_error(tmp_path):
+    with pytest.raises(usage.UsageError, match=r"nope\.conf"):
+        Options().parseOptions(["--config", str(tmp_path / "nope.conf")])
+
+
+@pytest.fixture
+def relay(tmp_path, reactor):
+    options = Options()
+    options.parseOptions(["--config", str(write_config(tmp_path))])
+    service = RelayService(options["loaded"], reactor=reactor, hostname="relay.test")
+    yield service
+    if service.running:
+        pytest_twisted.blockon(defer.maybeDeferred(service.stopService))
+
+
+@pytest_twisted.ensureDeferred
+async def test_relay_listens_for_mail_and_status_then_stops(relay, reactor):
+    relay.startService()
+    port = await relay.listener.listening.addTimeout(5, reactor)
+    status_port = await relay.status_listener.listening.addTimeout(5, reactor)
+    assert port.getHost().host == "127.0.0.1" and port.getHost().port > 0
+    assert status_port.getHost().port > 0
+    await defer.maybeDeferred(relay.stopService).addTimeout(10, reactor)
+    assert not relay.running
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_applies_a_valid_config(relay, tmp_path, reactor):
+    path = tmp_path / "hatwist.conf"
+    path.write_text(
+        path.read_text() + "binding blue {\n  ha_proxy_src_addr = 127.0.0.10\n}\n"
+    )
+    assert not relay._binding_exists("blue")
+    applied = await relay.reload().addTimeout(5, reactor)
+    assert applied is True
+    assert relay._binding_exists("blue")
+    assert relay.agent.config is relay.config
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_keeps_the_running_config_when_the_new_one_is_invalid(
+    relay, tmp_path, reactor
+):
+    before = relay.config
+    (tmp_path / "hatwist.conf").write_text("binding {\n")
+    applied = await relay.reload().addTimeout(5, reactor)
+    assert applied is False
+    assert relay.config is before
