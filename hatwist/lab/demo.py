@@ -263,15 +263,11 @@ class Lab:
 
 def _status_url(relay: Any) -> str | None:
     """``http://host:port/status`` of the relay's status site, if it is listening."""
-    site = getattr(relay, "status_site", None)
-    if site is None:
+    port = relay.status_listener.port
+    if port is None:
         return None
-    for child in relay:
-        port = getattr(child, "port", None)
-        if getattr(child, "factory", None) is site and port is not None:
-            address = port.getHost()
-            return f"http://{address.host}:{address.port}/status"
-    return None
+    address = port.getHost()
+    return f"http://{address.host}:{address.port}/status"
 
 
 async def run_demo(
