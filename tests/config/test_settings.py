@@ -88,6 +88,26 @@ def test_empty_config_is_all_defaults_with_a_default_binding():
     assert config.proxy_servers == ()
 
 
+def test_health_checks_without_an_ha_proxy_client_block_use_the_seeds_values():
+    # Issue 4 and README: interval 5, timeout 1, thresholds 3 and 3 when the block is absent.
+    config = load(
+        """
+        ha_proxy_server = 10.0.0.1:8085
+        ha_proxy_src_addr = 192.0.2.10
+        """
+    )
+    health = config.health
+    assert (health.interval, health.timeout) == (5, 1)
+    assert (health.failure_threshold, health.success_threshold) == (3, 3)
+    assert health.mode is HealthCheckMode.CONNECT and health.target is None
+
+
+def test_an_empty_ha_proxy_client_block_also_uses_the_seeds_values():
+    health = load("ha_proxy_client {\n}\n").health
+    assert (health.interval, health.timeout, health.failure_threshold) == (5, 1, 3)
+    assert health.success_threshold == 3
+
+
 # -- inheritance: one test per layer ------------------------------------------------------
 
 # Every scope sets max_connections to its own number; each test removes the layers above
