@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable
 from typing import Any, TextIO
 
 import attrs
 
+from hatwist._text_table import text_table
 from hatwist.config import Binding, Config, ConfigError, load_config, schema
 
 EXIT_VALID = 0
@@ -96,18 +96,9 @@ def as_json(config: Config) -> dict[str, Any]:
     }
 
 
-def _table(header: list[str], rows: Iterable[list[str]], indent: str = "  ") -> list[str]:
-    rows = [header, *rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return [
-        indent
-        + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
-
-
 def _key_table(values: dict[str, Any]) -> list[str]:
-    return _table(["key", "value"], ([name, schema.format_value(v)] for name, v in values.items()))
+    rows = ([name, schema.format_value(v)] for name, v in values.items())
+    return text_table(["key", "value"], rows)
 
 
 def as_text(config: Config) -> str:
@@ -118,7 +109,7 @@ def as_text(config: Config) -> str:
     lines += _key_table(_section_values(config.health, schema.Section.HEALTH))
     lines += ["", "proxy servers"]
     if config.proxy_servers:
-        lines += _table(
+        lines += text_table(
             ["server", "sources"],
             (
                 [str(s), " ".join(config.sources_for(s)) or "(not used by any binding)"]
@@ -132,7 +123,7 @@ def as_text(config: Config) -> str:
         domains = binding.domain_overrides()
         columns = [_formatted(_delivery(binding, d)) for d in (None, *domains)]
         lines += ["", f"binding {name}{group}"]
-        lines += _table(
+        lines += text_table(
             ["key", _OTHER_DOMAINS if domains else _ALL_DOMAINS, *domains],
             ([key, *(column[key] for column in columns)] for key in columns[0]),
         )

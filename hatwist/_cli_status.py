@@ -13,9 +13,9 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable
 from typing import Any, TextIO
 
+from hatwist._text_table import text_table
 from hatwist.web import _format
 from hatwist.web._page import counter_rows
 
@@ -95,16 +95,6 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     return EXIT_OK
 
 
-def _table(header: list[str], rows: Iterable[list[str]], indent: str = "  ") -> list[str]:
-    rows = [header, *rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return [
-        indent
-        + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
-
-
 def _proxy_rows(document: dict[str, Any]) -> list[list[str]]:
     now = document.get("now", 0.0)
     return [
@@ -130,7 +120,7 @@ def as_text(document: dict[str, Any], url: str) -> str:
     when = f" at {_format.utc(now)}" if isinstance(now, int | float) else ""
     lines = [f"hatwist {version}, {url}{when}", "", "proxy servers"]
     if document["proxies"]:
-        lines += _table(
+        lines += text_table(
             [
                 "server",
                 "state",
@@ -148,7 +138,7 @@ def as_text(document: dict[str, Any], url: str) -> str:
         lines.append("  (none configured)")
     lines += ["", "queues"]
     if document["queues"]:
-        lines += _table(
+        lines += text_table(
             ["binding", "domain", "pending recipients"],
             ([q["binding"], q["domain"], str(q["depth"])] for q in document["queues"]),
         )
@@ -156,5 +146,5 @@ def as_text(document: dict[str, Any], url: str) -> str:
         lines.append("  (no mail queued)")
     counters = counter_rows(document.get("deliveries", {}), document.get("no_greeting", 0))
     lines += ["", "counters"]
-    lines += _table(["counter", "value"], ([name, str(value)] for name, value in counters))
+    lines += text_table(["counter", "value"], ([name, str(value)] for name, value in counters))
     return "\n".join(lines) + "\n"
