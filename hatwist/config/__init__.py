@@ -7,7 +7,8 @@ in this package is how it gets there.
 """
 
 from hatwist.config.errors import ConfigError, ConfigWarning
-from hatwist.config.settings import Binding, Config, load_config, parse_config
+from hatwist.config.resolve import load_config, parse_config
+from hatwist.config.settings import Binding, Config
 from hatwist.config.values import (
     DeliverySettings,
     HealthCheckMode,

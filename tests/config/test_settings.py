@@ -1,4 +1,4 @@
-"""hatwist.config.settings: the seed example, inheritance order, warnings, the Config API."""
+"""hatwist.config.resolve: the seed example, inheritance order, warnings, the Config API."""
 
 from __future__ import annotations
 
