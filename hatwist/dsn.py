@@ -63,14 +63,31 @@ def bounce_envelope(original: Envelope) -> BounceEnvelope:
 
 
 def status_for(code: int | None, diagnostic: str | None, action: str) -> str:
-    """The RFC 3463 status: the server's own enhanced code when it gave one of
-    the same class, else the class of its reply code, else "expired"."""
+    """The RFC 3463 status for one recipient.
+
+    The server's own enhanced code when it gave one of the class the action
+    implies (5 for failed, 4 for delayed), else the class of its reply code.  A
+    reply of the other class means time ran out: a recipient that *failed* after
+    a 4xx was given up on at expiry, so it is "delivery time expired" (X.4.7),
+    never a 4.x.x under ``Action: failed``.
+    """
+    wanted = "5" if action == FAILED else "4"
+    if code is not None and str(code)[0] != wanted:
+        return EXPIRED_STATUS[action]
     found = ENHANCED_CODE.match(diagnostic or "")
-    if found and (code is None or str(code)[0] == found.group(1)):
+    if found and found.group(1) == wanted:
         return found.group(0)
     if code is not None and 400 <= code < 600:
         return f"{code // 100}.0.0"
     return EXPIRED_STATUS[action]
+
+
+def _said(code: int | None, diagnostic: str | None, action: str) -> str:
+    """What the human part says about one recipient."""
+    said = " ".join(str(p) for p in (code, diagnostic) if p is not None)
+    if status_for(code, diagnostic, action) != EXPIRED_STATUS[action]:
+        return said
+    return "delivery time expired" + (f"; last error: {said}" if said else "")
 
 
 def _field(text: str) -> str:
@@ -99,8 +116,7 @@ def _human(reporting_mta: str, action: str,
                  "Nothing needs to be done: delivery will be tried again.")
     lines = [f"This is the mail system at host {reporting_mta}.", "", intro, ""]
     for recipient, code, diagnostic in failed:
-        said = " ".join(str(p) for p in (code, diagnostic) if p is not None)
-        lines.append(_field(f"<{recipient}>: {said or 'delivery time expired'}"))
+        lines.append(_field(f"<{recipient}>: {_said(code, diagnostic, action)}"))
     return "\r\n".join(lines) + "\r\n"
 
 
@@ -126,7 +142,9 @@ def build_dsn(*, reporting_mta: str, original: Envelope,
     """The whole DSN message, headers included, ready for DATA.
 
     @param failed: C{(recipient, last reply code or None, reply text or None)}
-        for each recipient the notice is about.
+        for each recipient the notice is about.  For a recipient given up on at
+        expiry pass its last temporary reply: it is reported as expired (5.4.7)
+        and its C{Diagnostic-Code} still quotes that reply.
     @param original_headers: the original message's header section (a whole
         message is fine: only the headers are kept).
     @param arrival_date: when the original was received (POSIX time).

@@ -702,14 +702,7 @@ def _summary(results: dict[str, tuple[int, str, str]]) -> str:
 
 
 def _dsn_line(recipient: Any) -> tuple[str, int | None, str | None]:
-    """A failed recipient as ``build_dsn`` wants it.
-
-    A recipient that failed with a temporary code ran out of time: it is
-    reported as expired (RFC 3463 5.4.7), quoting the last temporary error.
-    """
-    code = recipient.code
-    if code is not None and code >= 500:
-        return (recipient.address, code, recipient.reason)
-    last = " ".join(str(p) for p in (code, recipient.reason) if p is not None)
-    expired = "delivery time expired" + (f"; last error: {last}" if last else "")
-    return (recipient.address, None, expired)
+    """A failed recipient as ``build_dsn`` wants it: one whose last code was
+    temporary ran out of time, which ``build_dsn`` reports as expired (5.4.7)
+    while still quoting that last reply."""
+    return (recipient.address, recipient.code, recipient.reason)

@@ -67,8 +67,21 @@ def test_report_names_each_recipient_with_action_status_and_diagnostic():
             for r in per_recipient] == [
         ("rfc822; a@example.net", "failed", "5.1.1",
          "smtp; 550 5.1.1 <a@example.net>: user unknown"),
-        ("rfc822; b@example.com", "failed", "4.7.1", "smtp; 451 4.7.1 try later (greylisted)"),
+        ("rfc822; b@example.com", "failed", "5.4.7", "smtp; 451 4.7.1 try later (greylisted)"),
     ]
+
+
+def test_recipient_that_failed_after_a_temporary_reply_expired_and_keeps_the_reply():
+    """A failed recipient whose last reply was 4xx ran out of time: the status says
+    expired (5.4.7, never a 4.x.x under Action: failed) and the program-readable
+    Diagnostic-Code still quotes the last reply, as the human text does."""
+    message = parse(dsn(failed=[("b@example.com", 451, "4.4.1 mx busy")]))
+    human, report, _ = message.iter_parts()
+    [recipient] = report.get_payload()[1:]
+    assert (recipient["Action"], recipient["Status"], recipient["Diagnostic-Code"]) == (
+        "failed", "5.4.7", "smtp; 451 4.4.1 mx busy")
+    assert "<b@example.com>: delivery time expired; last error: 451 4.4.1 mx busy" in (
+        human.get_content())
 
 
 def test_original_headers_are_returned_without_the_body():
@@ -108,6 +121,9 @@ def test_boundary_never_occurs_inside_a_part():
     (550, "4.7.1 mismatched class", "failed", "5.0.0"),
     (421, "4.4.2 timeout", "delayed", "4.4.2"),
     (None, "connection refused", "failed", "5.4.7"),
+    (451, "4.4.1 mx busy", "failed", "5.4.7"),
+    (450, "mailbox busy", "failed", "5.4.7"),
+    (None, "5.1.10 null MX", "failed", "5.1.10"),
     (554, "5.1.10 null MX", "failed", "5.1.10"),
 ])
 def test_status_comes_from_the_servers_enhanced_code_of_the_same_class(

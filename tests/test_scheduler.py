@@ -270,6 +270,8 @@ def test_expiry_bounces_with_last_reason(world):
     report = delivery_status(dsn)
     assert "Action: failed" in report
     assert "Status: 5.4.7" in report
+    # Programs reading the report see the last reply too, not only people.
+    assert "Diagnostic-Code: smtp; 451 4.4.1 mx busy #9" in report
     human = next(p for p in dsn.walk() if p.get_content_type() == "text/plain").get_content()
     assert "4.4.1 mx busy #9" in human
 
@@ -338,7 +340,9 @@ def test_message_waiting_for_proxy_expires_with_that_reason(world):
     [notice] = world.spool.stored
     assert notice.binding == "proxied"
     dsn = parse(world.spool.contents[notice.id])
-    assert "Status: 5.4.7" in delivery_status(dsn)
+    report = delivery_status(dsn)
+    assert "Status: 5.4.7" in report
+    assert "Diagnostic-Code: smtp; 451 4.4.0 no plumbed ha_proxy_server for binding" in report
     human = next(p for p in dsn.walk() if p.get_content_type() == "text/plain").get_content()
     assert "no plumbed ha_proxy_server for binding proxied" in human
 
