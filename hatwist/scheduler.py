@@ -50,6 +50,10 @@ from hatwist.spool import DELIVERED, FAILED, PENDING, MessageNotFound, SpooledMe
 FALLBACK_POLICY = RetryPolicy(retry_interval=15 * 60, message_expiration=5 * 24 * 3600)
 FALLBACK_MAX_CONNECTIONS = 1
 
+#: Seconds before writing down again a state the spool failed to save: until it
+#: is on disk, a crash would deliver its delivered recipients a second time.
+SAVE_RETRY_DELAY = 30.0
+
 #: The code recorded for recipients of an attempt that failed inside hatwist
 #: (RFC 3463 4.3.0, "other or undefined mail system status").
 INTERNAL_ERROR_CODE = 451
@@ -105,6 +109,8 @@ class _Entry:
     finishing: bool = False
     bounced: bool = False
     retry: IDelayedCall | None = None
+    resave: IDelayedCall | None = None
+    """Writes the state down again after a failed save."""
 
 
 class Scheduler(Service):
@@ -476,20 +482,37 @@ class Scheduler(Service):
         self._decision_for(
             part, outcome, next_attempt_at=part.due if reschedule else None
         )
-        d = defer.maybeDeferred(self._spool.update, entry.message)
-        d.addErrback(self._save_failed, entry.message)
+        d = self._write(entry)
         if reschedule:
             self._schedule(part)
         if not entry.parts:
             self._finish(entry)
         return d
 
-    def _save_failed(self, failure: Failure, message: SpooledMessage) -> None:
-        # The state in memory stands and goes to disk with the next change; a
-        # restart before that retries recipients that may have been delivered.
+    def _write(self, entry: _Entry) -> defer.Deferred:
+        """Write the entry's state to the spool; on failure, again a little later."""
+        d = defer.maybeDeferred(self._spool.update, entry.message)
+        d.addErrback(self._save_failed, entry)
+        return d
+
+    def _save_failed(self, failure: Failure, entry: _Entry) -> None:
+        if failure.check(MessageNotFound):
+            return  # finished meanwhile: nothing left to write down
+        # Until the state is on disk a restart would retry recipients that were
+        # delivered, so keep trying on a timer, not only at the next change.
         self._counters["errors"] += 1
-        self.log.failure("message {message_id}: saving its state to the spool failed",
-                         failure, message_id=message.id)
+        self.log.failure("message {message_id}: saving its state to the spool failed; "
+                         "trying again in {delay}s", failure,
+                         message_id=entry.message.id, delay=SAVE_RETRY_DELAY)
+        if self._stopping or self._entries.get(entry.message.id) is not entry:
+            return
+        if entry.resave is None or not entry.resave.active():
+            entry.resave = self._reactor.callLater(SAVE_RETRY_DELAY, self._resave, entry)
+
+    def _resave(self, entry: _Entry) -> None:
+        entry.resave = None
+        if self._entries.get(entry.message.id) is entry and not entry.finishing:
+            self._track(self._write(entry))
 
     def _expire(self, entry: _Entry, part: _Part) -> None:
         """The part ran out of time: its pending recipients fail, keeping their last reason."""
@@ -611,9 +634,10 @@ class Scheduler(Service):
         self._entries.pop(entry.message.id, None)
         if self._finished_while_recovering is not None:
             self._finished_while_recovering.add(entry.message.id)
-        for part in entry.parts.values():
-            if part.timer is not None and part.timer.active():
-                part.timer.cancel()
+        timers = [p.timer for p in entry.parts.values()] + [entry.resave]
+        for timer in timers:
+            if timer is not None and timer.active():
+                timer.cancel()
 
     def _finish_failed(self, failure: Failure, entry: _Entry) -> None:
         self._counters["errors"] += 1
@@ -659,8 +683,7 @@ class Scheduler(Service):
         calls = [q.release for q in self._queues.values() if q.release is not None]
         for entry in self._entries.values():
             calls += [p.timer for p in entry.parts.values() if p.timer is not None]
-            if entry.retry is not None:
-                calls.append(entry.retry)
+            calls += [c for c in (entry.retry, entry.resave) if c is not None]
         return calls
 
     def _cancel_in_flight(self) -> None:

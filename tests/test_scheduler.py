@@ -21,7 +21,7 @@ from hatwist.config import parse_config
 from hatwist.delivery import RecipientResult
 from hatwist.delivery.attempt import AttemptResult
 from hatwist.health import ServerRegistry
-from hatwist.scheduler import Scheduler
+from hatwist.scheduler import SAVE_RETRY_DELAY, Scheduler
 from hatwist.spool import DELIVERED, FAILED, PENDING, MessageNotFound, Spool, SpooledMessage
 from hatwist.spool._values import new_recipients
 
@@ -409,6 +409,23 @@ def test_spool_update_failure_keeps_the_message(world):
     world.agent.answer(0, 451, "4.0.0 later")
     assert world.spool.messages[message.id].recipients[0].attempts == 0  # not saved
     world.clock.advance(60)
+    world.agent.answer(1, 250)
+    assert world.spool.removed == [message.id]
+
+
+def test_state_that_failed_to_save_is_saved_again_without_waiting_for_the_next_attempt(world):
+    """A delivered recipient whose state only lives in memory is delivered twice
+    after a crash: the scheduler keeps trying to write it down on its own."""
+    world.spool.fail_updates = 2
+    message = world.submit(rcpt_to=("bob@dst.test", "carol@other.test"))
+    world.agent.answer(0, 250)  # bob delivered; carol's attempt still running
+    assert world.spool.messages[message.id].recipients[0].status == PENDING  # not saved
+    world.clock.advance(SAVE_RETRY_DELAY)  # the first retry fails too
+    assert world.spool.messages[message.id].recipients[0].status == PENDING
+    world.clock.advance(SAVE_RETRY_DELAY)
+    saved = world.spool.messages[message.id]
+    assert [r.status for r in saved.recipients] == [DELIVERED, PENDING]
+    assert len(world.agent.calls) == 2, "saving again is not another attempt"
     world.agent.answer(1, 250)
     assert world.spool.removed == [message.id]
 
