@@ -50,6 +50,11 @@ from hatwist.spool import DELIVERED, FAILED, PENDING, MessageNotFound, SpooledMe
 FALLBACK_POLICY = RetryPolicy(retry_interval=15 * 60, message_expiration=5 * 24 * 3600)
 FALLBACK_MAX_CONNECTIONS = 1
 
+#: Attempts running at once across all queues, by default: ``max_connections``
+#: bounds one (binding, domain), this bounds the sockets and memory of the whole
+#: relay when thousands of domains have mail (Postfix's default_process_limit).
+MAX_IN_FLIGHT = 100
+
 #: Seconds before writing down again a state the spool failed to save: until it
 #: is on disk, a crash would deliver its delivered recipients a second time.
 SAVE_RETRY_DELAY = 30.0
@@ -125,6 +130,7 @@ class Scheduler(Service):
     :param registry: the proxy :class:`hatwist.health.ServerRegistry`.
     :param reactor: ``IReactorTime``.
     :param reporting_mta: this host's name, for DSNs.
+    :param max_in_flight: attempts running at once, over all queues.
     """
 
     log = Logger()
@@ -138,13 +144,17 @@ class Scheduler(Service):
         registry: Any,
         reactor: Any,
         reporting_mta: str,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight!r}")
         self._spool = spool
         self._agent = agent
         self._config = config_provider
         self._registry = registry
         self._reactor = reactor
         self._reporting_mta = reporting_mta
+        self._max_in_flight = max_in_flight
         self._counters: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
         self._reset()
 
@@ -154,6 +164,7 @@ class Scheduler(Service):
         # Queues that could start an attempt now, in round-robin order.
         self._startable: OrderedDict[QueueKey, None] = OrderedDict()
         self._in_flight: dict[_Part, defer.Deferred] = {}
+        self._running = 0  # attempts whose outcome is not in yet (saving is not counted)
         self._background: set[defer.Deferred] = set()
         self._stopping = False
         self._pumping = False
@@ -331,7 +342,8 @@ class Scheduler(Service):
             return  # the loop below picks up whatever changed
         self._pumping = True
         try:
-            while self._startable and self.running and not self._stopping:
+            while (self._startable and self.running and not self._stopping
+                   and self._running < self._max_in_flight):
                 key, _ = self._startable.popitem(last=False)
                 queue = self._queues[key]
                 part = queue.ready.popleft()
@@ -366,6 +378,7 @@ class Scheduler(Service):
             r.address for r in entry.message.pending() if domain_of(r.address) == domain
         )
         queue.in_flight += 1
+        self._running += 1
         queue.waiting = False
         d = defer.maybeDeferred(self._spool.content, entry.message.id)
         d.addCallback(self._deliver, entry.message, domain, recipients)
@@ -392,6 +405,7 @@ class Scheduler(Service):
         self, outcome: Any, part: _Part, queue: _Queue, recipients: tuple[str, ...]
     ) -> defer.Deferred | None:
         queue.in_flight -= 1
+        self._running -= 1
         try:
             cancelled = isinstance(outcome, Failure) and outcome.check(defer.CancelledError)
             if cancelled and self._stopping:

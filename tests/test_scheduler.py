@@ -132,7 +132,7 @@ def result_for(outbound, code, text="", codes=None):
 
 
 class World:
-    def __init__(self, config_text=CONFIG):
+    def __init__(self, config_text=CONFIG, **options):
         self.clock = task.Clock()
         self.clock.advance(START)
         self.config = parse_config(config_text)
@@ -145,6 +145,7 @@ class World:
         self.scheduler = Scheduler(
             spool=self.spool, agent=self.agent, config_provider=lambda: self.config,
             registry=self.registry, reactor=self.clock, reporting_mta="relay.test",
+            **options,
         )
         self.scheduler.log = Logger(observer=self.events.append)
 
@@ -288,6 +289,24 @@ def test_max_connections_respected(world):
     world.agent.answer(3, 250)
     world.agent.answer(4, 250)
     assert world.spool.messages == {}
+
+
+def test_attempts_in_flight_are_capped_across_all_queues():
+    """Thousands of domains must not mean thousands of connections at once."""
+    w = World(max_in_flight=3)
+    w.scheduler.startService()
+    for i in range(2):
+        for domain in ("a.test", "b.test", "c.test"):
+            w.submit(rcpt_to=(f"u{i}@{domain}",))
+    assert len(w.agent.pending()) == 3
+    assert sorted(o.domain for o, _ in w.agent.pending()) == ["a.test", "b.test", "c.test"]
+    w.agent.answer(0, 250)
+    assert len(w.agent.pending()) == 3
+    assert w.scheduler.in_flight() == 3
+    for i in range(1, 6):
+        w.agent.answer(i, 250)
+    assert w.spool.messages == {}
+    w.scheduler.stopService()
 
 
 def test_queues_take_turns(world):
