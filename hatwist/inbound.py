@@ -53,6 +53,8 @@ MAX_COMMAND_LINE = 2048
 MAX_RECIPIENTS = 1000
 MAX_ERRORS = 20
 MAX_HOPS = 100
+MAX_SESSIONS = 100
+"""Sessions at once: each may buffer a whole message, so this bounds memory."""
 IDLE_TIMEOUT = 300.0
 """RFC 5321 section 4.5.3.2: at least five minutes between commands."""
 FLUSH_PARTIAL_LINE = 64 * 1024
@@ -145,8 +147,13 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
     # -- connection ------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self.factory.sessions.add(self)
         self._peer = _peer_ip(self.transport)
+        if len(self.factory.sessions) >= self.factory.max_sessions:
+            self.log.warn("refused {peer}: {count} sessions open already",
+                          peer=str(self._peer), count=len(self.factory.sessions))
+            return self._close(421, "4.3.2",
+                               f"{self.factory.hostname} Error: too many connections")
+        self.factory.sessions.add(self)
         self._relay_allowed = self._peer is not None and any(
             self._peer in net for net in self.factory.relay_from)
         self.setTimeout(self.factory.idle_timeout)
@@ -418,13 +425,14 @@ class InboundFactory(protocol.Factory):
     @param binding_exists: C{name -> bool}, asked for every message.
     @param on_accepted: called with each L{SpooledMessage} after its 250.
     @param reactor: L{IReactorTime}, for timeouts and the Received date.
+    @param max_sessions: sessions at once; one more gets C{421 4.3.2} at connect.
     """
 
     def __init__(self, *, spool: Any,
                  relay_from: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
                  max_message_size: int, hostname: str, binding_exists: Callable[[str], bool],
                  on_accepted: Callable[[SpooledMessage], object], reactor: Any,
-                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT, max_sessions: int = MAX_SESSIONS) -> None:
         if max_message_size <= 0:
             raise ValueError("max_message_size must be positive")
         self.spool = spool
@@ -435,6 +443,7 @@ class InboundFactory(protocol.Factory):
         self.on_accepted = on_accepted
         self.reactor = reactor
         self.idle_timeout = idle_timeout
+        self.max_sessions = max_sessions
         self.sessions: set[InboundSession] = set()
         """Open sessions, for a graceful shutdown to wait on."""
 

@@ -101,24 +101,26 @@ def pool():
 class Server:
     """An InboundFactory listening on 127.0.0.1, with what it handed on."""
 
-    def __init__(self, spool, *, bindings=("default", "b2"), clock=None, relay_from=(LOCALHOST,)):
+    def __init__(self, spool, *, bindings=("default", "b2"), clock=None, relay_from=(LOCALHOST,),
+                 **options):
         self.spool = spool
         self.accepted = []
         self.factory = InboundFactory(
             spool=spool, relay_from=relay_from, max_message_size=LIMIT,
             hostname="relay.test", binding_exists=lambda name: name in bindings,
-            on_accepted=self.accepted.append, reactor=clock or reactor,
+            on_accepted=self.accepted.append, reactor=clock or reactor, **options,
         )
         self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
         self.clients: list[Client] = []
 
-    async def connect(self, source: str = "127.0.0.1") -> Client:
+    async def connect(self, source: str = "127.0.0.1", greeting: str = "220 relay.test ESMTP"
+                      ) -> Client:
         endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port,
                                                 bindAddress=(source, 0))
         client = await endpoints.connectProtocol(endpoint, Client()).addTimeout(DEADLINE,
                                                                                 reactor)
         self.clients.append(client)
-        assert (await client.until(1))[0].startswith("220 relay.test ESMTP")
+        assert (await client.until(1))[0].startswith(greeting)
         return client
 
     async def close(self) -> None:
@@ -378,6 +380,21 @@ async def test_full_disk_answers_452_431_and_leaves_nothing_half_written(server_
     await client.send(transaction(b""), 3)
     [reply] = await client.send(b"Subject: small\r\n\r\nhi\r\n.\r\n", 1)
     assert reply.startswith("250 2.0.0")
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions_past_the_limit_get_421_and_a_freed_slot_is_reused(server_for):
+    """Each session may buffer a whole message: their number is what bounds memory."""
+    server = server_for(max_sessions=2)
+    first = await server.connect()
+    await server.connect()
+    refused = await server.connect(greeting="421 4.3.2 relay.test Error: too many connections")
+    await refused.lost.addTimeout(DEADLINE, reactor)
+    # After QUIT the server closes first, so its session is gone when the client sees EOF.
+    assert await first.send(b"QUIT\r\n", 1) == ["221 2.0.0 Bye"]
+    await first.lost.addTimeout(DEADLINE, reactor)
+    third = await server.connect()
+    assert (await third.send(b"EHLO me\r\n", 1))[0].startswith("250-relay.test")
 
 
 @pytest_twisted.ensureDeferred
