@@ -17,9 +17,16 @@ from ._errors import (
 )
 from ._interfaces import IHealthProbe
 from ._probes import ConnectProbe, SMTPBannerProbe, make_probe
-from ._registry import ServerRegistry, ServerState, ServerStatus, StateChange
+from ._registry import (
+    STATE_CHANGE_EVENT,
+    ServerRegistry,
+    ServerState,
+    ServerStatus,
+    StateChange,
+)
 
 __all__ = [
+    "STATE_CHANGE_EVENT",
     "BadBanner",
     "CheckTimedOut",
     "ConnectProbe",

@@ -9,12 +9,18 @@ Rules (HAProxy's rise/fall): every server starts plumbed; ``failure_threshold``
 consecutive failed checks flip it to unplumbed, ``success_threshold``
 consecutive successful checks flip it back. Every flip is logged as a
 structured event and handed to each subscriber.
+
+The smtp-mode check proves each source address a server is used with, so it
+reports per source (L{ServerRegistry.record_sources}). Each (server, source)
+*path* then has its own rise/fall, and the server itself counts a success when
+any of its paths passed: one source address gone bad behind HAProxy stops only
+the bindings that send from it, not every binding sharing the proxy.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -23,6 +29,9 @@ from twisted.logger import Logger
 from ._errors import UnknownServerError
 
 _log = Logger()
+
+#: The ``hatwist_event`` field of the log event every state change emits.
+STATE_CHANGE_EVENT = "proxy_state_change"
 
 
 class ServerState(enum.Enum):
@@ -45,6 +54,8 @@ class StateChange:
     new: ServerState
     reason: str
     at: float
+    source: str | None = None
+    """The source address of the path that flipped; None for the server itself."""
 
 
 @attrs.frozen
@@ -55,6 +66,9 @@ class ServerStatus:
     ``last_error`` is the reason of the latest *failed* check and
     ``last_latency`` the duration of the latest *successful* one; both survive
     checks of the other kind, so a flapping server keeps its evidence.
+
+    ``paths`` holds one status per source address the smtp-mode check proved
+    (``source`` set, ``paths`` empty), in the order the check reported them.
     """
 
     server: Any
@@ -67,15 +81,18 @@ class ServerStatus:
     checks: int
     failures: int
     state_changes: int
+    source: str | None = None
+    paths: tuple[ServerStatus, ...] = ()
 
 
 @attrs.define
 class _Record:
     """
-    The mutable per-server state behind a L{ServerStatus}.
+    The mutable state behind a L{ServerStatus}: of a server, or of one of its paths.
     """
 
     server: Any
+    source: str | None = None
     state: ServerState = ServerState.PLUMBED
     consecutive_successes: int = 0
     consecutive_failures: int = 0
@@ -85,9 +102,12 @@ class _Record:
     checks: int = 0
     failures: int = 0
     state_changes: int = 0
+    paths: dict[str, _Record] = attrs.Factory(dict)
 
     def status(self) -> ServerStatus:
-        return ServerStatus(**attrs.asdict(self, recurse=False))
+        fields = attrs.asdict(self, recurse=False)
+        fields["paths"] = tuple(path.status() for path in self.paths.values())
+        return ServerStatus(**fields)
 
 
 def _checked_threshold(name: str, value: int) -> int:
@@ -157,7 +177,51 @@ class ServerRegistry:
         """
         Count a successful check; return the state change it caused, if any.
         """
+        return self._succeeded(self._record(server), at, latency)
+
+    def record_failure(self, server: Any, *, at: float, error: str) -> StateChange | None:
+        """
+        Count a failed check with its reason; return the state change it caused, if any.
+        """
+        return self._failed(self._record(server), at, error)
+
+    def record_sources(
+        self,
+        server: Any,
+        results: Mapping[str, str | None],
+        *,
+        at: float,
+        latency: float | None = None,
+    ) -> list[StateChange]:
+        """
+        Count one check that tried each source address: C{results} maps each source
+        to None (it passed) or the reason it failed.
+
+        Every path is counted on its own; the server counts a success when any
+        path passed, else a failure naming every source. Paths of sources the
+        check no longer tried (a reload dropped them) are forgotten.
+        """
         record = self._record(server)
+        changes = []
+        paths = {}
+        for source, error in results.items():
+            path = record.paths.get(source) or _Record(server=server, source=source)
+            paths[source] = path
+            if error is None:
+                changes.append(self._succeeded(path, at, latency))
+            else:
+                changes.append(self._failed(path, at, error))
+        record.paths = paths
+        if not results or any(error is None for error in results.values()):
+            changes.append(self._succeeded(record, at, latency))
+        else:
+            reasons = "; ".join(f"source {src}: {error}" for src, error in results.items())
+            changes.append(self._failed(record, at, reasons))
+        return [change for change in changes if change is not None]
+
+    def _succeeded(
+        self, record: _Record, at: float, latency: float | None
+    ) -> StateChange | None:
         record.checks += 1
         record.consecutive_successes += 1
         record.consecutive_failures = 0
@@ -172,11 +236,7 @@ class ServerRegistry:
             return self._change(record, ServerState.PLUMBED, reason, at)
         return None
 
-    def record_failure(self, server: Any, *, at: float, error: str) -> StateChange | None:
-        """
-        Count a failed check with its reason; return the state change it caused, if any.
-        """
-        record = self._record(server)
+    def _failed(self, record: _Record, at: float, error: str) -> StateChange | None:
         record.checks += 1
         record.failures += 1
         record.consecutive_failures += 1
@@ -193,13 +253,23 @@ class ServerRegistry:
         return None
 
     def _change(self, record: _Record, new: ServerState, reason: str, at: float) -> StateChange:
-        change = StateChange(server=record.server, old=record.state, new=new, reason=reason, at=at)
+        change = StateChange(
+            server=record.server,
+            old=record.state,
+            new=new,
+            reason=reason,
+            at=at,
+            source=record.source,
+        )
         record.state = new
         record.state_changes += 1
         emit = _log.warn if new is ServerState.UNPLUMBED else _log.info
         emit(
-            "proxy {server} {old} -> {new}: {reason}",
+            "proxy {server}{path} {old} -> {new}: {reason}",
+            hatwist_event=STATE_CHANGE_EVENT,
             server=str(change.server),
+            source=change.source,
+            path="" if change.source is None else f" from source {change.source}",
             old=change.old.value,
             new=change.new.value,
             reason=reason,
@@ -213,12 +283,21 @@ class ServerRegistry:
                 _log.failure("state change observer {observer!r} failed", observer=observer)
         return change
 
-    def is_plumbed(self, server: Any) -> bool:
-        return self._record(server).state is ServerState.PLUMBED
-
-    def plumbed(self, candidates: Iterable[Any]) -> list[Any]:
+    def is_plumbed(self, server: Any, source: str | None = None) -> bool:
         """
-        The plumbed subset of C{candidates}, rotated by one on every call.
+        Whether C{server} may carry mail now; with C{source}, mail sent from that
+        source address (its path must not be unplumbed either).
+        """
+        record = self._record(server)
+        if record.state is not ServerState.PLUMBED:
+            return False
+        path = None if source is None else record.paths.get(source)
+        return path is None or path.state is ServerState.PLUMBED
+
+    def plumbed(self, candidates: Iterable[Any], source: str | None = None) -> list[Any]:
+        """
+        The plumbed subset of C{candidates} (for C{source}, if given; see
+        L{is_plumbed}), rotated by one on every call.
 
         Callers try the servers in the returned order, so rotating spreads
         connections evenly over the live servers of a binding and lets a failed
@@ -226,7 +305,7 @@ class ServerRegistry:
         own rotation, so bindings sharing the registry do not skew each other.
         """
         key = tuple(candidates)
-        live = [s for s in key if self.is_plumbed(s)]
+        live = [s for s in key if self.is_plumbed(s, source)]
         turn = self._rotation.get(key, 0)
         self._rotation[key] = turn + 1
         if not live:

@@ -3,7 +3,7 @@ Tests for hatwist.health's registry: thresholds, counters, rotation, reloads.
 """
 
 import pytest
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from hatwist.health import (
     ServerRegistry,
@@ -249,11 +249,94 @@ def test_state_change_is_a_structured_log_event():
         succeed(reg, A, 1)
     finally:
         globalLogPublisher.removeObserver(events.append)
-    flips = [e for e in events if e.get("log_format") == "proxy {server} {old} -> {new}: {reason}"]
+    flips = [e for e in events if e.get("hatwist_event") == "proxy_state_change"]
     assert [(e["server"], e["old"], e["new"]) for e in flips] == [
         (A, "plumbed", "unplumbed"),
         (A, "unplumbed", "plumbed"),
     ]
     assert flips[0]["reason"] == "1 consecutive failed check, last: connection refused"
+    assert flips[0]["source"] is None
+    assert formatEvent(flips[0]) == (
+        f"proxy {A} plumbed -> unplumbed: 1 consecutive failed check, last: connection refused"
+    )
     assert flips[0]["log_level"] is LogLevel.warn
     assert flips[1]["log_level"] is LogLevel.info
+
+
+# -- per (server, source) paths: the smtp-mode check's verdict per source address -------
+
+GOOD, BAD = "192.0.2.10", "192.0.2.11"
+
+
+def test_a_failing_source_unplumbs_only_its_path_and_the_server_stays_usable():
+    reg = registry((A,), failure=2)
+    changes = [reg.record_sources(A, {GOOD: None, BAD: "no banner"}, at=t) for t in (1.0, 2.0)]
+    assert changes[0] == []
+    (change,) = changes[1]
+    assert (change.server, change.source, change.new) == (A, BAD, ServerState.UNPLUMBED)
+    assert change.reason == "2 consecutive failed checks, last: no banner"
+    assert reg.is_plumbed(A) and reg.is_plumbed(A, source=GOOD)
+    assert not reg.is_plumbed(A, source=BAD)
+    assert reg.plumbed([A], source=GOOD) == [A]
+    assert reg.plumbed([A], source=BAD) == []
+    status = reg.status(A)
+    assert (status.state, status.failures, status.consecutive_successes) == (
+        ServerState.PLUMBED,
+        0,
+        2,
+    )
+    assert [(p.source, p.state, p.consecutive_failures) for p in status.paths] == [
+        (GOOD, ServerState.PLUMBED, 0),
+        (BAD, ServerState.UNPLUMBED, 2),
+    ]
+    assert status.paths[1].last_error == "no banner"
+
+
+def test_when_every_source_fails_the_server_fails_too_naming_each_source():
+    reg = registry((A,), failure=1)
+    changes = reg.record_sources(A, {GOOD: "refused", BAD: "timed out"}, at=1.0)
+    assert {(c.source, c.new) for c in changes} == {
+        (None, ServerState.UNPLUMBED),
+        (GOOD, ServerState.UNPLUMBED),
+        (BAD, ServerState.UNPLUMBED),
+    }
+    assert reg.status(A).last_error == f"source {GOOD}: refused; source {BAD}: timed out"
+    assert not reg.is_plumbed(A) and not reg.is_plumbed(A, source=GOOD)
+
+
+def test_a_path_is_plumbed_again_after_the_success_threshold():
+    reg = registry((A,), failure=1, success=2)
+    reg.record_sources(A, {GOOD: None, BAD: "no banner"}, at=1.0)
+    assert reg.record_sources(A, {GOOD: None, BAD: None}, at=2.0) == []
+    assert not reg.is_plumbed(A, source=BAD)
+    (change,) = reg.record_sources(A, {GOOD: None, BAD: None}, at=3.0)
+    assert (change.source, change.old, change.new) == (
+        BAD,
+        ServerState.UNPLUMBED,
+        ServerState.PLUMBED,
+    )
+    assert reg.is_plumbed(A, source=BAD)
+
+
+def test_a_source_no_longer_checked_is_forgotten_and_an_unknown_one_follows_the_server():
+    reg = registry((A,), failure=1)
+    reg.record_sources(A, {GOOD: None, BAD: "no banner"}, at=1.0)
+    reg.record_sources(A, {GOOD: None}, at=2.0)  # a reload dropped the binding using BAD
+    assert [p.source for p in reg.status(A).paths] == [GOOD]
+    assert reg.is_plumbed(A, source=BAD)
+    fail(reg, A, 1)
+    assert not reg.is_plumbed(A, source="192.0.2.99")
+
+
+def test_a_path_state_change_is_logged_with_its_source():
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        registry((A,), failure=1).record_sources(A, {GOOD: None, BAD: "no banner"}, at=1.0)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    (event,) = [e for e in events if e.get("new") == "unplumbed"]
+    assert (event["server"], event["source"], event["old"]) == (A, BAD, "plumbed")
+    assert event["hatwist_event"] == "proxy_state_change"
+    assert event["log_level"] is LogLevel.warn
+    assert formatEvent(event).startswith(f"proxy {A} from source {BAD} plumbed -> unplumbed: ")
