@@ -21,11 +21,13 @@ import signal
 import attrs
 import pytest
 import pytest_twisted
-from twisted.internet import defer, threads, utils
+from twisted.internet import defer, protocol, threads, utils
 
 from tests.rig.haproxy import free_port
 from tests.service._relay import (
+    STOP_DEADLINE,
     Relay,
+    RelayExited,
     close_quietly,
     config_text,
     connect_refused,
@@ -167,6 +169,8 @@ async def test_mail_arrives_from_each_bindings_source_without_x_binding(rig):
 
 CLIENTS = 4
 PER_CLIENT = 50
+#: How long a relay that cannot listen may take to give up (it starts in about a second).
+START_TIMEOUT_WHEN_TAKEN = 5.0
 
 
 @pytest.mark.parametrize("proxy", ["down", "up"])
@@ -227,6 +231,24 @@ async def test_every_message_that_got_250_is_delivered_after_kill_9_and_restart(
     record_property("duplicates", duplicates)
     print(f"kill -9 (proxy {proxy}): {len(accepted)} got 250, {len(in_spool)} spooled at "
           f"the kill, {len(delivered)} unique delivered, {duplicates} duplicates")
+
+
+@pytest_twisted.ensureDeferred
+async def test_relay_whose_listen_address_is_taken_exits_with_an_error_naming_it(rig, reactor):
+    """An operator must not be left with a relay that runs without its SMTP listener."""
+    squatter = reactor.listenTCP(0, protocol.Factory.forProtocol(protocol.Protocol),
+                                 interface="127.0.0.1")
+    try:
+        rig.listen = squatter.getHost().port
+        rig.write_config()
+        relay = rig.relay()
+        with contextlib.suppress(RelayExited):  # it exits instead of listening: expected
+            await relay.start(timeout=START_TIMEOUT_WHEN_TAKEN)
+        status = await relay.exited(STOP_DEADLINE)
+        assert status not in (0, None, -signal.SIGKILL), relay.tail()
+        assert relay.lines_with(str(rig.listen)), relay.tail()
+    finally:
+        await squatter.stopListening()
 
 
 # -- 3. bounces --------------------------------------------------------------------------------
