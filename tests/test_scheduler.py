@@ -600,3 +600,14 @@ def test_real_spool_state_survives_restart(tmp_path):
     left = yield spool.recover().addTimeout(10, reactor)
     assert left == []
     assert not clock.getDelayedCalls()
+
+
+def test_a_recipient_missing_from_the_agents_result_stays_pending_and_is_retried(world):
+    message = world.submit(rcpt_to=("bob@dst.test", "carol@dst.test"))
+    outbound, d = world.agent.calls[0]
+    d.callback(attrs.evolve(result_for(outbound, 250), recipients=(
+        RecipientResult("bob@dst.test", 250, "ok"),)))
+    saved = world.spool.messages[message.id]
+    assert [(r.status, r.code) for r in saved.recipients] == [(DELIVERED, 250), (PENDING, 451)]
+    world.clock.advance(60)
+    assert world.agent.calls[1][0].envelope.rcpt_to == ("carol@dst.test",)

@@ -1,33 +1,15 @@
 # -*- test-case-name: tests.test_scheduler -*-
 """
-The queue runner: every spooled message is tried, retried, bounced or removed.
+The :class:`Scheduler` service: timers, attempts, holds for a proxy, bounces.
 
-The unit of work is a *part*: one message's pending recipients at one domain,
-sent as one ``OutboundMessage``.  Parts wait in a queue per (binding, domain),
-which runs at most ``max_connections`` attempts at once; queues take turns
-(round robin), so a busy domain cannot starve a quiet one.
-
-Promises, in the order they matter:
-
-- Accepted mail is never dropped.  Whatever goes wrong inside hatwist -- the
-  agent raising, the spool failing -- is logged and treated as a temporary
-  failure; the message stays spooled and is retried.
-- Per-recipient results are written to the spool as soon as an attempt ends, so
-  a restart never delivers a recipient twice that was recorded as delivered.
-- A message whose route has no plumbed proxy does not spend retries: its queue
-  is held until the registry reports one of the route's servers plumbed again,
-  or one health-check interval has passed.
-- When nothing is pending any more, failed recipients get a DSN (never for a
-  null sender), spooled and scheduled like any other message, and only then is
-  the original removed: a crash in between can repeat a bounce, never lose one.
-
-Retry times and expiry come from :mod:`hatwist.schedule`; time comes from the
-injected reactor.
+The promises are listed in :mod:`hatwist.scheduler`; the queues and their
+turn-taking live in :mod:`._queues`, what an outcome does to a message's state
+in :mod:`._outcome`.
 """
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict, deque
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -40,10 +22,22 @@ from twisted.python.failure import Failure
 
 from hatwist.delivery import Envelope
 from hatwist.delivery.attempt import OutboundMessage
-from hatwist.dsn import build_dsn, should_bounce
 from hatwist.health import ServerState, StateChange
 from hatwist.schedule import RetryPolicy
-from hatwist.spool import DELIVERED, FAILED, PENDING, MessageNotFound, SpooledMessage
+from hatwist.spool import MessageNotFound, SpooledMessage
+
+from ._bounce import needs_bounce, spool_bounce
+from ._outcome import (
+    apply_results,
+    domain_of,
+    expire,
+    note_wait,
+    pending_at,
+    reason_of,
+    results_of,
+    summary,
+)
+from ._queues import Board, Part, Queue, QueueKey
 
 #: Used for a message whose binding vanished from the config (after a reload):
 #: its mail is kept and retried slowly instead of being lost or bounced at once.
@@ -59,13 +53,6 @@ MAX_IN_FLIGHT = 100
 #: is on disk, a crash would deliver its delivered recipients a second time.
 SAVE_RETRY_DELAY = 30.0
 
-#: The code recorded for recipients of an attempt that failed inside hatwist
-#: (RFC 3463 4.3.0, "other or undefined mail system status").
-INTERNAL_ERROR_CODE = 451
-
-#: The code recorded (without counting an attempt) for recipients held for a proxy.
-NO_PROXY_CODE = 451
-
 #: Counter names, for /status and /metrics.  ``delivered``, ``deferred`` and
 #: ``bounced`` count recipients (``bounced``: failed for good, expiry
 #: included); ``attempts`` counts attempts made, ``waiting`` attempts held back
@@ -73,44 +60,13 @@ NO_PROXY_CODE = 451
 #: bounce messages spooled.
 COUNTERS = ("delivered", "deferred", "bounced", "attempts", "waiting", "errors", "dsns")
 
-QueueKey = tuple[str, str]
-"""(binding, domain)."""
-
-
-def domain_of(address: str) -> str:
-    """The lower-cased domain of an envelope address (everything after the last ``@``)."""
-    return address.rpartition("@")[2].lower()
-
-
-@attrs.define(eq=False)
-class _Part:
-    """One message's pending recipients at one domain: what one attempt sends."""
-
-    message_id: str
-    key: QueueKey
-    due: float
-    timer: IDelayedCall | None = None
-
-
-@attrs.define(eq=False)
-class _Queue:
-    """The parts for one (binding, domain) that are due, and what is running."""
-
-    key: QueueKey
-    ready: deque[_Part] = attrs.Factory(deque)
-    in_flight: int = 0
-    held: bool = False
-    waiting: bool = False
-    """Held for a proxy since the last attempt that ran (for logging once)."""
-    release: IDelayedCall | None = None
-
 
 @attrs.define(eq=False)
 class _Entry:
     """A message the scheduler is responsible for, with its latest state."""
 
     message: SpooledMessage
-    parts: dict[str, _Part] = attrs.Factory(dict)
+    parts: dict[str, Part] = attrs.Factory(dict)
     finishing: bool = False
     bounced: bool = False
     retry: IDelayedCall | None = None
@@ -160,10 +116,8 @@ class Scheduler(Service):
 
     def _reset(self) -> None:
         self._entries: dict[str, _Entry] = {}
-        self._queues: dict[QueueKey, _Queue] = {}
-        # Queues that could start an attempt now, in round-robin order.
-        self._startable: OrderedDict[QueueKey, None] = OrderedDict()
-        self._in_flight: dict[_Part, defer.Deferred] = {}
+        self._board = Board(self._max_connections)
+        self._in_flight: dict[Part, defer.Deferred] = {}
         self._running = 0  # attempts whose outcome is not in yet (saving is not counted)
         self._background: set[defer.Deferred] = set()
         self._stopping = False
@@ -296,45 +250,23 @@ class Scheduler(Service):
             self._finish(entry)
             return
         for domain in sorted(domains - entry.parts.keys()):
-            part = _Part(message.id, (message.binding, domain), due=message.next_attempt_at)
+            part = Part(message.id, (message.binding, domain), due=message.next_attempt_at)
             entry.parts[domain] = part
             self._schedule(part)
 
-    def _schedule(self, part: _Part) -> None:
+    def _schedule(self, part: Part) -> None:
         if self._stopping:
             return
         delay = part.due - self._reactor.seconds()
         if delay <= 0:
-            self._make_ready(part)
+            self._board.add(part)
         else:
             part.timer = self._reactor.callLater(delay, self._due, part)
 
-    def _due(self, part: _Part) -> None:
+    def _due(self, part: Part) -> None:
         part.timer = None
-        self._make_ready(part)
+        self._board.add(part)
         self._pump()
-
-    def _make_ready(self, part: _Part, *, first: bool = False) -> None:
-        queue = self._queues.get(part.key)
-        if queue is None:
-            queue = self._queues[part.key] = _Queue(part.key)
-        if first:
-            queue.ready.appendleft(part)
-        else:
-            queue.ready.append(part)
-        self._refresh(queue)
-
-    def _refresh(self, queue: _Queue) -> None:
-        """Keep :attr:`_startable` true to whether ``queue`` could start an attempt."""
-        if self._queues.get(queue.key) is not queue:
-            return  # a queue from before a stop: forgotten
-        if queue.ready and not queue.held and queue.in_flight < self._max_connections(queue.key):
-            if queue.key not in self._startable:
-                self._startable[queue.key] = None
-        else:
-            self._startable.pop(queue.key, None)
-            if not queue.ready and not queue.in_flight and not queue.held:
-                del self._queues[queue.key]
 
     def _pump(self) -> None:
         """Start attempts, one per startable queue in turn, until none can start."""
@@ -342,11 +274,11 @@ class Scheduler(Service):
             return  # the loop below picks up whatever changed
         self._pumping = True
         try:
-            while (self._startable and self.running and not self._stopping
-                   and self._running < self._max_in_flight):
-                key, _ = self._startable.popitem(last=False)
-                queue = self._queues[key]
-                part = queue.ready.popleft()
+            while self.running and not self._stopping and self._running < self._max_in_flight:
+                taken = self._board.next()
+                if taken is None:
+                    break
+                queue, part = taken
                 try:
                     self._start(part, queue)
                 except Exception:
@@ -354,15 +286,15 @@ class Scheduler(Service):
                     self._counters["errors"] += 1
                     self.log.failure("message {message_id}: starting an attempt failed",
                                      message_id=part.message_id)
-                    part.due = self._now() + self._policy(key).retry_interval
+                    part.due = self._now() + self._policy(part.key).retry_interval
                     self._schedule(part)
-                self._refresh(queue)  # back at the end of the line, if still startable
+                self._board.refresh(queue)  # back at the end of the line, if still startable
         finally:
             self._pumping = False
 
     # -- attempts ------------------------------------------------------------
 
-    def _start(self, part: _Part, queue: _Queue) -> None:
+    def _start(self, part: Part, queue: Queue) -> None:
         entry = self._entries.get(part.message_id)
         if entry is None or entry.parts.get(part.key[1]) is not part:
             return
@@ -374,9 +306,7 @@ class Scheduler(Service):
         if why is not None:
             self._hold(queue, part, entry, why)
             return
-        recipients = tuple(
-            r.address for r in entry.message.pending() if domain_of(r.address) == domain
-        )
+        recipients = tuple(r.address for r in pending_at(entry.message, domain))
         queue.in_flight += 1
         self._running += 1
         queue.waiting = False
@@ -398,11 +328,11 @@ class Scheduler(Service):
         )
         return self._agent.deliver(outbound)
 
-    def _settled(self, _: object, part: _Part) -> None:
+    def _settled(self, _: object, part: Part) -> None:
         self._in_flight.pop(part, None)
 
     def _attempted(
-        self, outcome: Any, part: _Part, queue: _Queue, recipients: tuple[str, ...]
+        self, outcome: Any, part: Part, queue: Queue, recipients: tuple[str, ...]
     ) -> defer.Deferred | None:
         queue.in_flight -= 1
         self._running -= 1
@@ -423,14 +353,14 @@ class Scheduler(Service):
             self._schedule(part)
             return None
         finally:
-            self._refresh(queue)
+            self._board.refresh(queue)
             self._pump()
 
     def _record(
         self,
         entry: _Entry,
-        part: _Part,
-        queue: _Queue,
+        part: Part,
+        queue: Queue,
         outcome: Any,
         recipients: tuple[str, ...],
     ) -> defer.Deferred | None:
@@ -448,33 +378,15 @@ class Scheduler(Service):
                 "inside hatwist; counted as a temporary failure",
                 outcome, message_id=part.message_id, binding=part.key[0], domain=part.key[1],
             )
-            reason = f"4.3.0 local error: {outcome.getErrorMessage()}"
-            results = {a: (INTERNAL_ERROR_CODE, reason, "temporary") for a in recipients}
         elif getattr(outcome, "waiting_for_proxy", False):
-            self._hold(queue, part, entry, _reason_of(outcome))
+            self._hold(queue, part, entry, reason_of(outcome))
             return None
-        else:
-            results = {r.address: (r.code, r.response, r.kind) for r in outcome.recipients}
+        results = results_of(outcome, recipients)
         self._counters["attempts"] += 1
-        wanted = set(recipients)
-        updated = []
-        for r in entry.message.recipients:
-            if r.status == PENDING and r.address in wanted:
-                code, text, kind = results.get(
-                    r.address, (INTERNAL_ERROR_CODE, "4.3.0 no result for this recipient",
-                                "temporary")
-                )
-                status = {"delivered": DELIVERED, "permanent": FAILED}.get(kind, PENDING)
-                self._counters[{DELIVERED: "delivered", FAILED: "bounced"}.get(
-                    status, "deferred")] += 1
-                r = attrs.evolve(r, status=status, code=code, reason=text,
-                                 attempts=r.attempts + 1)
-            updated.append(r)
-        entry.message = attrs.evolve(
-            entry.message, recipients=tuple(updated), attempts=entry.message.attempts + 1
-        )
-        still = [r for r in entry.message.pending() if domain_of(r.address) == part.key[1]]
-        outcome_text = _summary(results)
+        entry.message, counts = apply_results(entry.message, recipients, results)
+        self._counters.update(counts)
+        still = pending_at(entry.message, part.key[1])
+        outcome_text = summary(results)
         if not still:
             del entry.parts[part.key[1]]
         else:
@@ -487,7 +399,7 @@ class Scheduler(Service):
             )
         return self._save(entry, part, outcome_text, reschedule=bool(still))
 
-    def _save(self, entry: _Entry, part: _Part, outcome: str, *, reschedule: bool) -> Any:
+    def _save(self, entry: _Entry, part: Part, outcome: str, *, reschedule: bool) -> Any:
         """Spool the entry's state, log the decision, and schedule what comes next."""
         if entry.parts:
             entry.message = attrs.evolve(
@@ -528,16 +440,11 @@ class Scheduler(Service):
         if self._entries.get(entry.message.id) is entry and not entry.finishing:
             self._track(self._write(entry))
 
-    def _expire(self, entry: _Entry, part: _Part) -> None:
+    def _expire(self, entry: _Entry, part: Part) -> None:
         """The part ran out of time: its pending recipients fail, keeping their last reason."""
         domain = part.key[1]
-        updated = []
-        for r in entry.message.recipients:
-            if r.status == PENDING and domain_of(r.address) == domain:
-                self._counters["bounced"] += 1
-                r = attrs.evolve(r, status=FAILED)
-            updated.append(r)
-        entry.message = attrs.evolve(entry.message, recipients=tuple(updated))
+        entry.message, expired = expire(entry.message, domain)
+        self._counters["bounced"] += expired
         del entry.parts[domain]
         self._track(self._save(entry, part, "expired", reschedule=False))
 
@@ -556,19 +463,13 @@ class Scheduler(Service):
         servers = ", ".join(s.text for s in settings.proxy_servers)
         return f"4.4.0 no plumbed ha_proxy_server for binding {key[0]} ({servers} unplumbed)"
 
-    def _hold(self, queue: _Queue, part: _Part, entry: _Entry, reason: str) -> None:
+    def _hold(self, queue: Queue, part: Part, entry: _Entry, reason: str) -> None:
         """Put ``part`` back at the head of its queue and hold the queue for a proxy."""
         self._counters["waiting"] += 1
-        domain = part.key[1]
         # Remember why, for an expiry DSN, without counting an attempt.
-        entry.message = attrs.evolve(entry.message, recipients=tuple(
-            attrs.evolve(r, code=NO_PROXY_CODE, reason=reason)
-            if r.status == PENDING and r.reason is None and domain_of(r.address) == domain
-            else r
-            for r in entry.message.recipients
-        ))
+        entry.message = note_wait(entry.message, part.key[1], reason)
         queue.held = True
-        self._make_ready(part, first=True)
+        self._board.add(part, first=True)
         if queue.release is None or not queue.release.active():
             interval = self._health_interval()
             queue.release = self._reactor.callLater(interval, self._release, queue)
@@ -576,14 +477,14 @@ class Scheduler(Service):
             queue.waiting = True
             self._decision_for(part, "waiting for a plumbed proxy", reason=reason)
 
-    def _release(self, queue: _Queue) -> None:
+    def _release(self, queue: Queue) -> None:
         if queue.release is not None and queue.release.active():
             queue.release.cancel()
         queue.release = None
         queue.held = False
-        if self._queues.get(queue.key) is not queue:
+        if not self._board.is_live(queue):
             return
-        self._refresh(queue)
+        self._board.refresh(queue)
         self._pump()
 
     def _state_changed(self, change: StateChange) -> None:
@@ -591,7 +492,7 @@ class Scheduler(Service):
         if change.new is not ServerState.PLUMBED or self._stopping:
             return
         try:
-            for queue in [q for q in self._queues.values() if q.held]:
+            for queue in [q for q in self._board if q.held]:
                 settings = self._settings(queue.key)
                 if settings is None or change.server in settings.proxy_servers:
                     self._release(queue)
@@ -606,31 +507,17 @@ class Scheduler(Service):
             return
         entry.finishing = True
         message = entry.message
-        failed = [r for r in message.recipients if r.status == FAILED]
         d = defer.succeed(None)
-        if failed and should_bounce(message.mail_from) and not entry.bounced:
-            d.addCallback(lambda _: self._bounce(entry, failed))
+        if needs_bounce(message) and not entry.bounced:
+            d.addCallback(lambda _: self._bounce(entry))
         d.addCallback(lambda _: self._spool.remove(message.id))
         d.addErrback(lambda f: None if f.check(MessageNotFound) else f)
         d.addCallbacks(self._removed, self._finish_failed, callbackArgs=(entry,),
                        errbackArgs=(entry,))
         self._track(d)
 
-    def _bounce(self, entry: _Entry, failed: list) -> defer.Deferred:
+    def _bounce(self, entry: _Entry) -> defer.Deferred:
         message = entry.message
-        content = defer.maybeDeferred(self._spool.content, message.id)
-        content.addErrback(lambda f: b"" if f.check(MessageNotFound) else f)
-
-        def spool_dsn(original: bytes) -> defer.Deferred:
-            dsn = build_dsn(
-                reporting_mta=self._reporting_mta,
-                original=message,
-                failed=[_dsn_line(r) for r in failed],
-                original_headers=original,
-                arrival_date=message.received_at,
-                date=self._now(),
-            )
-            return self._spool.store(message.binding, "", (message.mail_from,), dsn)
 
         def spooled(notice: SpooledMessage) -> None:
             entry.bounced = True
@@ -638,7 +525,8 @@ class Scheduler(Service):
             self._decision(message, "", f"DSN {notice.id} spooled to <{message.mail_from}>")
             self.submit(notice)
 
-        return content.addCallback(spool_dsn).addCallback(spooled)
+        d = spool_bounce(self._spool, message, reporting_mta=self._reporting_mta, now=self._now())
+        return d.addCallback(spooled)
 
     def _removed(self, _: object, entry: _Entry) -> None:
         self._forget(entry)
@@ -694,7 +582,7 @@ class Scheduler(Service):
             return 0
 
     def _timers(self) -> list[IDelayedCall]:
-        calls = [q.release for q in self._queues.values() if q.release is not None]
+        calls = [q.release for q in self._board if q.release is not None]
         for entry in self._entries.values():
             calls += [p.timer for p in entry.parts.values() if p.timer is not None]
             calls += [c for c in (entry.retry, entry.resave) if c is not None]
@@ -712,7 +600,7 @@ class Scheduler(Service):
         d.addBoth(lambda result: self._background.discard(d) or result)
         d.addErrback(lambda f: self.log.failure("scheduler: background work failed", f))
 
-    def _decision_for(self, part: _Part, outcome: str, **fields: Any) -> None:
+    def _decision_for(self, part: Part, outcome: str, **fields: Any) -> None:
         entry = self._entries.get(part.message_id)
         if entry is not None:
             self._decision(entry.message, part.key[1], outcome, **fields)
@@ -726,20 +614,3 @@ class Scheduler(Service):
             **fields,
         )
 
-
-def _reason_of(result: Any) -> str:
-    for r in getattr(result, "recipients", ()):
-        return r.response
-    return str(getattr(result, "error", None) or "no plumbed proxy")
-
-
-def _summary(results: dict[str, tuple[int, str, str]]) -> str:
-    kinds = Counter(kind for _, _, kind in results.values())
-    return ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
-
-
-def _dsn_line(recipient: Any) -> tuple[str, int | None, str | None]:
-    """A failed recipient as ``build_dsn`` wants it: one whose last code was
-    temporary ran out of time, which ``build_dsn`` reports as expired (5.4.7)
-    while still quoting that last reply."""
-    return (recipient.address, recipient.code, recipient.reason)

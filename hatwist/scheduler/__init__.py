@@ -1,0 +1,33 @@
+# -*- test-case-name: tests.test_scheduler -*-
+"""
+The queue runner: every spooled message is tried, retried, bounced or removed.
+
+The unit of work is a *part*: one message's pending recipients at one domain,
+sent as one ``OutboundMessage``.  Parts wait in a queue per (binding, domain),
+which runs at most ``max_connections`` attempts at once; queues take turns
+(round robin), so a busy domain cannot starve a quiet one.
+
+Promises, in the order they matter:
+
+- Accepted mail is never dropped.  Whatever goes wrong inside hatwist -- the
+  agent raising, the spool failing -- is logged and treated as a temporary
+  failure; the message stays spooled and is retried.
+- Per-recipient results are written to the spool as soon as an attempt ends, so
+  a restart never delivers a recipient twice that was recorded as delivered.
+- A message whose route has no plumbed proxy does not spend retries: its queue
+  is held until the registry reports one of the route's servers plumbed again,
+  or one health-check interval has passed.
+- When nothing is pending any more, failed recipients get a DSN (never for a
+  null sender), spooled and scheduled like any other message, and only then is
+  the original removed: a crash in between can repeat a bounce, never lose one.
+
+Retry times and expiry come from :mod:`hatwist.schedule`; time comes from the
+injected reactor.  Layout: ``_queues`` (queues and turn-taking, no I/O),
+``_outcome`` (what a result does to a message's state, pure), ``_service``
+(the :class:`Scheduler` with its timers and Deferreds).
+"""
+
+from ._outcome import domain_of
+from ._service import COUNTERS, MAX_IN_FLIGHT, SAVE_RETRY_DELAY, Scheduler
+
+__all__ = ["COUNTERS", "MAX_IN_FLIGHT", "SAVE_RETRY_DELAY", "Scheduler", "domain_of"]

@@ -1,0 +1,101 @@
+# -*- test-case-name: tests.test_scheduler -*-
+"""
+Queues per (binding, domain) and how they take turns.
+
+A *part* is one message's pending recipients at one domain: what one attempt
+sends.  Due parts wait in the queue of their (binding, domain); the
+:class:`Board` knows which queues could start an attempt now and hands them out
+round robin, so a busy domain cannot starve a quiet one.  No reactor, no I/O:
+the scheduler owns the timers and the attempts.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+
+import attrs
+from twisted.internet.interfaces import IDelayedCall
+
+QueueKey = tuple[str, str]
+"""(binding, domain)."""
+
+
+@attrs.define(eq=False)
+class Part:
+    """One message's pending recipients at one domain: what one attempt sends."""
+
+    message_id: str
+    key: QueueKey
+    due: float
+    timer: IDelayedCall | None = None
+
+
+@attrs.define(eq=False)
+class Queue:
+    """The parts for one (binding, domain) that are due, and what is running."""
+
+    key: QueueKey
+    ready: deque[Part] = attrs.Factory(deque)
+    in_flight: int = 0
+    held: bool = False
+    """Held for a plumbed proxy: starts nothing until released."""
+    waiting: bool = False
+    """Held for a proxy since the last attempt that ran (for logging once)."""
+    release: IDelayedCall | None = None
+
+
+class Board:
+    """
+    The live queues, and the round-robin line of those that could start an
+    attempt now.
+
+    :param max_connections: ``(binding, domain) -> int``, asked at every
+        change, so a config reload takes effect at once.
+    """
+
+    def __init__(self, max_connections: Callable[[QueueKey], int]) -> None:
+        self._max_connections = max_connections
+        self._queues: dict[QueueKey, Queue] = {}
+        self._startable: OrderedDict[QueueKey, None] = OrderedDict()
+
+    def __iter__(self) -> Iterator[Queue]:
+        return iter(list(self._queues.values()))
+
+    def is_live(self, queue: Queue) -> bool:
+        """Whether ``queue`` is still on the board (not one from before a stop)."""
+        return self._queues.get(queue.key) is queue
+
+    def add(self, part: Part, *, first: bool = False) -> Queue:
+        """Put a due part in its queue, at the back (or the front: a held part)."""
+        queue = self._queues.get(part.key)
+        if queue is None:
+            queue = self._queues[part.key] = Queue(part.key)
+        if first:
+            queue.ready.appendleft(part)
+        else:
+            queue.ready.append(part)
+        self.refresh(queue)
+        return queue
+
+    def refresh(self, queue: Queue) -> None:
+        """Keep the line true to whether ``queue`` could start an attempt; drop
+        a queue with nothing left to do."""
+        if not self.is_live(queue):
+            return
+        if queue.ready and not queue.held and queue.in_flight < self._max_connections(queue.key):
+            if queue.key not in self._startable:
+                self._startable[queue.key] = None
+        else:
+            self._startable.pop(queue.key, None)
+            if not queue.ready and not queue.in_flight and not queue.held:
+                del self._queues[queue.key]
+
+    def next(self) -> tuple[Queue, Part] | None:
+        """The next queue in line and its first part (taken off the queue), or
+        None.  Call :meth:`refresh` on the queue afterwards to put it back in line."""
+        if not self._startable:
+            return None
+        key, _ = self._startable.popitem(last=False)
+        queue = self._queues[key]
+        return queue, queue.ready.popleft()
