@@ -14,6 +14,7 @@ from twisted.internet import defer, endpoints, protocol, reactor, task, threads
 from twisted.python.threadpool import ThreadPool
 
 from hatwist.inbound import InboundFactory, split_binding
+from hatwist.inbound._syntax import check_mail_parameters, is_mailbox, parse_path
 from hatwist.spool import Disk, Spool
 
 DEADLINE = 10
@@ -433,3 +434,37 @@ def test_split_binding_keeps_everything_but_the_field():
                                       0)
     assert split_binding(b"no header here\r\nX-Binding: b\r\n") == (
         None, b"no header here\r\nX-Binding: b\r\n", 0)
+
+
+@pytest.mark.parametrize("argument, parsed", [
+    ("FROM:<a@b.test>", ("a@b.test", [])),
+    ("from: <a@b.test> SIZE=10 BODY=8BITMIME", ("a@b.test", ["SIZE=10", "BODY=8BITMIME"])),
+    ("FROM:<>", ("", [])),
+    ("FROM:<@relay.test,@r2.test:a@b.test>", ("a@b.test", [])),  # source route dropped
+    ("FROM:a@b.test", None),
+    ("FROM:<a b@c.test>", None),
+    ("TO:<a@b.test>", None),
+])
+def test_paths_are_parsed_strictly(argument, parsed):
+    assert parse_path("FROM:", argument) == parsed
+
+
+@pytest.mark.parametrize("params, refusal", [
+    ([], None),
+    (["SIZE=10000", "body=7bit"], None),
+    (["SIZE=10001"], (552, "5.3.4")),
+    (["SIZE=big"], (555, "5.5.4")),
+    (["BODY=BINARYMIME"], (555, "5.5.4")),  # CHUNKING is not offered
+    (["SMTPUTF8"], (555, "5.5.4")),  # nor is SMTPUTF8
+    (["RET=HDRS"], (555, "5.5.4")),  # nor DSN
+])
+def test_mail_accepts_only_the_parameters_ehlo_advertises(params, refusal):
+    found = check_mail_parameters(params, LIMIT)
+    assert (found and (found.code, found.enhanced)) == refusal
+
+
+@pytest.mark.parametrize("address, ok", [
+    ("a@b.test", True), ("a@b@c.test", False), ("@b.test", False), ("a@", False),
+    ("postmaster", False)])
+def test_a_recipient_is_a_local_part_at_a_domain(address, ok):
+    assert is_mailbox(address) is ok

@@ -1,39 +1,14 @@
 # -*- test-case-name: tests.test_inbound -*-
 """
-The inbound ESMTP listener: where submitters hand mail to hatwist.
+One submitter's connection (L{InboundSession}) and the listening factory.
 
-Purpose-built on L{Protocol} rather than C{twisted.mail.smtp.ESMTP}, whose limits
-(FIELD-NOTES section 4) are exactly what a relay must get right: it advertises no
-SIZE, 8BITMIME or PIPELINING, an asynchronous recipient check breaks pipelined
-clients, it refuses 16 KiB lines and it cannot see bare line ends.  Here every
-command is answered strictly in order from one input buffer; the only wait, the
-spool write at the end of DATA, stops reading until the reply is out, so a client
-may pipeline as RFC 2920 allows.
-
-Promises:
-  - a 250 for a message is sent only after L{Spool.store} fired (content, state
-    and directory fsynced); a L{SpoolWriteError} gives C{452 4.3.1};
-  - only peers inside C{relay_from} may name recipients (others get
-    C{550 5.7.1} for every RCPT);
-  - C{SIZE} is enforced at MAIL (declared size) and during DATA (a body past the
-    limit is counted and dropped, never buffered, and refused with C{552 5.3.4});
-  - a bare LF or bare CR anywhere (command or DATA) is answered as Postfix's
-    C{smtpd_forbid_bare_newline = reject} does, C{550 5.5.2 Error: bare <LF>
-    received}, and the connection is closed at once: whatever followed it is
-    never read as SMTP (no smuggling).  DATA ends only at CR LF . CR LF;
-  - the binding is taken from the C{X-Binding:} header, which is removed; no
-    header means C{default}; an unknown binding gets C{550 5.7.1} naming it;
-  - every reply carries an RFC 3463 enhanced code, except the 220 greeting,
-    the EHLO/HELO answer and the 354 go-ahead, which RFC 2034 exempts.
-
-Stored content is the message exactly as received (dots unstuffed, CRLF line
-ends), minus X-Binding, plus our C{Received:} trace line on top.
+The promises are listed in L{hatwist.inbound}; the syntax rules (paths,
+parameters, the X-Binding header) live in L{hatwist.inbound._syntax}.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Callable, Sequence
 from email.utils import formatdate
 from typing import Any
@@ -46,8 +21,16 @@ from twisted.python.failure import Failure
 
 from hatwist.spool import SpooledMessage, SpoolWriteError
 
+from ._syntax import (
+    BindingHeaderError,
+    check_mail_parameters,
+    is_mailbox,
+    parse_path,
+    printable,
+    split_binding,
+)
+
 DEFAULT_BINDING = "default"
-BINDING_HEADER = b"x-binding"
 MAX_COMMAND_LINE = 2048
 """RFC 5321 allows 512 octets plus what extensions add; more is abuse."""
 MAX_RECIPIENTS = 1000
@@ -61,54 +44,6 @@ FLUSH_PARTIAL_LINE = 64 * 1024
 """A DATA line still without its LF is counted (not held) past this many bytes."""
 
 NOT_IMPLEMENTED = frozenset({"STARTTLS", "AUTH", "BDAT", "EXPN", "ETRN", "TURN", "HELP"})
-_PATH = re.compile(r"\A<(?:@[^:<>]*:)?([^<>\s]*)>(?:\s+(.*))?\Z")
-_FIELD_NAME = re.compile(rb"\A[!-9;-~]+\Z")
-
-
-class BindingHeaderError(ValueError):
-    """The X-Binding header is present but unusable (empty, or more than one)."""
-
-
-def split_binding(content: bytes) -> tuple[str | None, bytes, int]:
-    """Find and remove every X-Binding field of the header section.
-
-    @return: the binding named (or None), the content without the field, and the
-        number of C{Received:} fields (for loop detection).
-    """
-    head_end = content.find(b"\r\n\r\n")
-    head, rest = ((content[:head_end + 2], content[head_end + 2:]) if head_end >= 0
-                  else (content, b""))
-    fields: list[list[bytes]] = []
-    lines = head.split(b"\r\n")
-    body_at = len(lines)
-    for i, line in enumerate(lines):
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1].append(line)
-        elif b":" in line and _FIELD_NAME.match(line.split(b":", 1)[0]):
-            fields.append([line])
-        else:  # not a header line: the header section ended here
-            body_at = i
-            break
-    values, kept, hops = [], [], 0
-    for field in fields:
-        name, _, value = field[0].partition(b":")
-        if name.lower() == BINDING_HEADER:
-            values.append(b"".join([value, *field[1:]]).strip())  # RFC 5322 unfolding
-            continue
-        hops += name.lower() == b"received"
-        kept.extend(field)
-    if not values:
-        return None, content, hops
-    if len(values) > 1:
-        raise BindingHeaderError("more than one X-Binding header")
-    if not values[0]:
-        raise BindingHeaderError("empty X-Binding header")
-    remaining = b"\r\n".join(kept + lines[body_at:])
-    return values[0].decode("latin-1"), remaining + rest, hops
-
-
-def _printable(text: str, limit: int = 64) -> str:
-    return "".join(c if " " < c < "\x7f" else "?" for c in text)[:limit]
 
 
 def _peer_ip(transport: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -270,7 +205,7 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
     def smtp_EHLO(self, argument: str, extended: bool = True) -> None:
         if not argument:
             return self._error(501, "5.5.4", "Syntax: EHLO hostname")
-        self._helo = _printable(argument, 255)
+        self._helo = printable(argument, 255)
         self._reset()
         if not extended:
             return self._reply(250, None, self.factory.hostname)
@@ -288,47 +223,32 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
             return self._error(503, "5.5.1", "Error: send HELO/EHLO first")
         if self._mail_from is not None:
             return self._error(503, "5.5.1", "Error: nested MAIL command")
-        path = self._path("FROM:", argument)
+        path = parse_path("FROM:", argument)
         if path is None:
             return self._error(501, "5.1.7", "Bad sender address syntax")
         address, params = path
-        for param in params:
-            key, _, value = param.partition("=")
-            key = key.upper()
-            if key == "SIZE" and value.isdigit():
-                if int(value) > self.factory.max_message_size:
-                    return self._error(552, "5.3.4", "Message size exceeds fixed limit")
-            elif not (key == "BODY" and value.upper() in ("7BIT", "8BITMIME")):
-                return self._error(555, "5.5.4", f"Unsupported option: {_printable(param)}")
+        refusal = check_mail_parameters(params, self.factory.max_message_size)
+        if refusal is not None:
+            return self._error(refusal.code, refusal.enhanced, refusal.text)
         self._mail_from = address
         self._reply(250, "2.1.0", "Ok")
 
     def smtp_RCPT(self, argument: str) -> None:
         if self._mail_from is None:
             return self._error(503, "5.5.1", "Error: need MAIL command")
-        path = self._path("TO:", argument)
-        if path is None or path[0].count("@") != 1 or "" in path[0].split("@"):
+        path = parse_path("TO:", argument)
+        if path is None or not is_mailbox(path[0]):
             return self._error(501, "5.1.3", "Bad recipient address syntax")
         address, params = path
         if params:
-            return self._error(555, "5.5.4", f"Unsupported option: {_printable(params[0])}")
+            return self._error(555, "5.5.4", f"Unsupported option: {printable(params[0])}")
         if not self._relay_allowed:
             self.log.info("relay denied: {peer} -> {rcpt}", peer=str(self._peer), rcpt=address)
-            return self._error(550, "5.7.1", f"<{_printable(address, 256)}>: Relay access denied")
+            return self._error(550, "5.7.1", f"<{printable(address, 256)}>: Relay access denied")
         if len(self._rcpts) >= MAX_RECIPIENTS:
             return self._reply(452, "4.5.3", "Error: too many recipients")
         self._rcpts.append(address)
         self._reply(250, "2.1.5", "Ok")
-
-    @staticmethod
-    def _path(keyword: str, argument: str) -> tuple[str, list[str]] | None:
-        """Split C{FROM:<path> params}: the address without brackets, and params."""
-        if argument[:len(keyword)].upper() != keyword:
-            return None
-        found = _PATH.match(argument[len(keyword):].strip())
-        if found is None:
-            return None
-        return found.group(1), (found.group(2) or "").split()
 
     def smtp_DATA(self, argument: str) -> None:
         if argument:
@@ -372,7 +292,7 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
             return self._reply(554, "5.4.6", "Too many hops")
         if not self.factory.binding_exists(binding):
             self._reset()
-            return self._reply(550, "5.7.1", f'Unknown binding "{_printable(binding)}"')
+            return self._reply(550, "5.7.1", f'Unknown binding "{printable(binding)}"')
         self._busy = True
         self.setTimeout(None)
         self.transport.pauseProducing()

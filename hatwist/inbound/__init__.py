@@ -1,0 +1,46 @@
+# -*- test-case-name: tests.test_inbound -*-
+"""
+The inbound ESMTP listener: where submitters hand mail to hatwist.
+
+Purpose-built on L{Protocol} rather than C{twisted.mail.smtp.ESMTP}, whose limits
+(FIELD-NOTES section 4) are exactly what a relay must get right: it advertises no
+SIZE, 8BITMIME or PIPELINING, an asynchronous recipient check breaks pipelined
+clients, it refuses 16 KiB lines and it cannot see bare line ends.  Here every
+command is answered strictly in order from one input buffer; the only wait, the
+spool write at the end of DATA, stops reading until the reply is out, so a client
+may pipeline as RFC 2920 allows.
+
+Promises:
+  - a 250 for a message is sent only after L{Spool.store} fired (content, state
+    and directory fsynced); a L{SpoolWriteError} gives C{452 4.3.1};
+  - only peers inside C{relay_from} may name recipients (others get
+    C{550 5.7.1} for every RCPT);
+  - C{SIZE} is enforced at MAIL (declared size) and during DATA (a body past the
+    limit is counted and dropped, never buffered, and refused with C{552 5.3.4});
+  - a bare LF or bare CR anywhere (command or DATA) is answered as Postfix's
+    C{smtpd_forbid_bare_newline = reject} does, C{550 5.5.2 Error: bare <LF>
+    received}, and the connection is closed at once: whatever followed it is
+    never read as SMTP (no smuggling).  DATA ends only at CR LF . CR LF;
+  - the binding is taken from the C{X-Binding:} header, which is removed; no
+    header means C{default}; an unknown binding gets C{550 5.7.1} naming it;
+  - every reply carries an RFC 3463 enhanced code, except the 220 greeting,
+    the EHLO/HELO answer and the 354 go-ahead, which RFC 2034 exempts.
+
+Stored content is the message exactly as received (dots unstuffed, CRLF line
+ends), minus X-Binding, plus our C{Received:} trace line on top.
+
+Layout: C{_syntax} (paths, parameters, X-Binding: pure) and C{_session} (the
+protocol and its factory).
+"""
+
+from ._session import IDLE_TIMEOUT, MAX_SESSIONS, InboundFactory, InboundSession
+from ._syntax import BindingHeaderError, split_binding
+
+__all__ = [
+    "IDLE_TIMEOUT",
+    "MAX_SESSIONS",
+    "BindingHeaderError",
+    "InboundFactory",
+    "InboundSession",
+    "split_binding",
+]
