@@ -8,6 +8,8 @@ them up yourself.
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 import pytest_twisted
 
@@ -24,6 +26,21 @@ def reactor():
     from twisted.internet import reactor
 
     return reactor
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A real 64 KiB tmpfs to fill up (a full disk); skips where mounting is refused."""
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs",
+                              str(mountpoint)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True)
 
 
 @pytest_twisted.async_yield_fixture

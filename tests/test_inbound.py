@@ -6,7 +6,6 @@ import ipaddress
 import os
 import re
 import smtplib
-import subprocess
 
 import pytest
 import pytest_twisted
@@ -348,21 +347,6 @@ async def test_unknown_or_ambiguous_binding_is_refused_naming_it(server_for, tmp
     assert await client.send(headers + b"\r\nbody\r\n.\r\n", 1) == [answer]
     assert server.accepted == []
     assert spooled(tmp_path / "spool") == []
-
-
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    """A real 64 KiB file system, to fill up."""
-    mountpoint = tmp_path / "tiny"
-    mountpoint.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs",
-                              str(mountpoint)], capture_output=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], check=True)
 
 
 @pytest_twisted.ensureDeferred

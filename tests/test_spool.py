@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
 import threading
 
 import attrs
@@ -234,21 +233,6 @@ async def test_failed_update_keeps_the_old_state(tmp_path, pool):
         await deadline(spool.update(attrs.evolve(message, attempts=5)))
     assert listing(tmp_path, "tmp") == []
     assert await deadline(spool.recover()) == [message]
-
-
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    """A real 64 KiB file system, to fill up."""
-    mountpoint = tmp_path / "tiny"
-    mountpoint.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs",
-                              str(mountpoint)], capture_output=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], check=True)
 
 
 @pytest_twisted.ensureDeferred
