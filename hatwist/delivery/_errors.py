@@ -9,19 +9,30 @@ later, or bounce) and ``reason`` (a sentence a person can act on); the caller ad
 MX, address and route it was.
 
 Errors with a ``stage`` name the command that was waiting for its reply, one of
-:data:`STAGES`. Only a failure in ``DATA`` can leave a message delivered without our
-knowing (the peer may have accepted the final dot); before it nothing was accepted.
+:data:`STAGES`. Only a failure in :data:`END_OF_DATA` (the final dot was written, its
+reply had not come) can leave a message delivered without our knowing; before it the
+peer holds nothing, so the message may go to another MX at once.
 """
 
 from __future__ import annotations
 
+#: The stage of the reply to the message's final dot.
+END_OF_DATA = "end of data"
+
 #: Stage names, in session order: set-up, between messages, one transaction, the end.
+#: ``DATA`` is the wait for the 354 (no content sent yet).
 STAGES = (
     "connect", "greeting", "EHLO", "HELO", "STARTTLS",
     "idle", "closing",
-    "RSET", "MAIL", "RCPT", "DATA",
+    "RSET", "MAIL", "RCPT", "DATA", END_OF_DATA,
     "QUIT",
 )  # fmt: skip
+
+
+def may_have_delivered(error: BaseException) -> bool:
+    """True when the session broke after the peer may have accepted the message (its
+    final dot was sent), so sending it elsewhere now could deliver it twice."""
+    return getattr(error, "stage", None) == END_OF_DATA
 
 
 class SessionError(Exception):

@@ -11,9 +11,11 @@ TLS-mode detection and the ``transport.startTLS`` switch. What is replaced, and 
 - the mail transaction (MAIL, RCPT, DATA, RSET): the library's version stuffs dots per
   16 KiB chunk (SMTP smuggling), rewrites addresses through ``email.utils.parseaddr`` and
   ``Address`` (quoted local parts mangled, our fqdn appended to bare names, ASCII only),
-  and sends RSET after every message; here content goes through
-  :class:`~hatwist.delivery._stuffing.DotStuffer`, addresses go out as given, and RSET
-  goes before a message that follows another;
+  never pipelines, and sends RSET after every message; here
+  :class:`~hatwist.delivery._transaction.MessageDelivery` decides the commands and what
+  each reply means (pipelined when offered, recipient limits, addresses as given, RSET
+  before a message that follows another), and content goes through
+  :class:`~hatwist.delivery._stuffing.DotStuffer`;
 - "no more messages" means QUIT there; here the session parks, idle, until the owner
   hands it the next message or asks for QUIT;
 - the EHLO name is a parameter (the library defaults to a blocking ``getfqdn()``), and
@@ -44,6 +46,7 @@ from hatwist.delivery._errors import (
 )
 from hatwist.delivery._stuffing import DotStuffer
 from hatwist.delivery._tls import TLSPolicy
+from hatwist.delivery._transaction import SERVICE_CLOSING, MessageDelivery, Step
 from hatwist.delivery._values import Envelope, RecipientResult
 
 #: Content is fed to the stuffer and written in slices of this size.
@@ -51,9 +54,6 @@ WRITE_CHUNK = 64 * 1024
 
 #: Every reply code reaches the stage's handler, which decides what it means.
 _ANY_CODE = range(0, 1000)
-
-#: Reply that means "closing": it ends any stage at once (RFC 5321 section 3.8).
-SERVICE_CLOSING = 421
 
 #: Stages in which the session is not waiting for any reply.
 IDLE = "idle"
@@ -116,9 +116,8 @@ class SessionProtocol(ESMTPClient):
         self._tls_pending = False
         self._transactions = 0
         self._done = False
-        self._envelope: Envelope | None = None
+        self._message: MessageDelivery | None = None
         self._content = b""
-        self._results: list[RecipientResult] = []
 
     @property
     def tls_active(self) -> bool:
@@ -152,6 +151,7 @@ class SessionProtocol(ESMTPClient):
         if self._done:
             return
         self._done = True
+        self._report_partial(error)
         self._owner._failed(error)
         if polite:
             self.sendLine(b"QUIT")
@@ -182,6 +182,7 @@ class SessionProtocol(ESMTPClient):
             error = None
         else:
             error = ConnectionLostDuringSession(self.stage, why)
+            self._report_partial(error)
         self._owner._lost(error)
 
     # -- set-up: greeting, EHLO, STARTTLS ---------------------------------------------------
@@ -312,75 +313,38 @@ class SessionProtocol(ESMTPClient):
     def _quit_reply(self, code: int, resp: bytes) -> None:
         self.transport.loseConnection()
 
-    # -- one mail transaction ---------------------------------------------------------------
+    # -- one message: its transactions (the logic is MessageDelivery's) -------------------
 
     def send(self, envelope: Envelope, content: bytes) -> None:
-        """Start one transaction; the owner hears :meth:`SessionOwner._message_done`."""
+        """Start one message; the owner hears :meth:`SessionOwner._message_done`."""
         if self.stage != IDLE:
             raise RuntimeError(f"send() while {self.stage} is in progress")
-        self._envelope, self._content, self._results = envelope, content, []
-        first = self._transactions == 0
+        self._content = content
+        self._message = MessageDelivery(
+            envelope, content, self.extensions, reset=self._transactions > 0
+        )
         self._transactions += 1
-        if first:
-            self._mail()
-        else:
-            self._command("RSET", b"RSET", self._rset_reply)
+        self._follow(self._message.start())
 
-    def _rset_reply(self, code: int, resp: bytes) -> None:
-        if _class(code) == 2:
-            self._mail()
-        else:
-            self._unexpected(code, resp)
-
-    def _mail(self) -> None:
-        envelope, content = self._envelope, self._content
-        params = []
-        if envelope.needs_smtputf8:
-            if "SMTPUTF8" not in self.extensions:
-                self._finish_all(553, "5.6.7 (local) the peer does not offer SMTPUTF8")
-                return
-            params.append(b"SMTPUTF8")
-        if "SIZE" in self.extensions:
-            params.append(b"SIZE=%d" % len(content))
-        if "8BITMIME" in self.extensions and not content.isascii():
-            params.append(b"BODY=8BITMIME")
-        line = b"MAIL FROM:<" + envelope.mail_from.encode("utf-8") + b">"
-        self._command("MAIL", b" ".join([line, *params]), self._mail_reply)
-
-    def _mail_reply(self, code: int, resp: bytes) -> None:
-        if _class(code) == 2:
-            self._rcpt_next()
-        elif _class(code) in (4, 5):
-            self._finish_all(code, _text(resp))
-        else:
-            self._unexpected(code, resp)
-
-    def _rcpt_next(self) -> None:
-        recipients = self._envelope.rcpt_to
-        if len(self._results) < len(recipients):
-            address = recipients[len(self._results)].encode("utf-8")
-            self._command("RCPT", b"RCPT TO:<" + address + b">", self._rcpt_reply)
-        elif any(r.kind == "delivered" for r in self._results):
-            self._command("DATA", b"DATA", self._data_reply)
-        else:
-            self._finish(self._results)
-
-    def _rcpt_reply(self, code: int, resp: bytes) -> None:
-        if _class(code) in (2, 4, 5):
-            address = self._envelope.rcpt_to[len(self._results)]
-            self._results.append(RecipientResult(address, code, _text(resp)))
-            self._rcpt_next()
-        else:
-            self._unexpected(code, resp)
-
-    def _data_reply(self, code: int, resp: bytes) -> None:
-        if code == 354:
-            self._expect("DATA", self._end_of_data_reply)
+    def _follow(self, step: Step) -> None:
+        """Do what the message's logic says next: write, wait for a reply, or finish."""
+        message = self._message
+        if message.done:
+            self._finish(message)
+            return
+        self._expect(message.stage, self._transaction_reply)
+        if step.lines:
+            self.transport.writeSequence([line + b"\r\n" for line in step.lines])
+        if step.content:
             self._write_content()
-        elif _class(code) in (4, 5):
-            self._finish_accepted(code, _text(resp))
-        else:
-            self._unexpected(code, resp)
+
+    def _transaction_reply(self, code: int, resp: bytes) -> None:
+        try:
+            step = self._message.on_reply(code, _text(resp))
+        except UnexpectedReply as e:
+            self.fail(e)
+            return
+        self._follow(step)
 
     def _write_content(self) -> None:
         stuffer = DotStuffer()
@@ -389,26 +353,24 @@ class SessionProtocol(ESMTPClient):
             self.transport.write(stuffer.feed(bytes(content[start : start + WRITE_CHUNK])))
         self.transport.write(stuffer.finish())
 
-    def _end_of_data_reply(self, code: int, resp: bytes) -> None:
-        if _class(code) in (2, 4, 5):
-            self._finish_accepted(code, _text(resp))
+    def _finish(self, message: MessageDelivery) -> None:
+        self._message, self._content = None, b""
+        if message.closing:
+            # The peer said 421: it is closing, so the session ends with this message.
+            self.stage = "closing"
+            self._done = True
+            self.transport.loseConnection()
         else:
-            self._unexpected(code, resp)
+            self._expect(IDLE, self._unsolicited)
+        self._owner._message_done(message.results)
 
-    def _finish_all(self, code: int, text: str) -> None:
-        """A reply that decides every recipient (MAIL FROM refused)."""
-        self._finish([RecipientResult(a, code, text) for a in self._envelope.rcpt_to])
-
-    def _finish_accepted(self, code: int, text: str) -> None:
-        """A DATA-stage reply: it decides every recipient that RCPT accepted."""
-        self._finish(
-            [
-                RecipientResult(r.address, code, text) if r.kind == "delivered" else r
-                for r in self._results
-            ]
-        )
-
-    def _finish(self, results: list[RecipientResult]) -> None:
-        self._envelope, self._content, self._results = None, b"", []
-        self._expect(IDLE, self._unsolicited)
-        self._owner._message_done(tuple(results))
+    def _report_partial(self, error: SessionError) -> None:
+        """A session that breaks after the peer took the message for some recipients still
+        reports every recipient's result: those must never be sent again."""
+        message, self._message = self._message, None
+        if message is None:
+            return
+        partial = message.interrupted(str(error))
+        if partial is not None:
+            self.stage = "closing"  # the owner must not start another message here
+            self._owner._message_done(partial)

@@ -6,9 +6,11 @@ into an :class:`AttemptResult` with a :class:`~hatwist.delivery.RecipientResult`
 recipient, and never fails: whatever goes wrong becomes 4xx (try later) or 5xx (bounce)
 results that say why. It walks the MX hosts best first, each host's addresses, and each
 route to an address (:func:`hatwist.routing.choose_routes`), moving on after anything that
-happened before the peer took the transaction (connect failures, no greeting, a refused
-greeting, TLS trouble), and stopping at the first session that answered for the
-recipients or broke during the transaction, since by then the peer may hold the message.
+happened before the peer could hold the message (connect failures, no greeting, a refused
+greeting, TLS trouble, a session that broke before the final dot was sent: the peer keeps
+nothing until it answers that dot), and stopping at the first session that answered for
+the recipients, or that broke while the final dot's reply was awaited, since by then the
+peer may have the message and sending it elsewhere could deliver it twice.
 
 Sessions are reused through a :class:`~hatwist.delivery.pool.SessionPool`; each attempt
 emits exactly one structured log event (namespace ``hatwist.delivery.attempt``).
@@ -28,7 +30,7 @@ from twisted.logger import Logger, LogLevel
 
 from hatwist.config import Config, DeliverySettings
 from hatwist.config.settings import normalize_domain
-from hatwist.delivery._errors import NoGreeting, SessionError
+from hatwist.delivery._errors import NoGreeting, SessionError, may_have_delivered
 from hatwist.delivery._values import Envelope, RecipientResult
 from hatwist.delivery.pool import PooledSession, PoolKey, SessionPool
 from hatwist.endpoint import HAProxyClientEndpoint
@@ -44,14 +46,6 @@ PROXY_NO_GREETING = "proxy connected, no greeting"
 NO_ROUTE = (451, "4.4.4")
 BAD_CONFIG = (451, "4.3.5")
 INTERNAL = (451, "4.3.0")
-
-#: Commands after which a broken session has not yet been given the transaction: the
-#: message can safely go to another session or MX right away. Later stages (RCPT, DATA,
-#: the final dot) may have left the message with the peer, so the attempt stops there.
-_BEFORE_TRANSACTION = frozenset(
-    {"connect", "greeting", "ehlo", "helo", "starttls", "idle", "closing", "rset", "mail"}
-)
-
 
 @attrs.frozen
 class OutboundMessage:
@@ -141,10 +135,6 @@ def _tcp_endpoint(
     endpoint = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
     bind_address = (bind, 0) if bind else None
     return endpoint(reactor, host, port, timeout=timeout, bindAddress=bind_address)
-
-
-def _stage(error: BaseException) -> str:
-    return str(getattr(error, "stage", "")).split(" ")[0].lower()
 
 
 class DeliveryAgent:
@@ -294,8 +284,8 @@ class DeliveryAgent:
                 return await self._send(pooled, message, settings)
             except SessionError as e:
                 # An idle session the peer has since dropped (or refused RSET on): open a
-                # fresh one, unless the transaction itself was under way.
-                if _stage(e) not in _BEFORE_TRANSACTION:
+                # fresh one, unless the peer may hold the message already.
+                if may_have_delivered(e):
                     raise _Stop(str(e)) from None
                 _log.debug(
                     "reused session to {address} failed ({error}); opening a new one",
@@ -328,9 +318,9 @@ class DeliveryAgent:
         try:
             return await self._send(self.pool.adopt(key, session), message, settings)
         except SessionError as e:
-            if _stage(e) in _BEFORE_TRANSACTION:
-                return str(e)
-            raise _Stop(str(e)) from None
+            if may_have_delivered(e):
+                raise _Stop(str(e)) from None
+            return str(e)
 
     async def _send(
         self, pooled: PooledSession, message: OutboundMessage, settings: DeliverySettings

@@ -23,6 +23,7 @@ from hatwist.delivery import (
     GreetingRejected,
     NoGreeting,
     RecipientResult,
+    SessionTimeout,
     UnexpectedReply,
 )
 from hatwist.delivery.attempt import DeliveryAgent, OutboundMessage
@@ -232,8 +233,19 @@ def test_direct_to_an_ipv6_mx_uses_a_tcp6_endpoint(world):
         GreetingRejected(421, "4.3.2 busy"),
         GreetingRejected(554, "5.3.2 go away"),
         FakeSession([UnexpectedReply("MAIL", "garbage")]),
+        # Nothing is the peer's before its reply to the final dot (Postfix moves on too).
+        FakeSession([ConnectionLostDuringSession("RCPT", "reset")]),
+        FakeSession([SessionTimeout("DATA", 11)]),
     ],
-    ids=["connect refused", "no greeting", "4xx greeting", "5xx greeting", "broke at MAIL"],
+    ids=[
+        "connect refused",
+        "no greeting",
+        "4xx greeting",
+        "5xx greeting",
+        "broke at MAIL",
+        "lost at RCPT",
+        "no 354",
+    ],
 )
 def test_moves_on_to_the_next_mx_after_a_session_that_never_took_the_message(world, first_mx):
     agent, net, _ = world
@@ -303,14 +315,15 @@ def test_first_per_recipient_answers_end_the_attempt_even_when_temporary(world):
     assert result.error is None
 
 
-def test_a_session_lost_during_data_stops_the_attempt(world):
+def test_a_session_lost_awaiting_the_final_reply_stops_the_attempt(world):
     agent, net, _ = world
     two_mx(net)
-    net.behaviour["127.0.0.20"] = FakeSession([ConnectionLostDuringSession("DATA", "reset")])
+    lost = ConnectionLostDuringSession("end of data", "reset")
+    net.behaviour["127.0.0.20"] = FakeSession([lost])
     result = run(agent, message())
     assert net.addresses_opened() == ["127.0.0.20"]
     assert {(r.code, r.kind) for r in result.recipients} == {(451, "temporary")}
-    assert "connection lost during DATA" in result.error
+    assert "connection lost during end of data" in result.error
     assert "mx1.example.test [127.0.0.20]" in result.error
 
 
@@ -472,13 +485,13 @@ def test_a_reused_session_the_peer_dropped_is_replaced_by_a_fresh_one(world):
 def test_a_reused_session_lost_mid_data_is_not_retried(world):
     agent, net, _ = world
     two_mx(net)
-    stale = FakeSession([delivered(), ConnectionLostDuringSession("DATA", "reset by peer")])
+    stale = FakeSession([delivered(), ConnectionLostDuringSession("end of data", "reset")])
     sessions = iter([stale])
     agent._open_session = lambda endpoint, **kw: defer.succeed(next(sessions))
     run(agent, message(n=1))
     result = run(agent, message(n=2))
     assert result.addresses("temporary") == RCPTS
-    assert "connection lost during DATA" in result.error
+    assert "connection lost during end of data" in result.error
 
 
 def test_sessions_are_not_shared_between_domains(world):

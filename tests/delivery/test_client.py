@@ -27,6 +27,7 @@ from tests.rig.sink import END_OF_DATA, SILENT
 
 from .test_client_support import (
     EHLO_NAME,
+    LimitedMX,
     NeverConnects,
     ReportingEndpoint,
     ScriptedServer,
@@ -139,9 +140,36 @@ async def test_each_recipient_gets_its_own_result(reactor, smtp_sink):
     assert smtp_sink.messages[0].rcpt_tos == ("ok@mx.test",)
 
 
+def _without_pipelining(sink) -> None:
+    sink.extensions = [e for e in sink.extensions if e != "PIPELINING"]
+
+
 @pytest.mark.parametrize(("code", "kind"), [(451, "temporary"), (553, "permanent")])
 @pytest_twisted.ensureDeferred
 async def test_refused_sender_decides_every_recipient(reactor, smtp_sink, code, kind):
+    smtp_sink.replies["MAIL"] = (code, "sender refused")
+    session = await _session(reactor, smtp_sink)
+    results = await _send(reactor, session, Envelope("a@client.test", ["b@x", "c@x"]), b"hi")
+    await within(reactor, session.quit())
+    assert _codes(results) == [("b@x", code, kind), ("c@x", code, kind)]
+    assert smtp_sink.messages == []
+    # Pipelined, RCPT and DATA went out with MAIL (and were refused by the sink); no
+    # content ever follows.
+    assert smtp_sink.sessions[0].commands[1:] == [
+        "MAIL FROM:<a@client.test> SIZE=2",
+        "RCPT TO:<b@x>",
+        "RCPT TO:<c@x>",
+        "DATA",
+        "QUIT",
+    ]
+
+
+@pytest.mark.parametrize(("code", "kind"), [(451, "temporary"), (553, "permanent")])
+@pytest_twisted.ensureDeferred
+async def test_refused_sender_without_pipelining_ends_the_transaction_at_mail(
+    reactor, smtp_sink, code, kind
+):
+    _without_pipelining(smtp_sink)
     smtp_sink.replies["MAIL"] = (code, "sender refused")
     session = await _session(reactor, smtp_sink)
     results = await _send(reactor, session, Envelope("a@client.test", ["b@x", "c@x"]), b"hi")
@@ -173,6 +201,7 @@ async def test_refused_data_command_decides_the_accepted_recipients(reactor, smt
 
 @pytest_twisted.ensureDeferred
 async def test_no_accepted_recipient_skips_data_and_keeps_the_session(reactor, smtp_sink):
+    _without_pipelining(smtp_sink)
     smtp_sink.recipient_replies["gone@x"] = (550, "5.1.1 no")
     session = await _session(reactor, smtp_sink)
     first = await _send(reactor, session, Envelope("a@x", ["gone@x"]), b"one")
@@ -198,6 +227,117 @@ async def test_non_ascii_address_without_smtputf8_fails_permanently_unsent(react
     await within(reactor, session.quit())
     assert _codes(results) == [("jos\u00e9@x", 553, "permanent")]
     assert "5.6.7" in results[0].response
+    assert not any(c.startswith("MAIL") for c in smtp_sink.sessions[0].commands)
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelined_data_refused_for_no_recipients_keeps_the_session(reactor, smtp_sink):
+    smtp_sink.recipient_replies["gone@x"] = (550, "5.1.1 no")
+    session = await _session(reactor, smtp_sink)
+    first = await _send(reactor, session, Envelope("a@x", ["gone@x"]), b"one")
+    second = await _send(reactor, session, Envelope("a@x", ["ok@x"]), b"two")
+    await within(reactor, session.quit())
+    assert _codes(first) == [("gone@x", 550, "permanent")]
+    assert _codes(second) == [("ok@x", 250, "delivered")]
+    assert [m.data for m in smtp_sink.messages] == [b"two\r\n"]
+    assert smtp_sink.sessions[0].commands[1:] == [
+        "MAIL FROM:<a@x> SIZE=3",
+        "RCPT TO:<gone@x>",
+        "DATA",  # refused by the sink: "no valid recipients"
+        "RSET",
+        "MAIL FROM:<a@x> SIZE=3",
+        "RCPT TO:<ok@x>",
+        "DATA",
+        "QUIT",
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelining_sends_mail_rcpt_and_data_without_waiting(reactor):
+    # This peer answers nothing before DATA arrives: a client that waits for each reply
+    # (no pipelining) never gets there.
+    mx = LimitedMX(100, hold_until_data=True)
+    server = await _scripted(reactor, b"220 peer.test ready\r\n", mx)
+    try:
+        session = await within(reactor, open_to(reactor, tcp(reactor, *server.address)))
+        envelope = Envelope("a@x", ["b@x", "c@x"])
+        results = await _send(reactor, session, envelope, b"hi\r\n")
+        again = await _send(reactor, session, Envelope("a@x", ["d@x"]), b"again\r\n")
+        await within(reactor, session.quit())
+    finally:
+        await server.stop()
+    assert _codes(results) == [("b@x", 250, "delivered"), ("c@x", 250, "delivered")]
+    assert _codes(again) == [("d@x", 250, "delivered")]
+    assert mx.messages == [((b"b@x", b"c@x"), (b"hi",)), ((b"d@x",), (b"again",))]
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one-at-a-time"])
+@pytest_twisted.ensureDeferred
+async def test_too_many_recipients_go_in_further_transactions(reactor, pipelining):
+    mx = LimitedMX(2, pipelining=pipelining)
+    server = await _scripted(reactor, b"220 peer.test ready\r\n", mx)
+    rcpts = [f"r{n}@x" for n in range(5)]
+    try:
+        session = await within(reactor, open_to(reactor, tcp(reactor, *server.address)))
+        results = await _send(reactor, session, Envelope("a@x", rcpts), b"hi\r\n")
+        assert session.is_open
+        await within(reactor, session.quit())
+    finally:
+        await server.stop()
+    assert _codes(results) == [(r, 250, "delivered") for r in rcpts]
+    assert [m[0] for m in mx.messages] == [
+        (b"r0@x", b"r1@x"),
+        (b"r2@x", b"r3@x"),
+        (b"r4@x",),
+    ]
+    assert all(m[1] == (b"hi",) for m in mx.messages)
+    # Without pipelining, no RCPT is spent beyond the limit once it was reached.
+    rcpt_lines = [line for line in server.lines if line.startswith(b"RCPT")]
+    assert len(rcpt_lines) == (5 + 3 + 1 if pipelining else 3 + 3 + 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_lost_in_a_further_transaction_keeps_the_delivered_results(reactor):
+    mx = LimitedMX(2)
+    mx.drop_at_transaction = 1  # the second MAIL gets EOF
+    server = await _scripted(reactor, b"220 peer.test ready\r\n", mx)
+    rcpts = ["r0@x", "r1@x", "r2@x"]
+    try:
+        session = await within(reactor, open_to(reactor, tcp(reactor, *server.address)))
+        results = await _send(reactor, session, Envelope("a@x", rcpts), b"hi\r\n")
+        await within(reactor, session.when_closed())
+    finally:
+        await server.stop()
+    assert _codes(results) == [
+        ("r0@x", 250, "delivered"),
+        ("r1@x", 250, "delivered"),
+        ("r2@x", 451, "temporary"),
+    ]
+    assert "connection lost during MAIL" in results[2].response
+    assert not session.is_open
+
+
+@pytest_twisted.ensureDeferred
+async def test_closing_reply_mid_transaction_decides_everyone_and_ends_the_session(
+    reactor, smtp_sink
+):
+    smtp_sink.recipient_replies["c@x"] = (421, "4.7.0 too many errors, closing")
+    session = await _session(reactor, smtp_sink)
+    results = await _send(reactor, session, Envelope("a@x", ["b@x", "c@x", "d@x"]), b"hi")
+    await within(reactor, session.when_closed())
+    assert [(r.code, r.kind) for r in results] == [(421, "temporary")] * 3
+    assert smtp_sink.messages == []
+    assert not session.is_open
+
+
+@pytest_twisted.ensureDeferred
+async def test_message_over_the_peers_size_limit_is_refused_unsent(reactor, smtp_sink):
+    smtp_sink.extensions = ["SIZE 10", "PIPELINING"]
+    session = await _session(reactor, smtp_sink)
+    results = await _send(reactor, session, Envelope("a@x", ["b@x"]), b"x" * 11)
+    await within(reactor, session.quit())
+    assert _codes(results) == [("b@x", 552, "permanent")]
+    assert "5.3.4" in results[0].response
     assert not any(c.startswith("MAIL") for c in smtp_sink.sessions[0].commands)
 
 
@@ -245,7 +385,8 @@ async def test_drop_mid_data_fails_the_message_and_closes_the_session(reactor, s
     session = await _session(reactor, smtp_sink)
     error = await failure_of(reactor, session.send(Envelope("a@x", ["b@x"]), b"x\r\n" * 100))
     assert isinstance(error, ConnectionLostDuringSession)
-    assert (error.stage, error.temporary) == ("DATA", True)
+    # The content was written: the final dot's reply was awaited when the peer dropped.
+    assert (error.stage, error.temporary) == ("end of data", True)
     await within(reactor, session.when_closed())
     assert not session.is_open
     assert len(smtp_sink.sessions) == 1  # no reconnect, no retry

@@ -185,3 +185,73 @@ def esmtp_answers(line: bytes) -> bytes | None:
     if verb == b"DATA":
         return b"354 go\r\n"
     return b"250 ok\r\n"
+
+
+class LimitedMX:
+    """
+    The answers of a peer that takes at most ``limit`` recipients per transaction
+    (452 4.5.3 beyond), recording each delivered message as (recipients, content lines).
+    With ``hold_until_data`` it answers nothing until DATA arrives, and then everything at
+    once: only a pipelining client gets anywhere with it.
+    """
+
+    def __init__(self, limit: int, *, pipelining: bool = True, hold_until_data=False) -> None:
+        self.limit = limit
+        self.pipelining = pipelining
+        self.hold_until_data = hold_until_data
+        self.messages: list[tuple[tuple[bytes, ...], tuple[bytes, ...]]] = []
+        self.drop_at_transaction: int | None = None
+        self._held = b""
+        self._reset()
+        self._data: list[bytes] | None = None
+
+    def _reset(self) -> None:
+        self._mail = False
+        self._rcpts: list[bytes] = []
+
+    def __call__(self, line: bytes) -> bytes | None:
+        if self._data is not None:
+            if line != b".":
+                self._data.append(line)
+                return b""
+            self.messages.append((tuple(self._rcpts), tuple(self._data)))
+            self._data = None
+            self._reset()
+            return b"250 2.0.0 queued\r\n"
+        reply = self._answer(line)
+        if reply is None:
+            return None
+        if self.hold_until_data and not line.startswith((b"DATA", b"EHLO", b"QUIT")):
+            self._held += reply
+            return b""
+        reply, self._held = self._held + reply, b""
+        return reply
+
+    def _answer(self, line: bytes) -> bytes | None:
+        verb = line.split(b" ", 1)[0].upper()
+        if verb == b"EHLO":
+            pipelining = b"250-PIPELINING\r\n" if self.pipelining else b""
+            return b"250-peer.test\r\n" + pipelining + b"250 8BITMIME\r\n"
+        if verb == b"MAIL":
+            if self.drop_at_transaction == len(self.messages):
+                return None
+            self._mail = True
+            return b"250 2.1.0 ok\r\n"
+        if verb == b"RCPT":
+            if not self._mail:
+                return b"503 5.5.1 MAIL first\r\n"
+            if len(self._rcpts) >= self.limit:
+                return b"452 4.5.3 too many recipients\r\n"
+            self._rcpts.append(line.split(b"<", 1)[1].rstrip(b">"))
+            return b"250 2.1.5 ok\r\n"
+        if verb == b"DATA":
+            if not self._rcpts:
+                return b"554 5.5.1 no valid recipients\r\n"
+            self._data = []
+            return b"354 go\r\n"
+        if verb == b"RSET":
+            self._reset()
+            return b"250 2.0.0 ok\r\n"
+        if verb == b"QUIT":
+            return b"221 bye\r\n"
+        return b"500 5.5.2 what\r\n"
