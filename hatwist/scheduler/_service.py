@@ -89,7 +89,7 @@ class Scheduler(Service):
     :param max_in_flight: attempts running at once, over all queues.
     """
 
-    log = Logger()
+    log = Logger(namespace="hatwist.scheduler")
 
     def __init__(
         self,
