@@ -206,6 +206,40 @@ def test_updates_of_one_message_land_in_the_order_they_were_asked(tmp_path):
     assert spool._locks == {}
 
 
+class InterleavingDisk(Disk):
+    """Runs ``between`` once, just after a store moved its content into msg/."""
+
+    def __init__(self, between) -> None:
+        self.between = between
+
+    def rename(self, source, destination):
+        super().rename(source, destination)
+        if destination.endswith(".eml") and self.between:
+            between, self.between = self.between, None
+            between()
+
+
+def test_recovery_running_while_a_message_is_stored_neither_breaks_nor_sets_it_aside(
+        tmp_path):
+    """The listener may accept mail while start-up recovery reads the spool: recovery
+    must not take a store in progress for crash debris (its tmp/ file deleted, its
+    content without state moved to corrupt/): that message already got, or is about
+    to get, its 250."""
+    pool, clock = ManualPool(), ImmediateReactor()
+    disk = InterleavingDisk(lambda: pool.run_next())  # the recovery job, mid-store
+    spool = Spool(str(tmp_path), reactor=clock, threadpool=pool, disk=disk)
+    stored = spool.store("b", "a@x.example", ["1@y.example"], CONTENT)
+    recovered = spool.recover()
+    pool.run_next()  # the store, which lets recovery run in the middle
+    message = stored.result  # raises if the store failed
+    assert recovered.result == []  # in progress: the listener hands it on, not recovery
+    assert listing(tmp_path, "corrupt") == []
+    assert listing(tmp_path, "msg") == [f"{message.id}.eml", f"{message.id}.json"]
+    again = Spool(str(tmp_path), reactor=clock, threadpool=pool).recover()
+    pool.run_next()
+    assert again.result == [message]
+
+
 @pytest.mark.parametrize("operation, fragment", [
     ("write", ".eml"), ("write", ".json"), ("rename", ".eml"), ("rename", ".json"),
     ("fsync_dir", "msg"),

@@ -5,8 +5,9 @@ The spool directory on disk, and the blocking steps of each spool operation.
 Layout::
 
     spool_dir/
-      tmp/      files being written.  Anything here at start-up is debris of a
-                crash and is deleted: nothing in tmp/ was ever acknowledged.
+      tmp/      files being written.  Anything here at recovery that no operation
+                of this process owns is debris of a crash and is deleted: nothing
+                in tmp/ was ever acknowledged.
       msg/      <id>.eml   the content, exactly as received (CRLF lines, dots
                            unstuffed), written once.
                 <id>.json  envelope and per-recipient state, replaced whole.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+from collections.abc import Container
 
 import attrs
 
@@ -146,15 +148,25 @@ class SpoolDirectory:
         except FileNotFoundError:
             raise MessageNotFound(message_id) from None
 
-    def recover(self) -> tuple[list[SpooledMessage], list[Problem]]:
-        """Every valid message, oldest first; everything else moved to corrupt/."""
+    def recover(
+        self, busy: Container[str] = frozenset()
+    ) -> tuple[list[SpooledMessage], list[Problem]]:
+        """Every valid message, oldest first; everything else moved to corrupt/.
+
+        ``busy`` holds the ids this process is working on right now (the
+        listener accepts mail while recovery runs): their files are skipped,
+        since a store in progress looks exactly like crash debris.
+        """
         self.prepare()
         for name in self._disk.listdir(self.tmp):
-            self._disk.discard(os.path.join(self.tmp, name))
+            if name.partition(".")[0] not in busy:
+                self._disk.discard(os.path.join(self.tmp, name))
         groups: dict[str, set[str]] = {}
         for name in self._disk.listdir(self.msg):
             stem, dot, _suffix = name.rpartition(".")
-            groups.setdefault(stem if dot else name, set()).add(name)
+            stem = stem if dot else name
+            if stem not in busy:
+                groups.setdefault(stem, set()).add(name)
         messages, problems = [], []
         for stem, names in sorted(groups.items()):
             try:

@@ -100,7 +100,8 @@ class Spool:
         """At start-up: every valid message, oldest first.
 
         Debris in tmp/ is deleted; corrupt or half-written files are moved to
-        corrupt/ and logged, never raised.
+        corrupt/ and logged, never raised.  Messages stored or changed while it
+        runs are left alone: their owner (the listener, the scheduler) has them.
         """
 
         def report(found: tuple[list[SpooledMessage], list]) -> list[SpooledMessage]:
@@ -114,4 +115,6 @@ class Spool:
                                         int(messages[-1].id.split("-")[0], 16))
             return messages
 
-        return self._in_thread(self._files.recover).addCallback(report)
+        # Ids with an operation queued or running are this process's own work in
+        # progress, not debris (read from the pool thread: membership only).
+        return self._in_thread(self._files.recover, self._locks).addCallback(report)
