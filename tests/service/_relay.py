@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import attrs
-from twisted.internet import defer, error, protocol, threads
+from twisted.internet import defer, error, protocol, task, threads
 
 #: The project root: the relay's working directory, so the plugin in twisted/plugins is found.
 ROOT = Path(__file__).resolve().parents[2]
@@ -354,6 +354,23 @@ def connect_refused(port: int) -> bool:
             return False
     except ConnectionRefusedError:
         return True
+
+
+#: Interval between connects while waiting for a listener to go away.
+REFUSED_POLL = 0.05
+
+
+async def wait_refused(reactor, port: int, timeout: float) -> None:
+    """Return once connecting to 127.0.0.1:``port`` is refused; TimeoutError after
+    ``timeout`` (a connect racing the close may still be accepted, then reset)."""
+    deadline = reactor.seconds() + timeout
+    while True:
+        with contextlib.suppress(OSError):
+            if await threads.deferToThread(connect_refused, port):
+                return
+        if reactor.seconds() > deadline:
+            raise defer.TimeoutError(f"127.0.0.1:{port} still accepts after {timeout}s")
+        await task.deferLater(reactor, REFUSED_POLL)
 
 
 class SessionGone(Exception):

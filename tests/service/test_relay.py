@@ -30,12 +30,12 @@ from tests.service._relay import (
     RelayExited,
     close_quietly,
     config_text,
-    connect_refused,
     make_message,
     message_id_of,
     open_session,
     submit,
     submit_many_blocking,
+    wait_refused,
 )
 
 pytestmark = pytest.mark.integration
@@ -389,7 +389,9 @@ EXIT_SLACK = 4.0
 
 
 @pytest_twisted.ensureDeferred
-async def test_sigterm_stops_accepting_lets_a_transaction_finish_and_keeps_mail_spooled(rig):
+async def test_sigterm_stops_accepting_lets_a_transaction_finish_and_keeps_mail_spooled(
+    rig, reactor
+):
     await rig.haproxy.stop()  # accepted mail stays undelivered until the restart
     relay = await rig.start_relay(shutdown_grace=GRACE)
     first = await rig.submit(["a@dest.test"], make_message("term-1@t"))
@@ -403,10 +405,9 @@ async def test_sigterm_stops_accepting_lets_a_transaction_finish_and_keeps_mail_
 
         mark = relay.mark()
         relay.signal("TERM")
-        # Twisted logs this once the listening socket is closed (after "Port Closed").
-        await relay.wait_for_log("Stopping factory <hatwist.inbound.InboundFactory",
-                                 since=mark, timeout=DEADLINE)
-        assert await threads.deferToThread(connect_refused, rig.listen)
+        await relay.wait_for_log(f"(TCP Port {rig.listen} Closed)", since=mark,
+                                 timeout=DEADLINE)
+        await wait_refused(reactor, rig.listen, timeout=1)
         assert relay.running, "the idle session keeps it draining for shutdown_grace"
 
         content = make_message("term-2@t").replace("\n", "\r\n").encode("ascii")
