@@ -87,7 +87,13 @@ class _ThreadPoolService(service.Service):
 
 
 class _ListeningService(service.Service):
-    """Listens on an endpoint while running; exposes the port once listening."""
+    """
+    Listens on an endpoint while running; exposes the port once listening.
+
+    It listens in ``privilegedStartService`` (before twistd drops privileges, so port 25
+    works) and raises there when the address cannot be bound: twistd then exits with the
+    error instead of running a relay that has no SMTP listener.
+    """
 
     def __init__(
         self, endpoint: IStreamServerEndpoint, factory: Any,
@@ -99,15 +105,28 @@ class _ListeningService(service.Service):
         self.listening: defer.Deferred[IListeningPort] | None = None
         self._on_stop = on_stop
 
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
+
     def startService(self) -> None:
         super().startService()
-        self.listening = self.endpoint.listen(self.factory)
+        if self.listening is None:
+            self._listen()
+
+    def _listen(self) -> None:
+        failed: list[Any] = []
 
         def remember(port: IListeningPort) -> IListeningPort:
             self.port = port
             return port
 
+        self.listening = self.endpoint.listen(self.factory)
         self.listening.addCallback(remember)
+        self.listening.addErrback(failed.append)
+        if failed:  # TCP endpoints report a taken address synchronously
+            self.listening = None
+            failed[0].raiseException()
 
     async def _stop(self) -> None:
         if self.listening is not None:
@@ -223,6 +242,16 @@ class RelayService(service.MultiService):
             session.transport.loseConnection()
 
     # -- lifecycle --------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except Exception:
+            # Release whatever did bind, so the caller can report and exit cleanly.
+            for listener in (self.status_listener, self.listener):
+                if listener.port is not None:
+                    listener.port.stopListening()
+            raise
 
     def startService(self) -> None:
         self.log.info(

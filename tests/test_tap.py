@@ -8,6 +8,8 @@ import pytest
 import pytest_twisted
 from twisted.application.service import IServiceMaker
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory, Protocol
 from twisted.plugin import getPlugins
 from twisted.python import usage
 
@@ -74,6 +76,21 @@ async def test_relay_listens_for_mail_and_status_then_stops(relay, reactor):
     assert status_port.getHost().port > 0
     await defer.maybeDeferred(relay.stopService).addTimeout(10, reactor)
     assert not relay.running
+
+
+def test_a_taken_listen_address_fails_the_start_naming_it(tmp_path, reactor):
+    squatter = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+    try:
+        port = squatter.getHost().port
+        text = CONFIG.replace("listen = 127.0.0.1:0", f"listen = 127.0.0.1:{port}", 1)
+        options = Options()
+        options.parseOptions(["--config", str(write_config(tmp_path, text))])
+        relay = RelayService(options["loaded"], reactor=reactor, hostname="relay.test")
+        with pytest.raises(CannotListenError, match=str(port)):
+            relay.privilegedStartService()
+        assert relay.status_listener.port.connected == 0  # released, not leaked
+    finally:
+        squatter.stopListening()
 
 
 @pytest_twisted.ensureDeferred
