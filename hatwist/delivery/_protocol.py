@@ -55,8 +55,10 @@ WRITE_CHUNK = 64 * 1024
 #: Every reply code reaches the stage's handler, which decides what it means.
 _ANY_CODE = range(0, 1000)
 
-#: Stages in which the session is not waiting for any reply.
+#: Stages in which the session is not waiting for any reply: ready for a message, or
+#: ended by the peer (421) and waiting for the connection to close.
 IDLE = "idle"
+CLOSING = "closing"
 
 _log = Logger()
 
@@ -302,7 +304,7 @@ class SessionProtocol(ESMTPClient):
     def _unsolicited(self, code: int, resp: bytes) -> None:
         """A reply while idle: typically "421 idle timeout" before the server closes."""
         self._owner._unsolicited(code, _text(resp))
-        self.stage = "closing"
+        self.stage = CLOSING
         self._done = True
         self.transport.loseConnection()
 
@@ -357,7 +359,7 @@ class SessionProtocol(ESMTPClient):
         self._message, self._content = None, b""
         if message.closing:
             # The peer said 421: it is closing, so the session ends with this message.
-            self.stage = "closing"
+            self.stage = CLOSING
             self._done = True
             self.transport.loseConnection()
         else:
@@ -372,5 +374,5 @@ class SessionProtocol(ESMTPClient):
             return
         partial = message.interrupted(str(error))
         if partial is not None:
-            self.stage = "closing"  # the owner must not start another message here
+            self.stage = CLOSING  # the owner must not start another message here
             self._owner._message_done(partial)

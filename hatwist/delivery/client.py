@@ -31,7 +31,7 @@ from hatwist.delivery._errors import (
     SessionError,
     SessionTimeout,
 )
-from hatwist.delivery._protocol import IDLE, SessionProtocol
+from hatwist.delivery._protocol import CLOSING, IDLE, SessionProtocol
 from hatwist.delivery._tls import TLSPolicy
 from hatwist.delivery._values import Envelope, RecipientResult
 
@@ -107,8 +107,16 @@ class OutboundSession:
 
     @property
     def is_open(self) -> bool:
-        """True while the session can take another message."""
-        return self._is_ready and not self._quitting and self._error is None and not self._gone
+        """True while the session can take another message (not once the peer said it is
+        closing, even before the connection is gone)."""
+        closing = self._protocol is not None and self._protocol.stage == CLOSING
+        return (
+            self._is_ready
+            and not self._quitting
+            and self._error is None
+            and not self._gone
+            and not closing
+        )
 
     @property
     def tls_active(self) -> bool:

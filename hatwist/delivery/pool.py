@@ -70,7 +70,13 @@ class SessionPool:
 
     def adopt(self, key: PoolKey, session: Any) -> PooledSession:
         """Wrap a freshly opened ``session`` so that it can be released into the pool."""
-        return PooledSession(key=key, session=session)
+        pooled = PooledSession(key=key, session=session)
+        when_closed = getattr(session, "when_closed", None)
+        if when_closed is not None:
+            # A peer that closes an idle session (421 timeout) frees its slot at once.
+            # Watched once per session, however many messages it carries.
+            when_closed().addCallback(lambda _: self._forget(pooled))
+        return pooled
 
     def take(self, key: PoolKey) -> PooledSession | None:
         """An idle, still open session for ``key`` (most recently used first), or None."""
@@ -97,10 +103,6 @@ class SessionPool:
             return
         pooled._expiry = self._reactor.callLater(self._idle_timeout, self._expire, pooled)
         self._idle.setdefault(pooled.key, []).append(pooled)
-        when_closed = getattr(pooled.session, "when_closed", None)
-        if when_closed is not None:
-            # A peer that closes an idle session (421 timeout) frees its slot at once.
-            when_closed().addCallback(lambda _: self._forget(pooled))
 
     def discard(self, pooled: PooledSession) -> None:
         """Drop a session that failed: abort it, never reuse it."""

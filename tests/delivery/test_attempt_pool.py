@@ -126,6 +126,17 @@ def test_session_the_peer_closes_while_idle_is_forgotten_at_once():
     assert session.quits == 0
 
 
+def test_a_session_reused_many_times_is_watched_for_closing_once():
+    pool, _clock = pool_and_clock()
+    session = ClosingSession()
+    pooled = pool.adopt(KEY, session)
+    for sent in range(1, 51):
+        pooled.sent = sent
+        pool.release(pooled, max_messages=100)
+        assert pool.take(KEY) is pooled
+    assert len(session.closed) == 1  # not one waiter per message carried
+
+
 def test_discard_aborts_the_session():
     pool, _clock = pool_and_clock()
     session = Session()

@@ -324,10 +324,10 @@ async def test_closing_reply_mid_transaction_decides_everyone_and_ends_the_sessi
     smtp_sink.recipient_replies["c@x"] = (421, "4.7.0 too many errors, closing")
     session = await _session(reactor, smtp_sink)
     results = await _send(reactor, session, Envelope("a@x", ["b@x", "c@x", "d@x"]), b"hi")
+    assert not session.is_open  # at once: a pool must not lend it out again
     await within(reactor, session.when_closed())
     assert [(r.code, r.kind) for r in results] == [(421, "temporary")] * 3
     assert smtp_sink.messages == []
-    assert not session.is_open
 
 
 @pytest_twisted.ensureDeferred
