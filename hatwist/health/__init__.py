@@ -15,7 +15,7 @@ from ._errors import (
     ProbeError,
     UnknownServerError,
 )
-from ._interfaces import IHealthProbe
+from ._interfaces import IHealthProbe, SourceResults
 from ._probes import ConnectProbe, SMTPBannerProbe, make_probe
 from ._registry import (
     STATE_CHANGE_EVENT,
@@ -39,6 +39,7 @@ __all__ = [
     "ServerRegistry",
     "ServerState",
     "ServerStatus",
+    "SourceResults",
     "StateChange",
     "UnknownServerError",
     "make_probe",

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from hatwist.config import HealthSettings
 
 from ._errors import CheckTimedOut, describe
-from ._interfaces import IHealthProbe
+from ._interfaces import IHealthProbe, SourceResults
 from ._registry import ServerRegistry
 
 _log = Logger()
@@ -84,12 +84,19 @@ class _Check:
         now = checker._reactor.seconds()
         if self._server not in checker._registry.servers:
             return  # dropped by a config reload while we were probing
+        latency = now - self._started
+        if isinstance(outcome, SourceResults):
+            # Even at the timeout: the probe said which sources answered in time.
+            checker._registry.record_sources(
+                self._server, outcome.as_dict(), at=now, latency=latency
+            )
+            return
         if self._timed_out:
             error = describe(CheckTimedOut(checker._settings.timeout))
         elif isinstance(outcome, Failure):
             error = describe(outcome.value)
         else:
-            checker._registry.record_success(self._server, at=now, latency=now - self._started)
+            checker._registry.record_success(self._server, at=now, latency=latency)
             return
         checker._registry.record_failure(self._server, at=now, error=error)
 

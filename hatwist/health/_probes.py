@@ -33,7 +33,7 @@ from hatwist.config import HealthCheckMode, HealthSettings, ServerAddress
 from hatwist.endpoint import HAProxyClientEndpoint
 
 from ._errors import BadBanner, CheckTimedOut, NoBanner, ProbeError, describe
-from ._interfaces import IHealthProbe
+from ._interfaces import IHealthProbe, SourceResults
 
 #: The longest first reply line we wait for; RFC 5321 allows 512 octets.
 MAX_BANNER_LINE = 1000
@@ -186,6 +186,13 @@ class _Attempt:
         else:
             self.result.callback(None)
 
+    def expire(self) -> None:
+        """
+        Time is up for the whole check: a pending attempt fails as timed out now.
+        """
+        if not self.result.called:
+            self._time_out()
+
     def _time_out(self) -> None:
         # Abandon before failing, so whoever waits on ``result`` finds the connection
         # already gone; the cancelled connect's own error gives way to the timeout.
@@ -238,9 +245,10 @@ class SMTPBannerProbe:
     address family), connect to the server, send a PROXY v2 header from that
     source to ``target``, and require the target's ``220`` banner within
     ``timeout``; then QUIT and close. The sources are probed at once, and the
-    check passes only if every one of them does: the registry knows servers,
-    not (server, source) pairs, and a source that silently fails would lose
-    mail for its binding.
+    verdict is a L{SourceResults}, so the registry can stop using one bad
+    (server, source) path and keep the others. Cancelling the check (the
+    checker does at its timeout) fails the sources still waiting as timed out
+    and still reports the ones that answered.
     """
 
     def __init__(
@@ -263,9 +271,16 @@ class SMTPBannerProbe:
             sources = self._usable_sources(server)
         except Exception:
             return fail()
-        attempts = [self._attempt(server, source).result for source in sources]
-        checked: Deferred[Any] = DeferredList(attempts, consumeErrors=True)
-        return checked.addCallback(self._verdict, sources)
+        attempts = [self._attempt(server, source) for source in sources]
+
+        def time_up(_: Deferred[SourceResults]) -> None:
+            for attempt in attempts:
+                attempt.expire()  # the last one fires ``verdict`` through ``checked``
+
+        verdict: Deferred[SourceResults] = Deferred(time_up)
+        checked: Deferred[Any] = DeferredList([a.result for a in attempts], consumeErrors=True)
+        checked.addCallback(self._verdict, sources).chainDeferred(verdict)
+        return verdict
 
     def _usable_sources(self, server: Any) -> list[str]:
         sources = list(dict.fromkeys(self._sources_for(server)))
@@ -294,14 +309,11 @@ class SMTPBannerProbe:
             f"waiting for the banner of {self._target}",
         )
 
-    def _verdict(self, results: list[tuple[bool, Any]], sources: list[str]) -> None:
-        failed = [
-            f"source {source}: {describe(outcome.value)}"
+    def _verdict(self, results: list[tuple[bool, Any]], sources: list[str]) -> SourceResults:
+        return SourceResults(
+            (source, None if ok else describe(outcome.value))
             for source, (ok, outcome) in zip(sources, results, strict=True)
-            if not ok
-        ]
-        if failed:
-            raise ProbeError("; ".join(failed))
+        )
 
 
 def make_probe(

@@ -219,9 +219,7 @@ class ServerRegistry:
             changes.append(self._failed(record, at, reasons))
         return [change for change in changes if change is not None]
 
-    def _succeeded(
-        self, record: _Record, at: float, latency: float | None
-    ) -> StateChange | None:
+    def _succeeded(self, record: _Record, at: float, latency: float | None) -> StateChange | None:
         record.checks += 1
         record.consecutive_successes += 1
         record.consecutive_failures = 0

@@ -16,6 +16,7 @@ from hatwist.health import (
     IHealthProbe,
     ServerRegistry,
     ServerState,
+    SourceResults,
 )
 
 A = ServerAddress("127.0.0.1", 5000)
@@ -316,4 +317,39 @@ def test_an_error_while_recording_a_result_does_not_stop_the_loop():
     assert [e["log_failure"].value.args for e in events if e.get("log_failure")] == [
         ("registry bug",)
     ]
+    checker.stopService()
+
+
+def test_a_per_source_verdict_is_recorded_per_path():
+    checker, registry, probe, clock = make(failure=1)
+    checker.startService()
+    clock.advance(0.25)
+    (d,) = probe.pending()
+    d.callback(SourceResults([("192.0.2.10", None), ("192.0.2.11", "no banner")]))
+    status = registry.status(A)
+    assert (status.state, status.checks, status.last_latency) == (ServerState.PLUMBED, 1, 0.25)
+    assert {p.source: p.state for p in status.paths} == {
+        "192.0.2.10": ServerState.PLUMBED,
+        "192.0.2.11": ServerState.UNPLUMBED,
+    }
+    checker.stopService()
+
+
+def test_a_probe_reporting_per_source_at_the_timeout_keeps_the_sources_that_answered():
+    @implementer(IHealthProbe)
+    class HalfAnsweredProbe:
+        def check(self, server):
+            # Like SMTPBannerProbe: cancelled, it reports which sources answered in time.
+            return defer.Deferred(
+                lambda d: d.callback(
+                    SourceResults([("192.0.2.10", None), ("192.0.2.11", "timed out after 1s")])
+                )
+            )
+
+    checker, registry, _probe, clock = make(probe=HalfAnsweredProbe(), timeout=1, failure=1)
+    checker.startService()
+    clock.advance(1)
+    assert registry.is_plumbed(A, source="192.0.2.10")
+    assert not registry.is_plumbed(A, source="192.0.2.11")
+    assert registry.status(A).failures == 0
     checker.stopService()

@@ -4,6 +4,8 @@ proxy go unplumbed and a restarted one come back, fails over between two proxies
 the SMTP probe proves (or disproves) a source address end to end.
 """
 
+import re
+
 import pytest
 import pytest_twisted
 from twisted.internet import defer, endpoints, protocol
@@ -12,7 +14,6 @@ from hatwist.config import HealthCheckMode, HealthSettings, ServerAddress, parse
 from hatwist.health import (
     ConnectProbe,
     HealthChecker,
-    ProbeError,
     ServerRegistry,
     ServerState,
     SMTPBannerProbe,
@@ -43,12 +44,13 @@ def settings(failure=2, success=2, mode=HealthCheckMode.CONNECT, target=None):
     )
 
 
-def next_change(reactor, registry, server, new):
-    """Fires with the next StateChange of ``server`` to ``new`` (never hangs)."""
+def next_change(reactor, registry, server, new, source=None):
+    """Fires with the next StateChange of ``server`` (or its path from ``source``) to ``new``."""
     d = defer.Deferred()
 
     def observe(change):
-        if change.server == server and change.new is new and not d.called:
+        mine = change.server == server and change.source == source
+        if mine and change.new is new and not d.called:
             d.callback(change)
 
     unsubscribe = registry.subscribe(observe)
@@ -77,6 +79,11 @@ class ObservedRegistry(ServerRegistry):
         change = super().record_failure(server, **kw)
         self._recorded()
         return change
+
+    def record_sources(self, server, results, **kw):
+        changes = super().record_sources(server, results, **kw)
+        self._recorded()
+        return changes
 
     def _recorded(self):
         for waiter in list(self._waiters):
@@ -177,8 +184,10 @@ async def test_smtp_probe_through_haproxy_fails_when_the_sink_never_greets(
     probe = SMTPBannerProbe(
         reactor, timeout=TIMEOUT, target=target, sources_for=lambda s: ("127.0.0.9",)
     )
-    with pytest.raises(ProbeError, match=r"^source 127\.0\.0\.9: .* timed out after 0\.5s$"):
-        await probe.check(server_of(haproxy)).addTimeout(DEADLINE, reactor)
+    verdict = await probe.check(server_of(haproxy)).addTimeout(DEADLINE, reactor)
+    ((source, error),) = verdict.results
+    assert source == "127.0.0.9"
+    assert re.fullmatch(r".* timed out after 0\.5s", error)
     # The probe's abort travels through HAProxy: the sink's session closes too.
     await smtp_sink.wait_closed(timeout=DEADLINE)
     assert len(smtp_sink.sessions) == 1
@@ -211,11 +220,11 @@ async def test_smtp_probe_through_haproxy_names_the_source_that_gets_no_banner(r
             target=target,
             sources_for=lambda s: ("127.0.0.9", "127.0.0.8"),
         )
-        with pytest.raises(ProbeError) as caught:
-            await probe.check(server_of(haproxy)).addTimeout(DEADLINE, reactor)
-        assert str(caught.value) == (
-            f"source 127.0.0.8: waiting for the banner of {target} timed out after 0.5s"
-        )
+        verdict = await probe.check(server_of(haproxy)).addTimeout(DEADLINE, reactor)
+        assert verdict.as_dict() == {
+            "127.0.0.9": None,
+            "127.0.0.8": f"waiting for the banner of {target} timed out after 0.5s",
+        }
         assert sorted(factory.peers) == ["127.0.0.8", "127.0.0.9"]
         lost = defer.gatherResults([s.lost for s in factory.sessions])
         await lost.addTimeout(DEADLINE, reactor)
@@ -283,3 +292,38 @@ async def test_checker_built_from_a_parsed_config_proves_the_bindings_source(
     assert (status.failures, status.last_error) == (0, None)
     await smtp_sink.wait_closed(timeout=DEADLINE)
     assert [s.peer[0] for s in smtp_sink.sessions] == ["127.0.0.9"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_source_the_mx_never_greets_stops_only_its_path_through_haproxy(reactor, haproxy):
+    # Two bindings share one proxy; the MX (behind real HAProxy) greets only 127.0.0.9.
+    factory = protocol.Factory.forProtocol(SelectiveMX)
+    factory.greeted, factory.peers, factory.sessions = "127.0.0.9", [], []
+    port = await endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.20").listen(factory)
+    server = server_of(haproxy)
+    target = ServerAddress("127.0.0.20", port.getHost().port)
+    s = settings(failure=2, success=1, mode=HealthCheckMode.SMTP, target=target)
+    registry = ObservedRegistry([server], success_threshold=1, failure_threshold=2)
+    probe = SMTPBannerProbe(
+        reactor, timeout=TIMEOUT, target=target, sources_for=lambda _: ("127.0.0.9", "127.0.0.8")
+    )
+    checker = HealthChecker(registry, s, probe, reactor=reactor)
+    bad_path_down = next_change(reactor, registry, server, ServerState.UNPLUMBED, "127.0.0.8")
+    checker.startService()
+    try:
+        change = await bad_path_down
+        assert "timed out" in change.reason
+    finally:
+        await checker.stopService()
+        await port.stopListening()
+    assert registry.is_plumbed(server)
+    assert registry.plumbed([server], source="127.0.0.9") == [server]
+    assert registry.plumbed([server], source="127.0.0.8") == []
+    status = registry.status(server)
+    assert (status.state, status.failures) == (ServerState.PLUMBED, 0)
+    assert {p.source: p.state for p in status.paths} == {
+        "127.0.0.9": ServerState.PLUMBED,
+        "127.0.0.8": ServerState.UNPLUMBED,
+    }
+    assert {"127.0.0.8", "127.0.0.9"} <= set(factory.peers)
+    await defer.gatherResults([s.lost for s in factory.sessions]).addTimeout(DEADLINE, reactor)

@@ -19,6 +19,7 @@ from hatwist.health import (
     IHealthProbe,
     ProbeError,
     SMTPBannerProbe,
+    SourceResults,
     make_probe,
 )
 from hatwist.health._probes import direct_endpoint
@@ -94,12 +95,20 @@ def banner_probe(reactor, sources=("127.0.0.9",), timeout=DEADLINE, target=TARGE
 
 
 async def outcome(reactor, d):
-    """The failure a check ended with, or None for success."""
+    """
+    The failure a check ended with, or None for success.
+
+    An smtp-mode verdict (per source) reads as the checker's server-level one would if
+    every source counted: None when all passed, else a ProbeError naming the failed ones.
+    """
     try:
-        await within(reactor, d)
+        result = await within(reactor, d)
     except Exception as e:
         return e
-    return None
+    if isinstance(result, SourceResults):
+        failed = [f"source {s}: {error}" for s, error in result.results if error is not None]
+        return ProbeError("; ".join(failed)) if failed else None
+    return result
 
 
 def test_probes_provide_the_interface(reactor):
@@ -297,10 +306,11 @@ async def test_smtp_probe_checks_every_source_and_names_the_one_that_fails(react
     port, server = await listen(reactor, factory)
     try:
         probe = banner_probe(reactor, sources=("127.0.0.9", "127.0.0.8", "127.0.0.9"))
-        result = await outcome(reactor, probe.check(server))
-        assert isinstance(result, ProbeError)
-        assert str(result).startswith("source 127.0.0.8: connection closed before")
-        assert "127.0.0.9" not in str(result)
+        verdict = await within(reactor, probe.check(server))
+        assert isinstance(verdict, SourceResults)
+        assert [source for source, _ in verdict.results] == ["127.0.0.9", "127.0.0.8"]
+        assert verdict.as_dict()["127.0.0.9"] is None
+        assert verdict.as_dict()["127.0.0.8"].startswith("connection closed before")
         assert sorted(s.header.source.host for s in factory.sessions) == [
             "127.0.0.8",
             "127.0.0.9",
@@ -341,6 +351,35 @@ async def test_cancelling_an_smtp_probe_aborts_its_connection(reactor):
         await within(reactor, connected)
         d.cancel()
         await outcome(reactor, d)
+        await settle(reactor, factory)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancelling_an_smtp_probe_still_reports_the_sources_that_answered(reactor):
+    # The checker cancels at its timeout: a silent source must not hide a good one.
+    greeted, silent = defer.Deferred(), defer.Deferred()
+
+    def behaviour(proto, source):
+        if source == "127.0.0.9":
+            greet(proto, source)
+            greeted.callback(proto)
+        else:
+            silent.callback(proto)
+
+    factory = FakeProxyFactory(behaviour)
+    port, server = await listen(reactor, factory)
+    try:
+        d = banner_probe(reactor, sources=("127.0.0.9", "127.0.0.8")).check(server)
+        await within(reactor, silent)
+        await within(reactor, (await within(reactor, greeted)).lost)  # 220, QUIT, closed
+        d.cancel()
+        verdict = await within(reactor, d)
+        assert verdict.as_dict() == {
+            "127.0.0.9": None,
+            "127.0.0.8": "waiting for the banner of 127.0.0.20:2525 timed out after 5s",
+        }
         await settle(reactor, factory)
     finally:
         await port.stopListening()
