@@ -4,9 +4,10 @@
 
 :class:`RelayService` wires the parts once from a :class:`~hatwist.config.Config`, in the
 order the data flows: spool threads -> proxy health -> scheduler -> status web -> inbound
-listener. Twisted starts children in that order and stops them in reverse, which is exactly
-the shutdown operators want: stop accepting mail first, let attempts in flight finish within
-``shutdown_grace``, and leave everything else durable in the spool.
+listener. Twisted starts children in that order; :meth:`RelayService.stopService` stops
+them one after another in reverse, which is exactly the shutdown operators want: stop
+accepting mail first, let attempts in flight finish within ``shutdown_grace``, and leave
+everything else durable in the spool.
 
 SIGHUP reloads the config file atomically: the new file is read and validated off the
 reactor thread; if it is invalid the error is logged and the running config stays.
@@ -267,18 +268,29 @@ class RelayService(service.MultiService):
         self._previous_hup = _install_sighup(self.reactor, self.reload)
 
     def stopService(self) -> defer.Deferred[None]:
+        """
+        Stop the children one after another, last started first.
+
+        MultiService would stop them all at once; then the spool's threads would be gone
+        while a submitter is still in DATA and attempts in flight still record results.
+        """
+        service.Service.stopService(self)
         if self._previous_hup is not None:
             signal.signal(signal.SIGHUP, self._previous_hup)
             self._previous_hup = None
-        d = defer.maybeDeferred(super().stopService)
-        d.addCallback(lambda _: self.agent.close())
-        d.addCallback(lambda _: self.resolver.close())
-        d.addBoth(self._stopped)
-        return d
+        return defer.Deferred.fromCoroutine(self._stop_in_order())
 
-    def _stopped(self, result: object) -> object:
-        globalLogPublisher.removeObserver(self.deliveries)
-        return result
+    async def _stop_in_order(self) -> None:
+        try:
+            for child in reversed(list(self)):
+                try:
+                    await defer.maybeDeferred(child.stopService)
+                except Exception:
+                    self.log.failure("stopping {child!r} failed; stopping the rest", child=child)
+            await self.agent.close()
+            self.resolver.close()
+        finally:
+            globalLogPublisher.removeObserver(self.deliveries)
 
     _previous_hup: Any = None
 
