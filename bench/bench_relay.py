@@ -15,16 +15,19 @@ hop's cost), the default session reuse against ``max_messages_per_connection = 1
 installed (``auto``), else a Twisted client in this process (hatwist's own outbound
 session code, pointed at the relay).
 
-Columns: ``acc/s`` messages accepted per second (first connect to the last 250 at the
-submitters), ``del/s`` messages delivered per second (first connect until the sink holds
-them all), latency from the relay's ``accepted ID`` log line to its ``ID ...: 1
-delivered`` line (both stamped when this process reads them from the relay's stdout, so
-the reading delay cancels), the relay's VmRSS before the load, VmHWM (peak) and VmRSS
-after it, the relay's CPU seconds (user+system, all threads) and per message, HAProxy's
-CPU seconds, spool fsyncs per message (counted with ``perf stat`` tracepoints when perf
-works, else ``-``), outbound SMTP sessions the sink saw, and whether every message
-arrived from the source its route promises. ``--soak N`` adds N rounds of the first row
-against one relay and prints its RSS after each, to show whether memory keeps growing.
+The first table (printed row by row): ``acc/s`` messages accepted per second (first
+connect to the last 250 at the submitters), ``del/s`` delivered per second (first connect
+until the sink holds them all), latency from the relay's ``accepted ID`` log line to its
+``ID ...: 1 delivered`` line (both stamped when this process reads them from the relay's
+stdout, so the reading delay cancels), outbound SMTP sessions the sink saw, whether every
+message arrived from the source its route promises, and error/critical log lines.
+
+The second table (after all rows): the relay's VmRSS before the load, VmHWM (peak) and
+VmRSS after it; its CPU seconds (user+system, all threads) and per message; its reactor
+(main) thread's CPU and that as a share of the delivery time (``busy``); HAProxy's and this
+process's CPU; and per message: fsyncs (``perf stat`` tracepoints, ``-`` without perf),
+queries to the lab's DNS server, and relay log lines. ``--soak N`` runs row 1 N more times
+on one relay and prints both tables for its rounds: memory that keeps growing shows there.
 
 The sink and the Twisted generator share this process (and the box's two cores) with
 nothing else of the relay; the relay's figures are its own process's.
