@@ -107,6 +107,7 @@ def _proxy_rows(document: dict[str, Any]) -> list[list[str]]:
             _format.latency(p.get("last_latency")),
             f"{p.get('failures', 0)}/{p.get('checks', 0)}",
             str(p.get("no_greeting", 0)),
+            _format.sources(p.get("sources", ())),
             _format.text(p.get("last_error")),
         ]
         for p in document["proxies"]
@@ -130,6 +131,7 @@ def as_text(document: dict[str, Any], url: str) -> str:
                 "latency",
                 "failed/checks",
                 "no greeting",
+                "sources",
                 "last error",
             ],
             _proxy_rows(document),

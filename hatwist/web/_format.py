@@ -9,6 +9,8 @@ the same thing about the same /status document whatever the reader's clock says.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 #: What an empty value (no check yet, no error, no latency) shows as.
 NOTHING = "-"
@@ -46,3 +48,12 @@ def utc(timestamp: float) -> str:
 def text(value: object) -> str:
     """A value for a table cell: :data:`NOTHING` for None or an empty string."""
     return NOTHING if value is None or value == "" else str(value)
+
+
+def sources(paths: Iterable[Mapping[str, Any]]) -> str:
+    """``"192.0.2.10 plumbed, 192.0.2.11 UNPLUMBED"``: a proxy's paths, the bad ones loud."""
+    shown = [
+        f"{p['source']} {p['state'] if p['state'] == 'plumbed' else str(p['state']).upper()}"
+        for p in paths
+    ]
+    return ", ".join(shown) or NOTHING

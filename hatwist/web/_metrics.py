@@ -89,6 +89,12 @@ class StatusCollector(Collector):
         failures = CounterMetricFamily(
             "hatwist_proxy_check_failures", "Health checks failed.", labels=["server"]
         )
+        source_up = GaugeMetricFamily(
+            "hatwist_proxy_source_up",
+            "1 when the smtp-mode check passes from this source address through the proxy"
+            " server (its bindings may use it), 0 when that path is unplumbed.",
+            labels=["server", "source"],
+        )
         changes = CounterMetricFamily(
             "hatwist_proxy_state_changes",
             "Flips between plumbed and unplumbed.",
@@ -104,7 +110,9 @@ class StatusCollector(Collector):
             checks.add_metric(labels, proxy.checks)
             failures.add_metric(labels, proxy.failures)
             changes.add_metric(labels, proxy.state_changes)
-        yield from (up, latency, last_check, checks, failures, changes)
+            for path in proxy.sources:
+                source_up.add_metric([proxy.server, path.source], int(path.state == "plumbed"))
+        yield from (up, source_up, latency, last_check, checks, failures, changes)
 
     def _queues(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily(

@@ -45,6 +45,7 @@ _PROXY_COLUMNS = (
     "checks",
     "failed checks",
     "no greeting",
+    "sources",
     "last error",
 )
 
@@ -81,6 +82,7 @@ def _proxy_row(proxy: dict[str, Any], now: float) -> str:
         _cell(proxy["checks"], "number"),
         _cell(proxy["failures"], "number"),
         _cell(proxy.get("no_greeting", 0), "number"),
+        _cell(_format.sources(proxy.get("sources", ())), "sources"),
         _cell(proxy["last_error"], "error" if proxy["last_error"] else None),
     ]
     return f'<tr data-server="{escape(server)}" data-state="{escape(state)}">{"".join(cells)}</tr>'

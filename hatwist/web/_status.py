@@ -50,8 +50,28 @@ class StatusSources:
 
 
 @attrs.frozen
+class SourceView:
+    """One (server, source) path as the smtp-mode check last saw it."""
+
+    source: str
+    state: str
+    consecutive_successes: int
+    consecutive_failures: int
+    last_check: float | None
+    last_error: str | None
+    checks: int
+    failures: int
+
+
+@attrs.frozen
 class ProxyView:
-    """One proxy server as shown: the registry's status plus its no-greeting count."""
+    """
+    One proxy server as shown: the registry's status plus its no-greeting count.
+
+    ``sources`` lists each source address the smtp-mode check proved through it (empty
+    in connect mode): the server is plumbed while any of them passes, and a binding
+    whose own source is unplumbed waits.
+    """
 
     server: str
     state: str
@@ -64,6 +84,7 @@ class ProxyView:
     failures: int
     state_changes: int
     no_greeting: int
+    sources: tuple[SourceView, ...] = ()
 
 
 def proxy_views(sources: StatusSources) -> list[ProxyView]:
@@ -89,9 +110,23 @@ def proxy_views(sources: StatusSources) -> list[ProxyView]:
                 failures=status.failures,
                 state_changes=status.state_changes,
                 no_greeting=no_greeting[server],
+                sources=tuple(_source_view(path) for path in getattr(status, "paths", ())),
             )
         )
     return views
+
+
+def _source_view(path: Any) -> SourceView:
+    return SourceView(
+        source=str(path.source),
+        state=path.state.value,
+        consecutive_successes=path.consecutive_successes,
+        consecutive_failures=path.consecutive_failures,
+        last_check=path.last_check,
+        last_error=path.last_error,
+        checks=path.checks,
+        failures=path.failures,
+    )
 
 
 def queue_depths(sources: StatusSources) -> list[tuple[str, str, int]]:
@@ -106,6 +141,12 @@ def scheduler_counters(sources: StatusSources) -> dict[str, int]:
     if sources.scheduler is None:
         return {}
     return dict(sources.scheduler.counters())
+
+
+def _proxy_json(proxy: ProxyView) -> dict[str, Any]:
+    document = attrs.asdict(proxy, recurse=False)
+    document["sources"] = [attrs.asdict(path) for path in proxy.sources]
+    return document
 
 
 def status_document(sources: StatusSources) -> dict[str, Any]:
@@ -130,7 +171,7 @@ def status_document(sources: StatusSources) -> dict[str, Any]:
     return {
         "version": sources.version,
         "now": sources.clock.seconds(),
-        "proxies": [attrs.asdict(p) for p in proxies],
+        "proxies": [_proxy_json(p) for p in proxies],
         "queues": [{"binding": b, "domain": d, "depth": n} for b, d, n in queue_depths(sources)],
         "deliveries": deliveries,
         "no_greeting": sum(sources.deliveries.no_greeting().values()),

@@ -87,6 +87,10 @@ def test_tables_are_aligned_and_name_each_state():
                 "checks": 3,
                 "failures": 3,
                 "no_greeting": 2,
+                "sources": [
+                    {"source": "192.0.2.10", "state": "plumbed"},
+                    {"source": "192.0.2.11", "state": "unplumbed"},
+                ],
             },
         ],
         "queues": [{"binding": "b1", "domain": "example.test", "depth": 12}],
@@ -102,6 +106,7 @@ def test_tables_are_aligned_and_name_each_state():
     # Columns line up: the state column starts at the same offset on every row.
     assert header.index("state") == plumbed.index("PLUMBED") == unplumbed.index("UNPLUMBED")
     assert "connection refused" in unplumbed and "1/10" in plumbed and "2.0 ms" in plumbed
+    assert "192.0.2.10 plumbed, 192.0.2.11 UNPLUMBED" in unplumbed
     assert lines_starting(text, "b1")[0].split() == ["b1", "example.test", "12"]
     assert lines_starting(text, "proxy connected, no greeting")[0].split()[-1] == "2"
     assert text.startswith("hatwist 1.2.3, http://x/status at ")

@@ -126,3 +126,13 @@ def test_a_dedicated_registry_never_the_global_one():
     assert ("hatwist_proxy_up", labels(server="[0::1]:5001")) not in scrape(first)
     global_text = prometheus_client.generate_latest(prometheus_client.REGISTRY).decode()
     assert "hatwist_" not in global_text
+
+
+def test_source_up_per_proxy_and_source_address():
+    reg = registry(V4)
+    reg.record_sources(V4, {"192.0.2.10": None, "192.0.2.11": "no banner"}, at=5.0)
+    samples = scrape(metrics_registry(sources(reg)))
+    assert samples[("hatwist_proxy_up", labels(server="127.0.0.1:5000"))] == 1
+    up = "hatwist_proxy_source_up"
+    assert samples[(up, labels(server="127.0.0.1:5000", source="192.0.2.10"))] == 1
+    assert samples[(up, labels(server="127.0.0.1:5000", source="192.0.2.11"))] == 0

@@ -98,3 +98,13 @@ def test_latency_and_empty_values():
     assert _format.latency(0.0021) == "2.1 ms"
     assert _format.latency(None) == _format.text(None) == _format.text("") == "-"
     assert _format.utc(0) == "1970-01-01 00:00:00 UTC"
+
+
+def test_a_proxy_row_names_each_source_and_marks_the_unplumbed_ones():
+    reg = registry(V4, V6)
+    reg.record_sources(V4, {"192.0.2.10": None, "192.0.2.11": "no banner"}, at=5.0)
+    html = page(reg)
+    (row,) = [line for line in html.splitlines() if 'data-server="127.0.0.1:5000"' in line]
+    assert '<td class="sources">192.0.2.10 plumbed, 192.0.2.11 UNPLUMBED</td>' in row
+    (other,) = [line for line in html.splitlines() if 'data-server="[0::1]:5001"' in line]
+    assert '<td class="sources">-</td>' in other

@@ -124,3 +124,34 @@ def test_document_is_plain_json():
     unplumb(reg, V6, at=1.0, error="x")
     document = status_document(sources(reg, FakeScheduler({("b", "d"): 1}, {"delivered": 1})))
     assert json.loads(json.dumps(document)) == document
+
+
+def test_each_source_the_smtp_check_proved_is_shown_under_its_proxy():
+    reg = registry(V4, V6)
+    reg.record_sources(V4, {"192.0.2.10": None, "192.0.2.11": "no banner"}, at=5.0, latency=0.01)
+    v4, v6 = status_document(sources(reg))["proxies"]
+    assert v4["state"] == "plumbed"
+    assert v4["sources"] == [
+        {
+            "source": "192.0.2.10",
+            "state": "plumbed",
+            "consecutive_successes": 1,
+            "consecutive_failures": 0,
+            "last_check": 5.0,
+            "last_error": None,
+            "checks": 1,
+            "failures": 0,
+        },
+        {
+            "source": "192.0.2.11",
+            "state": "unplumbed",
+            "consecutive_successes": 0,
+            "consecutive_failures": 1,
+            "last_check": 5.0,
+            "last_error": "no banner",
+            "checks": 1,
+            "failures": 1,
+        },
+    ]
+    assert v6["sources"] == []
+    json.dumps(v4)  # plain JSON data
