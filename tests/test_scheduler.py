@@ -350,6 +350,26 @@ def test_no_plumbed_proxy_waits_without_spending_attempts(world):
     assert outbound.binding == "proxied"
 
 
+def test_attempt_that_failed_as_the_proxy_went_down_goes_when_it_is_back_not_at_backoff(world):
+    """The attempt ran in the window before the health check saw the proxy go (the
+    registry still said plumbed) and failed because of the proxy.  Once the check
+    sees it go, that part waits for the proxy like one that never ran, and goes as
+    soon as the proxy is plumbed again, not a whole backoff later."""
+    early = world.submit(binding="proxied", rcpt_to=("early@dst.test",))
+    world.agent.answer(0, 451, "4.4.1 mx busy")  # long before the proxy went
+    world.clock.advance(30)
+    message = world.submit(binding="proxied")
+    world.agent.answer(1, 451, "4.4.0 no MX of dst.test took the message")
+    world.clock.advance(2)
+    world.proxy(up=False)
+    world.clock.advance(30)  # past the 60 s retry of `early`: held now, not tried
+    assert len(world.agent.calls) == 2
+    assert world.spool.messages[message.id].recipients[0].attempts == 1
+    world.proxy(up=True)
+    assert sorted(o.id for o, _ in world.agent.pending()) == [early.id, message.id]
+    assert world.clock.seconds() < START + 32 + 60, "before the backoff of `message`"
+
+
 def test_message_waiting_for_proxy_expires_with_that_reason(world):
     world.proxy(up=False)
     message = world.submit(binding="proxied")

@@ -29,6 +29,8 @@ class Part:
     key: QueueKey
     due: float
     timer: IDelayedCall | None = None
+    failed_at: float | None = None
+    """When its last attempt ended in a temporary failure (None: none since)."""
 
 
 @attrs.define(eq=False)

@@ -304,7 +304,7 @@ class Scheduler(Service):
             return
         why = self._no_plumbed_proxy(part.key)
         if why is not None:
-            self._hold(queue, part, entry, why)
+            self._hold(part, entry, why)
             return
         recipients = tuple(r.address for r in pending_at(entry.message, domain))
         queue.in_flight += 1
@@ -379,7 +379,7 @@ class Scheduler(Service):
                 outcome, message_id=part.message_id, binding=part.key[0], domain=part.key[1],
             )
         elif getattr(outcome, "waiting_for_proxy", False):
-            self._hold(queue, part, entry, reason_of(outcome))
+            self._hold(part, entry, reason_of(outcome))
             return None
         results = results_of(outcome, recipients)
         self._counters["attempts"] += 1
@@ -392,6 +392,7 @@ class Scheduler(Service):
         else:
             policy = self._policy(part.key)
             now = self._now()
+            part.failed_at = now
             tries = max(r.attempts for r in still)
             part.due = min(
                 policy.next_attempt_at(attempts=tries, now=now),
@@ -463,13 +464,14 @@ class Scheduler(Service):
         servers = ", ".join(s.text for s in settings.proxy_servers)
         return f"4.4.0 no plumbed ha_proxy_server for binding {key[0]} ({servers} unplumbed)"
 
-    def _hold(self, queue: Queue, part: Part, entry: _Entry, reason: str) -> None:
+    def _hold(self, part: Part, entry: _Entry, reason: str) -> None:
         """Put ``part`` back at the head of its queue and hold the queue for a proxy."""
         self._counters["waiting"] += 1
         # Remember why, for an expiry DSN, without counting an attempt.
         entry.message = note_wait(entry.message, part.key[1], reason)
+        queue = self._board.add(part, first=True)
         queue.held = True
-        self._board.add(part, first=True)
+        self._board.refresh(queue)
         if queue.release is None or not queue.release.active():
             interval = self._health_interval()
             queue.release = self._reactor.callLater(interval, self._release, queue)
@@ -488,16 +490,55 @@ class Scheduler(Service):
         self._pump()
 
     def _state_changed(self, change: StateChange) -> None:
-        """Registry observer: a server came back, so release the queues that use it."""
-        if change.new is not ServerState.PLUMBED or self._stopping:
+        """Registry observer: release the queues of a server that came back;
+        when one goes, take back the retries that probably failed because of it."""
+        if self._stopping:
             return
         try:
-            for queue in [q for q in self._board if q.held]:
-                settings = self._settings(queue.key)
-                if settings is None or change.server in settings.proxy_servers:
-                    self._release(queue)
+            if change.new is ServerState.PLUMBED:
+                for queue in [q for q in self._board if q.held]:
+                    settings = self._settings(queue.key)
+                    if settings is None or change.server in settings.proxy_servers:
+                        self._release(queue)
+            else:
+                self._recall(change.server)
         except Exception:
             self.log.failure("scheduler: handling a proxy state change failed")
+
+    def _recall(self, server: Any) -> None:
+        """
+        ``server`` was just seen unplumbed.  Attempts through it that failed
+        since shortly before (the registry said plumbed until the checks
+        caught up) most likely failed because of it, not the destination:
+        their parts wait for a plumbed proxy now, like parts that never ran,
+        instead of a full backoff -- or go at once if the route has another
+        plumbed proxy.
+        """
+        try:
+            window = self._health_interval() * (self._registry.failure_threshold + 1)
+        except Exception:
+            window = self._health_interval()
+        since = self._now() - window
+        for entry in list(self._entries.values()):
+            for part in list(entry.parts.values()):
+                if part.timer is None or not part.timer.active():
+                    continue
+                if part.failed_at is None or part.failed_at < since:
+                    continue
+                settings = self._settings(part.key)
+                if settings is None or not settings.uses_proxy:
+                    continue
+                if server not in settings.proxy_servers:
+                    continue
+                part.timer.cancel()
+                part.timer = None
+                part.failed_at = None
+                why = self._no_plumbed_proxy(part.key)
+                if why is None:
+                    self._board.add(part)
+                else:
+                    self._hold(part, entry, why)
+        self._pump()
 
     # -- the end of a message ------------------------------------------------
 
