@@ -86,9 +86,22 @@ def make_status_root(sources: StatusSources) -> Resource:
     return root
 
 
+class _StatusSite(Site):
+    """
+    A ``Site`` without an access log.
+
+    twisted.web writes one line per request to the process log unless told otherwise;
+    with Prometheus scraping and the page reloading itself every few seconds, those
+    lines would drown the relay's own events (deliveries, proxy state changes).
+    """
+
+    def log(self, request: Request) -> None:
+        pass
+
+
 def make_status_site(sources: StatusSources) -> Site:
     """The ``Site`` to listen with on ``status_listen`` (no access log, no tracebacks)."""
-    site = Site(make_status_root(sources))
+    site = _StatusSite(make_status_root(sources))
     site.displayTracebacks = False
     site.noisy = False
     return site

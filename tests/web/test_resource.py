@@ -6,6 +6,7 @@ import json
 
 import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.web.support import V4, V6, FakeScheduler, Served, get, proxy_rows, registry, sources
 from tests.web.support import unplumb as unplumb_server
@@ -119,3 +120,21 @@ async def test_a_failing_source_gives_500_without_a_traceback(reactor):
         assert b"secret internals" not in body and b"Traceback" not in body
     finally:
         await site.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_scrapes_and_page_refreshes_write_no_access_log_lines(reactor):
+    # Prometheus scrapes every few seconds and the page reloads itself: an access line for
+    # each would drown the relay's own log (delivery attempts, proxy state changes).
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    site = await served(reactor, registry(V4))
+    try:
+        for path in ("/", "/status", "/metrics"):
+            code, _, _ = await get(reactor, site.url + path)
+            assert code == 200
+    finally:
+        await site.close()
+        globalLogPublisher.removeObserver(events.append)
+    logged = [formatEvent(e) for e in events]
+    assert not [line for line in logged if '"GET /' in line], logged
