@@ -30,7 +30,12 @@ from twisted.logger import Logger, LogLevel
 
 from hatwist.config import Config, DeliverySettings
 from hatwist.config.settings import normalize_domain
-from hatwist.delivery._errors import NoGreeting, SessionError, may_have_delivered
+from hatwist.delivery._errors import (
+    ConnectFailed,
+    NoGreeting,
+    SessionError,
+    may_have_delivered,
+)
 from hatwist.delivery._values import Envelope, RecipientResult
 from hatwist.delivery.pool import PooledSession, PoolKey, SessionPool
 from hatwist.endpoint import HAProxyClientEndpoint
@@ -104,6 +109,17 @@ class _Stop(Exception):
         self.reason = reason
 
 
+@attrs.frozen
+class _RouteFailed:
+    """Why one route could not take the message; the attempt moves on to the next."""
+
+    reason: str
+    proxy_unreachable: bool = False
+    """The proxy itself refused or timed out the connect: HAProxy being down, which the
+    health checker has not noticed yet (an MX it cannot reach shows as no greeting)."""
+    no_greeting: bool = False
+
+
 @attrs.define
 class _Walk:
     """What an attempt tried so far: the last place it reached and why each failed."""
@@ -114,18 +130,21 @@ class _Walk:
     failures: list[str] = attrs.Factory(list)
     skipped: list[str] = attrs.Factory(list)
     only_waiting_for_proxy: bool = True
+    """So far every address was skipped for want of a plumbed proxy, or failed only
+    because the proxy could not be reached: worth waiting for the health checker."""
     no_greeting: list[str] = attrs.Factory(list)
 
     def give_up(self, domain: str) -> _NoAnswer:
         """The answer for every recipient when no session took the message."""
         skipped = list(dict.fromkeys(self.skipped))
+        waiting = bool(self.failures or skipped) and self.only_waiting_for_proxy
         if self.failures:
             reason = f"no MX of {domain} took the message: " + "; ".join(self.failures + skipped)
-            return _NoAnswer(*NO_SESSION, reason)
+            return _NoAnswer(*NO_SESSION, reason, waiting_for_proxy=waiting)
         return _NoAnswer(
             *NO_ROUTE,
             f"no usable route to any MX of {domain}: " + "; ".join(skipped),
-            waiting_for_proxy=bool(skipped) and self.only_waiting_for_proxy,
+            waiting_for_proxy=waiting,
         )
 
 
@@ -253,13 +272,12 @@ class DeliveryAgent:
                             *NO_SESSION,
                             f"{host.name} [{address}] via {route.describe()}: {stop.reason}",
                         )
-                    if isinstance(outcome, str):
-                        if isinstance(route, ProxyRoute) and outcome.startswith(
-                            PROXY_NO_GREETING
-                        ):
+                    if isinstance(outcome, _RouteFailed):
+                        if outcome.no_greeting and isinstance(route, ProxyRoute):
                             walk.no_greeting.append(route.server.text)
+                        walk.only_waiting_for_proxy &= outcome.proxy_unreachable
                         walk.failures.append(
-                            f"{host.name} [{address}] via {route.describe()}: {outcome}"
+                            f"{host.name} [{address}] via {route.describe()}: {outcome.reason}"
                         )
                         continue
                     return outcome
@@ -272,10 +290,10 @@ class DeliveryAgent:
         host: MXHost,
         address: str,
         route: Route,
-    ) -> tuple[RecipientResult, ...] | str:
+    ) -> tuple[RecipientResult, ...] | _RouteFailed:
         """
         The recipients' results over one route, or why this route could not take the
-        message (a string: move on). Raises :class:`_Stop` when moving on is unsafe.
+        message (move on). Raises :class:`_Stop` when moving on is unsafe.
         """
         key = PoolKey(message.binding, route.describe(), address, normalize_domain(message.domain))
         pooled = self.pool.take(key)
@@ -305,22 +323,24 @@ class DeliveryAgent:
             )
         except NoGreeting as e:
             if isinstance(route, ProxyRoute):
-                return f"{PROXY_NO_GREETING} ({e})"
-            return f"no greeting ({e})"
+                return _RouteFailed(f"{PROXY_NO_GREETING} ({e})", no_greeting=True)
+            return _RouteFailed(f"no greeting ({e})")
+        except ConnectFailed as e:
+            return _RouteFailed(str(e), proxy_unreachable=isinstance(route, ProxyRoute))
         except SessionError as e:
-            return str(e)
+            return _RouteFailed(str(e))
         except defer.CancelledError:
             raise
         except Exception as e:
             # Anything else about one route (a proxy host name that does not resolve, ...)
             # must not stop the others from being tried.
-            return f"{type(e).__name__}: {e}"
+            return _RouteFailed(f"{type(e).__name__}: {e}")
         try:
             return await self._send(self.pool.adopt(key, session), message, settings)
         except SessionError as e:
             if may_have_delivered(e):
                 raise _Stop(str(e)) from None
-            return str(e)
+            return _RouteFailed(str(e))
 
     async def _send(
         self, pooled: PooledSession, message: OutboundMessage, settings: DeliverySettings

@@ -345,6 +345,35 @@ def test_when_every_mx_fails_every_recipient_is_temporary_with_all_reasons(world
     assert result.no_greeting == ("127.0.0.1:5000",)
 
 
+def test_a_proxy_refusing_every_connect_is_waited_for_not_retried(world):
+    """HAProxy died between two health checks: hold for the checker, spend no retry."""
+    agent, net, _ = world
+    two_mx(net)
+    net.behaviour["127.0.0.20"] = ConnectFailed("connection refused")
+    net.behaviour["127.0.0.21"] = ConnectFailed("connection refused")
+    result = run(agent, message())
+    assert result.addresses("temporary") == RCPTS
+    assert result.waiting_for_proxy is True
+
+
+def test_a_refused_direct_connect_is_an_ordinary_retry(world):
+    agent, net, _ = world
+    net.hosts["bypass.test"] = (MXHost("mx.bypass.test", 10, ("127.0.0.20",)),)
+    net.behaviour["127.0.0.20"] = ConnectFailed("connection refused")
+    result = run(agent, message("bypass.test", rcpts=("x@bypass.test",)))
+    assert result.addresses("temporary") == ("x@bypass.test",)
+    assert result.waiting_for_proxy is False
+
+
+def test_a_proxy_connect_failure_beside_another_failure_is_an_ordinary_retry(world):
+    agent, net, _ = world
+    two_mx(net)
+    net.behaviour["127.0.0.20"] = ConnectFailed("connection refused")
+    net.behaviour["127.0.0.21"] = GreetingRejected(421, "4.3.2 busy")
+    result = run(agent, message())
+    assert result.waiting_for_proxy is False
+
+
 def test_ipv6_mx_without_an_ipv6_source_fails_naming_the_option(world):
     agent, net, _ = world
     net.hosts["example.test"] = (MXHost("mx6.example.test", 10, ("fd00::20",)),)

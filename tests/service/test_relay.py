@@ -508,9 +508,12 @@ async def test_mail_tried_before_the_check_saw_the_proxy_go_is_sent_once_it_is_b
     sent = await rig.submit(["a@dest.test"], make_message("window-1@t"))
     assert sent.accepted, (sent, relay.tail())
     message_id = queued_id(sent.data)
-    # Tried (not held): the registry did not know yet.
-    await relay.wait_for_log(f"{message_id} binding default domain dest.test: 1 temporary",
-                             since=0, timeout=DEADLINE)
+    # Tried (the registry did not know yet), the proxy refused the connect, and the
+    # message is held for the health checker instead of backing off for retry_interval.
+    await relay.wait_for_log(
+        f"{message_id} binding default domain dest.test: waiting for a plumbed proxy",
+        since=0, timeout=DEADLINE,
+    )
     await relay.wait_for_log("-> unplumbed", since=0, timeout=2 * SLOW_HEALTH)
     assert rig.sink.messages == []
 
