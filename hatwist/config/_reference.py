@@ -96,6 +96,11 @@ Warnings
 A binding (or domain override) that sends through the proxy with only one of
 ``ha_proxy_src_addr`` / ``ha_proxy_ipv6_src_addr`` loads, but ``hatwist check-config``
 warns that destinations of the other family cannot be reached through the proxy.
+
+With ``health_check_mode = smtp`` and an IP literal as ``health_check_target``, only sources
+of the target's family are proved; a proxy server that no binding uses with a source of that
+family fails every check, and ``hatwist check-config`` warns about it. A host-name target is
+resolved for each source's family, so every source is proved.
 """
 
 

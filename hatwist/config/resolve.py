@@ -285,16 +285,20 @@ class _Loader:
                 self.add_binding(bindings, child, name, None)
         if schema.DEFAULT_BINDING not in bindings:
             bindings[schema.DEFAULT_BINDING] = _BindingScope(schema.DEFAULT_BINDING, 0, _EMPTY, {})
+        service = self.service(global_layer)
+        health = self.health(module or _EMPTY)
+        resolved = BindingMap(
+            {
+                name: self.resolve_binding(binding, groups, global_layer, top_domains)
+                for name, binding in bindings.items()
+            }
+        )
+        self.check_probe_sources(health, (module or _EMPTY).values.get("health_check_target"))
         return Config(
             filename=self.filename,
-            service=self.service(global_layer),
-            health=self.health(module or _EMPTY),
-            bindings=BindingMap(
-                {
-                    name: self.resolve_binding(binding, groups, global_layer, top_domains)
-                    for name, binding in bindings.items()
-                }
-            ),
+            service=service,
+            health=health,
+            bindings=resolved,
             warnings=tuple(self.warnings),
             sources=self.sources,
             proxy_servers=self.proxy_servers(),
@@ -362,6 +366,29 @@ class _Loader:
                 )
             )
         return health
+
+    def check_probe_sources(
+        self, health: HealthSettings, target: tuple[Any, Setting] | None
+    ) -> None:
+        """Warn about a server the smtp check can never prove (no source of its family)."""
+        family = health.target.ip_version if health.target is not None else None
+        if health.mode is not HealthCheckMode.SMTP or family is None or target is None:
+            return  # a host-name target is resolved per source: every source is proved
+        for server in self.proxy_servers():
+            sources = self._sources.get(server, [])
+            if not sources:
+                continue  # the one-family warning already says no source is set
+            if not any(converters.ip_version(src) == family for src in sources):
+                self.warnings.append(
+                    ConfigWarning(
+                        self.filename,
+                        target[1].line,
+                        f"health_check_mode = smtp proves only IPv{family} sources with"
+                        f" health_check_target {health.target}, and no binding sends through"
+                        f" {server} from one: its every check will fail and leave it"
+                        " unplumbed",
+                    )
+                )
 
     # -- per binding ---------------------------------------------------------------------
 

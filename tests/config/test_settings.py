@@ -362,6 +362,46 @@ def test_health_target_without_smtp_mode_warns():
     assert warning.line == 3 and "ignored" in warning.message
 
 
+def test_smtp_check_with_no_source_of_the_targets_family_for_a_server_warns():
+    # The smtp check proves only sources of the target's family; a server used only from
+    # IPv6 sources has nothing to prove with an IPv4 target, so every check fails.
+    config = load("""
+        ha_proxy_client {
+          health_check_mode = smtp
+          health_check_target = 127.0.0.1:25
+        }
+        binding v4 {
+          ha_proxy_server = 10.0.0.1:8085
+          ha_proxy_src_addr = 192.0.2.1
+          ha_proxy_ipv6_src_addr = 2001:db8::1
+        }
+        binding v6 {
+          ha_proxy_server = 10.0.0.2:8085
+          ha_proxy_ipv6_src_addr = 2001:db8::2
+        }
+        """)
+    (warning,) = [w for w in config.warnings if "health_check_target" in w.message]
+    assert warning.line == 4
+    assert warning.message == (
+        "health_check_mode = smtp proves only IPv4 sources with health_check_target"
+        " 127.0.0.1:25, and no binding sends through 10.0.0.2:8085 from one:"
+        " its every check will fail and leave it unplumbed"
+    )
+
+
+def test_smtp_check_with_a_host_name_target_proves_every_source_and_does_not_warn():
+    config = load("""
+        ha_proxy_client {
+          health_check_mode = smtp
+          health_check_target = sink.example:25
+        }
+        ha_proxy_server = 10.0.0.2:8085
+        ha_proxy_ipv6_src_addr = 2001:db8::2
+        ha_proxy_src_addr = 192.0.2.2
+        """)
+    assert config.warnings == ()
+
+
 def test_smtp_health_mode_with_target():
     config = load("""
         ha_proxy_client {
