@@ -60,11 +60,16 @@ def status_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts)
 
 
+#: Never through ``http_proxy`` from the environment: status_listen is the operator's own
+#: service, usually on loopback, which an outbound web proxy cannot (and must not) reach.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def fetch(url: str, timeout: float = TIMEOUT) -> dict[str, Any]:
     """The /status document at ``url``; raises :class:`StatusUnavailable`."""
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _OPENER.open(request, timeout=timeout) as response:
             body = response.read()
     except urllib.error.HTTPError as e:
         raise StatusUnavailable(f"{url} answered {e.code} {e.reason}") from None

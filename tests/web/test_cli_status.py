@@ -185,3 +185,28 @@ async def test_a_url_that_is_not_a_status_document_exits_1(reactor):
         await site.close()
     assert "answered 404" in missing.getvalue()
     assert "did not answer with JSON" in metrics.getvalue()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_http_proxy_in_the_environment_is_not_used(reactor):
+    # Hosts often export http_proxy for outbound web access; the status listener is the
+    # operator's own service, so going through that proxy would fail or leak the request.
+    closed = Served(reactor, sources(registry()))
+    proxy_url = closed.url
+    await closed.close()
+    site = Served(reactor, sources(registry(V4)))
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "http_proxy")}
+    env.update(PYTHONPATH=str(ROOT), http_proxy=proxy_url, HTTP_PROXY=proxy_url)
+    try:
+        d = utils.getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "hatwist.cli", "status", "--url", site.url],
+            env=env,
+            path=str(ROOT),
+        )
+        d.addTimeout(DEADLINE, reactor)
+        out, err, code = await d
+    finally:
+        await site.close()
+    assert code == 0, err.decode()
+    assert lines_starting(out.decode(), "127.0.0.1:5000")[0].split()[1] == "PLUMBED"
