@@ -48,7 +48,7 @@ def parse_config(text: str, filename: str = "<string>") -> Config:
 def load_config(path: str) -> Config:
     """Read and validate the config file at ``path``; raises ConfigError."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a leading BOM is not text
             text = f.read()
     except OSError as e:
         raise ConfigFileError(f"cannot read the config file: {e.strerror or e}", path) from e

@@ -425,3 +425,13 @@ def test_load_config_reads_a_file(tmp_path):
 def test_config_error_is_the_only_error_type():
     with pytest.raises(ConfigError):
         parse_config("max_connections = 0\n")
+
+
+def test_a_file_saved_with_a_byte_order_mark_loads(tmp_path):
+    # Windows editors write UTF-8 with a BOM; it must not become part of the first key.
+    path = tmp_path / "hatwist.conf"
+    text = "\ufeffha_proxy_server = 10.0.0.1:8085\r\nha_proxy_src_addr = 192.0.2.1\r\n"
+    path.write_bytes(text.encode())
+    config = load_config(str(path))
+    assert [str(s) for s in config.proxy_servers] == ["10.0.0.1:8085"]
+    assert config.binding("default").base_settings.src_ipv4 == "192.0.2.1"
