@@ -31,9 +31,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from twisted.internet.interfaces import IPullProducer
 from twisted.logger import Logger
 from twisted.mail.smtp import ESMTPClient
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from hatwist.delivery._errors import (
     ConnectionLostDuringSession,
@@ -49,7 +51,7 @@ from hatwist.delivery._tls import TLSPolicy
 from hatwist.delivery._transaction import SERVICE_CLOSING, MessageDelivery, Step
 from hatwist.delivery._values import Envelope, RecipientResult
 
-#: Content is fed to the stuffer and written in slices of this size.
+#: Content is fed to the stuffer and written in slices of this size, one per pull.
 WRITE_CHUNK = 64 * 1024
 
 #: Every reply code reaches the stage's handler, which decides what it means.
@@ -68,6 +70,7 @@ class SessionOwner(Protocol):
 
     def _connected(self, protocol: SessionProtocol) -> None: ...
     def _greeted(self) -> None: ...
+    def _progress(self) -> None: ...
     def _session_ready(self) -> None: ...
     def _message_done(self, results: tuple[RecipientResult, ...]) -> None: ...
     def _unsolicited(self, code: int, text: str) -> None: ...
@@ -346,14 +349,13 @@ class SessionProtocol(ESMTPClient):
         except UnexpectedReply as e:
             self.fail(e)
             return
+        self._owner._progress()
         self._follow(step)
 
     def _write_content(self) -> None:
-        stuffer = DotStuffer()
-        content = memoryview(self._content)
-        for start in range(0, len(content), WRITE_CHUNK):
-            self.transport.write(stuffer.feed(bytes(content[start : start + WRITE_CHUNK])))
-        self.transport.write(stuffer.finish())
+        # Pulled by the transport a chunk at a time as its buffer drains: a big message
+        # is never copied into the send buffer whole, and each chunk proves progress.
+        self.transport.registerProducer(_ContentProducer(self, self._content), False)
 
     def _finish(self, message: MessageDelivery) -> None:
         self._message, self._content = None, b""
@@ -376,3 +378,36 @@ class SessionProtocol(ESMTPClient):
         if partial is not None:
             self.stage = CLOSING  # the owner must not start another message here
             self._owner._message_done(partial)
+
+
+@implementer(IPullProducer)
+class _ContentProducer:
+    """Writes one message's DATA bytes (stuffed, terminator last) a slice per pull."""
+
+    def __init__(self, protocol: SessionProtocol, content: bytes) -> None:
+        self._protocol: SessionProtocol | None = protocol
+        self._content = memoryview(content)
+        self._offset = 0
+        self._stuffer = DotStuffer()
+
+    def resumeProducing(self) -> None:
+        protocol = self._protocol
+        if protocol is None:
+            return
+        transport = protocol.transport
+        chunk = bytes(self._content[self._offset : self._offset + WRITE_CHUNK])
+        self._offset += WRITE_CHUNK
+        data = self._stuffer.feed(chunk)
+        if self._offset >= len(self._content):
+            # The terminator goes in the same write as the last slice: a separate small
+            # write would wait for the peer's delayed ACK (Nagle), about 40 ms a message.
+            self._protocol = None
+            transport.write(data + self._stuffer.finish())
+            transport.unregisterProducer()
+        else:
+            transport.write(data)
+        protocol._owner._progress()
+
+    def stopProducing(self) -> None:
+        """The connection is gone: write nothing more."""
+        self._protocol = None

@@ -7,9 +7,11 @@ setting) STARTTLS and EHLO again, and hands back an :class:`OutboundSession`. Ea
 :meth:`OutboundSession.send` is one mail transaction ending in one
 :class:`~hatwist.delivery.RecipientResult` per recipient; RSET goes between messages.
 
-Nothing here can hang: every operation has one deadline, armed when it starts and
-covering all of it (connect and banner: ``connect_timeout``; the EHLO/STARTTLS set-up,
-each message, QUIT: ``command_timeout`` each). A deadline aborts the connection. A lost
+Nothing here can hang: connect and banner share one ``connect_timeout``; the EHLO/STARTTLS
+set-up and QUIT get ``command_timeout`` each; within a message every wait for a reply,
+and every slice of content the transport has not taken yet, gets ``command_timeout``
+(a stalled peer is caught, a slow but moving one is not). A deadline aborts the
+connection. A lost
 connection fails whatever was waiting, at any stage. There are no retries: trying
 another address, MX or route is the caller's decision.
 """
@@ -262,6 +264,12 @@ class OutboundSession:
 
     def _greeted(self) -> None:
         self._arm(self._command_timeout)
+
+    def _progress(self) -> None:
+        """A reply came, or a slice of content went out: the next wait gets the full
+        ``command_timeout`` (it is a deadline per command, not per message)."""
+        if self._current is not None:
+            self._arm(self._command_timeout)
 
     def _session_ready(self) -> None:
         self._disarm()

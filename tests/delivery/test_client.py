@@ -471,6 +471,40 @@ async def test_silence_after_mail_is_a_timeout_naming_the_stage(reactor, smtp_si
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_deadline_is_per_command_not_per_message(reactor):
+    # smtp_timeout is documented as the deadline of each command: a peer that takes 50 s
+    # over MAIL and 50 s over the final dot, with 60 s allowed, delivers.
+    held = {b"MAIL": b"250 2.1.0 ok\r\n", b".": b"250 2.0.0 queued\r\n"}
+    seen = {verb: defer.Deferred() for verb in held}
+
+    def answer(line):
+        verb = line.split(b" ", 1)[0]
+        if verb in seen:
+            seen[verb].callback(None)
+            return b""
+        return b"" if verb == b"hi" else esmtp_answers(line)
+
+    server = await _scripted(reactor, b"220 peer.test ready\r\n", answer)
+    clock = task.Clock()
+    try:
+        session = await within(
+            reactor,
+            open_to(reactor, tcp(reactor, *server.address), clock=clock, command_timeout=60),
+        )
+        sending = session.send(Envelope("a@x", ["b@x"]), b"hi\r\n")
+        for verb, reply in held.items():
+            await within(reactor, seen[verb])
+            clock.advance(50)
+            assert not sending.called
+            server.protocols[0].transport.write(reply)
+        [result] = await within(reactor, sending)
+        assert result.kind == "delivered"
+        await within(reactor, session.quit())
+    finally:
+        await server.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_unanswered_quit_closes_at_the_deadline(reactor, smtp_sink):
     smtp_sink.replies["QUIT"] = SILENT
     clock = task.Clock()

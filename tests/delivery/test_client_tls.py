@@ -49,6 +49,21 @@ async def test_ifavailable_uses_starttls_and_reports_verified(reactor, tls_smtp_
     assert sink.sessions[0].commands[:3] == [ehlo, "STARTTLS", ehlo]
 
 
+@pytest_twisted.ensureDeferred
+async def test_messages_of_many_slices_arrive_intact_over_tls(reactor, tls_smtp_sink):
+    sink = tls_smtp_sink
+    session = await within(
+        reactor, _open(reactor, sink, tls=TLSMode.REQUIRED, trust_root=sink.ca.trust_root())
+    )
+    contents = [b"".join(b"%07d .line\r\n.\r\n" % n for n in range(size)) for size in (1, 60000)]
+    for content in contents:  # the second is ~1 MB: many slices of content
+        [result] = await within(reactor, session.send(ENVELOPE, content))
+        assert result.kind == "delivered"
+    await within(reactor, session.quit())
+    assert [m.data for m in sink.messages] == contents
+    assert all(m.tls for m in sink.messages)
+
+
 @pytest.mark.parametrize(
     ("hostname", "trusted"),
     [("mx.test", False), ("other.test", True), (None, True)],
