@@ -13,7 +13,12 @@ from twisted.internet import defer, endpoints, protocol, reactor, task, threads
 from twisted.python.threadpool import ThreadPool
 
 from hatwist.inbound import InboundFactory, split_binding
-from hatwist.inbound._syntax import check_mail_parameters, is_mailbox, parse_path
+from hatwist.inbound._syntax import (
+    check_mail_parameters,
+    is_mailbox,
+    parse_path,
+    received_field,
+)
 from hatwist.spool import Disk, Spool
 
 DEADLINE = 10
@@ -452,3 +457,14 @@ def test_mail_accepts_only_the_parameters_ehlo_advertises(params, refusal):
     ("postmaster", False)])
 def test_a_recipient_is_a_local_part_at_a_domain(address, ok):
     assert is_mailbox(address) is ok
+
+
+@pytest.mark.parametrize("peer, literal", [
+    (ipaddress.ip_address("192.0.2.7"), "[192.0.2.7]"),
+    (ipaddress.ip_address("2001:db8::7"), "[IPv6:2001:db8::7]"),  # RFC 5321 section 4.1.3
+    (None, "[unknown]"),
+])
+def test_received_field_names_the_peer_as_an_address_literal(peer, literal):
+    field = received_field(helo="client.test", peer=peer, hostname="relay.test", date=0)
+    assert field.startswith(f"Received: from client.test ({literal})\r\n".encode())
+    assert field.endswith(b"\t" + b"Thu, 01 Jan 1970 00:00:00 -0000\r\n")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Sequence
-from email.utils import formatdate
 from typing import Any
 
 from twisted.internet import protocol
@@ -27,6 +26,7 @@ from ._syntax import (
     is_mailbox,
     parse_path,
     printable,
+    received_field,
     split_binding,
 )
 
@@ -298,15 +298,11 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
         self.transport.pauseProducing()
         mail_from, rcpts = self._mail_from, tuple(self._rcpts)
         d = maybeDeferred(self.factory.spool.store, binding, mail_from, rcpts,
-                          self._received() + content)
+                          received_field(helo=self._helo, peer=self._peer,
+                                         hostname=self.factory.hostname,
+                                         date=self.factory.reactor.seconds()) + content)
         d.addCallbacks(self._stored, self._not_stored)
         d.addBoth(self._resume)
-
-    def _received(self) -> bytes:
-        """Our trace field (RFC 5321 section 4.4)."""
-        return (f"Received: from {self._helo} ([{self._peer}])\r\n"
-                f"\tby {self.factory.hostname} (hatwist) with ESMTP;\r\n"
-                f"\t{formatdate(self.factory.reactor.seconds())}\r\n").encode("ascii")
 
     def _stored(self, message: SpooledMessage) -> None:
         self._reply(250, "2.0.0", f"Ok: queued as {message.id}")

@@ -9,7 +9,9 @@ values; :mod:`hatwist.inbound._session` decides what to answer.
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from email.utils import formatdate
 
 import attrs
 
@@ -68,6 +70,22 @@ def check_mail_parameters(params: list[str], max_message_size: int) -> Refusal |
         elif not (key == "BODY" and value.upper() in _BODY_TYPES):
             return Refusal(555, "5.5.4", f"Unsupported option: {printable(param)}")
     return None
+
+
+def received_field(*, helo: str | None,
+                   peer: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
+                   hostname: str, date: float) -> bytes:
+    """Our C{Received:} trace field (RFC 5321 section 4.4), the peer as an
+    address literal (C{[IPv6:...]} for IPv6, section 4.1.3)."""
+    if peer is None:
+        literal = "[unknown]"
+    elif peer.version == 6:
+        literal = f"[IPv6:{peer}]"
+    else:
+        literal = f"[{peer}]"
+    return (f"Received: from {helo} ({literal})\r\n"
+            f"\tby {hostname} (hatwist) with ESMTP;\r\n"
+            f"\t{formatdate(date)}\r\n").encode("ascii")
 
 
 def split_binding(content: bytes) -> tuple[str | None, bytes, int]:
