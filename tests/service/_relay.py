@@ -42,6 +42,11 @@ _LAUNCH = (
     "import sys; sys.argv = ['twistd', '-n', '--pidfile=', 'hatwist', '--config', {config!r}]; "
     "from twisted.scripts.twistd import run; run()"
 )
+#: ``twist --log-format=json hatwist --config FILE``: one JSON object per log line.
+_LAUNCH_JSON = (
+    "import sys; sys.argv = ['twist', '--log-format=json', 'hatwist', '--config', {config!r}]; "
+    "from twisted.application.twist._twist import Twist; Twist.main()"
+)
 
 #: pid of every relay started here and not yet seen to exit.
 _RUNNING: set[int] = set()
@@ -141,8 +146,11 @@ class Relay:
     again after the process ended (same config, same spool).
     """
 
-    def __init__(self, reactor, config_path: str, listen_port: int) -> None:
+    def __init__(
+        self, reactor, config_path: str, listen_port: int, *, json_logs: bool = False
+    ) -> None:
         self._reactor = reactor
+        self._launch = _LAUNCH_JSON if json_logs else _LAUNCH
         self.config_path = config_path
         self.listen_port = listen_port
         self.logs: list[str] = []
@@ -211,7 +219,7 @@ class Relay:
         if self.running:
             raise RuntimeError("the relay is already running")
         since = self.mark()
-        argv = [sys.executable, "-c", _LAUNCH.format(config=self.config_path)]
+        argv = [sys.executable, "-c", self._launch.format(config=self.config_path)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._process = process = _RelayProcess(self)
         self._transport = self._reactor.spawnProcess(

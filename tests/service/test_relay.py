@@ -11,6 +11,7 @@ test, on a tiny tmpfs).
 from __future__ import annotations
 
 import contextlib
+import json
 import email
 import errno
 import os
@@ -89,8 +90,8 @@ class Rig:
         os.replace(temporary, self.config_path)
         return text
 
-    def relay(self) -> Relay:
-        relay = Relay(self.reactor, self.config_path, self.listen)
+    def relay(self, *, json_logs: bool = False) -> Relay:
+        relay = Relay(self.reactor, self.config_path, self.listen, json_logs=json_logs)
         self.relays.append(relay)
         return relay
 
@@ -163,6 +164,34 @@ async def test_mail_arrives_from_each_bindings_source_without_x_binding(rig):
     for copy in (blue_copy, plain_copy):
         assert b"x-binding" not in copy.data.lower()
         assert b"Subject: test\r\n" in copy.data
+
+
+@pytest_twisted.ensureDeferred
+async def test_twist_json_logs_one_event_per_attempt_and_per_state_change(rig):
+    """``twist --log-format=json``: every line is JSON, with the fields operators query."""
+    rig.write_config()
+    relay = await rig.relay(json_logs=True).start()
+    sent = await rig.submit(["a@dest.test"], make_message("json-1@t"))
+    assert sent.accepted, sent
+    await rig.sink.wait_for(1, timeout=DEADLINE)
+    await relay.wait_for_log('"hatwist_event": "delivery_attempt"', since=0, timeout=DEADLINE)
+    await rig.haproxy.stop()
+    await relay.wait_for_log('"hatwist_event": "proxy_state_change"', since=0, timeout=DEADLINE)
+    await relay.stop()
+
+    # Twisted writes RFC 7464 JSON text sequences: each record starts with RS (0x1E).
+    events = [json.loads(line.lstrip("\x1e")) for line in relay.logs if line.strip()]
+    [attempt] = [e for e in events if e.get("hatwist_event") == "delivery_attempt"]
+    assert attempt["binding"] == "default"
+    assert attempt["route"] == f"proxy {rig.haproxy.server_text} from {DEFAULT_SOURCE}"
+    assert attempt["codes"] == {"a@dest.test": 250}
+    assert attempt["mx_address"] == rig.sink.host and attempt["mx_host"]
+    assert attempt["message_id"] and attempt["duration"] >= 0
+    [change] = [e for e in events if e.get("hatwist_event") == "proxy_state_change"]
+    assert (change["server"], change["old"], change["new"]) == (
+        rig.haproxy.server_text, "plumbed", "unplumbed",
+    )
+    assert change["reason"]
 
 
 # -- 2. kill -9 under load --------------------------------------------------------------------
