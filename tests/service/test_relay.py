@@ -11,9 +11,9 @@ test, on a tiny tmpfs).
 from __future__ import annotations
 
 import contextlib
-import json
 import email
 import errno
+import json
 import os
 import re
 import shutil
