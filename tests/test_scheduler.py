@@ -386,6 +386,18 @@ def test_message_waiting_for_proxy_expires_with_that_reason(world):
     assert "no plumbed ha_proxy_server for binding proxied" in human
 
 
+def test_message_behind_a_younger_one_in_a_held_queue_still_expires_on_time(world):
+    old = world.submit(binding="proxied", rcpt_to=("old@dst.test",))
+    world.agent.answer(0, 451, "4.4.1 mx busy")
+    world.clock.advance(50)
+    world.proxy(up=False)
+    young = world.submit(binding="proxied", rcpt_to=("young@dst.test",))  # heads the queue
+    world.clock.advance(3550 + 5)  # the hour of `old` is up; `young` has 45 s left
+    assert old.id in world.spool.removed
+    assert young.id not in world.spool.removed
+    assert len(world.agent.calls) == 1
+
+
 def test_held_queue_is_rechecked_after_health_interval(world):
     world.proxy(up=False)
     world.submit(binding="proxied")

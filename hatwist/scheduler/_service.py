@@ -265,8 +265,19 @@ class Scheduler(Service):
 
     def _due(self, part: Part) -> None:
         part.timer = None
-        self._board.add(part)
+        if not self._expired(part):  # a held queue may not reach it for a long time
+            self._board.add(part)
         self._pump()
+
+    def _expired(self, part: Part) -> bool:
+        """Expire ``part`` if its message ran out of time; return whether it did."""
+        entry = self._entries.get(part.message_id)
+        if entry is None or entry.parts.get(part.key[1]) is not part:
+            return False
+        if not self._policy(part.key).is_expired(entry.message.received_at, self._now()):
+            return False
+        self._expire(entry, part)
+        return True
 
     def _pump(self) -> None:
         """Start attempts, one per startable queue in turn, until none can start."""
@@ -299,8 +310,7 @@ class Scheduler(Service):
         if entry is None or entry.parts.get(part.key[1]) is not part:
             return
         domain = part.key[1]
-        if self._policy(part.key).is_expired(entry.message.received_at, self._now()):
-            self._expire(entry, part)
+        if self._expired(part):
             return
         why = self._no_plumbed_proxy(part.key)
         if why is not None:
@@ -486,6 +496,9 @@ class Scheduler(Service):
         queue.held = False
         if not self._board.is_live(queue):
             return
+        # Only the head is tried while the proxy stays away: expire the rest here.
+        for part in [p for p in queue.ready if self._expired(p)]:
+            queue.ready.remove(part)
         self._board.refresh(queue)
         self._pump()
 
