@@ -23,7 +23,6 @@ from twisted.python.failure import Failure
 from hatwist.delivery import Envelope
 from hatwist.delivery.attempt import OutboundMessage
 from hatwist.health import ServerState, StateChange
-from hatwist.schedule import RetryPolicy
 from hatwist.spool import MessageNotFound, SpooledMessage
 
 from ._bounce import needs_bounce, spool_bounce
@@ -38,11 +37,7 @@ from ._outcome import (
     summary,
 )
 from ._queues import Board, Part, Queue, QueueKey
-
-#: Used for a message whose binding vanished from the config (after a reload):
-#: its mail is kept and retried slowly instead of being lost or bounced at once.
-FALLBACK_POLICY = RetryPolicy(retry_interval=15 * 60, message_expiration=5 * 24 * 3600)
-FALLBACK_MAX_CONNECTIONS = 1
+from ._rules import FALLBACK_POLICY, Rules
 
 #: Attempts running at once across all queues, by default: ``max_connections``
 #: bounds one (binding, domain), this bounds the sockets and memory of the whole
@@ -106,8 +101,8 @@ class Scheduler(Service):
             raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight!r}")
         self._spool = spool
         self._agent = agent
-        self._config = config_provider
         self._registry = registry
+        self._rules = Rules(config_provider, registry)
         self._reactor = reactor
         self._reporting_mta = reporting_mta
         self._max_in_flight = max_in_flight
@@ -116,7 +111,7 @@ class Scheduler(Service):
 
     def _reset(self) -> None:
         self._entries: dict[str, _Entry] = {}
-        self._board = Board(self._max_connections)
+        self._board = Board(self._rules.max_connections)
         self._in_flight: dict[Part, defer.Deferred] = {}
         self._running = 0  # attempts whose outcome is not in yet (saving is not counted)
         self._background: set[defer.Deferred] = set()
@@ -169,7 +164,7 @@ class Scheduler(Service):
         for call in self._timers():
             if call.active():
                 call.cancel()
-        grace = self._grace()
+        grace = self._rules.grace()
         self.log.info(
             "scheduler stopping: waiting up to {grace}s for {count} attempts in flight",
             grace=grace, count=len(self._in_flight),
@@ -274,7 +269,7 @@ class Scheduler(Service):
         entry = self._entries.get(part.message_id)
         if entry is None or entry.parts.get(part.key[1]) is not part:
             return False
-        if not self._policy(part.key).is_expired(entry.message.received_at, self._now()):
+        if not self._rules.policy(part.key).is_expired(entry.message.received_at, self._now()):
             return False
         self._expire(entry, part)
         return True
@@ -297,7 +292,7 @@ class Scheduler(Service):
                     self._counters["errors"] += 1
                     self.log.failure("message {message_id}: starting an attempt failed",
                                      message_id=part.message_id)
-                    part.due = self._now() + self._policy(part.key).retry_interval
+                    part.due = self._now() + self._rules.policy(part.key).retry_interval
                     self._schedule(part)
                 self._board.refresh(queue)  # back at the end of the line, if still startable
         finally:
@@ -312,7 +307,7 @@ class Scheduler(Service):
         domain = part.key[1]
         if self._expired(part):
             return
-        why = self._no_plumbed_proxy(part.key)
+        why = self._rules.no_plumbed_proxy(part.key)
         if why is not None:
             self._hold(part, entry, why)
             return
@@ -359,7 +354,7 @@ class Scheduler(Service):
             # Never let bookkeeping kill the loop: keep the part and try it later.
             self.log.failure("scheduler: recording an attempt failed; retrying later")
             self._counters["errors"] += 1
-            part.due = self._now() + self._policy(part.key).retry_interval
+            part.due = self._now() + self._rules.policy(part.key).retry_interval
             self._schedule(part)
             return None
         finally:
@@ -400,7 +395,7 @@ class Scheduler(Service):
         if not still:
             del entry.parts[part.key[1]]
         else:
-            policy = self._policy(part.key)
+            policy = self._rules.policy(part.key)
             now = self._now()
             part.failed_at = now
             tries = max(r.attempts for r in still)
@@ -461,19 +456,6 @@ class Scheduler(Service):
 
     # -- waiting for a proxy -------------------------------------------------
 
-    def _no_plumbed_proxy(self, key: QueueKey) -> str | None:
-        """Why the queue's route cannot run now, or None when it can (or we cannot tell)."""
-        settings = self._settings(key)
-        if settings is None or not settings.uses_proxy:
-            return None
-        try:
-            if any(self._registry.is_plumbed(s) for s in settings.proxy_servers):
-                return None
-        except Exception:
-            return None  # a server the registry does not know yet: let the agent decide
-        servers = ", ".join(s.text for s in settings.proxy_servers)
-        return f"4.4.0 no plumbed ha_proxy_server for binding {key[0]} ({servers} unplumbed)"
-
     def _hold(self, part: Part, entry: _Entry, reason: str) -> None:
         """Put ``part`` back at the head of its queue and hold the queue for a proxy."""
         self._counters["waiting"] += 1
@@ -483,7 +465,7 @@ class Scheduler(Service):
         queue.held = True
         self._board.refresh(queue)
         if queue.release is None or not queue.release.active():
-            interval = self._health_interval()
+            interval = self._rules.health_interval()
             queue.release = self._reactor.callLater(interval, self._release, queue)
         if not queue.waiting:  # log when the wait begins, not at every re-check
             queue.waiting = True
@@ -510,8 +492,8 @@ class Scheduler(Service):
         try:
             if change.new is ServerState.PLUMBED:
                 for queue in [q for q in self._board if q.held]:
-                    settings = self._settings(queue.key)
-                    if settings is None or change.server in settings.proxy_servers:
+                    unknown = self._rules.settings(queue.key) is None
+                    if unknown or self._rules.uses(queue.key, change.server):
                         self._release(queue)
             else:
                 self._recall(change.server)
@@ -527,26 +509,19 @@ class Scheduler(Service):
         instead of a full backoff -- or go at once if the route has another
         plumbed proxy.
         """
-        try:
-            window = self._health_interval() * (self._registry.failure_threshold + 1)
-        except Exception:
-            window = self._health_interval()
-        since = self._now() - window
+        since = self._now() - self._rules.failure_window()
         for entry in list(self._entries.values()):
             for part in list(entry.parts.values()):
                 if part.timer is None or not part.timer.active():
                     continue
                 if part.failed_at is None or part.failed_at < since:
                     continue
-                settings = self._settings(part.key)
-                if settings is None or not settings.uses_proxy:
-                    continue
-                if server not in settings.proxy_servers:
+                if not self._rules.uses(part.key, server):
                     continue
                 part.timer.cancel()
                 part.timer = None
                 part.failed_at = None
-                why = self._no_plumbed_proxy(part.key)
+                why = self._rules.no_plumbed_proxy(part.key)
                 if why is None:
                     self._board.add(part)
                 else:
@@ -608,32 +583,6 @@ class Scheduler(Service):
 
     def _now(self) -> float:
         return self._reactor.seconds()
-
-    def _settings(self, key: QueueKey) -> Any:
-        try:
-            return self._config().binding(key[0]).settings_for(key[1])
-        except Exception:
-            return None
-
-    def _policy(self, key: QueueKey) -> RetryPolicy:
-        settings = self._settings(key)
-        return FALLBACK_POLICY if settings is None else RetryPolicy.from_settings(settings)
-
-    def _max_connections(self, key: QueueKey) -> int:
-        settings = self._settings(key)
-        return FALLBACK_MAX_CONNECTIONS if settings is None else settings.max_connections
-
-    def _health_interval(self) -> float:
-        try:
-            return self._config().health.interval
-        except Exception:
-            return FALLBACK_POLICY.retry_interval
-
-    def _grace(self) -> float:
-        try:
-            return self._config().service.shutdown_grace
-        except Exception:
-            return 0
 
     def _timers(self) -> list[IDelayedCall]:
         calls = [q.release for q in self._board if q.release is not None]

@@ -1,0 +1,87 @@
+# -*- test-case-name: tests.test_scheduler -*-
+"""
+What the current config and proxy health say about one queue.
+
+Asked afresh at every decision, so a config reload or a health change takes
+effect at once.  Every question has an answer even when the config no longer
+knows the binding (after a reload): accepted mail is then kept and retried
+slowly (:data:`FALLBACK_POLICY`), never dropped or bounced at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from hatwist.schedule import RetryPolicy
+
+from ._queues import QueueKey
+
+#: For a message whose binding vanished from the config.
+FALLBACK_POLICY = RetryPolicy(retry_interval=15 * 60, message_expiration=5 * 24 * 3600)
+FALLBACK_MAX_CONNECTIONS = 1
+
+
+class Rules:
+    """
+    :param config_provider: returns the current ``Config``.
+    :param registry: the proxy :class:`hatwist.health.ServerRegistry`.
+    """
+
+    def __init__(self, config_provider: Callable[[], Any], registry: Any) -> None:
+        self._config = config_provider
+        self._registry = registry
+
+    def settings(self, key: QueueKey) -> Any:
+        """The delivery settings of (binding, domain), or None if unknown now."""
+        try:
+            return self._config().binding(key[0]).settings_for(key[1])
+        except Exception:
+            return None
+
+    def policy(self, key: QueueKey) -> RetryPolicy:
+        settings = self.settings(key)
+        return FALLBACK_POLICY if settings is None else RetryPolicy.from_settings(settings)
+
+    def max_connections(self, key: QueueKey) -> int:
+        settings = self.settings(key)
+        return FALLBACK_MAX_CONNECTIONS if settings is None else settings.max_connections
+
+    def uses(self, key: QueueKey, server: Any) -> bool:
+        """Whether the queue's route goes through the proxy ``server``."""
+        settings = self.settings(key)
+        return settings is not None and settings.uses_proxy and server in settings.proxy_servers
+
+    def health_interval(self) -> float:
+        try:
+            return self._config().health.interval
+        except Exception:
+            return FALLBACK_POLICY.retry_interval
+
+    def failure_window(self) -> float:
+        """How long before the health check sees a proxy go it may already be
+        gone: the checks that must fail in a row, plus one interval."""
+        try:
+            checks = self._registry.failure_threshold + 1
+        except Exception:
+            checks = 1
+        return self.health_interval() * checks
+
+    def grace(self) -> float:
+        try:
+            return self._config().service.shutdown_grace
+        except Exception:
+            return 0
+
+    def no_plumbed_proxy(self, key: QueueKey) -> str | None:
+        """Why the queue's route cannot run now, or None when it can (or we cannot tell)."""
+        settings = self.settings(key)
+        if settings is None or not settings.uses_proxy:
+            return None
+        try:
+            if any(self._registry.is_plumbed(s) for s in settings.proxy_servers):
+                return None
+        except Exception:
+            return None  # a server the registry does not know yet: let the agent decide
+        servers = ", ".join(s.text for s in settings.proxy_servers)
+        return f"4.4.0 no plumbed ha_proxy_server for binding {key[0]} ({servers} unplumbed)"
