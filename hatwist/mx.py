@@ -10,7 +10,9 @@ RFC 5321 section 5.1 and RFC 7505, done with ``twisted.names`` and nothing else:
   broken resolver must never bounce mail;
 - every host's A and AAAA records are asked for explicitly (``getHostByName`` sends ANY,
   which many servers answer badly or not at all);
-- a host whose names lead to no address is skipped; no address at all is temporary.
+- a host whose names lead to no address is skipped; no address at all is temporary;
+- answers are reused within their TTL (capped at an hour), so a stream of messages to one
+  domain costs DNS queries once per TTL, not three or more per attempt.
 
 :class:`MXResolver` is the only stateful object here; it holds an ``IResolver`` built by
 :func:`build_resolver` from the configured ``resolver`` (or the system's).
@@ -46,6 +48,12 @@ DEADLINE_SLACK = 1.0
 #: How many CNAMEs to follow from a name before giving up on it (RFC 1034 allows chains but
 #: warns against them; loops must end).
 MAX_CNAME_HOPS = 8
+
+#: Longest an answer is reused, whatever its TTL says (RFC 2181 section 8 allows a cap).
+MAX_CACHE_SECONDS = 3600
+
+#: Most answers kept at once; beyond it the oldest go first.
+DEFAULT_CACHE_SIZE = 10_000
 
 #: The ``IResolver`` method for each record type asked for.
 _LOOKUPS = {dns.MX: "lookupMailExchange", dns.A: "lookupAddress", dns.AAAA: "lookupIPV6Address"}
@@ -181,6 +189,49 @@ def _query_name(domain: str) -> bytes:
         return domain.encode("idna")
 
 
+def _lifetime(answers: Sequence[dns.RRHeader], authority: Sequence[dns.RRHeader]) -> int:
+    """Seconds an answer may be reused: its smallest TTL; for "no such record" the
+    zone's SOA minimum (RFC 2308); 0 when nothing says."""
+    if answers:
+        return min(rr.ttl for rr in answers)
+    soas = [rr for rr in authority if rr.type == dns.SOA]
+    return min((min(rr.ttl, rr.payload.minimum) for rr in soas), default=0)
+
+
+class _AnswerCache:
+    """
+    Answers by (name, type) until their TTL runs out.
+
+    Why: a busy relay sends message after message to the same few domains, and every
+    attempt asks for the MX records and then A and AAAA of every MX host. Failures are
+    never kept: the next attempt asks again.
+    """
+
+    def __init__(self, reactor: IReactorTime, size: int) -> None:
+        self._reactor = reactor
+        self._size = size
+        self._entries: dict[tuple[bytes, int], tuple[float, list[dns.RRHeader]]] = {}
+
+    def get(self, key: tuple[bytes, int]) -> list[dns.RRHeader] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, answers = entry
+        if expires <= self._reactor.seconds():
+            del self._entries[key]
+            return None
+        return answers
+
+    def put(self, key: tuple[bytes, int], answers: list[dns.RRHeader], seconds: int) -> None:
+        if seconds <= 0 or self._size <= 0:
+            return
+        self._entries.pop(key, None)
+        while len(self._entries) >= self._size:
+            del self._entries[next(iter(self._entries))]
+        expires = self._reactor.seconds() + min(seconds, MAX_CACHE_SECONDS)
+        self._entries[key] = (expires, answers)
+
+
 class MXResolver:
     """
     Resolves a domain to the ordered mail exchangers to try, with their addresses.
@@ -190,6 +241,7 @@ class MXResolver:
     :param timeout: the per-query retry schedule handed to the resolver.
     :param rng: the source of the shuffle of equal preferences (inject a seeded
         ``random.Random`` in tests).
+    :param cache_size: how many answers to keep for reuse within their TTL (0: none).
     """
 
     def __init__(
@@ -199,8 +251,10 @@ class MXResolver:
         reactor: IReactorTime,
         timeout: Sequence[int] = DEFAULT_TIMEOUT,
         rng: random.Random | None = None,
+        cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
         self._resolver = resolver
+        self._cache = _AnswerCache(reactor, cache_size)
         self._reactor = reactor
         self._timeout = tuple(timeout)
         self._random = rng if rng is not None else random.Random()
@@ -283,7 +337,11 @@ class MXResolver:
         """
         lookup = getattr(self._resolver, _LOOKUPS[rtype])
         for _hop in range(MAX_CNAME_HOPS):
-            answers, _authority, _additional = await lookup(qname, timeout=self._timeout)
+            key = (qname.lower(), rtype)
+            answers = self._cache.get(key)
+            if answers is None:
+                answers, authority, _additional = await lookup(qname, timeout=self._timeout)
+                self._cache.put(key, answers, _lifetime(answers, authority))
             records = _records(answers, rtype)
             target = _alias_target(answers, qname)
             if records or target is None:

@@ -253,3 +253,82 @@ def test_errors_render_as_an_smtp_reply():
     error = mx.NullMX("example.test", "domain example.test accepts no mail")
     assert str(error) == "556 5.1.10 domain example.test accepts no mail"
     assert isinstance(error, mx.MXError)
+
+
+class _CountingResolver:
+    """An ``IResolver`` with fixed answers that counts the queries it is asked."""
+
+    def __init__(self, *, ttl: int = 300, negative_ttl: int = 60) -> None:
+        self.asked: list[tuple[bytes, str]] = []
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.fail_next = False
+
+    def _answer(self, name, kind, payload):
+        self.asked.append((name, kind))
+        if self.fail_next:
+            self.fail_next = False
+            return defer.fail(dnserror.DNSServerError(name))
+        if payload is None:
+            soa = dns.Record_SOA(minimum=self.negative_ttl, ttl=3600)
+            return defer.succeed(([], [dns.RRHeader(b"test", dns.SOA, dns.IN, 3600, soa)], []))
+        answer = dns.RRHeader(name, payload.TYPE, dns.IN, self.ttl, payload)
+        return defer.succeed(([answer], [], []))
+
+    def lookupMailExchange(self, name, timeout=None):
+        return self._answer(name, "MX", _mx(10, "mx.example.test"))
+
+    def lookupAddress(self, name, timeout=None):
+        return self._answer(name, "A", dns.Record_A("127.0.0.20"))
+
+    def lookupIPV6Address(self, name, timeout=None):
+        return self._answer(name, "AAAA", None)  # NODATA, with the zone's SOA
+
+
+def _kinds(counting: _CountingResolver) -> list[str]:
+    kinds = [kind for _name, kind in counting.asked]
+    counting.asked.clear()
+    return kinds
+
+
+@pytest_twisted.ensureDeferred
+async def test_answers_are_reused_until_their_ttl_runs_out():
+    clock = task.Clock()
+    counting = _CountingResolver(ttl=300, negative_ttl=60)
+    resolver = mx.MXResolver(counting, reactor=clock)
+    expected = (mx.MXHost("mx.example.test", 10, ("127.0.0.20",)),)
+    assert await resolver.resolve("example.test") == expected
+    assert sorted(_kinds(counting)) == ["A", "AAAA", "MX"]
+    assert await resolver.resolve("EXAMPLE.test") == expected
+    assert _kinds(counting) == []
+    clock.advance(60)  # the negative answer (no AAAA) lives as long as the SOA minimum
+    assert await resolver.resolve("example.test") == expected
+    assert _kinds(counting) == ["AAAA"]
+    clock.advance(240)
+    assert await resolver.resolve("example.test") == expected
+    assert sorted(_kinds(counting)) == ["A", "AAAA", "MX"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_zero_ttl_answers_and_failures_are_never_reused():
+    clock = task.Clock()
+    counting = _CountingResolver(ttl=0, negative_ttl=0)
+    resolver = mx.MXResolver(counting, reactor=clock)
+    counting.fail_next = True
+    error = await _failure_of(resolver.resolve("example.test"))
+    assert isinstance(error, mx.TemporaryDNSError)
+    await resolver.resolve("example.test")
+    await resolver.resolve("example.test")
+    assert sorted(_kinds(counting)) == ["A", "A", "AAAA", "AAAA", "MX", "MX", "MX"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_answer_cache_is_bounded():
+    clock = task.Clock()
+    counting = _CountingResolver()
+    resolver = mx.MXResolver(counting, reactor=clock, cache_size=4)
+    for n in range(10):
+        await resolver.resolve(f"d{n}.example.test")
+    _kinds(counting)
+    await resolver.resolve("d0.example.test")  # long pushed out by the later domains
+    assert "MX" in _kinds(counting)
