@@ -106,7 +106,7 @@ class SessionProtocol(ESMTPClient):
 
     #: No conversation log: nothing reads it, and it costs on every line.
     debug = False
-    #: No per-line idle timer: the owner puts a deadline on each whole operation.
+    #: No per-line idle timer: the owner puts a deadline on every wait (one place for it).
     timeout = None
 
     def __init__(self, owner: SessionOwner, ehlo_hostname: bytes, policy: TLSPolicy) -> None:
