@@ -56,13 +56,13 @@ def results_of(outcome: Any, recipients: tuple[str, ...]) -> dict[str, Result]:
 
 def apply_results(
     message: SpooledMessage, recipients: tuple[str, ...], results: dict[str, Result]
-) -> tuple[SpooledMessage, Counter[str]]:
+) -> tuple[SpooledMessage, dict[str, int]]:
     """
     The message after an attempt to ``recipients``, and how many recipients
     were ``delivered``, ``bounced`` and ``deferred``.  A recipient the result
     does not mention stays pending (it must never be dropped silently).
     """
-    counts: Counter[str] = Counter()
+    counts = dict.fromkeys(_COUNTER_OF_STATUS.values(), 0)
     wanted = set(recipients)
     updated = []
     for r in message.recipients:

@@ -389,7 +389,8 @@ class Scheduler(Service):
         results = results_of(outcome, recipients)
         self._counters["attempts"] += 1
         entry.message, counts = apply_results(entry.message, recipients, results)
-        self._counters.update(counts)
+        for name, count in counts.items():
+            self._counters[name] += count
         still = pending_at(entry.message, part.key[1])
         outcome_text = summary(results)
         if not still:
