@@ -36,7 +36,8 @@ protocol and its factory).
 from ._session import IDLE_TIMEOUT, MAX_SESSIONS, InboundFactory, InboundSession
 from ._syntax import BindingHeaderError, split_binding
 
-# Logs and reprs (Twisted's "Starting factory <...>") name the public home.
+# Logs (a Logger's namespace is its class's module) and reprs (Twisted's
+# "Starting factory <...>") name the public home.
 InboundFactory.__module__ = InboundSession.__module__ = __name__
 
 __all__ = [

@@ -59,7 +59,7 @@ def _peer_ip(transport: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | 
 class InboundSession(protocol.Protocol, TimeoutMixin):
     """One submitter's connection: commands, then DATA, then the spool."""
 
-    log = Logger(namespace="hatwist.inbound")
+    log = Logger()
 
     def __init__(self, factory: InboundFactory) -> None:
         self.factory = factory

@@ -30,6 +30,6 @@ injected reactor.  Layout: ``_queues`` (queues and turn-taking, no I/O),
 from ._outcome import domain_of
 from ._service import COUNTERS, MAX_IN_FLIGHT, SAVE_RETRY_DELAY, Scheduler
 
-Scheduler.__module__ = __name__  # reprs name the public home
+Scheduler.__module__ = __name__  # logs (Logger namespace) and reprs name the public home
 
 __all__ = ["COUNTERS", "MAX_IN_FLIGHT", "SAVE_RETRY_DELAY", "Scheduler", "domain_of"]

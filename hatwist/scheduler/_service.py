@@ -84,7 +84,7 @@ class Scheduler(Service):
     :param max_in_flight: attempts running at once, over all queues.
     """
 
-    log = Logger(namespace="hatwist.scheduler")
+    log = Logger()
 
     def __init__(
         self,

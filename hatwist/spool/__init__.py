@@ -12,6 +12,9 @@ from ._errors import MessageNotFound, SpoolError, SpoolWriteError
 from ._spool import Spool
 from ._values import DELIVERED, FAILED, PENDING, RecipientState, SpooledMessage
 
+# Logs (a Logger's namespace is its class's module) and reprs name the public home.
+Spool.__module__ = __name__
+
 __all__ = [
     "DELIVERED",
     "FAILED",

@@ -39,7 +39,7 @@ class Spool:
     @param disk: the file-system seam; tests wrap it to watch or break writes.
     """
 
-    log = Logger(namespace="hatwist.spool")
+    log = Logger()
 
     def __init__(self, directory: str, *, reactor: Any, threadpool: Any,
                  disk: Disk | None = None) -> None:
