@@ -240,6 +240,41 @@ def test_recovery_running_while_a_message_is_stored_neither_breaks_nor_sets_it_a
     assert again.result == [message]
 
 
+class ListingDisk(Disk):
+    """Runs ``after`` once, just after recovery listed msg/."""
+
+    def __init__(self, after) -> None:
+        self.after = after
+
+    def listdir(self, path):
+        names = super().listdir(path)
+        if path.endswith("msg") and self.after:
+            after, self.after = self.after, None
+            after()
+        return names
+
+
+def test_message_finished_while_recovery_reads_is_skipped_not_reported_corrupt(tmp_path):
+    pool, clock = ManualPool(), ImmediateReactor()
+    spool = Spool(str(tmp_path), reactor=clock, threadpool=pool)
+    stored = spool.store("b", "a@x.example", ["1@y.example"], CONTENT)
+    pool.run_next()
+    message = stored.result
+    gone = Spool(str(tmp_path), reactor=clock, threadpool=pool,
+                 disk=ListingDisk(lambda: Spool(str(tmp_path), reactor=clock, threadpool=pool)
+                                  ._files.remove(message.id)))
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        recovered = gone.recover()
+        pool.run_next()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert recovered.result == []
+    assert listing(tmp_path, "corrupt") == []
+    assert not [e for e in events if "set aside" in e.get("log_format", "")]
+
+
 @pytest.mark.parametrize("operation, fragment", [
     ("write", ".eml"), ("write", ".json"), ("rename", ".eml"), ("rename", ".json"),
     ("fsync_dir", "msg"),

@@ -171,6 +171,8 @@ class SpoolDirectory:
         for stem, names in sorted(groups.items()):
             try:
                 messages.append(self._load(stem, names))
+            except FileNotFoundError:
+                continue  # finished and removed since the listing: nothing to recover
             except (CorruptEntry, OSError) as e:
                 for name in sorted(names):
                     problems.append(Problem(name, self._move_aside(name, str(e))))
