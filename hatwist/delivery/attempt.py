@@ -18,6 +18,7 @@ emits exactly one structured log event (namespace ``hatwist.delivery.attempt``).
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -252,13 +253,22 @@ class DeliveryAgent:
             hosts = await self._resolver.resolve(message.domain)
         except MXError as e:
             return _NoAnswer(e.code, e.status, e.reason)
-        plumbed: list[Any] | None = None
+        # Plumbed servers per address family, asked once per attempt (the registry rotates
+        # its answer on every call) and for that family's source: a proxy whose path from
+        # one source IP fails its health check still carries the other source's mail.
+        plumbed: dict[int, list[Any]] = {}
         for host in hosts:
             for address in host.addresses:
-                if plumbed is None and settings.uses_proxy:
-                    # Once per attempt: the registry rotates its answer on every call.
-                    plumbed = list(self._registry.plumbed(settings.proxy_servers))
-                routes = choose_routes(settings, address, plumbed or [], binding=message.binding)
+                version = ipaddress.ip_address(address).version
+                if settings.uses_proxy and version not in plumbed:
+                    plumbed[version] = list(
+                        self._registry.plumbed(
+                            settings.proxy_servers, source=settings.source_for(version)
+                        )
+                    )
+                routes = choose_routes(
+                    settings, address, plumbed.get(version, []), binding=message.binding
+                )
                 if isinstance(routes, NoRoute):
                     walk.skipped.append(routes.reason)
                     walk.only_waiting_for_proxy &= routes.waiting_for_proxy

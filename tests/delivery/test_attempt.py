@@ -28,6 +28,7 @@ from hatwist.delivery import (
 )
 from hatwist.delivery.attempt import DeliveryAgent, OutboundMessage
 from hatwist.endpoint import HAProxyClientEndpoint
+from hatwist.health import ServerRegistry
 from hatwist.mx import MXHost, NoSuchDomain, NullMX
 
 PROXY = ServerAddress("127.0.0.1", 5000)
@@ -139,9 +140,11 @@ class Registry:
     def __init__(self, net: Net) -> None:
         self.net = net
         self.calls = 0
+        self.sources: list[str | None] = []
 
-    def plumbed(self, candidates):
+    def plumbed(self, candidates, source=None):
         self.calls += 1
+        self.sources.append(source)
         return self.net.registry_plumbed(tuple(candidates))
 
 
@@ -343,6 +346,37 @@ def test_when_every_mx_fails_every_recipient_is_temporary_with_all_reasons(world
     assert "proxy connected, no greeting" in result.error
     assert (result.mx_host, result.mx_address) == ("mx2.example.test", "127.0.0.21")
     assert result.no_greeting == ("127.0.0.1:5000",)
+
+
+def test_asks_the_registry_for_servers_plumbed_from_the_bindings_source(world):
+    agent, net, registry = world
+    two_mx(net)
+    run(agent, message())
+    assert registry.sources == ["127.0.0.9"]  # once per attempt and address family
+
+
+def test_a_proxy_whose_path_from_the_source_is_unplumbed_is_waited_for():
+    """The smtp health check failed only from 127.0.0.9: that binding's mail waits,
+    while the proxy stays plumbed for other sources."""
+    clock = task.Clock()
+    net = Net(clock)
+    two_mx(net)
+    registry = ServerRegistry([PROXY], success_threshold=1, failure_threshold=1)
+    registry.record_sources(
+        PROXY, {"127.0.0.9": "no banner", "127.0.0.10": None}, at=clock.seconds()
+    )
+    agent = DeliveryAgent(
+        parse_config(CONFIG), registry, net, reactor=clock, open_session=net.open_session,
+        default_ehlo_hostname="default.test",
+    )
+    try:
+        result = run(agent, message())
+    finally:
+        agent.close()
+    assert registry.is_plumbed(PROXY) and not registry.is_plumbed(PROXY, "127.0.0.9")
+    assert net.opened == []
+    assert result.waiting_for_proxy is True
+    assert result.addresses("temporary") == RCPTS
 
 
 def test_a_proxy_refusing_every_connect_is_waited_for_not_retried(world):
