@@ -309,6 +309,51 @@ def test_attempts_in_flight_are_capped_across_all_queues():
     w.scheduler.stopService()
 
 
+def unreachable(outbound):
+    """What the agent reports when no MX of the domain answered at all."""
+    error = "no MX of dst.test answered: connection refused"
+    return attrs.evolve(result_for(outbound, 451, f"4.4.1 {error}"), error=error)
+
+
+def test_unreachable_destination_pauses_its_queue_instead_of_trying_every_message(world):
+    """One dead destination must not cost an attempt (and a connect timeout) per
+    queued message per retry: after a connection-level failure its queue waits one
+    retry_interval, then probes again with at most max_connections attempts."""
+    messages = [world.submit(rcpt_to=(f"u{i}@dst.test",)) for i in range(6)]
+    other = world.submit(rcpt_to=("v@other.test",))
+    assert len(world.agent.pending()) == 3  # 2 for dst.test (max_connections), 1 other
+    for outbound, d in world.agent.pending():
+        if outbound.domain == "dst.test":
+            d.callback(unreachable(outbound))
+    assert [o.domain for o, _ in world.agent.pending()] == ["other.test"]
+    world.clock.advance(59)
+    assert len(world.agent.calls) == 3, "the other 4 messages wait without an attempt"
+    assert all(world.spool.messages[m.id].recipients[0].attempts == 0 for m in messages[2:])
+    world.clock.advance(1)
+    probes = [o for o, _ in world.agent.pending() if o.domain == "dst.test"]
+    assert len(probes) == 2
+    # The destination is back: everything queued for it goes.
+    for index, (outbound, d) in enumerate(world.agent.calls):
+        if not d.called and outbound.domain == "dst.test":
+            world.agent.answer(index, 250)
+    while [d for o, d in world.agent.calls if not d.called and o.domain == "dst.test"]:
+        index = next(i for i, (o, d) in enumerate(world.agent.calls)
+                     if not d.called and o.domain == "dst.test")
+        world.agent.answer(index, 250)
+    assert all(m.id in world.spool.removed for m in messages)
+    assert other.id not in world.spool.removed
+
+
+def test_a_delivery_to_a_paused_destination_resumes_its_queue_at_once(world):
+    for i in range(4):
+        world.submit(rcpt_to=(f"u{i}@dst.test",))
+    (first, d0), _ = world.agent.pending()
+    d0.callback(unreachable(first))  # paused: nothing new starts
+    assert len(world.agent.calls) == 2
+    world.agent.answer(1, 250)  # the other session got through after all
+    assert len(world.agent.pending()) == 2
+
+
 def test_queues_take_turns(world):
     for i in range(4):
         world.submit(rcpt_to=(f"u{i}@busy.test",))

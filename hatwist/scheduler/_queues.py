@@ -44,6 +44,8 @@ class Queue:
     """Held for a plumbed proxy: starts nothing until released."""
     waiting: bool = False
     """Held for a proxy since the last attempt that ran (for logging once)."""
+    paused: bool = False
+    """Held because its destination answered no connection at all."""
     release: IDelayedCall | None = None
 
 

@@ -392,6 +392,10 @@ class Scheduler(Service):
         for name, count in counts.items():
             self._counters[name] += count
         still = pending_at(entry.message, part.key[1])
+        if counts["delivered"] and queue.paused:
+            self._release(queue)  # the destination answers again
+        elif still and not counts["delivered"] and getattr(outcome, "error", None):
+            self._pause(queue, part, outcome.error)
         outcome_text = summary(results)
         if not still:
             del entry.parts[part.key[1]]
@@ -472,11 +476,26 @@ class Scheduler(Service):
             queue.waiting = True
             self._decision_for(part, "waiting for a plumbed proxy", reason=reason)
 
+    def _pause(self, queue: Queue, part: Part, reason: str) -> None:
+        """
+        No session answered for the destination at all (every MX unreachable,
+        DNS failing): hold its queue for one ``retry_interval`` instead of
+        spending an attempt -- and a connect timeout -- on each message queued
+        for it.  The parts of the failed attempts keep their own backoff.
+        """
+        if not self._board.is_live(queue) or queue.held:
+            return
+        delay = self._rules.policy(part.key).retry_interval
+        queue.held = queue.paused = True
+        queue.release = self._reactor.callLater(delay, self._release, queue)
+        self._decision_for(part, f"destination unreachable: queue paused for {delay}s",
+                           reason=reason)
+
     def _release(self, queue: Queue) -> None:
         if queue.release is not None and queue.release.active():
             queue.release.cancel()
         queue.release = None
-        queue.held = False
+        queue.held = queue.paused = False
         if not self._board.is_live(queue):
             return
         # Only the head is tried while the proxy stays away: expire the rest here.
