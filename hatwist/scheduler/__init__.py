@@ -5,7 +5,8 @@ The queue runner: every spooled message is tried, retried, bounced or removed.
 The unit of work is a *part*: one message's pending recipients at one domain,
 sent as one ``OutboundMessage``.  Parts wait in a queue per (binding, domain),
 which runs at most ``max_connections`` attempts at once; queues take turns
-(round robin), so a busy domain cannot starve a quiet one.
+(round robin), so a busy domain cannot starve a quiet one, and at most
+``max_in_flight`` attempts run over all queues.
 
 Promises, in the order they matter:
 
@@ -17,6 +18,12 @@ Promises, in the order they matter:
 - A message whose route has no plumbed proxy does not spend retries: its queue
   is held until the registry reports one of the route's servers plumbed again,
   or one health-check interval has passed.
+  Attempts that failed through a proxy shortly before the health check saw it
+  go wait for it the same way, instead of a full backoff.
+- A destination where no session answered at all pauses its queue for one
+  ``retry_interval``: a dead domain costs ``max_connections`` attempts per
+  interval, not one per queued message.
+- A message runs out of time at its expiry, even waiting in a held queue.
 - When nothing is pending any more, failed recipients get a DSN (never for a
   null sender), spooled and scheduled like any other message, and only then is
   the original removed: a crash in between can repeat a bounce, never lose one.
