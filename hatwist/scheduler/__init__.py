@@ -14,7 +14,8 @@ Promises, in the order they matter:
   agent raising, the spool failing -- is logged and treated as a temporary
   failure; the message stays spooled and is retried.
 - Per-recipient results are written to the spool as soon as an attempt ends, so
-  a restart never delivers a recipient twice that was recorded as delivered.
+  a restart never delivers a recipient twice that was recorded as delivered;
+  a failed write is tried again every ``SAVE_RETRY_DELAY`` seconds.
 - A message whose route has no plumbed proxy does not spend retries: its queue
   is held until the registry reports one of the route's servers plumbed again,
   or one health-check interval has passed.
@@ -30,8 +31,9 @@ Promises, in the order they matter:
 
 Retry times and expiry come from :mod:`hatwist.schedule`; time comes from the
 injected reactor.  Layout: ``_queues`` (queues and turn-taking, no I/O),
-``_outcome`` (what a result does to a message's state, pure), ``_service``
-(the :class:`Scheduler` with its timers and Deferreds).
+``_outcome`` (what a result does to a message's state, pure), ``_rules``
+(what config and proxy health say about a queue), ``_bounce`` (the DSN into
+the spool), ``_service`` (the :class:`Scheduler`: timers and Deferreds).
 """
 
 from ._outcome import domain_of
