@@ -395,6 +395,22 @@ def test_no_plumbed_proxy_waits_without_spending_attempts(world):
     assert outbound.binding == "proxied"
 
 
+def test_a_proxy_unplumbed_only_from_the_bindings_source_holds_the_queue(world):
+    """The smtp health check failed from 127.0.0.9 only: the server stays plumbed for
+    other sources, but this binding's mail waits instead of spending attempts."""
+    server = world.config.proxy_servers[0]
+    world.registry.record_sources(
+        server, {"127.0.0.9": "no banner", "127.0.0.99": None}, at=world.clock.seconds()
+    )
+    world.submit(binding="proxied")
+    world.clock.advance(5 * 20)
+    assert world.registry.is_plumbed(server)
+    assert world.agent.calls == []
+    world.registry.record_sources(server, {"127.0.0.9": None}, at=world.clock.seconds())
+    [(outbound, _)] = world.agent.calls
+    assert outbound.binding == "proxied"
+
+
 def test_attempt_that_failed_as_the_proxy_went_down_goes_when_it_is_back_not_at_backoff(world):
     """The attempt ran in the window before the health check saw the proxy go (the
     registry still said plumbed) and failed because of the proxy.  Once the check

@@ -78,8 +78,16 @@ class Rules:
         settings = self.settings(key)
         if settings is None or not settings.uses_proxy:
             return None
+        # The MX's address family is unknown before the agent resolves it: the queue may
+        # run while any server is plumbed from any of the binding's sources (the smtp
+        # health check keeps a state per server and source).
+        sources = [s for s in (settings.src_ipv4, settings.src_ipv6) if s] or [None]
         try:
-            if any(self._registry.is_plumbed(s) for s in settings.proxy_servers):
+            if any(
+                self._registry.is_plumbed(server, source)
+                for server in settings.proxy_servers
+                for source in sources
+            ):
                 return None
         except Exception:
             return None  # a server the registry does not know yet: let the agent decide
