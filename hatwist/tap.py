@@ -191,6 +191,7 @@ class RelayService(service.MultiService):
             registry=self.registry,
             reactor=reactor,
             reporting_mta=self.hostname,
+            max_in_flight=config.service.max_deliveries_in_flight,
         )
         self.scheduler.setServiceParent(self)
 
@@ -214,6 +215,7 @@ class RelayService(service.MultiService):
             binding_exists=self._binding_exists,
             on_accepted=self.scheduler.submit,
             reactor=reactor,
+            max_sessions=config.service.max_inbound_connections,
         )
         self.listener = _ListeningService(
             server_endpoint(reactor, config.service.listen), self.inbound,
@@ -328,6 +330,7 @@ class RelayService(service.MultiService):
         self.agent.config = config
         self.inbound.relay_from = tuple(config.service.relay_from)
         self.inbound.max_message_size = config.service.max_message_size
+        self.inbound.max_sessions = config.service.max_inbound_connections
         self.config = config
         self.log.info("config reloaded from {filename}", filename=config.filename)
         return True

@@ -107,6 +107,15 @@ async def test_reload_applies_a_valid_config(relay, tmp_path, reactor):
     assert relay.agent.config is relay.config
 
 
+def test_service_limits_come_from_the_config(tmp_path, reactor):
+    text = CONFIG + "max_inbound_connections = 3\nmax_deliveries_in_flight = 7\n"
+    options = Options()
+    options.parseOptions(["--config", str(write_config(tmp_path, text))])
+    relay = RelayService(options["loaded"], reactor=reactor, hostname="relay.test")
+    assert relay.inbound.max_sessions == 3
+    assert relay.scheduler._max_in_flight == 7
+
+
 @pytest_twisted.ensureDeferred
 async def test_reload_keeps_the_running_config_when_the_new_one_is_invalid(
     relay, tmp_path, reactor

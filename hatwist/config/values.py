@@ -86,6 +86,8 @@ class ServiceSettings:
     relay_from: tuple[IPNetwork, ...]
     max_message_size: int
     shutdown_grace: int
+    max_inbound_connections: int
+    max_deliveries_in_flight: int
 
 
 @attrs.frozen
