@@ -314,7 +314,9 @@ class RelayService(service.MultiService):
 
     def _apply(self, config: Config) -> bool:
         old = self.config
-        for key in ("listen", "status_listen", "spool_dir", "resolver"):
+        for key in (
+            "listen", "status_listen", "spool_dir", "resolver", "max_deliveries_in_flight"
+        ):
             if getattr(old.service, key) != getattr(config.service, key):
                 self.log.warn(
                     "config reload: {key} changed; it takes effect at the next restart",
