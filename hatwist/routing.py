@@ -22,7 +22,7 @@ import attrs
 from hatwist.config import DeliverySettings, ServerAddress
 
 #: The config key that holds the proxy source address for each IP version.
-SOURCE_OPTIONS = {4: "ha_proxy_ipv4_src_addr", 6: "ha_proxy_ipv6_src_addr"}
+SOURCE_OPTIONS = {4: "ha_proxy_src_addr", 6: "ha_proxy_ipv6_src_addr"}
 
 
 @attrs.frozen

@@ -105,7 +105,7 @@ NO_ROUTES = [
         settings(src_ipv4=None),
         "198.51.100.25",
         [P1, P2],
-        "binding b1 has no ha_proxy_ipv4_src_addr; "
+        "binding b1 has no ha_proxy_src_addr; "
         "IPv4 MX address 198.51.100.25 cannot go through the proxy",
         id="ipv4 mx without an ipv4 source",
     ),

@@ -179,11 +179,6 @@ def test_ipv6_only_mx_without_an_ipv6_source_fails_temporarily_without_connectin
     assert case["sinks"]["sessions"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hatwist/routing.py SOURCE_OPTIONS names ha_proxy_ipv4_src_addr, which is no "
-    "config key: the IPv4 source option is ha_proxy_src_addr (config/schema.py)",
-)
 def test_ipv4_only_mx_without_an_ipv4_source_names_ha_proxy_src_addr(run):
     case = run.case("ipv4_only_mx_no_ipv4_source")
     [delivery] = case["deliveries"]
