@@ -20,8 +20,8 @@ import pytest
 import pytest_twisted
 
 from tests.rig.haproxy import HAProxy
-from tests.rig.needs import require_haproxy
-from tests.rig.netns import NetNS, ProcessResult, netns_unavailable_reason
+from tests.rig.needs import require_haproxy, require_netns
+from tests.rig.netns import NetNS, ProcessResult
 
 pytestmark = pytest.mark.integration
 
@@ -51,23 +51,12 @@ class Run:
         return lines[0]
 
 
-def require_netns_unless_ci() -> None:
-    """Skip where namespaces are not permitted, except in CI (``CI`` set): fail there."""
-    reason = netns_unavailable_reason()
-    if reason is None:
-        return
-    message = f"network namespaces not permitted here: {reason}"
-    if os.environ.get("CI"):
-        pytest.fail(message + " and CI is set: the IPv6 proof must run here")
-    pytest.skip(message)
-
-
 @pytest_twisted.async_yield_fixture(scope="module")
 async def run():
     from twisted.internet import reactor
 
     require_haproxy()
-    require_netns_unless_ci()
+    require_netns()
     namespace = await NetNS.create(reactor, addresses=ADDRESSES)
     try:
         relay = HAProxy(reactor, host=PROXY_HOST, netns=namespace.name)

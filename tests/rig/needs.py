@@ -1,8 +1,8 @@
 """Skip-or-fail decisions for tests that need a real part (tests: tests.rig.test_rig).
 
 A missing part is a skip on a developer's machine but a failure in CI (``CI`` set): CI
-must prove the real thing. Network namespaces are the one exception: where the kernel or
-container forbids them, the IPv6 end-to-end tests skip with the reason.
+must prove the real thing, IPv6 inside network namespaces included. Where the kernel or
+container forbids namespaces on a developer's machine, the IPv6 tests skip with the reason.
 """
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ def require_haproxy() -> None:
 
 
 def require_netns() -> None:
-    """Skip when network namespaces are not permitted here, naming the reason."""
+    """Skip where namespaces are not permitted, naming the reason; in CI, fail."""
     reason = netns_unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"network namespaces not permitted here: {reason}")
+    if reason is None:
+        return
+    message = f"network namespaces not permitted here: {reason}"
+    if os.environ.get("CI"):
+        pytest.fail(message + " and CI is set: the IPv6 proof must run here")
+    pytest.skip(message)
