@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.delivery.test_values -*-
+# -*- test-case-name: tests.delivery.test_client_values -*-
 """
 Why an SMTP session (not one recipient) failed: one class per meaning.
 
@@ -18,11 +18,13 @@ from __future__ import annotations
 
 #: The stage of the reply to the message's final dot.
 END_OF_DATA = "end of data"
+#: The stage from STARTTLS until the reply to the EHLO sent over TLS: the handshake's.
+STARTTLS = "STARTTLS"
 
 #: Stage names, in session order: set-up, between messages, one transaction, the end.
 #: ``DATA`` is the wait for the 354 (no content sent yet).
 STAGES = (
-    "connect", "greeting", "EHLO", "HELO", "STARTTLS",
+    "connect", "greeting", "EHLO", "HELO", STARTTLS,
     "idle", "closing",
     "RSET", "MAIL", "RCPT", "DATA", END_OF_DATA,
     "QUIT",
@@ -33,6 +35,24 @@ def may_have_delivered(error: BaseException) -> bool:
     """True when the session broke after the peer may have accepted the message (its
     final dot was sent), so sending it elsewhere now could deliver it twice."""
     return getattr(error, "stage", None) == END_OF_DATA
+
+
+def starttls_failed(error: BaseException) -> bool:
+    """
+    True when set-up broke in STARTTLS: the handshake failed (reset, a protocol version
+    or cipher the peer cannot do, plaintext where TLS was due), stalled, or the peer went
+    silent or away after agreeing to it.
+
+    The peer advertised TLS and could not do it, so a session without STARTTLS may
+    well work: ``tls = ifavailable`` tries one (Postfix's ``may`` does the same). A
+    ``421`` is the peer closing, not a TLS failure. Under ``required`` a certificate that
+    does not verify is a :class:`TLSFailed` too; the caller decides by its ``tls`` mode.
+    """
+    if isinstance(error, TLSFailed):
+        return True
+    if isinstance(error, GreetingRejected):
+        return False
+    return getattr(error, "stage", None) == STARTTLS
 
 
 class SessionError(Exception):

@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from hatwist.delivery._errors import (
+    STARTTLS,
     ConnectionLostDuringSession,
     GreetingRejected,
     NoGreeting,
@@ -118,6 +119,8 @@ class SessionProtocol(ESMTPClient):
         self.greeting = b""
         self.extensions: dict[str, str] = {}
         self.tls_verified = False
+        #: Why the peer offered STARTTLS and it was not used (it refused it), for the log.
+        self.tls_skipped: str | None = None
         self._tls_pending = False
         self._transactions = 0
         self._done = False
@@ -245,7 +248,7 @@ class SessionProtocol(ESMTPClient):
         if self._tlsMode or not self._policy.wanted:
             self._ready()
         elif "STARTTLS" in items:
-            self._command("STARTTLS", b"STARTTLS", self._starttls_reply)
+            self._command(STARTTLS, b"STARTTLS", self._starttls_reply)
         elif self._policy.required:
             self.fail(TLSUnavailable("STARTTLS not offered in the EHLO reply"), polite=True)
         else:
@@ -273,12 +276,14 @@ class SessionProtocol(ESMTPClient):
             # reply is the first proof the handshake worked. Until then a deadline or a
             # lost connection is the handshake's.
             self._ehlo()
-            self.stage = "STARTTLS"
+            self.stage = STARTTLS
         elif code == SERVICE_CLOSING:
-            self.fail(GreetingRejected(code, _text(resp), stage="STARTTLS"), polite=True)
+            self.fail(GreetingRejected(code, _text(resp), stage=STARTTLS), polite=True)
         elif _class(code) in (4, 5) and self._policy.required:
             self.fail(TLSFailed(f"STARTTLS refused: {code} {_text(resp)}"), polite=True)
         elif _class(code) in (4, 5):
+            # RFC 3207 lets the session go on in plaintext, and Postfix's ``may`` does.
+            self.tls_skipped = f"STARTTLS refused: {code} {_text(resp)}".rstrip()
             _log.info(
                 "STARTTLS refused by {hostname} ({code}): plaintext",
                 hostname=self._policy.hostname,

@@ -29,13 +29,14 @@ from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger, LogLevel
 
-from hatwist.config import Config, DeliverySettings
+from hatwist.config import Config, DeliverySettings, TLSMode
 from hatwist.config.settings import normalize_domain
 from hatwist.delivery._errors import (
     ConnectFailed,
     NoGreeting,
     SessionError,
     may_have_delivered,
+    starttls_failed,
 )
 from hatwist.delivery._values import Envelope, RecipientResult
 from hatwist.delivery.pool import PooledSession, PoolKey, SessionPool
@@ -52,6 +53,7 @@ PROXY_NO_GREETING = "proxy connected, no greeting"
 NO_ROUTE = (451, "4.4.4")
 BAD_CONFIG = (451, "4.3.5")
 INTERNAL = (451, "4.3.0")
+
 
 @attrs.frozen
 class OutboundMessage:
@@ -86,6 +88,10 @@ class AttemptResult:
     no_greeting: tuple[str, ...] = ()
     """Proxy servers (as configured) that connected but sent no 220 banner in this attempt:
     an unusable source IP or an unreachable MX behind HAProxy."""
+    tls_skipped: str | None = None
+    """Why the session that answered (or the last one tried) was plaintext although the
+    MX offered STARTTLS: it refused STARTTLS, or STARTTLS failed and ``tls = ifavailable``
+    retried without it. ``None`` when TLS was used, not offered, or not wanted."""
 
     def addresses(self, kind: str) -> tuple[str, ...]:
         """The recipients whose result is ``"delivered"``, ``"temporary"`` or ``"permanent"``."""
@@ -134,6 +140,8 @@ class _Walk:
     """So far every address was skipped for want of a plumbed proxy, or failed only
     because the proxy could not be reached: worth waiting for the health checker."""
     no_greeting: list[str] = attrs.Factory(list)
+    tls_skipped: str | None = None
+    """Why the last session tried is plaintext although its peer offered STARTTLS."""
 
     def give_up(self, domain: str) -> _NoAnswer:
         """The answer for every recipient when no session took the message."""
@@ -147,6 +155,21 @@ class _Walk:
             f"no usable route to any MX of {domain}: " + "; ".join(skipped),
             waiting_for_proxy=waiting,
         )
+
+
+def _route_failed(error: Exception, route: Route) -> _RouteFailed:
+    """Why opening a session over ``route`` failed, classified for the walk."""
+    if isinstance(error, NoGreeting):
+        if isinstance(route, ProxyRoute):
+            return _RouteFailed(f"{PROXY_NO_GREETING} ({error})", no_greeting=True)
+        return _RouteFailed(f"no greeting ({error})")
+    if isinstance(error, ConnectFailed):
+        return _RouteFailed(str(error), proxy_unreachable=isinstance(route, ProxyRoute))
+    if isinstance(error, SessionError):
+        return _RouteFailed(str(error))
+    # Anything else about one route (a proxy host name that does not resolve, ...) must
+    # not stop the others from being tried.
+    return _RouteFailed(f"{type(error).__name__}: {error}")
 
 
 def _tcp_endpoint(
@@ -237,6 +260,7 @@ class DeliveryAgent:
             error=error,
             waiting_for_proxy=waiting_for_proxy,
             no_greeting=tuple(walk.no_greeting),
+            tls_skipped=walk.tls_skipped,
         )
         self._emit(message, result)
         return result
@@ -275,8 +299,9 @@ class DeliveryAgent:
                     continue
                 for route in routes:
                     walk.host, walk.address, walk.route = host, address, route.describe()
+                    walk.tls_skipped = None
                     try:
-                        outcome = await self._try(message, settings, host, address, route)
+                        outcome = await self._try(message, settings, host, address, route, walk)
                     except _Stop as stop:
                         return _NoAnswer(
                             *NO_SESSION,
@@ -300,14 +325,22 @@ class DeliveryAgent:
         host: MXHost,
         address: str,
         route: Route,
+        walk: _Walk,
     ) -> tuple[RecipientResult, ...] | _RouteFailed:
         """
         The recipients' results over one route, or why this route could not take the
         message (move on). Raises :class:`_Stop` when moving on is unsafe.
         """
-        key = PoolKey(message.binding, route.describe(), address, normalize_domain(message.domain))
+        key = PoolKey(
+            message.binding,
+            route.describe(),
+            address,
+            normalize_domain(message.domain),
+            settings.tls,
+        )
         pooled = self.pool.take(key)
         if pooled is not None:
+            walk.tls_skipped = pooled.tls_skipped
             try:
                 return await self._send(pooled, message, settings)
             except SessionError as e:
@@ -320,37 +353,70 @@ class DeliveryAgent:
                     address=address,
                     error=str(e),
                 )
+        opened = await self._open(settings, host, address, route)
+        if isinstance(opened, _RouteFailed):
+            return opened
+        session, walk.tls_skipped = opened
         try:
-            session = await self._open_session(
-                self._endpoint(settings, route, address),
-                reactor=self._reactor,
-                ehlo_hostname=settings.ehlo_hostname or self._ehlo,
-                tls=settings.tls,
-                tls_hostname=host.name,
-                trust_root=self._trust_root,
-                connect_timeout=settings.connect_timeout,
-                command_timeout=settings.smtp_timeout,
-            )
-        except NoGreeting as e:
-            if isinstance(route, ProxyRoute):
-                return _RouteFailed(f"{PROXY_NO_GREETING} ({e})", no_greeting=True)
-            return _RouteFailed(f"no greeting ({e})")
-        except ConnectFailed as e:
-            return _RouteFailed(str(e), proxy_unreachable=isinstance(route, ProxyRoute))
-        except SessionError as e:
-            return _RouteFailed(str(e))
-        except defer.CancelledError:
-            raise
-        except Exception as e:
-            # Anything else about one route (a proxy host name that does not resolve, ...)
-            # must not stop the others from being tried.
-            return _RouteFailed(f"{type(e).__name__}: {e}")
-        try:
-            return await self._send(self.pool.adopt(key, session), message, settings)
+            pooled = self.pool.adopt(key, session, tls_skipped=walk.tls_skipped)
+            return await self._send(pooled, message, settings)
         except SessionError as e:
             if may_have_delivered(e):
                 raise _Stop(str(e)) from None
             return _RouteFailed(str(e))
+
+    async def _open(
+        self, settings: DeliverySettings, host: MXHost, address: str, route: Route
+    ) -> tuple[Any, str | None] | _RouteFailed:
+        """
+        A new session over ``route`` and why it is plaintext although the peer offered
+        STARTTLS (``None`` when it is not), or why no session could be opened.
+
+        Under ``tls = ifavailable`` a STARTTLS that failed (:func:`starttls_failed`) is
+        tried once more on the same address and route without STARTTLS, as Postfix's
+        ``may`` does: otherwise an MX whose TLS is broken would get no mail at all, while
+        plaintext is what ``ifavailable`` settles for when TLS is not to be had anyway.
+        Never under ``required``.
+        """
+        try:
+            session = await self._connect(settings, host, address, route, settings.tls)
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            if settings.tls is not TLSMode.IFAVAILABLE or not starttls_failed(e):
+                return _route_failed(e, route)
+            tls_failure = str(e)
+        else:
+            return session, getattr(session, "tls_skipped", None)
+        try:
+            session = await self._connect(settings, host, address, route, TLSMode.NO)
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            failed = _route_failed(e, route)
+            return attrs.evolve(
+                failed, reason=f"{tls_failure}; then without STARTTLS: {failed.reason}"
+            )
+        return session, f"STARTTLS failed ({tls_failure}); retried in plaintext"
+
+    def _connect(
+        self,
+        settings: DeliverySettings,
+        host: MXHost,
+        address: str,
+        route: Route,
+        tls: TLSMode,
+    ) -> defer.Deferred[Any]:
+        return self._open_session(
+            self._endpoint(settings, route, address),
+            reactor=self._reactor,
+            ehlo_hostname=settings.ehlo_hostname or self._ehlo,
+            tls=tls,
+            tls_hostname=host.name,
+            trust_root=self._trust_root,
+            connect_timeout=settings.connect_timeout,
+            command_timeout=settings.smtp_timeout,
+        )
 
     async def _send(
         self, pooled: PooledSession, message: OutboundMessage, settings: DeliverySettings
@@ -393,7 +459,7 @@ class DeliveryAgent:
         _log.emit(
             level,
             "message {message_id} binding {binding} to {domain}: {codes} "
-            "via {route} mx {mx_host} [{mx_address}] in {duration:.3f}s{error_text}",
+            "via {route} mx {mx_host} [{mx_address}] in {duration:.3f}s{tls_text}{error_text}",
             message_id=message.id,
             binding=message.binding,
             domain=message.domain,
@@ -404,6 +470,8 @@ class DeliveryAgent:
             duration=result.duration,
             error=result.error,
             error_text=f": {result.error}" if result.error else "",
+            tls_skipped=result.tls_skipped,
+            tls_text=f"; TLS skipped: {result.tls_skipped}" if result.tls_skipped else "",
             no_greeting=list(result.no_greeting),
             hatwist_event="delivery_attempt",
         )

@@ -129,6 +129,12 @@ class OutboundSession:
         return self._protocol is not None and self._protocol.tls_verified
 
     @property
+    def tls_skipped(self) -> str | None:
+        """Why the peer offered STARTTLS and this session is plaintext anyway (it refused
+        STARTTLS under ``ifavailable``); ``None`` otherwise."""
+        return self._protocol.tls_skipped if self._protocol is not None else None
+
+    @property
     def greeting(self) -> bytes:
         """The 220 banner's text (lines joined with LF), without the code."""
         return self._protocol.greeting if self._protocol is not None else b""

@@ -4,11 +4,11 @@ tests/delivery/test_attempt_pool.py).
 Opening a session costs a TCP connect, the proxy hop, the banner, EHLO and maybe STARTTLS;
 sending a second message over it costs one RSET. So a session that just delivered a message
 is parked here, keyed by everything that must match for the next message to use it: the
-binding, the route (the proxy server and the source IP, or direct), the MX address and the
-destination domain. It is closed when it has carried ``max_messages`` messages, or after
-sitting idle for :data:`DEFAULT_IDLE_TIMEOUT` seconds, because receivers drop idle clients
-after a while (RFC 5321 section 4.5.3.2.7 lets them after 5 minutes) and an idle session
-holds a slot on the peer.
+binding, the route (the proxy server and the source IP, or direct), the MX address, the
+destination domain and the ``tls`` setting it was opened under. It is closed when it has
+carried ``max_messages`` messages, or after sitting idle for :data:`DEFAULT_IDLE_TIMEOUT`
+seconds, because receivers drop idle clients after a while (RFC 5321 section 4.5.3.2.7
+lets them after 5 minutes) and an idle session holds a slot on the peer.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from hatwist.config import TLSMode
+
 _log = Logger()
 
 #: Seconds an unused session is kept open for another message. Short: the point is to catch
@@ -30,12 +32,21 @@ DEFAULT_IDLE_TIMEOUT = 10.0
 
 @attrs.frozen
 class PoolKey:
-    """What must match for a session to carry another message."""
+    """
+    What must match for a session to carry another message.
+
+    ``tls`` is the setting the session was opened to satisfy, not what it ended up with
+    (as Postfix keys its connection cache by the requested TLS level): a session opened
+    under ``ifavailable`` may be plaintext (STARTTLS not offered, refused, or its handshake
+    failed and a plaintext session replaced it), which suits the next ``ifavailable``
+    message and never a ``required`` one, even after a reload changed the setting.
+    """
 
     binding: str
     route: str
     address: str
     domain: str
+    tls: TLSMode
 
 
 @attrs.define(eq=False)
@@ -44,11 +55,14 @@ class PooledSession:
     One session and how many messages it has carried; lent out by :class:`SessionPool`.
 
     ``session`` is an ``OutboundSession`` (``is_open``, ``quit()``, ``abort()``).
+    ``tls_skipped`` says why it is plaintext although the peer offered STARTTLS (for the
+    log of every message it carries); ``None`` when it is not.
     """
 
     key: PoolKey
     session: Any
     sent: int = 0
+    tls_skipped: str | None = None
     _expiry: IDelayedCall | None = attrs.field(default=None, alias="expiry")
 
 
@@ -68,9 +82,9 @@ class SessionPool:
         self._idle: dict[PoolKey, list[PooledSession]] = {}
         self._closing: set[defer.Deferred[Any]] = set()
 
-    def adopt(self, key: PoolKey, session: Any) -> PooledSession:
+    def adopt(self, key: PoolKey, session: Any, *, tls_skipped: str | None = None) -> PooledSession:
         """Wrap a freshly opened ``session`` so that it can be released into the pool."""
-        pooled = PooledSession(key=key, session=session)
+        pooled = PooledSession(key=key, session=session, tls_skipped=tls_skipped)
         when_closed = getattr(session, "when_closed", None)
         if when_closed is not None:
             # A peer that closes an idle session (421 timeout) frees its slot at once.

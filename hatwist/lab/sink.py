@@ -112,6 +112,15 @@ class _SinkProtocol(LineReceiver):
 
     _refused = False
     _dropped = False
+    _breaking_tls = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._breaking_tls:
+            # The client's first handshake bytes: reset instead of answering them.
+            self._dropped = True
+            self.transport.abortConnection()
+            return
+        super().dataReceived(data)
 
     def reply(self, reply: Reply) -> None:
         code, text = reply
@@ -178,6 +187,11 @@ class _SinkProtocol(LineReceiver):
             return
         if "STARTTLS" in self.sink.replies:
             self._answer("STARTTLS", (220, "2.0.0 ready"))
+            return
+        if self.sink.break_starttls:
+            self.reply((220, "2.0.0 ready to start TLS"))
+            self.clearLineBuffer()
+            self._breaking_tls = True
             return
         self.reply((220, "2.0.0 ready to start TLS"))
         # Drop anything pipelined after STARTTLS (the classic injection) and restart.
@@ -300,6 +314,8 @@ class SMTPSink:
       makes the sink stop answering at that point; a 421 reply also closes the connection.
     - ``recipient_replies``: per-recipient RCPT replies, ``{"bad@x.test": (550, "5.1.1 no")}``.
     - ``drop_in_data``: abort the connection at the first line of message content.
+    - ``break_starttls``: say 220 to STARTTLS, then abort the connection when the TLS
+      handshake starts (an MX that offers TLS but cannot do it).
     - ``extensions``: EHLO keywords (STARTTLS is added while TLS is available).
     - ``tls_options``: server TLS options; :meth:`start` sets them when ``tls=True``.
     """
@@ -311,6 +327,7 @@ class SMTPSink:
         self.replies: dict[str, Reply | None] = {}
         self.recipient_replies: dict[str, Reply | None] = {}
         self.drop_in_data = False
+        self.break_starttls = False
         self.extensions: list[str] = list(DEFAULT_EXTENSIONS)
         self.tls_options = None
         #: The CA that signed the sink's certificate (trust it in clients), if TLS is on.

@@ -12,7 +12,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 
 from hatwist.config import Binding, ServerAddress, TLSMode, parse_config
 from hatwist.config.settings import BindingMap
@@ -24,6 +24,7 @@ from hatwist.delivery import (
     NoGreeting,
     RecipientResult,
     SessionTimeout,
+    TLSFailed,
     UnexpectedReply,
 )
 from hatwist.delivery.attempt import DeliveryAgent, OutboundMessage
@@ -366,7 +367,11 @@ def test_a_proxy_whose_path_from_the_source_is_unplumbed_is_waited_for():
         PROXY, {"127.0.0.9": "no banner", "127.0.0.10": None}, at=clock.seconds()
     )
     agent = DeliveryAgent(
-        parse_config(CONFIG), registry, net, reactor=clock, open_session=net.open_session,
+        parse_config(CONFIG),
+        registry,
+        net,
+        reactor=clock,
+        open_session=net.open_session,
         default_ehlo_hostname="default.test",
     )
     try:
@@ -591,3 +596,189 @@ def test_cancelling_an_attempt_aborts_it_without_trying_other_routes(world):
     assert len(cancelled) == 1
     [failure] = failures
     assert failure.check(defer.CancelledError)
+
+
+# -- tls = ifavailable: a failed STARTTLS is retried once in plaintext ----------------------
+
+
+class Opens:
+    """``open_session`` answering each call from a script; records (address, tls)."""
+
+    def __init__(self, *outcomes) -> None:
+        self.outcomes = list(outcomes)
+        self.calls: list[tuple[str, TLSMode]] = []
+
+    def __call__(self, endpoint, **kwargs):
+        self.calls.append((_destination(endpoint), kwargs["tls"]))
+        outcome = self.outcomes.pop(0) if self.outcomes else FakeSession([])
+        if isinstance(outcome, Exception):
+            return defer.fail(outcome)
+        return defer.succeed(outcome)
+
+
+def with_tls(agent, mode: str) -> None:
+    agent.config = parse_config(CONFIG.replace("binding b1 {", f'binding b1 {{\n  tls = "{mode}"'))
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        TLSFailed("TLS handshake failed: Connection lost"),
+        SessionTimeout("STARTTLS", 11),
+        ConnectionLostDuringSession("STARTTLS", "reset"),
+    ],
+    ids=["handshake reset", "handshake stalled", "lost after STARTTLS"],
+)
+def test_ifavailable_retries_a_failed_starttls_once_in_plaintext_on_the_same_route(world, failure):
+    agent, net, _ = world
+    two_mx(net)
+    plaintext = FakeSession([])
+    agent._open_session = opens = Opens(failure, plaintext)
+    result = run(agent, message())
+    assert opens.calls == [
+        ("127.0.0.20", TLSMode.IFAVAILABLE),
+        ("127.0.0.20", TLSMode.NO),
+    ]
+    assert len(plaintext.sent) == 1
+    assert result.addresses("delivered") == RCPTS
+    assert result.mx_address == "127.0.0.20"
+    assert result.route == "proxy 127.0.0.1:5000 from 127.0.0.9"
+    assert result.tls_skipped == f"STARTTLS failed ({failure}); retried in plaintext"
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        TLSFailed("TLS handshake failed: Connection lost"),
+        SessionTimeout("STARTTLS", 11),
+    ],
+    ids=["handshake reset", "handshake stalled"],
+)
+def test_required_never_retries_in_plaintext(world, failure):
+    agent, net, _ = world
+    with_tls(agent, "required")
+    two_mx(net)
+    agent._open_session = opens = Opens(failure, FakeSession([]))
+    result = run(agent, message())
+    assert opens.calls == [
+        ("127.0.0.20", TLSMode.REQUIRED),
+        ("127.0.0.21", TLSMode.REQUIRED),
+    ]
+    assert result.mx_address == "127.0.0.21"
+    assert result.tls_skipped is None
+
+
+def test_required_with_a_failed_handshake_everywhere_is_temporary_naming_tls(world):
+    agent, net, _ = world
+    with_tls(agent, "required")
+    net.hosts["example.test"] = (MXHost("mx1.example.test", 10, ("127.0.0.20",)),)
+    agent._open_session = opens = Opens(TLSFailed("TLS handshake failed: Connection lost"))
+    result = run(agent, message())
+    assert opens.calls == [("127.0.0.20", TLSMode.REQUIRED)]
+    assert result.addresses("temporary") == RCPTS
+    assert "TLS handshake failed" in result.error
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        GreetingRejected(421, "4.3.2 shutting down", stage="STARTTLS"),
+        ConnectFailed("connection refused"),
+        SessionTimeout("EHLO", 11),
+    ],
+    ids=["421 to STARTTLS", "connect refused", "no EHLO reply"],
+)
+def test_ifavailable_does_not_retry_in_plaintext_after_other_failures(world, failure):
+    agent, net, _ = world
+    two_mx(net)
+    agent._open_session = opens = Opens(failure, FakeSession([]))
+    result = run(agent, message())
+    assert [tls for _, tls in opens.calls] == [TLSMode.IFAVAILABLE, TLSMode.IFAVAILABLE]
+    assert result.mx_address == "127.0.0.21"
+
+
+def test_tls_no_never_retries(world):
+    agent, net, _ = world
+    with_tls(agent, "no")
+    two_mx(net)
+    agent._open_session = opens = Opens(ConnectionLostDuringSession("EHLO", "reset"))
+    run(agent, message())
+    assert opens.calls == [("127.0.0.20", TLSMode.NO), ("127.0.0.21", TLSMode.NO)]
+
+
+def test_a_failed_plaintext_retry_moves_on_with_both_reasons(world):
+    agent, net, _ = world
+    net.hosts["example.test"] = (MXHost("mx1.example.test", 10, ("127.0.0.20",)),)
+    agent._open_session = opens = Opens(
+        TLSFailed("TLS handshake failed: Connection lost"),
+        NoGreeting("connection closed before the 220 banner"),
+    )
+    result = run(agent, message())
+    assert len(opens.calls) == 2  # once, not again and again
+    assert result.addresses("temporary") == RCPTS
+    assert (
+        "TLS handshake failed: Connection lost; then without STARTTLS: "
+        "proxy connected, no greeting" in result.error
+    )
+    assert result.no_greeting == ("127.0.0.1:5000",)
+
+
+def test_a_plaintext_session_is_reused_by_the_next_message_and_says_so(world):
+    agent, net, _ = world
+    two_mx(net)
+    plaintext = FakeSession([])
+    agent._open_session = opens = Opens(TLSFailed("TLS handshake failed: reset"), plaintext)
+    events = []
+
+    def observe(event):
+        if event.get("hatwist_event") == "delivery_attempt":
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        results = [run(agent, message(n=n)) for n in (1, 2)]
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert len(opens.calls) == 2 and len(plaintext.sent) == 2
+    skipped = "STARTTLS failed (TLS handshake failed: reset); retried in plaintext"
+    assert [r.tls_skipped for r in results] == [skipped, skipped]
+    assert [e["tls_skipped"] for e in events] == [skipped, skipped]
+    assert all(f"; TLS skipped: {skipped}" in formatEvent(e) for e in events)
+
+
+def test_a_refused_starttls_is_reported_as_skipped_tls(world):
+    agent, net, _ = world
+    two_mx(net)
+    session = FakeSession([])
+    session.tls_skipped = "STARTTLS refused: 454 4.7.0 not now"
+    agent._open_session = Opens(session)
+    result = run(agent, message())
+    assert result.tls_skipped == "STARTTLS refused: 454 4.7.0 not now"
+
+
+def test_an_attempt_with_tls_says_nothing_was_skipped(world):
+    agent, net, _ = world
+    two_mx(net)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        result = run(agent, message())
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    [event] = [e for e in events if e.get("hatwist_event") == "delivery_attempt"]
+    assert result.tls_skipped is None and event["tls_skipped"] is None
+    assert "TLS skipped" not in formatEvent(event)
+
+
+def test_a_session_opened_under_ifavailable_is_not_lent_once_tls_is_required(world):
+    """A reload from ifavailable to required must not send over a plaintext (or
+    unverified) session parked before it."""
+    agent, net, _ = world
+    two_mx(net)
+    first, second = FakeSession([]), FakeSession([])
+    agent._open_session = opens = Opens(first, second)
+    run(agent, message(n=1))
+    with_tls(agent, "required")
+    run(agent, message(n=2))
+    assert [tls for _, tls in opens.calls] == [TLSMode.IFAVAILABLE, TLSMode.REQUIRED]
+    assert (len(first.sent), len(second.sent)) == (1, 1)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from twisted.internet import defer, task
 
+from hatwist.config import TLSMode
 from hatwist.delivery.pool import DEFAULT_IDLE_TIMEOUT, PoolKey, SessionPool
 
-KEY = PoolKey("b1", "proxy 127.0.0.1:5000 from 127.0.0.9", "127.0.0.20", "example.test")
-OTHER = PoolKey("b1", "proxy 127.0.0.1:5000 from 127.0.0.9", "127.0.0.20", "other.test")
+ROUTE = "proxy 127.0.0.1:5000 from 127.0.0.9"
+KEY = PoolKey("b1", ROUTE, "127.0.0.20", "example.test", TLSMode.IFAVAILABLE)
+OTHER = PoolKey("b1", ROUTE, "127.0.0.20", "other.test", TLSMode.IFAVAILABLE)
 
 
 class Session:

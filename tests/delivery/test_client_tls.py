@@ -95,7 +95,35 @@ async def test_ifavailable_refused_starttls_continues_in_plaintext(reactor, tls_
     tls_smtp_sink.replies["STARTTLS"] = (454, "4.7.0 TLS not available now")
     session = await within(reactor, _open(reactor, tls_smtp_sink, tls=TLSMode.IFAVAILABLE))
     assert not session.tls_active
+    assert session.tls_skipped == "STARTTLS refused: 454 4.7.0 TLS not available now"
     assert await _deliver(reactor, session) == "delivered"
+    assert len(tls_smtp_sink.sessions) == 1  # the same session, no reconnect
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_skipped_is_none_when_tls_was_used_or_never_offered(reactor, tls_smtp_sink):
+    sink = tls_smtp_sink
+    with_tls = await within(reactor, _open(reactor, sink, tls=TLSMode.IFAVAILABLE))
+    without = await within(reactor, _open(reactor, sink, tls=TLSMode.NO))
+    assert (with_tls.tls_active, with_tls.tls_skipped) == (True, None)
+    assert (without.tls_active, without.tls_skipped) == (False, None)
+    await within(reactor, defer.gatherResults([with_tls.quit(), without.quit()]))
+
+
+@pytest.mark.parametrize("mode", [TLSMode.IFAVAILABLE, TLSMode.REQUIRED])
+@pytest_twisted.ensureDeferred
+async def test_a_handshake_the_peer_resets_is_tls_failed(reactor, tls_smtp_sink, mode):
+    """The session itself never falls back (no retries here): the agent decides."""
+    sink = tls_smtp_sink
+    sink.break_starttls = True
+    error = await failure_of(
+        reactor, _open(reactor, sink, tls=mode, trust_root=sink.ca.trust_root())
+    )
+    assert isinstance(error, TLSFailed) and "handshake" in error.reason
+    assert error.temporary
+    await within(reactor, sink.wait_closed())
+    assert len(sink.sessions) == 1
+    assert sink.sessions[0].commands == ["EHLO relay.hatwist.test", "STARTTLS"]
 
 
 @pytest_twisted.ensureDeferred

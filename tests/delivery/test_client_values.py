@@ -17,6 +17,7 @@ from hatwist.delivery import (
     TLSUnavailable,
     UnexpectedReply,
 )
+from hatwist.delivery._errors import starttls_failed
 from hatwist.delivery._protocol import parse_extensions
 
 
@@ -99,6 +100,37 @@ def test_stage_errors_name_their_stage():
         "connection lost during DATA: reset"
     )
     assert GreetingRejected(554, "go away", stage="EHLO").reason == "EHLO refused: 554 go away"
+
+
+@pytest.mark.parametrize(
+    ("error", "failed"),
+    [
+        (TLSFailed("TLS handshake failed: connection reset"), True),
+        (SessionTimeout("STARTTLS", 30), True),
+        (ConnectionLostDuringSession("STARTTLS", "reset"), True),
+        (GreetingRejected(421, "4.3.2 shutting down", stage="STARTTLS"), False),
+        (SessionTimeout("EHLO", 30), False),
+        (ConnectionLostDuringSession("MAIL", "reset"), False),
+        (NoGreeting("EOF"), False),
+        (ConnectFailed("refused"), False),
+        (TLSUnavailable("not offered"), False),
+        (ValueError("not a session error"), False),
+    ],
+    ids=[
+        "handshake",
+        "stalled",
+        "gone",
+        "421",
+        "ehlo timeout",
+        "lost at MAIL",
+        "no greeting",
+        "connect",
+        "not offered",
+        "other",
+    ],
+)
+def test_starttls_failed_means_the_peer_offered_tls_and_could_not_do_it(error, failed):
+    assert starttls_failed(error) is failed
 
 
 def test_ehlo_keywords_skip_the_greeting_line_and_are_upper_cased():
