@@ -28,14 +28,14 @@ BIND_ADDRESS = "127.0.0.30"
 RCPTS = ("a@example.test", "b@example.test")
 
 
-def config_text(haproxy, sink, extra: str = "") -> str:
+def config_text(haproxy, sink, extra: str = "", tls: str = "no") -> str:
     return f"""
 binding b1 {{
   ha_proxy_server = "{haproxy.server_text}"
   ha_proxy_src_addr = "{PROXY_SOURCE}"
   remote_smtp_port = "{sink.port}"
   ehlo_hostname = "relay.hatwist.test"
-  tls = "no"
+  tls = "{tls}"
   connect_timeout = "2"
   smtp_timeout = "5"
   max_messages_per_connection = "3"
