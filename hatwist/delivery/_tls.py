@@ -8,7 +8,8 @@ The STARTTLS policy of one session, per the binding's ``tls`` setting.
 - ``ifavailable``: opportunistic TLS (RFC 7435). Encryption beats plaintext even with a
   certificate nobody can check, so verification never aborts the handshake here; it is
   still carried out, and its outcome recorded, so that logs say whether the peer was
-  authenticated.
+  authenticated. A refused STARTTLS goes on in plaintext (RFC 3207); a failed handshake
+  fails the session, and the delivery agent tries the MX again without STARTTLS.
 - ``no``: no STARTTLS at all.
 """
 

@@ -1,5 +1,6 @@
 """One delivery attempt of one message: MX, address, route, session (tests:
-tests/delivery/test_attempt.py, tests/delivery/test_attempt_rig.py).
+tests/delivery/test_attempt.py, tests/delivery/test_attempt_rig.py,
+tests/delivery/test_attempt_tls_rig.py).
 
 :class:`DeliveryAgent` turns an :class:`OutboundMessage` (the recipients of one domain)
 into an :class:`AttemptResult` with a :class:`~hatwist.delivery.RecipientResult` for every
@@ -11,6 +12,11 @@ greeting, TLS trouble, a session that broke before the final dot was sent: the p
 nothing until it answers that dot), and stopping at the first session that answered for
 the recipients, or that broke while the final dot's reply was awaited, since by then the
 peer may have the message and sending it elsewhere could deliver it twice.
+
+Under ``tls = ifavailable`` an MX that offers STARTTLS and then fails it (the handshake
+resets or stalls) gets one more session on the same address and route without STARTTLS
+before the walk moves on, as with Postfix's ``smtp_tls_security_level = may``: an MX
+with broken TLS would otherwise never get mail. ``required`` never does this.
 
 Sessions are reused through a :class:`~hatwist.delivery.pool.SessionPool`; each attempt
 emits exactly one structured log event (namespace ``hatwist.delivery.attempt``).

@@ -13,7 +13,7 @@ and every slice of content the transport has not taken yet, gets ``command_timeo
 (a stalled peer is caught, a slow but moving one is not). A deadline aborts the
 connection. A lost
 connection fails whatever was waiting, at any stage. There are no retries: trying
-another address, MX or route is the caller's decision.
+another address, MX or route, or the same one without STARTTLS, is the caller's decision.
 """
 
 from __future__ import annotations
