@@ -165,7 +165,8 @@ KEYS: tuple[Key, ...] = (
               "local source address for direct (bypassed) delivery",
               default_doc="chosen by the OS"),
     _delivery("tls", "tls", c.choice(TLSMode), TLSMode.IFAVAILABLE, "ifavailable, required or no",
-              "STARTTLS towards the MX: when offered, always, or never"),
+              "STARTTLS towards the MX: when offered (if the MX's handshake fails, once more "
+              "without STARTTLS), always (never plaintext), or never"),
     _delivery("retry_interval", "retry_interval", c.integer(1), 900, _SECONDS,
               "wait between delivery attempts of a deferred message"),
     _delivery("message_expiration", "message_expiration", c.integer(1), 432000, _SECONDS,
