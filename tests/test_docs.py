@@ -17,7 +17,7 @@ def test_document_renders_without_warnings(name):
     warnings = io.StringIO()
     docutils.core.publish_string(
         (ROOT / name).read_text(encoding="utf-8"),
-        writer_name="null",
+        writer="null",
         settings_overrides={"report_level": 2, "warning_stream": warnings},
     )
     assert warnings.getvalue() == ""
