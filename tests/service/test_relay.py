@@ -23,6 +23,7 @@ import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, threads, utils
+from twisted.internet.task import deferLater
 
 from tests.rig.haproxy import free_port
 from tests.service._relay import (
@@ -192,6 +193,47 @@ async def test_twist_json_logs_one_event_per_attempt_and_per_state_change(rig):
         rig.haproxy.server_text, "plumbed", "unplumbed",
     )
     assert change["reason"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_and_metrics_of_the_running_relay(rig, reactor):
+    """What an operator's dashboard and Prometheus read from a real relay process."""
+    from twisted.web.client import Agent, readBody
+
+    await rig.start_relay()
+    sent = await rig.submit(["a@dest.test"], make_message("status-1@t"))
+    assert sent.accepted, sent
+    await rig.sink.wait_for(1, timeout=DEADLINE)
+    base = f"http://127.0.0.1:{rig.status_listen}"
+    agent = Agent(reactor)
+
+    async def get(path: str) -> bytes:
+        response = await agent.request(b"GET", (base + path).encode()).addTimeout(
+            DEADLINE, reactor
+        )
+        assert response.code == 200, path
+        return await readBody(response)
+
+    # The scheduler counts the delivery once the spool has recorded it.
+    for _ in range(50):
+        status = json.loads(await get("/status"))
+        if status["deliveries"]["counters"]["delivered"] == 1:
+            break
+        await deferLater(reactor, 0.1)
+    [proxy] = status["proxies"]
+    assert (proxy["server"], proxy["state"]) == (rig.haproxy.server_text, "plumbed")
+    assert status["deliveries"]["counters"]["delivered"] == 1
+    assert status["version"]
+
+    metrics = (await get("/metrics")).decode()
+    route = f"proxy {rig.haproxy.server_text} from {DEFAULT_SOURCE}"
+    assert (
+        f'hatwist_deliveries_total{{binding="default",result="delivered",route="{route}"}} 1.0'
+        in metrics
+    )
+    assert f'hatwist_proxy_up{{server="{rig.haproxy.server_text}"}} 1.0' in metrics
+    page = (await get("/")).decode()
+    assert rig.haproxy.server_text in page and "plumbed" in page.lower()
 
 
 # -- 2. kill -9 under load --------------------------------------------------------------------
