@@ -1,21 +1,7 @@
-"""Where mail for a domain goes: MX hosts and their addresses (tests: tests/test_mx.py).
-
-RFC 5321 section 5.1 and RFC 7505, done with ``twisted.names`` and nothing else:
-
-- MX records sorted by preference, equal preferences shuffled so that load spreads the way
-  the receiving domain intended;
-- no MX record at all means the domain itself at preference 0 (the implicit MX);
-- ``MX 0 .`` (null MX) means the domain accepts no mail: fail at once, 556 5.1.10;
-- NXDOMAIN is permanent; timeouts, SERVFAIL and anything else odd are temporary, because a
-  broken resolver must never bounce mail;
-- every host's A and AAAA records are asked for explicitly (``getHostByName`` sends ANY,
-  which many servers answer badly or not at all);
-- a host whose names lead to no address is skipped; no address at all is temporary;
-- answers are reused within their TTL (capped at an hour), so a stream of messages to one
-  domain costs DNS queries once per TTL, not three or more per attempt.
-
-:class:`MXResolver` is the only stateful object here; it holds an ``IResolver`` built by
-:func:`build_resolver` from the configured ``resolver`` (or the system's).
+# -*- test-case-name: tests.test_mx -*-
+"""
+The lookups themselves: MX, then A and AAAA of every MX host, through one ``IResolver``,
+under one overall deadline, turned into the ordered :class:`MXHost` values to try.
 """
 
 from __future__ import annotations
@@ -34,6 +20,9 @@ from twisted.names import error as dnserror
 from twisted.names.client import Resolver
 from twisted.python.failure import Failure
 
+from hatwist.mx._cache import DEFAULT_CACHE_SIZE, AnswerCache, lifetime
+from hatwist.mx._errors import NoMXAddresses, NoSuchDomain, NullMX, TemporaryDNSError
+
 #: Seconds between the retries of one DNS query (``client.Resolver`` semantics: the query is
 #: re-sent after each value, and fails after the last one).
 DEFAULT_TIMEOUT: tuple[int, ...] = (1, 3, 11)
@@ -49,70 +38,8 @@ DEADLINE_SLACK = 1.0
 #: warns against them; loops must end).
 MAX_CNAME_HOPS = 8
 
-#: Longest an answer is reused, whatever its TTL says (RFC 2181 section 8 allows a cap).
-MAX_CACHE_SECONDS = 3600
-
-#: Most answers kept at once; beyond it the oldest go first.
-DEFAULT_CACHE_SIZE = 10_000
-
 #: The ``IResolver`` method for each record type asked for.
 _LOOKUPS = {dns.MX: "lookupMailExchange", dns.A: "lookupAddress", dns.AAAA: "lookupIPV6Address"}
-
-
-class MXError(Exception):
-    """
-    Mail for a domain cannot be routed right now (or ever).
-
-    :ivar domain: the domain that was looked up.
-    :ivar reason: what a person needs to know, naming the domain.
-    :ivar temporary: ``True`` when a later attempt may succeed (4xx), ``False`` to bounce.
-    :ivar code: the SMTP reply code to report for every recipient of the domain.
-    :ivar status: the RFC 3463 enhanced status code.
-    """
-
-    temporary: bool = True
-    code: int = 451
-    status: str = "4.4.3"
-
-    def __init__(self, domain: str, reason: str) -> None:
-        super().__init__(reason)
-        self.domain = domain
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.status} {self.reason}"
-
-
-class NullMX(MXError):
-    """The domain publishes ``MX 0 .`` (RFC 7505): it accepts no mail at all."""
-
-    temporary = False
-    code = 556
-    status = "5.1.10"
-
-
-class NoSuchDomain(MXError):
-    """The domain does not exist (NXDOMAIN for its MX query)."""
-
-    temporary = False
-    code = 550
-    status = "5.1.2"
-
-
-class TemporaryDNSError(MXError):
-    """The resolver timed out, failed (SERVFAIL) or answered something unusable."""
-
-    temporary = True
-    code = 451
-    status = "4.4.3"
-
-
-class NoMXAddresses(MXError):
-    """MX hosts were found, but none of their names resolved to an address."""
-
-    temporary = True
-    code = 451
-    status = "4.4.4"
 
 
 @attrs.frozen
@@ -189,49 +116,6 @@ def _query_name(domain: str) -> bytes:
         return domain.encode("idna")
 
 
-def _lifetime(answers: Sequence[dns.RRHeader], authority: Sequence[dns.RRHeader]) -> int:
-    """Seconds an answer may be reused: its smallest TTL; for "no such record" the
-    zone's SOA minimum (RFC 2308); 0 when nothing says."""
-    if answers:
-        return min(rr.ttl for rr in answers)
-    soas = [rr for rr in authority if rr.type == dns.SOA]
-    return min((min(rr.ttl, rr.payload.minimum) for rr in soas), default=0)
-
-
-class _AnswerCache:
-    """
-    Answers by (name, type) until their TTL runs out.
-
-    Why: a busy relay sends message after message to the same few domains, and every
-    attempt asks for the MX records and then A and AAAA of every MX host. Failures are
-    never kept: the next attempt asks again.
-    """
-
-    def __init__(self, reactor: IReactorTime, size: int) -> None:
-        self._reactor = reactor
-        self._size = size
-        self._entries: dict[tuple[bytes, int], tuple[float, list[dns.RRHeader]]] = {}
-
-    def get(self, key: tuple[bytes, int]) -> list[dns.RRHeader] | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        expires, answers = entry
-        if expires <= self._reactor.seconds():
-            del self._entries[key]
-            return None
-        return answers
-
-    def put(self, key: tuple[bytes, int], answers: list[dns.RRHeader], seconds: int) -> None:
-        if seconds <= 0 or self._size <= 0:
-            return
-        self._entries.pop(key, None)
-        while len(self._entries) >= self._size:
-            del self._entries[next(iter(self._entries))]
-        expires = self._reactor.seconds() + min(seconds, MAX_CACHE_SECONDS)
-        self._entries[key] = (expires, answers)
-
-
 class MXResolver:
     """
     Resolves a domain to the ordered mail exchangers to try, with their addresses.
@@ -254,7 +138,7 @@ class MXResolver:
         cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
         self._resolver = resolver
-        self._cache = _AnswerCache(reactor, cache_size)
+        self._cache = AnswerCache(reactor, cache_size)
         self._reactor = reactor
         self._timeout = tuple(timeout)
         self._random = rng if rng is not None else random.Random()
@@ -341,7 +225,7 @@ class MXResolver:
             answers = self._cache.get(key)
             if answers is None:
                 answers, authority, _additional = await lookup(qname, timeout=self._timeout)
-                self._cache.put(key, answers, _lifetime(answers, authority))
+                self._cache.put(key, answers, lifetime(answers, authority))
             records = _records(answers, rtype)
             target = _alias_target(answers, qname)
             if records or target is None:
