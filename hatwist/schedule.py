@@ -129,6 +129,17 @@ class RetryPolicy:
         """When a message received at ``received_at`` is given up on."""
         return expires_at(received_at, self.message_expiration)
 
+    def retry_at(self, *, attempts: int, received_at: float, now: float) -> float:
+        """
+        When to try again after the ``attempts``-th attempt failed at ``now``: the
+        next backoff step, but no later than the expiry, so a message is given up
+        on when it runs out of time and not at the first retry after that.
+        """
+        return min(
+            self.next_attempt_at(attempts=attempts, now=now),
+            max(self.expires_at(received_at), now),
+        )
+
     def is_expired(self, received_at: float, now: float) -> bool:
         """Whether a message received at ``received_at`` must be bounced by ``now``."""
         return is_expired(received_at, now, self.message_expiration)

@@ -111,3 +111,18 @@ def test_policy_from_settings():
 
     policy = RetryPolicy.from_settings(Settings())
     assert policy == RetryPolicy(retry_interval=300, message_expiration=86400, max_interval=2400)
+
+
+def test_retry_at_is_the_next_backoff_step_while_the_message_has_time():
+    policy = RetryPolicy(retry_interval=60, message_expiration=3600)
+    assert policy.retry_at(attempts=2, received_at=0.0, now=10.0) == 130.0
+
+
+def test_retry_at_is_the_expiry_when_the_backoff_would_overshoot_it():
+    policy = RetryPolicy(retry_interval=60, message_expiration=3600)
+    assert policy.retry_at(attempts=5, received_at=0.0, now=3500.0) == 3600.0
+
+
+def test_retry_at_is_now_for_a_message_past_its_expiry():
+    policy = RetryPolicy(retry_interval=60, message_expiration=3600)
+    assert policy.retry_at(attempts=1, received_at=0.0, now=4000.0) == 4000.0

@@ -56,6 +56,12 @@ SAVE_RETRY_DELAY = 30.0
 COUNTERS = ("delivered", "deferred", "bounced", "attempts", "waiting", "errors", "dsns")
 
 
+def _cancel(call: IDelayedCall | None) -> None:
+    """Cancel ``call`` unless it is None, has run or was cancelled already."""
+    if call is not None and call.active():
+        call.cancel()
+
+
 @attrs.define(eq=False)
 class _Entry:
     """A message the scheduler is responsible for, with its latest state."""
@@ -162,8 +168,7 @@ class Scheduler(Service):
             self._unsubscribe()
             self._unsubscribe = None
         for call in self._timers():
-            if call.active():
-                call.cancel()
+            _cancel(call)
         grace = self._rules.grace()
         self.log.info(
             "scheduler stopping: waiting up to {grace}s for {count} attempts in flight",
@@ -172,8 +177,7 @@ class Scheduler(Service):
         cutoff = self._reactor.callLater(grace, self._cancel_in_flight)
 
         def stopped(_: object) -> None:
-            if cutoff.active():
-                cutoff.cancel()
+            _cancel(cutoff)
             # Everything left is durable in the spool; the next start recovers it.
             self._reset()
             self._stopping = True
@@ -266,8 +270,8 @@ class Scheduler(Service):
 
     def _expired(self, part: Part) -> bool:
         """Expire ``part`` if its message ran out of time; return whether it did."""
-        entry = self._entries.get(part.message_id)
-        if entry is None or entry.parts.get(part.key[1]) is not part:
+        entry = self._owner(part)
+        if entry is None:
             return False
         if not self._rules.policy(part.key).is_expired(entry.message.received_at, self._now()):
             return False
@@ -289,11 +293,9 @@ class Scheduler(Service):
                     self._start(part, queue)
                 except Exception:
                     # Never let one message stop the loop: log it, try it again later.
-                    self._counters["errors"] += 1
                     self.log.failure("message {message_id}: starting an attempt failed",
                                      message_id=part.message_id)
-                    part.due = self._now() + self._rules.policy(part.key).retry_interval
-                    self._schedule(part)
+                    self._retry_later(part)
                 self._board.refresh(queue)  # back at the end of the line, if still startable
         finally:
             self._pumping = False
@@ -301,8 +303,8 @@ class Scheduler(Service):
     # -- attempts ------------------------------------------------------------
 
     def _start(self, part: Part, queue: Queue) -> None:
-        entry = self._entries.get(part.message_id)
-        if entry is None or entry.parts.get(part.key[1]) is not part:
+        entry = self._owner(part)
+        if entry is None:
             return
         domain = part.key[1]
         if self._expired(part):
@@ -333,6 +335,13 @@ class Scheduler(Service):
         )
         return self._agent.deliver(outbound)
 
+    def _retry_later(self, part: Part) -> None:
+        """After a failure inside hatwist: count it, and try ``part`` again in one
+        ``retry_interval`` (never at once: the same failure would spin the loop)."""
+        self._counters["errors"] += 1
+        part.due = self._now() + self._rules.policy(part.key).retry_interval
+        self._schedule(part)
+
     def _settled(self, _: object, part: Part) -> None:
         self._in_flight.pop(part, None)
 
@@ -353,9 +362,7 @@ class Scheduler(Service):
         except Exception:
             # Never let bookkeeping kill the loop: keep the part and try it later.
             self.log.failure("scheduler: recording an attempt failed; retrying later")
-            self._counters["errors"] += 1
-            part.due = self._now() + self._rules.policy(part.key).retry_interval
-            self._schedule(part)
+            self._retry_later(part)
             return None
         finally:
             self._board.refresh(queue)
@@ -400,13 +407,11 @@ class Scheduler(Service):
         if not still:
             del entry.parts[part.key[1]]
         else:
-            policy = self._rules.policy(part.key)
-            now = self._now()
-            part.failed_at = now
-            tries = max(r.attempts for r in still)
-            part.due = min(
-                policy.next_attempt_at(attempts=tries, now=now),
-                max(policy.expires_at(entry.message.received_at), now),
+            part.failed_at = now = self._now()
+            part.due = self._rules.policy(part.key).retry_at(
+                attempts=max(r.attempts for r in still),
+                received_at=entry.message.received_at,
+                now=now,
             )
         return self._save(entry, part, outcome_text, reschedule=bool(still))
 
@@ -492,8 +497,7 @@ class Scheduler(Service):
                            reason=reason)
 
     def _release(self, queue: Queue) -> None:
-        if queue.release is not None and queue.release.active():
-            queue.release.cancel()
+        _cancel(queue.release)
         queue.release = None
         queue.held = queue.paused = False
         if not self._board.is_live(queue):
@@ -585,10 +589,8 @@ class Scheduler(Service):
         self._entries.pop(entry.message.id, None)
         if self._finished_while_recovering is not None:
             self._finished_while_recovering.add(entry.message.id)
-        timers = [p.timer for p in entry.parts.values()] + [entry.resave]
-        for timer in timers:
-            if timer is not None and timer.active():
-                timer.cancel()
+        for timer in [p.timer for p in entry.parts.values()] + [entry.resave]:
+            _cancel(timer)
 
     def _finish_failed(self, failure: Failure, entry: _Entry) -> None:
         self._counters["errors"] += 1
@@ -603,6 +605,14 @@ class Scheduler(Service):
 
     def _now(self) -> float:
         return self._reactor.seconds()
+
+    def _owner(self, part: Part) -> _Entry | None:
+        """The entry ``part`` is current for, or None for a stale part (its message
+        finished, or the part was replaced) that must not start or expire."""
+        entry = self._entries.get(part.message_id)
+        if entry is None or entry.parts.get(part.key[1]) is not part:
+            return None
+        return entry
 
     def _timers(self) -> list[IDelayedCall]:
         calls = [q.release for q in self._board if q.release is not None]
