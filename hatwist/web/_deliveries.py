@@ -16,6 +16,10 @@ nothing about metrics, and this observer reads event fields only. Fields read:
 ``no_greeting``
     the proxy servers (as configured) that accepted the TCP connection but never sent a
     220 banner during this attempt ("proxy connected, no greeting").
+``tls_skipped``
+    why the session went in plaintext although the MX offered STARTTLS (it refused, or
+    the handshake failed and ``tls = ifavailable`` retried without it), else ``None``:
+    one count per attempt, by binding, so an operator sees mail leaving unencrypted.
 """
 
 from __future__ import annotations
@@ -62,8 +66,9 @@ def no_greeting_servers(event: Mapping[str, Any]) -> list[str]:
 @implementer(ILogObserver)
 class DeliveryMetrics:
     """
-    Counts recipients by (binding, route, result) and no-greeting proxy sessions by
-    (binding, server). Add it with ``globalLogPublisher.addObserver``.
+    Counts recipients by (binding, route, result), no-greeting proxy sessions by
+    (binding, server) and attempts that skipped TLS by binding. Add it with
+    ``globalLogPublisher.addObserver``.
 
     Never raises: the log publisher would report a failing observer on every delivery,
     so a malformed event is skipped instead.
@@ -72,6 +77,7 @@ class DeliveryMetrics:
     def __init__(self) -> None:
         self._results: Counter[ResultKey] = Counter()
         self._no_greeting: Counter[NoGreetingKey] = Counter()
+        self._tls_skipped: Counter[str] = Counter()
         self._attempts = 0
 
     def __call__(self, event: Mapping[str, Any]) -> None:
@@ -89,6 +95,9 @@ class DeliveryMetrics:
                 self._results[(binding, str(route), result)] += 1
         for server in no_greeting_servers(event):
             self._no_greeting[(binding, server)] += 1
+        reason = event.get("tls_skipped")
+        if isinstance(reason, str) and reason:
+            self._tls_skipped[binding] += 1
 
     @property
     def attempts(self) -> int:
@@ -109,3 +118,11 @@ class DeliveryMetrics:
     def no_greeting(self) -> dict[NoGreetingKey, int]:
         """Sessions where the proxy connected but no greeting came, per (binding, server)."""
         return dict(self._no_greeting)
+
+    def tls_skipped(self) -> dict[str, int]:
+        """Attempts whose session was plaintext although STARTTLS was offered, per binding."""
+        return dict(self._tls_skipped)
+
+    def tls_skipped_total(self) -> int:
+        """Attempts whose session was plaintext although STARTTLS was offered."""
+        return sum(self._tls_skipped.values())

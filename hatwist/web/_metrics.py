@@ -64,6 +64,16 @@ class StatusCollector(Collector):
             no_greeting.add_metric([binding, server], count)
         yield no_greeting
 
+        tls_skipped = CounterMetricFamily(
+            "hatwist_tls_skipped",
+            "Delivery attempts sent in plaintext although the MX offered STARTTLS "
+            "(refused, or the handshake failed and tls = ifavailable retried without it).",
+            labels=["binding"],
+        )
+        for binding, count in sorted(sources.deliveries.tls_skipped().items()):
+            tls_skipped.add_metric([binding], count)
+        yield tls_skipped
+
         yield from self._proxies()
         yield from self._queues()
 

@@ -101,6 +101,8 @@ def counter_rows(deliveries: dict[str, Any], no_greeting: int) -> list[tuple[str
     ]
     if "in_flight" in deliveries:
         rows.append(("attempts in flight", deliveries["in_flight"]))
+    if "tls_skipped" in deliveries:
+        rows.append(("plaintext, TLS skipped", deliveries["tls_skipped"]))
     rows.append(("proxy connected, no greeting", no_greeting))
     return rows
 

@@ -157,13 +157,15 @@ def status_document(sources: StatusSources) -> dict[str, Any]:
     recipients by the class of their final reply in each attempt (so a recipient retried
     three times counts three times there, once in ``counters``). ``no_greeting`` counts
     proxy sessions that connected but never got a 220 banner: through HAProxy, the sign
-    of an unusable source IP or an unreachable MX.
+    of an unusable source IP or an unreachable MX. ``deliveries.tls_skipped`` counts
+    attempts whose session went in plaintext although the MX offered STARTTLS.
     """
     proxies = proxy_views(sources)
     deliveries: dict[str, Any] = {
         "counters": scheduler_counters(sources),
         "results": sources.deliveries.result_totals(),
         "attempts_seen": sources.deliveries.attempts,
+        "tls_skipped": sources.deliveries.tls_skipped_total(),
     }
     in_flight = getattr(sources.scheduler, "in_flight", None)
     if callable(in_flight):

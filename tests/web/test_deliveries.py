@@ -6,7 +6,7 @@ from twisted.internet import defer, task
 from twisted.logger import globalLogPublisher
 
 from hatwist.config import ServerAddress, parse_config
-from hatwist.delivery import Envelope, NoGreeting
+from hatwist.delivery import Envelope, NoGreeting, RecipientResult
 from hatwist.delivery.attempt import DeliveryAgent, OutboundMessage
 from hatwist.health import ServerRegistry
 from hatwist.mx import MXHost
@@ -68,6 +68,26 @@ def test_no_greeting_counted_per_proxy_server_from_the_structured_field():
     assert metrics.no_greeting() == {("b1", "127.0.0.1:5000"): 1, ("b1", "[::1]:5001"): 1}
 
 
+def test_tls_skipped_counted_per_binding_for_attempts_that_went_in_plaintext():
+    metrics = DeliveryMetrics()
+    skipped = "STARTTLS failed (TLS handshake failed); retried in plaintext"
+    metrics(attempt_event("b1", tls_skipped=skipped))
+    metrics(attempt_event("b1", tls_skipped="STARTTLS refused: 454 4.7.0 not now"))
+    metrics(attempt_event("b2", tls_skipped=skipped))
+    metrics(attempt_event("b2", tls_skipped=None))  # TLS used, not offered, or not wanted
+    metrics(attempt_event("b3"))  # an event from before the field existed
+    assert metrics.tls_skipped() == {"b1": 2, "b2": 1}
+    assert metrics.tls_skipped_total() == 3
+
+
+def test_malformed_tls_skipped_is_not_counted():
+    metrics = DeliveryMetrics()
+    metrics(attempt_event(tls_skipped=""))
+    metrics(attempt_event(tls_skipped=True))
+    metrics(attempt_event(codes=None) | {"codes": "garbage", "tls_skipped": "x"})
+    assert (metrics.tls_skipped(), metrics.tls_skipped_total()) == ({}, 0)
+
+
 CONFIG = """
 binding b1 {
   ha_proxy_server = "127.0.0.1:5000"
@@ -76,9 +96,25 @@ binding b1 {
 """
 
 
-def test_counts_the_real_delivery_agents_event_for_a_silent_proxy():
-    """Pins the coupling: the field names DeliveryMetrics reads are the ones the agent
-    emits, for the case operators care most about (proxy connected, no greeting)."""
+class PlaintextSession:
+    """An outbound session that took the message in plaintext after STARTTLS was skipped."""
+
+    tls_skipped = "STARTTLS failed (TLS handshake failed: reset); retried in plaintext"
+    is_open = True
+
+    def send(self, envelope, content):
+        return defer.succeed(tuple(RecipientResult(r, 250, "2.0.0 ok") for r in envelope.rcpt_to))
+
+    def quit(self):
+        self.is_open = False
+        return defer.succeed(None)
+
+    def abort(self):
+        self.is_open = False
+
+
+def count_one_real_attempt(open_session) -> DeliveryMetrics:
+    """The counts of one DeliveryAgent attempt whose sessions ``open_session`` makes."""
     clock = task.Clock()
     proxy = ServerAddress("127.0.0.1", 5000)
     mx = MXHost("mx1.example.test", 10, ("127.0.0.20",))
@@ -86,9 +122,6 @@ def test_counts_the_real_delivery_agents_event_for_a_silent_proxy():
     class Resolver:
         def resolve(self, domain):
             return defer.succeed((mx,))
-
-    def open_session(endpoint, **kwargs):
-        return defer.fail(NoGreeting("connection closed before the 220 banner"))
 
     agent = DeliveryAgent(
         parse_config(CONFIG),
@@ -115,5 +148,25 @@ def test_counts_the_real_delivery_agents_event_for_a_silent_proxy():
         agent.close()
     assert len(results) == 1
     assert metrics.attempts == 1
+    return metrics
+
+
+def test_counts_the_real_delivery_agents_event_for_a_silent_proxy():
+    """Pins the coupling: the field names DeliveryMetrics reads are the ones the agent
+    emits, for the case operators care most about (proxy connected, no greeting)."""
+
+    def open_session(endpoint, **kwargs):
+        return defer.fail(NoGreeting("connection closed before the 220 banner"))
+
+    metrics = count_one_real_attempt(open_session)
     assert metrics.results() == {("b1", "proxy 127.0.0.1:5000 from 127.0.0.9", "temporary"): 2}
     assert metrics.no_greeting() == {("b1", "127.0.0.1:5000"): 1}
+    assert metrics.tls_skipped() == {}
+
+
+def test_counts_the_real_delivery_agents_event_for_a_plaintext_fallback():
+    """The same coupling for ``tls_skipped``: an attempt delivered in plaintext because
+    STARTTLS failed counts once for its binding."""
+    metrics = count_one_real_attempt(lambda endpoint, **kwargs: defer.succeed(PlaintextSession()))
+    assert metrics.results() == {("b1", "proxy 127.0.0.1:5000 from 127.0.0.9", "delivered"): 2}
+    assert metrics.tls_skipped() == {"b1": 1}

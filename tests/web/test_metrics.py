@@ -85,6 +85,16 @@ def test_no_greeting_by_binding_and_server():
     assert samples[key] == 2
 
 
+def test_tls_skipped_by_binding():
+    deliveries = DeliveryMetrics()
+    deliveries(attempt_event("b1", tls_skipped="STARTTLS refused: 454 4.7.0 not now"))
+    deliveries(attempt_event("b1", tls_skipped="STARTTLS failed (x); retried in plaintext"))
+    deliveries(attempt_event("b2", tls_skipped=None))
+    samples = scrape(metrics_registry(sources(registry(), deliveries=deliveries)))
+    assert samples[("hatwist_tls_skipped_total", labels(binding="b1"))] == 2
+    assert ("hatwist_tls_skipped_total", labels(binding="b2")) not in samples
+
+
 def test_queue_depth_and_scheduler_counters():
     scheduler = FakeScheduler({("b1", "example.test"): 3}, {"delivered": 7, "bounced": 1})
     samples = scrape(metrics_registry(sources(registry(), scheduler)))

@@ -73,6 +73,13 @@ def test_queues_and_counters_are_shown():
     assert '<tr><td>proxy connected, no greeting</td><td class="number">1</td></tr>' in html
 
 
+def test_attempts_that_skipped_tls_are_a_counter_row():
+    deliveries = DeliveryMetrics()
+    deliveries(attempt_event(tls_skipped="STARTTLS refused: 454 4.7.0 not now"))
+    html = page(registry(V4), FakeScheduler(), deliveries)
+    assert '<tr><td>plaintext, TLS skipped</td><td class="number">1</td></tr>' in html
+
+
 def test_empty_tables_say_so():
     html = page(None, None)
     assert "no proxy servers configured" in html and "no mail queued" in html

@@ -94,6 +94,15 @@ def test_deliveries_hold_scheduler_counters_and_per_result_counts():
     assert document["deliveries"]["attempts_seen"] == 1
 
 
+def test_deliveries_count_attempts_that_skipped_tls():
+    deliveries = DeliveryMetrics()
+    deliveries(attempt_event("b1", tls_skipped="STARTTLS refused: 454 4.7.0 not now"))
+    deliveries(attempt_event("b2", tls_skipped="STARTTLS failed (x); retried in plaintext"))
+    deliveries(attempt_event("b2", tls_skipped=None))
+    document = status_document(sources(registry(), deliveries=deliveries))
+    assert document["deliveries"]["tls_skipped"] == 2
+
+
 def test_no_greeting_total_and_per_proxy():
     deliveries = DeliveryMetrics()
     deliveries(attempt_event("b1", no_greeting=["[0::1]:5001"]))
