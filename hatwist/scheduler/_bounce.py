@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from hatwist.dsn import build_dsn, should_bounce
+from hatwist.dsn import bounce_envelope, build_dsn, should_bounce
 from hatwist.spool import FAILED, MessageNotFound, SpooledMessage
 
 from ._outcome import bounce_lines
@@ -45,6 +45,7 @@ def spool_bounce(
             arrival_date=message.received_at,
             date=now,
         )
-        return spool.store(message.binding, "", (message.mail_from,), dsn)
+        envelope = bounce_envelope(message)
+        return spool.store(message.binding, envelope.mail_from, envelope.rcpt_to, dsn)
 
     return content.addCallback(store)
