@@ -278,21 +278,17 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
     def _end_of_data(self) -> None:
         self._in_data = False
         if self._size > self.factory.max_message_size:
-            self._reset()
-            return self._reply(552, "5.3.4", "Message size exceeds fixed limit")
+            return self._refuse(552, "5.3.4", "Message size exceeds fixed limit")
         content = b"".join(self._chunks)
         try:
             binding, content, hops = split_binding(content)
         except BindingHeaderError as e:
-            self._reset()
-            return self._reply(550, "5.7.1", f"Error: {e}")
+            return self._refuse(550, "5.7.1", f"Error: {e}")
         binding = DEFAULT_BINDING if binding is None else binding
         if hops >= MAX_HOPS:
-            self._reset()
-            return self._reply(554, "5.4.6", "Too many hops")
+            return self._refuse(554, "5.4.6", "Too many hops")
         if not self.factory.binding_exists(binding):
-            self._reset()
-            return self._reply(550, "5.7.1", f'Unknown binding "{printable(binding)}"')
+            return self._refuse(550, "5.7.1", f'Unknown binding "{printable(binding)}"')
         self._busy = True
         self.setTimeout(None)
         self.transport.pauseProducing()
@@ -303,6 +299,11 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
                                          date=self.factory.reactor.seconds()) + content)
         d.addCallbacks(self._stored, self._not_stored)
         d.addBoth(self._resume)
+
+    def _refuse(self, code: int, enhanced: str, text: str) -> None:
+        """Refuse the message just received; the session goes on, ready for MAIL."""
+        self._reset()
+        self._reply(code, enhanced, text)
 
     def _stored(self, message: SpooledMessage) -> None:
         self._reply(250, "2.0.0", f"Ok: queued as {message.id}")
