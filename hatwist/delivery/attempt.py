@@ -19,7 +19,9 @@ before the walk moves on, as with Postfix's ``smtp_tls_security_level = may``: a
 with broken TLS would otherwise never get mail. ``required`` never does this.
 
 Sessions are reused through a :class:`~hatwist.delivery.pool.SessionPool`; each attempt
-emits exactly one structured log event (namespace ``hatwist.delivery.attempt``).
+emits exactly one structured log event (namespace ``hatwist.delivery.attempt``). What the
+walk records and the answer it gives up with are :mod:`hatwist.delivery._walk`'s; the
+endpoint for each route is :mod:`hatwist.delivery._endpoints`'.
 """
 
 from __future__ import annotations
@@ -31,34 +33,27 @@ from typing import Any
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger, LogLevel
 
 from hatwist.config import Config, DeliverySettings, TLSMode
 from hatwist.config.settings import normalize_domain
-from hatwist.delivery._errors import (
-    ConnectFailed,
-    NoGreeting,
-    SessionError,
-    may_have_delivered,
-    starttls_failed,
-)
+from hatwist.delivery._endpoints import route_endpoint
+from hatwist.delivery._errors import SessionError, may_have_delivered, starttls_failed
 from hatwist.delivery._values import Envelope, RecipientResult
+from hatwist.delivery._walk import (
+    BAD_CONFIG,
+    INTERNAL,
+    NoAnswer,
+    RouteFailed,
+    StopWalk,
+    Walk,
+    route_failed,
+)
 from hatwist.delivery.pool import PooledSession, PoolKey, SessionPool
-from hatwist.endpoint import HAProxyClientEndpoint
 from hatwist.mx import MXError, MXHost, MXResolver
-from hatwist.routing import DirectRoute, NoRoute, ProxyRoute, Route, choose_routes
+from hatwist.routing import NoRoute, Route, choose_routes
 
 _log = Logger(namespace="hatwist.delivery.attempt")
-
-#: The reply every recipient gets when no session took the message (RFC 3463: 4.4.1 "no
-#: answer from host", 4.4.4 "unable to route", 4.3.5 "system incorrectly configured").
-NO_SESSION = (451, "4.4.1")
-PROXY_NO_GREETING = "proxy connected, no greeting"
-NO_ROUTE = (451, "4.4.4")
-BAD_CONFIG = (451, "4.3.5")
-INTERNAL = (451, "4.3.0")
 
 
 @attrs.frozen
@@ -102,88 +97,6 @@ class AttemptResult:
     def addresses(self, kind: str) -> tuple[str, ...]:
         """The recipients whose result is ``"delivered"``, ``"temporary"`` or ``"permanent"``."""
         return tuple(r.address for r in self.recipients if r.kind == kind)
-
-
-@attrs.frozen
-class _NoAnswer:
-    """Why no session answered for the recipients: they all get ``code``/``status``."""
-
-    code: int
-    status: str
-    reason: str
-    waiting_for_proxy: bool = False
-
-
-class _Stop(Exception):
-    """A session broke after the peer was given the transaction: no other MX this time."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@attrs.frozen
-class _RouteFailed:
-    """Why one route could not take the message; the attempt moves on to the next."""
-
-    reason: str
-    proxy_unreachable: bool = False
-    """The proxy itself refused or timed out the connect: HAProxy being down, which the
-    health checker has not noticed yet (an MX it cannot reach shows as no greeting)."""
-    no_greeting: bool = False
-
-
-@attrs.define
-class _Walk:
-    """What an attempt tried so far: the last place it reached and why each failed."""
-
-    host: MXHost | None = None
-    address: str | None = None
-    route: str | None = None
-    failures: list[str] = attrs.Factory(list)
-    skipped: list[str] = attrs.Factory(list)
-    only_waiting_for_proxy: bool = True
-    """So far every address was skipped for want of a plumbed proxy, or failed only
-    because the proxy could not be reached: worth waiting for the health checker."""
-    no_greeting: list[str] = attrs.Factory(list)
-    tls_skipped: str | None = None
-    """Why the last session tried is plaintext although its peer offered STARTTLS."""
-
-    def give_up(self, domain: str) -> _NoAnswer:
-        """The answer for every recipient when no session took the message."""
-        skipped = list(dict.fromkeys(self.skipped))
-        waiting = bool(self.failures or skipped) and self.only_waiting_for_proxy
-        if self.failures:
-            reason = f"no MX of {domain} took the message: " + "; ".join(self.failures + skipped)
-            return _NoAnswer(*NO_SESSION, reason, waiting_for_proxy=waiting)
-        return _NoAnswer(
-            *NO_ROUTE,
-            f"no usable route to any MX of {domain}: " + "; ".join(skipped),
-            waiting_for_proxy=waiting,
-        )
-
-
-def _route_failed(error: Exception, route: Route) -> _RouteFailed:
-    """Why opening a session over ``route`` failed, classified for the walk."""
-    if isinstance(error, NoGreeting):
-        if isinstance(route, ProxyRoute):
-            return _RouteFailed(f"{PROXY_NO_GREETING} ({error})", no_greeting=True)
-        return _RouteFailed(f"no greeting ({error})")
-    if isinstance(error, ConnectFailed):
-        return _RouteFailed(str(error), proxy_unreachable=isinstance(route, ProxyRoute))
-    if isinstance(error, SessionError):
-        return _RouteFailed(str(error))
-    # Anything else about one route (a proxy host name that does not resolve, ...) must
-    # not stop the others from being tried.
-    return _RouteFailed(f"{type(error).__name__}: {error}")
-
-
-def _tcp_endpoint(
-    reactor: Any, host: str, port: int, timeout: float, bind: str | None = None
-) -> IStreamClientEndpoint:
-    endpoint = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
-    bind_address = (bind, 0) if bind else None
-    return endpoint(reactor, host, port, timeout=timeout, bindAddress=bind_address)
 
 
 class DeliveryAgent:
@@ -239,16 +152,16 @@ class DeliveryAgent:
 
     async def _deliver(self, message: OutboundMessage) -> AttemptResult:
         started = self._reactor.seconds()
-        walk = _Walk()
+        walk = Walk()
         try:
             outcome = await self._walk(message, walk)
         except defer.CancelledError:
             raise
         except Exception as e:
             _log.failure("delivery attempt of message {message_id} failed", message_id=message.id)
-            outcome = _NoAnswer(*INTERNAL, f"internal error: {type(e).__name__}: {e}")
+            outcome = NoAnswer(*INTERNAL, f"internal error: {type(e).__name__}: {e}")
         waiting_for_proxy = False
-        if isinstance(outcome, _NoAnswer):
+        if isinstance(outcome, NoAnswer):
             error, waiting_for_proxy = outcome.reason, outcome.waiting_for_proxy
             recipients = tuple(
                 RecipientResult(address, outcome.code, f"{outcome.status} {outcome.reason}")
@@ -272,17 +185,17 @@ class DeliveryAgent:
         return result
 
     async def _walk(
-        self, message: OutboundMessage, walk: _Walk
-    ) -> tuple[RecipientResult, ...] | _NoAnswer:
+        self, message: OutboundMessage, walk: Walk
+    ) -> tuple[RecipientResult, ...] | NoAnswer:
         """Per-recipient results from the first session that answered, or why none did."""
         try:
             settings = self.config.binding(message.binding).settings_for(message.domain)
         except KeyError as e:
-            return _NoAnswer(*BAD_CONFIG, str(e.args[0] if e.args else e))
+            return NoAnswer(*BAD_CONFIG, str(e.args[0] if e.args else e))
         try:
             hosts = await self._resolver.resolve(message.domain)
         except MXError as e:
-            return _NoAnswer(e.code, e.status, e.reason)
+            return NoAnswer(e.code, e.status, e.reason)
         # Plumbed servers per address family, asked once per attempt (the registry rotates
         # its answer on every call) and for that family's source: a proxy whose path from
         # one source IP fails its health check still carries the other source's mail.
@@ -300,26 +213,16 @@ class DeliveryAgent:
                     settings, address, plumbed.get(version, []), binding=message.binding
                 )
                 if isinstance(routes, NoRoute):
-                    walk.skipped.append(routes.reason)
-                    walk.only_waiting_for_proxy &= routes.waiting_for_proxy
+                    walk.no_route(routes)
                     continue
                 for route in routes:
-                    walk.host, walk.address, walk.route = host, address, route.describe()
-                    walk.tls_skipped = None
+                    walk.reach(host, address, route)
                     try:
                         outcome = await self._try(message, settings, host, address, route, walk)
-                    except _Stop as stop:
-                        return _NoAnswer(
-                            *NO_SESSION,
-                            f"{host.name} [{address}] via {route.describe()}: {stop.reason}",
-                        )
-                    if isinstance(outcome, _RouteFailed):
-                        if outcome.no_greeting and isinstance(route, ProxyRoute):
-                            walk.no_greeting.append(route.server.text)
-                        walk.only_waiting_for_proxy &= outcome.proxy_unreachable
-                        walk.failures.append(
-                            f"{host.name} [{address}] via {route.describe()}: {outcome.reason}"
-                        )
+                    except StopWalk as stop:
+                        return walk.stopped(stop)
+                    if isinstance(outcome, RouteFailed):
+                        walk.failed(route, outcome)
                         continue
                     return outcome
         return walk.give_up(message.domain)
@@ -331,11 +234,11 @@ class DeliveryAgent:
         host: MXHost,
         address: str,
         route: Route,
-        walk: _Walk,
-    ) -> tuple[RecipientResult, ...] | _RouteFailed:
+        walk: Walk,
+    ) -> tuple[RecipientResult, ...] | RouteFailed:
         """
         The recipients' results over one route, or why this route could not take the
-        message (move on). Raises :class:`_Stop` when moving on is unsafe.
+        message (move on). Raises :class:`StopWalk` when moving on is unsafe.
         """
         key = PoolKey(
             message.binding,
@@ -351,29 +254,25 @@ class DeliveryAgent:
                 return await self._send(pooled, message, settings)
             except SessionError as e:
                 # An idle session the peer has since dropped (or refused RSET on): open a
-                # fresh one, unless the peer may hold the message already.
-                if may_have_delivered(e):
-                    raise _Stop(str(e)) from None
+                # fresh one.
                 _log.debug(
                     "reused session to {address} failed ({error}); opening a new one",
                     address=address,
                     error=str(e),
                 )
         opened = await self._open(settings, host, address, route)
-        if isinstance(opened, _RouteFailed):
+        if isinstance(opened, RouteFailed):
             return opened
         session, walk.tls_skipped = opened
         try:
             pooled = self.pool.adopt(key, session, tls_skipped=walk.tls_skipped)
             return await self._send(pooled, message, settings)
         except SessionError as e:
-            if may_have_delivered(e):
-                raise _Stop(str(e)) from None
-            return _RouteFailed(str(e))
+            return RouteFailed(str(e))
 
     async def _open(
         self, settings: DeliverySettings, host: MXHost, address: str, route: Route
-    ) -> tuple[Any, str | None] | _RouteFailed:
+    ) -> tuple[Any, str | None] | RouteFailed:
         """
         A new session over ``route`` and why it is plaintext although the peer offered
         STARTTLS (``None`` when it is not), or why no session could be opened.
@@ -390,7 +289,7 @@ class DeliveryAgent:
             raise
         except Exception as e:
             if settings.tls is not TLSMode.IFAVAILABLE or not starttls_failed(e):
-                return _route_failed(e, route)
+                return route_failed(e, route)
             tls_failure = str(e)
         else:
             return session, getattr(session, "tls_skipped", None)
@@ -399,7 +298,7 @@ class DeliveryAgent:
         except defer.CancelledError:
             raise
         except Exception as e:
-            failed = _route_failed(e, route)
+            failed = route_failed(e, route)
             return attrs.evolve(
                 failed, reason=f"{tls_failure}; then without STARTTLS: {failed.reason}"
             )
@@ -414,7 +313,13 @@ class DeliveryAgent:
         tls: TLSMode,
     ) -> defer.Deferred[Any]:
         return self._open_session(
-            self._endpoint(settings, route, address),
+            route_endpoint(
+                self._reactor,
+                route,
+                address,
+                settings.remote_smtp_port,
+                settings.connect_timeout,
+            ),
             reactor=self._reactor,
             ehlo_hostname=settings.ehlo_hostname or self._ehlo,
             tls=tls,
@@ -427,37 +332,22 @@ class DeliveryAgent:
     async def _send(
         self, pooled: PooledSession, message: OutboundMessage, settings: DeliverySettings
     ) -> tuple[RecipientResult, ...]:
-        """Send over ``pooled``; give it back to the pool after, or drop it on error."""
+        """
+        Send over ``pooled``; give it back to the pool after, or drop it on error.
+
+        Raises :class:`StopWalk` for a session that broke when the peer may already hold
+        the message: sending it anywhere else could deliver it twice.
+        """
         try:
             results = await pooled.session.send(message.envelope, message.content)
-        except BaseException:
+        except BaseException as e:
             self.pool.discard(pooled)
+            if isinstance(e, SessionError) and may_have_delivered(e):
+                raise StopWalk(str(e)) from None
             raise
         pooled.sent += 1
         self.pool.release(pooled, max_messages=settings.max_messages_per_connection)
         return tuple(results)
-
-    def _endpoint(
-        self, settings: DeliverySettings, route: Route, address: str
-    ) -> IStreamClientEndpoint:
-        port = settings.remote_smtp_port
-        timeout = settings.connect_timeout
-        if isinstance(route, DirectRoute):
-            return _tcp_endpoint(self._reactor, address, port, timeout, route.bind_address)
-        server = route.server
-        if server.ip_version is None:
-            proxy: IStreamClientEndpoint = HostnameEndpoint(
-                self._reactor, server.host, server.port, timeout=timeout
-            )
-        else:
-            proxy = _tcp_endpoint(self._reactor, server.host, server.port, timeout)
-        return HAProxyClientEndpoint(
-            self._reactor,
-            proxy,
-            source=(route.source, 0),
-            destination=(address, port),
-            timeout=timeout,
-        )
 
     def _emit(self, message: OutboundMessage, result: AttemptResult) -> None:
         kinds = {r.kind for r in result.recipients}
