@@ -83,7 +83,6 @@ class _Transaction:
         self._in_content = False
         self._empty = False
         self._mail_refused: tuple[int, str] | None = None
-        self._too_many_seen = False
         self.results: list[RecipientResult | None] = [None] * len(positions)
         self.too_many: list[int] = []
         self.delivered_any = False
@@ -161,14 +160,13 @@ class _Transaction:
         if code // 100 == 3:
             raise UnexpectedReply("RCPT", f"{code} {text}")
         if _is_too_many(code, text):
-            self._too_many_seen = True
             self.too_many.append(index)
             code = TOO_MANY_RECIPIENTS
         self._decide([index], code, text)
         if self._pipelined:
             return Step()
         last = index == len(self.results) - 1
-        if self._too_many_seen and not last:
+        if self.too_many and not last:
             # The peer's limit is reached: the rest would be refused the same way.
             rest = list(range(index + 1, len(self.results)))
             self.too_many += rest
