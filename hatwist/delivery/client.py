@@ -11,9 +11,9 @@ Nothing here can hang: connect and banner share one ``connect_timeout``; the EHL
 set-up and QUIT get ``command_timeout`` each; within a message every wait for a reply,
 and every slice of content the transport has not taken yet, gets ``command_timeout``
 (a stalled peer is caught, a slow but moving one is not). A deadline aborts the
-connection. A lost
-connection fails whatever was waiting, at any stage. There are no retries: trying
-another address, MX or route, or the same one without STARTTLS, is the caller's decision.
+connection. A lost connection fails whatever was waiting, at any stage. There are no
+retries: trying another address, MX or route, or the same one without STARTTLS, is the
+caller's decision.
 """
 
 from __future__ import annotations
