@@ -23,7 +23,6 @@ import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, threads, utils
-from twisted.internet.task import deferLater
 
 from tests.rig.haproxy import free_port
 from tests.service._relay import (
@@ -117,6 +116,19 @@ class Rig:
     def submit(self, rcpts, message, mail_from=SENDER, **kwargs):
         return submit(self.reactor, self.listen, mail_from, rcpts, message, **kwargs)
 
+    async def send(
+        self, message_id: str, rcpts=("a@dest.test",), *, binding=None, mail_from=SENDER
+    ) -> str:
+        """Submit :func:`make_message` ``(message_id)``; fail unless it got its 250, and
+        return the spool id it was queued as (the relay's log names messages by it)."""
+        sent = await self.submit(list(rcpts), make_message(message_id, binding=binding),
+                                 mail_from=mail_from)
+        tail = self.relays[-1].tail() if self.relays else ""
+        assert sent.accepted, f"{sent}\n{tail}"
+        found = _QUEUED.search(sent.data[1])
+        assert found, sent
+        return found.group(1)
+
     def delivered(self) -> dict[str, list]:
         """Sink messages by Message-ID."""
         found: dict[str, list] = {}
@@ -139,21 +151,14 @@ async def rig(reactor, dns_server, smtp_sink, haproxy, tmp_path):
             await relay.kill()
 
 
-def queued_id(reply: tuple[int, str]) -> str:
-    found = _QUEUED.search(reply[1])
-    assert found, reply
-    return found.group(1)
-
-
 # -- 1. submission through the real HAProxy, per binding ------------------------------------
 
 
 @pytest_twisted.ensureDeferred
 async def test_mail_arrives_from_each_bindings_source_without_x_binding(rig):
     await rig.start_relay()
-    blue = await rig.submit(["a@dest.test"], make_message("blue-1@t", binding="blue"))
-    plain = await rig.submit(["b@dest.test"], make_message("plain-1@t"))
-    assert blue.accepted and plain.accepted, (blue, plain)
+    await rig.send("blue-1@t", binding="blue")
+    await rig.send("plain-1@t", ["b@dest.test"])
 
     await rig.sink.wait_for(2, timeout=DEADLINE)
     delivered = rig.delivered()
@@ -172,8 +177,7 @@ async def test_twist_json_logs_one_event_per_attempt_and_per_state_change(rig):
     """``twist --log-format=json``: every line is JSON, with the fields operators query."""
     rig.write_config()
     relay = await rig.relay(json_logs=True).start()
-    sent = await rig.submit(["a@dest.test"], make_message("json-1@t"))
-    assert sent.accepted, sent
+    await rig.send("json-1@t")
     await rig.sink.wait_for(1, timeout=DEADLINE)
     await relay.wait_for_log('"hatwist_event": "delivery_attempt"', since=0, timeout=DEADLINE)
     await rig.haproxy.stop()
@@ -200,10 +204,11 @@ async def test_status_and_metrics_of_the_running_relay(rig, reactor):
     """What an operator's dashboard and Prometheus read from a real relay process."""
     from twisted.web.client import Agent, readBody
 
-    await rig.start_relay()
-    sent = await rig.submit(["a@dest.test"], make_message("status-1@t"))
-    assert sent.accepted, sent
-    await rig.sink.wait_for(1, timeout=DEADLINE)
+    relay = await rig.start_relay()
+    message_id = await rig.send("status-1@t")
+    # The scheduler counts the delivery before it logs its decision about the attempt.
+    await relay.wait_for_log(f"{message_id} binding default domain dest.test: 1 delivered",
+                             since=0, timeout=DEADLINE)
     base = f"http://127.0.0.1:{rig.status_listen}"
     agent = Agent(reactor)
 
@@ -214,12 +219,7 @@ async def test_status_and_metrics_of_the_running_relay(rig, reactor):
         assert response.code == 200, path
         return await readBody(response)
 
-    # The scheduler counts the delivery once the spool has recorded it.
-    for _ in range(50):
-        status = json.loads(await get("/status"))
-        if status["deliveries"]["counters"]["delivered"] == 1:
-            break
-        await deferLater(reactor, 0.1)
+    status = json.loads(await get("/status"))
     [proxy] = status["proxies"]
     assert (proxy["server"], proxy["state"]) == (rig.haproxy.server_text, "plumbed")
     assert status["deliveries"]["counters"]["delivered"] == 1
@@ -330,16 +330,13 @@ async def test_rejected_recipient_bounces_to_the_sender_but_a_null_sender_never_
     rig.sink.recipient_replies["bad@dest.test"] = (550, "5.1.1 no such user")
     relay = await rig.start_relay()
 
-    null = await rig.submit(["bad@dest.test"], make_message("null-1@t"), mail_from="")
-    assert null.accepted, null
-    null_id = queued_id(null.data)
+    null_id = await rig.send("null-1@t", ["bad@dest.test"], mail_from="")
     await relay.wait_for_log(f"message {null_id} binding default domain : removed",
                              timeout=DEADLINE, since=0)
     assert relay.lines_with(f"message {null_id} ", "1 permanent"), "it must have been tried"
     assert not relay.lines_with(null_id, "DSN")
 
-    sent = await rig.submit(["good@dest.test", "bad@dest.test"], make_message("bounce-1@t"))
-    assert sent.accepted, sent
+    await rig.send("bounce-1@t", ["good@dest.test", "bad@dest.test"])
     await rig.sink.wait_until(
         lambda: any(m.mail_from == "" for m in rig.sink.messages), timeout=DEADLINE
     )
@@ -370,8 +367,7 @@ async def test_client_outside_relay_from_gets_550_571_for_every_recipient(rig):
     assert all(text.startswith("5.7.1") for _, text in outsider.rcpts), outsider
     assert outsider.data is None
 
-    insider = await rig.submit(["a@dest.test"], make_message("open-2@t"))
-    assert insider.accepted, insider
+    await rig.send("open-2@t")
     await rig.sink.wait_for(1, timeout=DEADLINE)
     assert set(rig.delivered()) == {"open-2@t"}
 
@@ -446,8 +442,7 @@ async def test_full_disk_gives_452_431_leaves_nothing_and_mail_flows_once_space_
         assert os.listdir(os.path.join(rig.spool_dir, sub)) == [], f"debris in {sub}/"
 
     os.unlink(filler)
-    later = await rig.submit(["a@dest.test"], make_message("later-1@t"))
-    assert later.accepted, later
+    await rig.send("later-1@t")
     await rig.sink.wait_for(1, timeout=DEADLINE)
     assert set(rig.delivered()) == {"later-1@t"}
 
@@ -465,8 +460,7 @@ async def test_sigterm_stops_accepting_lets_a_transaction_finish_and_keeps_mail_
 ):
     await rig.haproxy.stop()  # accepted mail stays undelivered until the restart
     relay = await rig.start_relay(shutdown_grace=GRACE)
-    first = await rig.submit(["a@dest.test"], make_message("term-1@t"))
-    assert first.accepted, first
+    await rig.send("term-1@t")
 
     busy = await threads.deferToThread(open_session, rig.listen)
     idle = await threads.deferToThread(open_session, rig.listen)
@@ -514,8 +508,7 @@ async def test_sighup_applies_a_new_binding_and_keeps_the_running_config_if_inva
     mark = relay.mark()
     relay.signal("HUP")
     await relay.wait_for_log("config reloaded", since=mark, timeout=DEADLINE)
-    green = await rig.submit(["a@dest.test"], make_message("hup-1@t", binding="green"))
-    assert green.accepted, green
+    await rig.send("hup-1@t", binding="green")
     await rig.sink.wait_for(1, timeout=DEADLINE)
     assert rig.delivered()["hup-1@t"][0].peer[0] == GREEN_SOURCE
 
@@ -525,8 +518,7 @@ async def test_sighup_applies_a_new_binding_and_keeps_the_running_config_if_inva
     relay.signal("HUP")
     refused = await relay.wait_for_log("config reload refused", since=mark, timeout=DEADLINE)
     assert "hatwist.conf" in refused, refused
-    again = await rig.submit(["a@dest.test"], make_message("hup-2@t", binding="green"))
-    assert again.accepted, again
+    await rig.send("hup-2@t", binding="green")
     await rig.sink.wait_for(2, timeout=DEADLINE)
     assert rig.delivered()["hup-2@t"][0].peer[0] == GREEN_SOURCE
     assert relay.running
@@ -545,9 +537,7 @@ async def test_mail_waits_for_an_unplumbed_proxy_without_spending_retries(rig):
     await rig.haproxy.stop()
     await relay.wait_for_log("-> unplumbed", since=mark, timeout=DEADLINE)
 
-    sent = await rig.submit(["a@dest.test"], make_message("wait-1@t"))
-    assert sent.accepted, sent
-    message_id = queued_id(sent.data)
+    message_id = await rig.send("wait-1@t")
     await relay.wait_for_log(f"{message_id} binding default domain dest.test: waiting for a "
                              "plumbed proxy", since=0, timeout=DEADLINE)
     assert message_id in rig.spooled()
@@ -576,9 +566,7 @@ async def test_mail_tried_before_the_check_saw_the_proxy_go_is_sent_once_it_is_b
     # The start-up check (a plain connect) just ended: the next one is SLOW_HEALTH away.
     await rig.haproxy.wait_for_log("waiting for PROXY protocol header", timeout=DEADLINE)
     await rig.haproxy.stop()
-    sent = await rig.submit(["a@dest.test"], make_message("window-1@t"))
-    assert sent.accepted, (sent, relay.tail())
-    message_id = queued_id(sent.data)
+    message_id = await rig.send("window-1@t")
     # Tried (the registry did not know yet), the proxy refused the connect, and the
     # message is held for the health checker instead of backing off for retry_interval.
     await relay.wait_for_log(
