@@ -21,19 +21,11 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-)
-from twisted.internet.interfaces import (
-    IStreamClientEndpoint,
-    IStreamClientEndpointStringParserWithReactor,
-)
+from twisted.internet.interfaces import IStreamClientEndpointStringParserWithReactor
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from hatwist.endpoint import HAProxyClientEndpoint, is_ip_literal
+from hatwist.endpoint import HAProxyClientEndpoint, is_ip_literal, tcp_endpoint
 
 __all__ = ["HAProxyClientParser"]
 
@@ -82,19 +74,6 @@ def _timeout(value: str) -> float:
     return timeout
 
 
-def _proxy_endpoint(
-    reactor: object, host: str, port: int, timeout: float, bind: str | None
-) -> IStreamClientEndpoint:
-    """The endpoint that reaches the proxy itself, chosen by the form of its host."""
-    bind_address = (bind, 0) if bind else None
-    try:
-        version = ipaddress.ip_address(host).version
-    except ValueError:
-        return HostnameEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind_address)
-    cls = TCP6ClientEndpoint if version == 6 else TCP4ClientEndpoint
-    return cls(reactor, host, port, timeout=timeout, bindAddress=bind_address)
-
-
 @implementer(IPlugin, IStreamClientEndpointStringParserWithReactor)
 class HAProxyClientParser:
     """Parses ``haproxy:`` client endpoint strings into :class:`HAProxyClientEndpoint`."""
@@ -139,7 +118,7 @@ class HAProxyClientParser:
         if bind is not None:
             bind = str(_ip("bindAddress", bind))
 
-        proxy = _proxy_endpoint(reactor, proxy_host, proxy_port, timeout, bind)
+        proxy = tcp_endpoint(reactor, proxy_host, proxy_port, timeout=timeout, bind=bind)
         return HAProxyClientEndpoint(
             reactor,
             proxy,

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import attrs
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import (
     IAddress,
     IProtocol,
@@ -32,7 +33,12 @@ from zope.interface import implementer
 
 from hatwist.proxy import TLV, proxy_header_bytes
 
-__all__ = ["DestinationUnresolvable", "HAProxyClientEndpoint", "ProxyConnectTimeout"]
+__all__ = [
+    "DestinationUnresolvable",
+    "HAProxyClientEndpoint",
+    "ProxyConnectTimeout",
+    "tcp_endpoint",
+]
 
 
 class ProxyConnectTimeout(defer.TimeoutError):
@@ -223,3 +229,22 @@ def is_ip_literal(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def tcp_endpoint(
+    reactor: object, host: str, port: int, *, timeout: float = 30, bind: str | None = None
+) -> IStreamClientEndpoint:
+    """
+    A plain TCP client endpoint to ``host``:``port`` (the proxy an
+    :class:`HAProxyClientEndpoint` wraps, or an MX reached directly), bound to ``bind``
+    when set.
+
+    An IP literal gets ``TCP4ClientEndpoint`` or ``TCP6ClientEndpoint``, which skip the
+    resolver and its thread pool; a host name gets ``HostnameEndpoint``, which resolves it
+    again at every connect, so a proxy whose address changed is found without a restart.
+    """
+    bind_address = (bind, 0) if bind else None
+    if not is_ip_literal(host):
+        return HostnameEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind_address)
+    cls = TCP6ClientEndpoint if address_family(host) == 6 else TCP4ClientEndpoint
+    return cls(reactor, host, port, timeout=timeout, bindAddress=bind_address)

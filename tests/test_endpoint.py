@@ -19,6 +19,7 @@ from hatwist.endpoint import (
     DestinationUnresolvable,
     HAProxyClientEndpoint,
     ProxyConnectTimeout,
+    tcp_endpoint,
 )
 from hatwist.proxy import MixedFamiliesError
 
@@ -217,3 +218,14 @@ def _failure_of(d: defer.Deferred):
     d.addErrback(failures.append)
     assert failures, f"expected {d!r} to have failed"
     return failures[0]
+
+
+@pytest.mark.parametrize(
+    ("host", "bind"), [("192.0.2.7", "192.0.2.1"), ("2001:db8::7", "2001:db8::1"), ("::1", None)]
+)
+def test_tcp_endpoint_connects_to_an_ip_literal_directly_with_its_timeout_and_bind(host, bind):
+    reactor = MemoryReactorClock()
+    tcp_endpoint(reactor, host, 2525, timeout=4.5, bind=bind).connect(Factory.forProtocol(Protocol))
+    [(connected_host, port, _factory, timeout, bind_address)] = reactor.tcpClients
+    assert (connected_host, port, timeout) == (host, 2525, 4.5)
+    assert bind_address == ((bind, 0) if bind else None)

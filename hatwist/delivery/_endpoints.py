@@ -10,19 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
 
-from hatwist.endpoint import HAProxyClientEndpoint
+from hatwist.endpoint import HAProxyClientEndpoint, tcp_endpoint
 from hatwist.routing import DirectRoute, Route
-
-
-def _tcp_endpoint(
-    reactor: Any, host: str, port: int, timeout: float, bind: str | None = None
-) -> IStreamClientEndpoint:
-    endpoint = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
-    bind_address = (bind, 0) if bind else None
-    return endpoint(reactor, host, port, timeout=timeout, bindAddress=bind_address)
 
 
 def route_endpoint(
@@ -31,22 +22,12 @@ def route_endpoint(
     """
     An endpoint to ``address``:``port`` over ``route`` whose connect gives up after
     ``timeout`` seconds (for a proxied route: reaching the proxy, one deadline).
-
-    A proxy configured by host name goes through ``HostnameEndpoint``, so the name is
-    resolved again at each connect; an IP literal needs no lookup.
     """
     if isinstance(route, DirectRoute):
-        return _tcp_endpoint(reactor, address, port, timeout, route.bind_address)
-    server = route.server
-    if server.ip_version is None:
-        proxy: IStreamClientEndpoint = HostnameEndpoint(
-            reactor, server.host, server.port, timeout=timeout
-        )
-    else:
-        proxy = _tcp_endpoint(reactor, server.host, server.port, timeout)
+        return tcp_endpoint(reactor, address, port, timeout=timeout, bind=route.bind_address)
     return HAProxyClientEndpoint(
         reactor,
-        proxy,
+        tcp_endpoint(reactor, route.server.host, route.server.port, timeout=timeout),
         source=(route.source, 0),
         destination=(address, port),
         timeout=timeout,
