@@ -81,6 +81,7 @@ def _kill(transport) -> None:
 
 
 @functools.cache
+@functools.cache
 def _probe() -> str | None:
     """None when namespaces work here, else why not (checked once per process)."""
     if os.geteuid() != 0:
