@@ -186,6 +186,10 @@ def delivery_status(dsn):
     return report.as_string()
 
 
+def human_part(dsn):
+    return next(p for p in dsn.walk() if p.get_content_type() == "text/plain").get_content()
+
+
 def test_delivered_message_is_removed(world):
     message = world.submit()
     [(outbound, _)] = world.agent.calls
@@ -273,8 +277,7 @@ def test_expiry_bounces_with_last_reason(world):
     assert "Status: 5.4.7" in report
     # Programs reading the report see the last reply too, not only people.
     assert "Diagnostic-Code: smtp; 451 4.4.1 mx busy #9" in report
-    human = next(p for p in dsn.walk() if p.get_content_type() == "text/plain").get_content()
-    assert "4.4.1 mx busy #9" in human
+    assert "4.4.1 mx busy #9" in human_part(dsn)
 
 
 def test_max_connections_respected(world):
@@ -333,13 +336,9 @@ def test_unreachable_destination_pauses_its_queue_instead_of_trying_every_messag
     probes = [o for o, _ in world.agent.pending() if o.domain == "dst.test"]
     assert len(probes) == 2
     # The destination is back: everything queued for it goes.
-    for index, (outbound, d) in enumerate(world.agent.calls):
-        if not d.called and outbound.domain == "dst.test":
-            world.agent.answer(index, 250)
-    while [d for o, d in world.agent.calls if not d.called and o.domain == "dst.test"]:
-        index = next(i for i, (o, d) in enumerate(world.agent.calls)
-                     if not d.called and o.domain == "dst.test")
-        world.agent.answer(index, 250)
+    while waiting := [i for i, (o, d) in enumerate(world.agent.calls)
+                      if not d.called and o.domain == "dst.test"]:
+        world.agent.answer(waiting[0], 250)
     assert all(m.id in world.spool.removed for m in messages)
     assert other.id not in world.spool.removed
 
@@ -443,8 +442,7 @@ def test_message_waiting_for_proxy_expires_with_that_reason(world):
     report = delivery_status(dsn)
     assert "Status: 5.4.7" in report
     assert "Diagnostic-Code: smtp; 451 4.4.0 no plumbed ha_proxy_server for binding" in report
-    human = next(p for p in dsn.walk() if p.get_content_type() == "text/plain").get_content()
-    assert "no plumbed ha_proxy_server for binding proxied" in human
+    assert "no plumbed ha_proxy_server for binding proxied" in human_part(dsn)
 
 
 def test_message_behind_a_younger_one_in_a_held_queue_still_expires_on_time(world):
