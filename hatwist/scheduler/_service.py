@@ -256,7 +256,7 @@ class Scheduler(Service):
     def _schedule(self, part: Part) -> None:
         if self._stopping:
             return
-        delay = part.due - self._reactor.seconds()
+        delay = part.due - self._now()
         if delay <= 0:
             self._board.add(part)
         else:
