@@ -312,6 +312,10 @@ class SessionProtocol(ESMTPClient):
     def _unsolicited(self, code: int, resp: bytes) -> None:
         """A reply while idle: typically "421 idle timeout" before the server closes."""
         self._owner._unsolicited(code, _text(resp))
+        self._close_after_peer()
+
+    def _close_after_peer(self) -> None:
+        """The peer ended the session (421): no more messages here; let the connection go."""
         self.stage = CLOSING
         self._done = True
         self.transport.loseConnection()
@@ -365,10 +369,7 @@ class SessionProtocol(ESMTPClient):
     def _finish(self, message: MessageDelivery) -> None:
         self._message, self._content = None, b""
         if message.closing:
-            # The peer said 421: it is closing, so the session ends with this message.
-            self.stage = CLOSING
-            self._done = True
-            self.transport.loseConnection()
+            self._close_after_peer()  # the session ends with this message
         else:
             self._expect(IDLE, self._unsolicited)
         self._owner._message_done(message.results)
