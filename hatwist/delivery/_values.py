@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.delivery.test_values -*-
+# -*- test-case-name: tests.delivery.test_client_values -*-
 """
 What goes into one SMTP transaction and what comes out of it, per recipient.
 
