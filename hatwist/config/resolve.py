@@ -78,11 +78,18 @@ class _BindingScope:
     group: str | None = None
 
 
-def _resolve(layers: list[_Layer]) -> tuple[DeliverySettings, dict[str, Setting | None]]:
+def _first_set(
+    layers: list[_Layer], section: schema.Section
+) -> tuple[dict[str, Any], dict[str, Setting | None]]:
+    """
+    Each key of ``section`` from the first layer that sets it, else its default: the
+    values by field name, and by key name where each was set (None for a default), so a
+    later check can point at the line to change.
+    """
     values: dict[str, Any] = {}
     origins: dict[str, Setting | None] = {}
     for key in schema.KEYS:
-        if key.section is not schema.Section.DELIVERY:
+        if key.section is not section:
             continue
         value, origin = key.default, None
         for layer in layers:
@@ -91,19 +98,12 @@ def _resolve(layers: list[_Layer]) -> tuple[DeliverySettings, dict[str, Setting 
                 break
         values[key.field] = value
         origins[key.name] = origin
-    return DeliverySettings(**values), origins
-
-
-def _section(layer: _Layer, section: schema.Section) -> tuple[dict[str, Any], dict[str, Setting]]:
-    values: dict[str, Any] = {}
-    origins: dict[str, Setting] = {}
-    for key in schema.KEYS:
-        if key.section is section:
-            value, origin = layer.values.get(key.name, (key.default, None))
-            values[key.field] = value
-            if origin is not None:
-                origins[key.name] = origin
     return values, origins
+
+
+def _resolve(layers: list[_Layer]) -> tuple[DeliverySettings, dict[str, Setting | None]]:
+    values, origins = _first_set(layers, schema.Section.DELIVERY)
+    return DeliverySettings(**values), origins
 
 
 class _Loader:
@@ -322,7 +322,7 @@ class _Loader:
         bindings[name] = self.binding_scope(scope, schema.BINDING, name, group)
 
     def service(self, layer: _Layer) -> ServiceSettings:
-        values, origins = _section(layer, schema.Section.SERVICE)
+        values, origins = _first_set([layer], schema.Section.SERVICE)
         settings = ServiceSettings(**values)
         if settings.listen == settings.status_listen and settings.listen.port != 0:
             where = origins.get("status_listen") or origins.get("listen")
@@ -336,10 +336,11 @@ class _Loader:
         return settings
 
     def health(self, layer: _Layer) -> HealthSettings:
-        values, origins = _section(layer, schema.Section.HEALTH)
+        values, origins = _first_set([layer], schema.Section.HEALTH)
         health = HealthSettings(**values)
         if health.timeout >= health.interval:
             where = origins.get("health_check_timeout") or origins["health_check_interval"]
+            assert where is not None  # a default never trips this check
             raise self.error(
                 InconsistentSettingsError,
                 f"health_check_timeout ({health.timeout}) must be below"
@@ -349,6 +350,7 @@ class _Loader:
             )
         if health.mode is HealthCheckMode.SMTP and health.target is None:
             where = origins["health_check_mode"]
+            assert where is not None  # a default never trips this check
             raise self.error(
                 InconsistentSettingsError,
                 "health_check_mode = smtp needs health_check_target (an SMTP server host:port"
@@ -358,6 +360,7 @@ class _Loader:
             )
         if health.mode is HealthCheckMode.CONNECT and health.target is not None:
             where = origins["health_check_target"]
+            assert where is not None  # a default never trips this check
             self.warnings.append(
                 ConfigWarning(
                     self.filename,
