@@ -7,6 +7,8 @@ the real HAProxy, sink and DNS is in test_attempt_rig.py.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import attrs
 import pytest
 import pytest_twisted
@@ -50,6 +52,22 @@ binding b1 {
 """
 
 RCPTS = ("a@example.test", "b@example.test")
+
+
+@contextmanager
+def logged():
+    """Every log event emitted while the block runs (the observer goes, even on failure)."""
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+
+
+def attempt_events(events):
+    """The delivery-attempt events among ``events``."""
+    return [e for e in events if e.get("hatwist_event") == "delivery_attempt"]
 
 
 def message(domain="example.test", binding="b1", n=1, rcpts=RCPTS) -> OutboundMessage:
@@ -479,33 +497,20 @@ def test_unknown_binding_is_a_temporary_configuration_problem(world):
 def test_an_unexpected_bug_still_yields_temporary_results(world):
     agent, net, _ = world
     net.hosts["example.test"] = RuntimeError("boom")
-    logged = []
-    globalLogPublisher.addObserver(logged.append)
-    try:
+    with logged() as events:
         result = run(agent, message())
-    finally:
-        globalLogPublisher.removeObserver(logged.append)
     assert result.addresses("temporary") == RCPTS
     assert "RuntimeError: boom" in result.error
-    assert any(e.get("log_failure") for e in logged)
+    assert any(e.get("log_failure") for e in events)
 
 
 def test_one_structured_log_event_per_attempt(world):
     agent, net, _ = world
     two_mx(net)
     net.behaviour["127.0.0.20"] = ConnectFailed("refused")
-    events = []
-
-    def observe(event):
-        if event.get("log_namespace") == "hatwist.delivery.attempt":
-            events.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    try:
+    with logged() as events:
         run(agent, message())
-    finally:
-        globalLogPublisher.removeObserver(observe)
-    [event] = events
+    [event] = [e for e in events if e.get("log_namespace") == "hatwist.delivery.attempt"]
     assert event["message_id"] == "m1"
     assert event["binding"] == "b1"
     assert event["route"] == "proxy 127.0.0.1:5000 from 127.0.0.9"
@@ -728,17 +733,9 @@ def test_a_plaintext_session_is_reused_by_the_next_message_and_says_so(world):
     two_mx(net)
     plaintext = FakeSession([])
     agent._open_session = opens = Opens(TLSFailed("TLS handshake failed: reset"), plaintext)
-    events = []
-
-    def observe(event):
-        if event.get("hatwist_event") == "delivery_attempt":
-            events.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    try:
+    with logged() as events:
         results = [run(agent, message(n=n)) for n in (1, 2)]
-    finally:
-        globalLogPublisher.removeObserver(observe)
+    events = attempt_events(events)
     assert len(opens.calls) == 2 and len(plaintext.sent) == 2
     skipped = "STARTTLS failed (TLS handshake failed: reset); retried in plaintext"
     assert [r.tls_skipped for r in results] == [skipped, skipped]
@@ -759,13 +756,9 @@ def test_a_refused_starttls_is_reported_as_skipped_tls(world):
 def test_an_attempt_with_tls_says_nothing_was_skipped(world):
     agent, net, _ = world
     two_mx(net)
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    try:
+    with logged() as events:
         result = run(agent, message())
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-    [event] = [e for e in events if e.get("hatwist_event") == "delivery_attempt"]
+    [event] = attempt_events(events)
     assert result.tls_skipped is None and event["tls_skipped"] is None
     assert "TLS skipped" not in formatEvent(event)
 
