@@ -157,6 +157,7 @@ class RelayService(service.MultiService):
         self.config = config
         self.reactor = reactor
         self.hostname = hostname or socket.getfqdn()
+        self._previous_hup: Any = None  # SIGHUP's handler before ours, while running
         health = config.health
 
         self.registry = ServerRegistry(
@@ -293,8 +294,6 @@ class RelayService(service.MultiService):
             self.resolver.close()
         finally:
             globalLogPublisher.removeObserver(self.deliveries)
-
-    _previous_hup: Any = None
 
     def reload(self) -> defer.Deferred[bool]:
         """Re-read the config file; apply it if valid. Fires True when applied."""

@@ -57,11 +57,16 @@ def test_a_missing_config_file_is_a_usage_error(tmp_path):
         Options().parseOptions(["--config", str(tmp_path / "nope.conf")])
 
 
+def relay_for(tmp_path, reactor, text=CONFIG):
+    """The service tree twistd would build from a config file of ``text`` (not started)."""
+    options = Options()
+    options.parseOptions(["--config", str(write_config(tmp_path, text))])
+    return RelayService(options["loaded"], reactor=reactor, hostname="relay.test")
+
+
 @pytest.fixture
 def relay(tmp_path, reactor):
-    options = Options()
-    options.parseOptions(["--config", str(write_config(tmp_path))])
-    service = RelayService(options["loaded"], reactor=reactor, hostname="relay.test")
+    service = relay_for(tmp_path, reactor)
     yield service
     if service.running:
         pytest_twisted.blockon(defer.maybeDeferred(service.stopService))
@@ -83,9 +88,7 @@ def test_a_taken_listen_address_fails_the_start_naming_it(tmp_path, reactor):
     try:
         port = squatter.getHost().port
         text = CONFIG.replace("listen = 127.0.0.1:0", f"listen = 127.0.0.1:{port}", 1)
-        options = Options()
-        options.parseOptions(["--config", str(write_config(tmp_path, text))])
-        relay = RelayService(options["loaded"], reactor=reactor, hostname="relay.test")
+        relay = relay_for(tmp_path, reactor, text)
         with pytest.raises(CannotListenError, match=str(port)):
             relay.privilegedStartService()
         status_port = relay.status_listener.port
@@ -109,9 +112,7 @@ async def test_reload_applies_a_valid_config(relay, tmp_path, reactor):
 
 def test_service_limits_come_from_the_config(tmp_path, reactor):
     text = CONFIG + "max_inbound_connections = 3\nmax_deliveries_in_flight = 7\n"
-    options = Options()
-    options.parseOptions(["--config", str(write_config(tmp_path, text))])
-    relay = RelayService(options["loaded"], reactor=reactor, hostname="relay.test")
+    relay = relay_for(tmp_path, reactor, text)
     assert relay.inbound.max_sessions == 3
     assert relay.scheduler._max_in_flight == 7
 
