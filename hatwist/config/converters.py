@@ -105,14 +105,6 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         raise ValueError(f"{text!r} is not an IP address") from None
 
 
-def ip_version(text: str) -> int | None:
-    """4 or 6 for an IP literal, None for anything else (a host name)."""
-    try:
-        return ipaddress.ip_address(text.strip()).version
-    except ValueError:
-        return None
-
-
 def ip_address(text: str) -> str:
     """Any IP address, in canonical (compressed, lower-case) form."""
     return str(_ip(text))

@@ -37,6 +37,7 @@ from hatwist.config.values import (
     HealthSettings,
     ServerAddress,
     ServiceSettings,
+    ip_version,
 )
 
 
@@ -381,7 +382,7 @@ class _Loader:
             sources = self._sources.get(server, [])
             if not sources:
                 continue  # the one-family warning already says no source is set
-            if not any(converters.ip_version(src) == family for src in sources):
+            if not any(ip_version(src) == family for src in sources):
                 self.warnings.append(
                     ConfigWarning(
                         self.filename,

@@ -35,6 +35,14 @@ def _format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def ip_version(text: str) -> int | None:
+    """4 or 6 for an IP literal, None for anything else (a host name)."""
+    try:
+        return ipaddress.ip_address(text.strip()).version
+    except ValueError:
+        return None
+
+
 @attrs.frozen
 class ServerAddress:
     """A ``host:port`` as configured; equal (and hashed) by host and port.
@@ -54,10 +62,7 @@ class ServerAddress:
     @property
     def ip_version(self) -> int | None:
         """4 or 6 for an IP literal, None for a host name."""
-        try:
-            return ipaddress.ip_address(self.host).version
-        except ValueError:
-            return None
+        return ip_version(self.host)
 
     def __str__(self) -> str:
         return self.text

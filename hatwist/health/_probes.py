@@ -13,7 +13,6 @@ and connect back to its own listener (FIELD-NOTES §3).
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,6 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from hatwist.config import HealthCheckMode, HealthSettings, ServerAddress
+from hatwist.config.values import ip_version
 from hatwist.endpoint import HAProxyClientEndpoint
 
 from ._errors import BadBanner, CheckTimedOut, NoBanner, ProbeError, describe
@@ -44,13 +44,6 @@ QUOTED_REPLY = 80
 EndpointFor = Callable[[Any], IStreamClientEndpoint]
 
 
-def _ip_version(host: str) -> int | None:
-    try:
-        return ipaddress.ip_address(host).version
-    except ValueError:
-        return None
-
-
 def direct_endpoint(reactor: IReactorTCP, server: Any) -> IStreamClientEndpoint:
     """
     A fresh endpoint reaching ``server.host``:``server.port``.
@@ -59,7 +52,7 @@ def direct_endpoint(reactor: IReactorTCP, server: Any) -> IStreamClientEndpoint:
     making one per check is what re-resolves the name at each check. IP
     literals skip the resolver (and its thread pool) altogether.
     """
-    version = _ip_version(server.host)
+    version = ip_version(server.host)
     if version == 4:
         return TCP4ClientEndpoint(reactor, server.host, server.port)
     if version == 6:
@@ -285,7 +278,7 @@ class SMTPBannerProbe:
     def _usable_sources(self, server: Any) -> list[str]:
         sources = list(dict.fromkeys(self._sources_for(server)))
         family = self._target.ip_version
-        usable = [s for s in sources if family is None or _ip_version(s) == family]
+        usable = [s for s in sources if family is None or ip_version(s) == family]
         if not usable:
             which = "no source address" if not sources else f"no IPv{family} source address"
             raise ProbeError(f"{which} is used with {server}, nothing to probe {self._target} with")
