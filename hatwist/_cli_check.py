@@ -97,8 +97,7 @@ def as_json(config: Config) -> dict[str, Any]:
 
 
 def _key_table(values: dict[str, Any]) -> list[str]:
-    rows = ([name, schema.format_value(v)] for name, v in values.items())
-    return text_table(["key", "value"], rows)
+    return text_table(["key", "value"], ([k, v] for k, v in _formatted(values).items()))
 
 
 def as_text(config: Config) -> str:

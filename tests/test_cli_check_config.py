@@ -56,6 +56,15 @@ def test_valid_config_exits_0_and_prints_tables(config_file, capsys):
     assert f"warning: {config_file}:1: binding 'default'" in err
 
 
+def test_an_unset_key_reads_as_what_happens_instead_in_every_table(config_file, capsys):
+    assert main(["check-config", config_file]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    resolver = next(line for line in lines if line.split()[:1] == ["resolver"])
+    assert resolver.split(maxsplit=1) == ["resolver", "(the system's resolver)"]
+    ehlo = next(line for line in lines if line.split()[:1] == ["ehlo_hostname"])
+    assert "(this host's FQDN)" in ehlo
+
+
 def test_invalid_config_exits_2_with_exactly_the_error_text(capsys):
     path = str(DATA / "seed-as-printed.conf")
     assert main(["check-config", path]) == 2
