@@ -18,6 +18,11 @@ def test_header_only_and_custom_indent():
     assert text_table(["a", "bb"], [], indent="") == ["a  bb"]
 
 
+def test_a_rule_under_the_header_spans_each_column():
+    lines = text_table(["a", "long"], [["wide cell", "x"]], indent="", rule=True)
+    assert lines == ["a          long", "---------  ----", "wide cell  x"]
+
+
 def test_a_row_of_the_wrong_width_is_refused():
     with pytest.raises(ValueError):
         text_table(["a", "b"], [["only one"]])

@@ -26,11 +26,13 @@ from twisted.internet import defer, task, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.logger import globalLogPublisher
 
+from hatwist._text_table import text_table
 from hatwist.config import parse_config
 from hatwist.lab.dns import DNSServer
 from hatwist.lab.haproxy import HAProxy
 from hatwist.lab.sink import SMTPSink
 from hatwist.lab.smtp import send
+from hatwist.web import DELIVERY_EVENT
 
 #: Where the sink (every demo domain's MX) listens; any 127.0.0.0/8 address is local.
 SINK_HOST = "127.0.0.20"
@@ -52,10 +54,6 @@ SUBMIT_DEADLINE = 5.0
 DELIVERY_DEADLINE = 10.0
 #: How often the waits above look again (they watch in-memory state, never the network).
 POLL_INTERVAL = 0.05
-
-#: The ``hatwist_event`` of the delivery agent's one log event per attempt.
-_ATTEMPT_EVENT = "delivery_attempt"
-
 
 class DemoError(Exception):
     """The demo could not show what it promises; the message says which step failed."""
@@ -185,7 +183,7 @@ _HEADINGS = ("message", "binding", "recipient", "route", "sink saw", "result")
 
 def format_table(rows: Iterable[Row]) -> str:
     """The rows as an aligned plain-text table."""
-    cells = [_HEADINGS] + [
+    cells = (
         (
             r.message.label,
             r.message.binding,
@@ -195,12 +193,8 @@ def format_table(rows: Iterable[Row]) -> str:
             r.result,
         )
         for r in rows
-    ]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(_HEADINGS))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines) + "\n"
+    )
+    return "\n".join(text_table(_HEADINGS, cells, indent="", rule=True)) + "\n"
 
 
 async def wait_until(
@@ -231,7 +225,7 @@ class Lab:
 
     def _observe(self, event: Mapping[str, Any]) -> None:
         """Keep the delivery agent's latest attempt event for each recipient."""
-        if event.get("hatwist_event") != _ATTEMPT_EVENT:
+        if event.get("hatwist_event") != DELIVERY_EVENT:
             return
         codes = event.get("codes")
         if isinstance(codes, Mapping):
