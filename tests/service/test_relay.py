@@ -217,7 +217,7 @@ async def test_status_and_metrics_of_the_running_relay(rig, reactor):
             DEADLINE, reactor
         )
         assert response.code == 200, path
-        return await readBody(response)
+        return await readBody(response).addTimeout(DEADLINE, reactor)
 
     status = json.loads(await get("/status"))
     [proxy] = status["proxies"]
