@@ -259,7 +259,7 @@ class SMTPBannerProbe:
         self._sources_for = sources_for
         self._endpoint_for = endpoint_for or (lambda server: direct_endpoint(reactor, server))
 
-    def check(self, server: Any) -> Deferred[None]:
+    def check(self, server: Any) -> Deferred[SourceResults]:
         try:
             sources = self._usable_sources(server)
         except Exception:
