@@ -292,14 +292,17 @@ async def test_write_error_at_any_step_leaves_nothing_behind(tmp_path, pool, ope
     assert listing(tmp_path, "msg") == listing(tmp_path, "tmp") == []
 
 
+@pytest.mark.parametrize("operation, directory", [("write", "tmp"), ("rename", "msg")])
 @pytest_twisted.ensureDeferred
-async def test_failed_update_keeps_the_old_state(tmp_path, pool):
+async def test_failed_update_keeps_the_old_state_and_names_the_failing_file(
+        tmp_path, pool, operation, directory):
     disk = RecordingDisk()
     spool = Spool(str(tmp_path), reactor=reactor, threadpool=pool, disk=disk)
     message = await deadline(spool.store("b", "a@x.example", ["1@y.example"], CONTENT))
-    disk.fail_on = ("rename", ".json")
-    with pytest.raises(SpoolWriteError):
+    disk.fail_on = (operation, ".json")
+    with pytest.raises(SpoolWriteError) as caught:
         await deadline(spool.update(attrs.evolve(message, attempts=5)))
+    assert os.path.dirname(caught.value.path) == str(tmp_path / directory)
     assert listing(tmp_path, "tmp") == []
     assert await deadline(spool.recover()) == [message]
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-from collections.abc import Container
+from collections.abc import Callable, Container
 
 import attrs
 
@@ -69,6 +69,20 @@ class SpoolDirectory:
         # A serial number keeps two updates of one message from sharing a tmp file.
         return os.path.join(self.tmp, f"{message_id}.{next(self._serial)}{suffix}")
 
+    def _run_or_undo(
+        self, steps: list[tuple[str, Callable[[], object]]], undo: tuple[str, ...]
+    ) -> None:
+        """Run the C{(path, step)} pairs in order.  If one fails, remove the files in
+        C{undo} (what this operation may have made) and raise L{SpoolWriteError}
+        naming the failing step's path: the spool keeps the old state or nothing."""
+        for path, step in steps:
+            try:
+                step()
+            except OSError as e:
+                for leftover in undo:
+                    self._disk.discard(leftover)
+                raise SpoolWriteError(path, e) from e
+
     def prepare(self) -> None:
         """Create the three directories if missing (and make that durable)."""
         if self._ready:
@@ -91,20 +105,16 @@ class SpoolDirectory:
         state_path = self._path(message.id, STATE_SUFFIX)
         tmp_content = self._tmp_path(message.id, CONTENT_SUFFIX)
         tmp_state = self._tmp_path(message.id, STATE_SUFFIX)
-        steps = [
-            (tmp_content, lambda: self._disk.write(tmp_content, content)),
-            (tmp_state, lambda: self._disk.write(tmp_state, encode(message))),
-            (content_path, lambda: self._disk.rename(tmp_content, content_path)),
-            (state_path, lambda: self._disk.rename(tmp_state, state_path)),
-            (self.msg, lambda: self._disk.fsync_dir(self.msg)),
-        ]
-        try:
-            for path, step in steps:  # noqa: B007 (path names the failing step)
-                step()
-        except OSError as e:
-            for leftover in (state_path, content_path, tmp_state, tmp_content):
-                self._disk.discard(leftover)
-            raise SpoolWriteError(path, e) from e
+        self._run_or_undo(
+            [
+                (tmp_content, lambda: self._disk.write(tmp_content, content)),
+                (tmp_state, lambda: self._disk.write(tmp_state, encode(message))),
+                (content_path, lambda: self._disk.rename(tmp_content, content_path)),
+                (state_path, lambda: self._disk.rename(tmp_state, state_path)),
+                (self.msg, lambda: self._disk.fsync_dir(self.msg)),
+            ],
+            undo=(state_path, content_path, tmp_state, tmp_content),
+        )
 
     def update(self, message: SpooledMessage) -> None:
         """Replace the state file of an existing message atomically."""
@@ -112,16 +122,14 @@ class SpoolDirectory:
         if not self._disk.exists(self._path(message.id, CONTENT_SUFFIX)):
             raise MessageNotFound(message.id)
         tmp_state = self._tmp_path(message.id, STATE_SUFFIX)
-        path = tmp_state
-        try:
-            self._disk.write(tmp_state, encode(message))
-            path = state_path
-            self._disk.rename(tmp_state, state_path)
-            path = self.msg
-            self._disk.fsync_dir(self.msg)
-        except OSError as e:
-            self._disk.discard(tmp_state)
-            raise SpoolWriteError(path, e) from e
+        self._run_or_undo(
+            [
+                (tmp_state, lambda: self._disk.write(tmp_state, encode(message))),
+                (state_path, lambda: self._disk.rename(tmp_state, state_path)),
+                (self.msg, lambda: self._disk.fsync_dir(self.msg)),
+            ],
+            undo=(tmp_state,),
+        )
 
     def remove(self, message_id: str) -> None:
         """Forget a message: state first (it is the commit mark), then content."""
