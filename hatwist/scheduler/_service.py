@@ -56,6 +56,16 @@ SAVE_RETRY_DELAY = 30.0
 COUNTERS = ("delivered", "deferred", "bounced", "attempts", "waiting", "errors", "dsns")
 
 
+@attrs.define
+class _Recovery:
+    """The start-up read of the spool, while it runs."""
+
+    waiters: list[defer.Deferred] = attrs.Factory(list)
+    """Fired once the recovered messages are scheduled (:meth:`Scheduler.when_recovered`)."""
+    finished: set[str] = attrs.Factory(set)
+    """Messages accepted and finished meanwhile: the listing may still name them."""
+
+
 def _cancel(call: IDelayedCall | None) -> None:
     """Cancel ``call`` unless it is None, has run or was cancelled already."""
     if call is not None and call.active():
@@ -124,8 +134,7 @@ class Scheduler(Service):
         self._stopping = False
         self._pumping = False
         self._unsubscribe: Callable[[], None] | None = None
-        self._recovery_waiters: list[defer.Deferred] | None = []
-        self._finished_while_recovering: set[str] | None = set()
+        self._recovery: _Recovery | None = _Recovery()  # None once the spool was read
 
     # -- the public face -----------------------------------------------------
 
@@ -145,17 +154,17 @@ class Scheduler(Service):
         Fires once the spool's messages found at start-up have been scheduled
         (at once if that has happened already).
         """
-        if self._recovery_waiters is None:
+        if self._recovery is None:
             return defer.succeed(None)
         d: defer.Deferred = defer.Deferred()
-        self._recovery_waiters.append(d)
+        self._recovery.waiters.append(d)
         return d
 
     def _recovery_done(self, _: object) -> None:
-        self._finished_while_recovering = None
-        waiters, self._recovery_waiters = self._recovery_waiters or [], None
-        for d in waiters:
-            d.callback(None)
+        recovery, self._recovery = self._recovery, None
+        if recovery is not None:
+            for d in recovery.waiters:
+                d.callback(None)
 
     def stopService(self) -> defer.Deferred:
         """
@@ -230,7 +239,7 @@ class Scheduler(Service):
     def _recovered(self, messages: Iterable[SpooledMessage]) -> None:
         # A message accepted and finished while recovery read the directory
         # may be in its list: it must not come back.
-        finished = self._finished_while_recovering or set()
+        finished = self._recovery.finished if self._recovery is not None else set()
         messages = [m for m in messages if m.id not in finished]
         self.log.info("scheduler: {count} spooled messages recovered", count=len(messages))
         for message in messages:
@@ -587,8 +596,8 @@ class Scheduler(Service):
 
     def _forget(self, entry: _Entry) -> None:
         self._entries.pop(entry.message.id, None)
-        if self._finished_while_recovering is not None:
-            self._finished_while_recovering.add(entry.message.id)
+        if self._recovery is not None:
+            self._recovery.finished.add(entry.message.id)
         for timer in [p.timer for p in entry.parts.values()] + [entry.resave]:
             _cancel(timer)
 
