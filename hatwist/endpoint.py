@@ -146,9 +146,12 @@ class HAProxyClientEndpoint:
         self._version = version
         self._timeout = timeout
         self._tlvs = tuple(tlvs)
+        #: The header for an IP-literal destination, made once: making it here also fails
+        #: now, not at connect time, for a header that can never be valid. A host name's
+        #: header waits for the address each connect resolves.
+        self._header: bytes | None = None
         if is_ip_literal(destination[0]):
-            # Fail now, not at connect time, for a header that can never be valid.
-            self._header_for(destination[0])
+            self._header = self._header_for(destination[0])
 
     def __repr__(self) -> str:
         return (
@@ -169,8 +172,11 @@ class HAProxyClientEndpoint:
 
     async def _connect(self, protocolFactory: IProtocolFactory) -> IProtocol:
         dst_host, dst_port = self._destination
-        dst_ip = dst_host if is_ip_literal(dst_host) else await self._resolve(dst_host)
-        header = self._header_for(dst_ip)
+        if self._header is not None:
+            dst_ip, header = dst_host, self._header
+        else:
+            dst_ip = await self._resolve(dst_host)
+            header = self._header_for(dst_ip)
         addresses = _Addresses(
             host=_tcp_address(*self._source), peer=_tcp_address(dst_ip, dst_port)
         )
