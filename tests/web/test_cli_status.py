@@ -119,6 +119,17 @@ def run_in_thread(reactor, url: str):
     return d, out, err
 
 
+def run_command(reactor, url: str, env: dict[str, str]):
+    """``python -m hatwist.cli status --url URL`` from this checkout: (out, err, code)."""
+    d = utils.getProcessOutputAndValue(
+        sys.executable,
+        ["-m", "hatwist.cli", "status", "--url", url],
+        env={**env, "PYTHONPATH": str(ROOT)},
+        path=str(ROOT),
+    )
+    return d.addTimeout(DEADLINE, reactor)
+
+
 @pytest_twisted.ensureDeferred
 async def test_prints_the_running_services_state(reactor):
     reg = registry(V4, V6)
@@ -147,14 +158,7 @@ async def test_hatwist_command_prints_status_in_a_subprocess(reactor):
     unplumb(reg, V4, at=1.0, error="refused")
     site = Served(reactor, sources(reg))
     try:
-        d = utils.getProcessOutputAndValue(
-            sys.executable,
-            ["-m", "hatwist.cli", "status", "--url", site.url],
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            path=str(ROOT),
-        )
-        d.addTimeout(DEADLINE, reactor)
-        out, err, code = await d
+        out, err, code = await run_command(reactor, site.url, {**os.environ})
     finally:
         await site.close()
     assert code == 0, err.decode()
@@ -196,16 +200,9 @@ async def test_an_http_proxy_in_the_environment_is_not_used(reactor):
     await closed.close()
     site = Served(reactor, sources(registry(V4)))
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "http_proxy")}
-    env.update(PYTHONPATH=str(ROOT), http_proxy=proxy_url, HTTP_PROXY=proxy_url)
+    env.update(http_proxy=proxy_url, HTTP_PROXY=proxy_url)
     try:
-        d = utils.getProcessOutputAndValue(
-            sys.executable,
-            ["-m", "hatwist.cli", "status", "--url", site.url],
-            env=env,
-            path=str(ROOT),
-        )
-        d.addTimeout(DEADLINE, reactor)
-        out, err, code = await d
+        out, err, code = await run_command(reactor, site.url, env)
     finally:
         await site.close()
     assert code == 0, err.decode()
