@@ -6,28 +6,23 @@ A value for a (binding, domain) pair comes from the first of these scopes that s
         > top-level domain > top level > built-in default
 
 Everything is resolved once, at load time, so every problem is found before hatwist
-starts and lookups afterwards are dictionary reads.
+starts and lookups afterwards are dictionary reads. Checking each scope against the schema
+is :mod:`hatwist.config._scopes`'s job; this module ranks the layers it returns and checks
+the settings that depend on one another (across keys, scopes and bindings).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import attrs
-
-from hatwist.config import converters, schema
+from hatwist.config import schema
 from hatwist.config._families import family_warning
+from hatwist.config._scopes import EMPTY, BindingScope, Layer, ScopeChecker
 from hatwist.config.errors import (
-    ConfigError,
     ConfigFileError,
-    ConfigSyntaxError,
     ConfigWarning,
-    DuplicateError,
     InconsistentSettingsError,
-    InvalidValueError,
-    MisplacedKeyError,
-    UnknownKeyError,
 )
 from hatwist.config.settings import Binding, BindingMap, Config
 from hatwist.config.syntax import Scope, Setting, parse
@@ -58,29 +53,8 @@ def load_config(path: str) -> Config:
     return parse_config(text, path)
 
 
-@attrs.frozen
-class _Layer:
-    """The keys one scope sets: key name -> (converted value, where it was set)."""
-
-    values: Mapping[str, tuple[Any, Setting]] = attrs.Factory(dict)
-
-
-_EMPTY = _Layer()
-
-
-@attrs.frozen
-class _BindingScope:
-    """A binding or binding_group block: its own keys and its domain blocks."""
-
-    name: str
-    line: int
-    layer: _Layer
-    domains: Mapping[str, _Layer]
-    group: str | None = None
-
-
 def _first_set(
-    layers: list[_Layer], section: schema.Section
+    layers: list[Layer], section: schema.Section
 ) -> tuple[dict[str, Any], dict[str, Setting | None]]:
     """
     Each key of ``section`` from the first layer that sets it, else its default: the
@@ -102,199 +76,32 @@ def _first_set(
     return values, origins
 
 
-def _resolve(layers: list[_Layer]) -> tuple[DeliverySettings, dict[str, Setting | None]]:
+def _resolve(layers: list[Layer]) -> tuple[DeliverySettings, dict[str, Setting | None]]:
     values, origins = _first_set(layers, schema.Section.DELIVERY)
     return DeliverySettings(**values), origins
 
 
 class _Loader:
-    """One load: checks the tree against the schema and resolves every binding."""
+    """One load: resolves every binding from the checked tree, then cross-checks."""
 
     def __init__(self, filename: str) -> None:
         self.filename = filename
         self.warnings: list[ConfigWarning] = []
-        self.servers: list[tuple[int, int, ServerAddress]] = []
+        self.scopes = ScopeChecker(filename)
+        self.error = self.scopes.error
         self._sources: dict[ServerAddress, list[str]] = {}
 
-    def error(self, cls: type[ConfigError], message: str, line: int, column: int | None):
-        return cls(message, self.filename, line, column)
-
-    # -- checking the tree against the schema --------------------------------------------
-
-    def layer(self, scope: Scope, kind: str, label: str) -> _Layer:
-        values: dict[str, tuple[Any, Setting]] = {}
-        for setting in scope.settings:
-            key = schema.KEYS_BY_NAME.get(setting.key)
-            if key is None:
-                if setting.key in schema.SCOPES:
-                    raise self.error(
-                        MisplacedKeyError,
-                        f"'{setting.key}' is a scope, not a key:"
-                        f" write {setting.key} NAME {{ ... }}",
-                        setting.line,
-                        setting.column,
-                    )
-                raise self.error(
-                    UnknownKeyError,
-                    f"unknown key '{setting.key}'"
-                    + schema.suggest(setting.key, list(schema.KEYS_BY_NAME)),
-                    setting.line,
-                    setting.column,
-                )
-            if kind not in key.scopes:
-                raise self.error(
-                    MisplacedKeyError,
-                    f"'{key.name}' is not allowed in {label}; {schema.where_allowed(key)}",
-                    setting.line,
-                    setting.column,
-                )
-            if key.name in values:
-                first = values[key.name][1]
-                raise self.error(
-                    DuplicateError,
-                    f"'{key.name}' is set twice in {label} (first on line {first.line})",
-                    setting.line,
-                    setting.column,
-                )
-            try:
-                value = key.convert(setting.value)
-            except ValueError as e:
-                raise self.error(
-                    InvalidValueError, f"{key.name}: {e}", setting.line, setting.value_column
-                ) from None
-            values[key.name] = (value, setting)
-            if key.name == "ha_proxy_server":
-                self.servers.extend((setting.line, setting.column, s) for s in value)
-        return _Layer(values)
-
-    def children(self, scope: Scope, kind: str, label: str) -> Iterator[tuple[Scope, str | None]]:
-        """Check each child scope's kind, place and name; yield (scope, normalized name)."""
-        for child in scope.scopes:
-            rule = schema.SCOPES.get(child.kind)
-            if rule is None:
-                if child.kind in schema.KEYS_BY_NAME:
-                    raise self.error(
-                        MisplacedKeyError,
-                        f"'{child.kind}' is a key, not a scope: write {child.kind} = value",
-                        child.line,
-                        child.column,
-                    )
-                raise self.error(
-                    UnknownKeyError,
-                    f"unknown scope '{child.kind}'"
-                    + schema.suggest(child.kind, list(schema.SCOPES)),
-                    child.line,
-                    child.column,
-                )
-            if kind not in rule.parents:
-                raise self.error(
-                    MisplacedKeyError,
-                    f"a {child.kind} block is not allowed in {label}",
-                    child.line,
-                    child.column,
-                )
-            yield child, self.scope_name(child, rule)
-
-    def scope_name(self, scope: Scope, rule: schema.ScopeRule) -> str | None:
-        if scope.name is None:
-            if rule.name is schema.NameRule.REQUIRED:
-                raise self.error(
-                    ConfigSyntaxError,
-                    f"a {scope.kind} block needs a name: {scope.kind} NAME {{ ... }}",
-                    scope.line,
-                    scope.column,
-                )
-            return schema.DEFAULT_BINDING if rule.kind == schema.BINDING else None
-        if rule.name is schema.NameRule.FORBIDDEN:
-            raise self.error(
-                ConfigSyntaxError,
-                f"the {scope.kind} block takes no name: {scope.kind} {{ ... }}",
-                scope.line,
-                scope.column,
-            )
-        convert = converters.domain if rule.kind == schema.DOMAIN else converters.binding_name
-        try:
-            return convert(scope.name)
-        except ValueError as e:
-            raise self.error(
-                InvalidValueError, f"{scope.kind} name: {e}", scope.line, scope.column
-            ) from None
-
-    def domains(self, scope: Scope, kind: str, label: str) -> dict[str, _Layer]:
-        result: dict[str, _Layer] = {}
-        lines: dict[str, int] = {}
-        for child, name in self.children(scope, kind, label):
-            if child.kind != schema.DOMAIN:
-                continue
-            assert name is not None
-            if name in result:
-                raise self.error(
-                    DuplicateError,
-                    f"domain '{name}' appears twice in {label} (first on line {lines[name]})",
-                    child.line,
-                    child.column,
-                )
-            lines[name] = child.line
-            result[name] = self.layer(child, schema.DOMAIN, schema.scope_label(schema.DOMAIN, name))
-        return result
-
-    def binding_scope(self, scope: Scope, kind: str, name: str, group: str | None) -> _BindingScope:
-        label = schema.scope_label(kind, name)
-        layer = self.layer(scope, kind, label)
-        return _BindingScope(name, scope.line, layer, self.domains(scope, kind, label), group)
-
-    # -- the whole file --------------------------------------------------------------------
-
     def load(self, root: Scope) -> Config:
-        top = schema.scope_label(schema.GLOBAL, None)
-        global_layer = self.layer(root, schema.GLOBAL, top)
-        top_domains = self.domains(root, schema.GLOBAL, top)
-        module: _Layer | None = None
-        module_line = 0
-        groups: dict[str, _BindingScope] = {}
-        bindings: dict[str, _BindingScope] = {}
-        for child, name in self.children(root, schema.GLOBAL, top):
-            if child.kind == schema.MODULE:
-                if module is not None:
-                    raise self.error(
-                        DuplicateError,
-                        f"a second {schema.MODULE} block (the first is on line {module_line})",
-                        child.line,
-                        child.column,
-                    )
-                module_line = child.line
-                module = self.layer(child, schema.MODULE, schema.scope_label(schema.MODULE, None))
-                for _ in self.children(child, schema.MODULE, f"the {schema.MODULE} block"):
-                    pass  # nothing nests in the module block; children() says so
-            elif child.kind == schema.GROUP:
-                assert name is not None
-                if name in groups:
-                    raise self.error(
-                        DuplicateError,
-                        f"binding_group '{name}' is already defined on line {groups[name].line}",
-                        child.line,
-                        child.column,
-                    )
-                groups[name] = self.binding_scope(child, schema.GROUP, name, None)
-                group_label = schema.scope_label(schema.GROUP, name)
-                for grandchild, bname in self.children(child, schema.GROUP, group_label):
-                    if grandchild.kind == schema.BINDING:
-                        assert bname is not None
-                        self.add_binding(bindings, grandchild, bname, name)
-            elif child.kind == schema.BINDING:
-                assert name is not None
-                self.add_binding(bindings, child, name, None)
-        if schema.DEFAULT_BINDING not in bindings:
-            bindings[schema.DEFAULT_BINDING] = _BindingScope(schema.DEFAULT_BINDING, 0, _EMPTY, {})
-        service = self.service(global_layer)
-        health = self.health(module or _EMPTY)
+        tree = self.scopes.check(root)
+        service = self.service(tree.top)
+        health = self.health(tree.module)
         resolved = BindingMap(
             {
-                name: self.resolve_binding(binding, groups, global_layer, top_domains)
-                for name, binding in bindings.items()
+                name: self.resolve_binding(binding, tree.groups, tree.top, tree.top_domains)
+                for name, binding in tree.bindings.items()
             }
         )
-        self.check_probe_sources(health, (module or _EMPTY).values.get("health_check_target"))
+        self.check_probe_sources(health, tree.module.values.get("health_check_target"))
         return Config(
             filename=self.filename,
             service=service,
@@ -307,22 +114,10 @@ class _Loader:
 
     def proxy_servers(self) -> tuple[ServerAddress, ...]:
         """Every distinct server in file order (scopes are visited out of file order)."""
-        in_order = sorted(self.servers, key=lambda entry: (entry[0], entry[1]))
+        in_order = sorted(self.scopes.servers, key=lambda entry: (entry[0], entry[1]))
         return tuple(dict.fromkeys(server for _, _, server in in_order))
 
-    def add_binding(
-        self, bindings: dict[str, _BindingScope], scope: Scope, name: str, group: str | None
-    ) -> None:
-        if name in bindings:
-            raise self.error(
-                DuplicateError,
-                f"binding '{name}' is already defined on line {bindings[name].line}",
-                scope.line,
-                scope.column,
-            )
-        bindings[name] = self.binding_scope(scope, schema.BINDING, name, group)
-
-    def service(self, layer: _Layer) -> ServiceSettings:
+    def service(self, layer: Layer) -> ServiceSettings:
         values, origins = _first_set([layer], schema.Section.SERVICE)
         settings = ServiceSettings(**values)
         if settings.listen == settings.status_listen and settings.listen.port != 0:
@@ -336,7 +131,7 @@ class _Loader:
             )
         return settings
 
-    def health(self, layer: _Layer) -> HealthSettings:
+    def health(self, layer: Layer) -> HealthSettings:
         values, origins = _first_set([layer], schema.Section.HEALTH)
         health = HealthSettings(**values)
         if health.timeout >= health.interval:
@@ -402,13 +197,13 @@ class _Loader:
 
     def resolve_binding(
         self,
-        binding: _BindingScope,
-        groups: Mapping[str, _BindingScope],
-        global_layer: _Layer,
-        top_domains: Mapping[str, _Layer],
+        binding: BindingScope,
+        groups: Mapping[str, BindingScope],
+        global_layer: Layer,
+        top_domains: Mapping[str, Layer],
     ) -> Binding:
         group = groups.get(binding.group) if binding.group else None
-        group_layer = group.layer if group else _EMPTY
+        group_layer = group.layer if group else EMPTY
         group_domains = group.domains if group else {}
         base, origins = _resolve([binding.layer, group_layer, global_layer])
         self.check_families(binding.name, None, base, origins, None)
@@ -416,11 +211,11 @@ class _Loader:
         for domain in dict.fromkeys([*binding.domains, *group_domains, *top_domains]):
             settings, domain_origins = _resolve(
                 [
-                    binding.domains.get(domain, _EMPTY),
+                    binding.domains.get(domain, EMPTY),
                     binding.layer,
-                    group_domains.get(domain, _EMPTY),
+                    group_domains.get(domain, EMPTY),
                     group_layer,
-                    top_domains.get(domain, _EMPTY),
+                    top_domains.get(domain, EMPTY),
                     global_layer,
                 ]
             )
