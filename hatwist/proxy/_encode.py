@@ -14,7 +14,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from ._errors import MixedFamiliesError
 from ._v1 import encode_v1
 from ._v2 import encode_v2
-from ._values import MAX_PORT, TLV, Command, ProxyHeader
+from ._values import TLV, Command, ProxyHeader, checked_port
 
 
 def encode(header: ProxyHeader, *, crc32c: bool = False) -> bytes:
@@ -48,10 +48,8 @@ def _ip(pair: tuple[str, int], what: str) -> IPv4Address | IPv6Address:
         ip = ipaddress.ip_address(literal)
     except ValueError:
         raise ValueError(f"{what} address {literal!r} is not an IP literal") from None
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= MAX_PORT:
-        raise ValueError(f"{what} port must be an int in 0..{MAX_PORT}, not {port!r}")
     kind = IPv6Address if ip.version == 6 else IPv4Address
-    return kind("TCP", literal, port)
+    return kind("TCP", literal, checked_port(port, what))
 
 
 def proxy_header_bytes(

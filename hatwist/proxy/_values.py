@@ -90,7 +90,8 @@ class TLV:
             )
 
 
-def _port(port: object, what: str) -> int:
+def checked_port(port: object, what: str) -> int:
+    """C{port} if it can be carried in a header; ValueError naming C{what} otherwise."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= MAX_PORT:
         raise ValueError(f"{what} port must be an int in 0..{MAX_PORT}, not {port!r}")
     return port
@@ -128,7 +129,7 @@ def canonical_address(value: object, what: str) -> Address | None:
             ) from None
         if getattr(ip, "scope_id", None):
             raise ValueError(f"{what} host {value.host!r} has a scope id, which cannot be sent")
-        return type(value)("TCP", str(ip), _port(value.port, what))
+        return type(value)("TCP", str(ip), checked_port(value.port, what))
     raise ValueError(
         f"{what} must be an IPv4Address, IPv6Address or UNIXAddress, not {type(value).__name__}"
     )
