@@ -10,7 +10,7 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.error import ConnectingCancelledError
+from twisted.internet.error import ConnectingCancelledError, NoProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.haproxy._v2parser import V2Parser
@@ -208,9 +208,10 @@ def test_refusing_application_factory_gets_no_connection():
         def buildProtocol(self, addr):
             return None
 
-    make_endpoint(reactor).connect(Refuser())
+    connecting = make_endpoint(reactor).connect(Refuser())
     host, port, factory, _timeout, _bind = reactor.tcpClients[-1]
     assert factory.buildProtocol(IPv4Address("TCP", host, port)) is None
+    _failure_of(connecting).trap(NoProtocol)
 
 
 def _failure_of(d: defer.Deferred):
