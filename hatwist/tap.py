@@ -15,13 +15,14 @@ reactor thread; if it is invalid the error is logged and the running config stay
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer, task, threads
+from twisted.internet import defer, threads
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger, globalLogPublisher
@@ -238,10 +239,9 @@ class RelayService(service.MultiService):
 
     async def _drain_inbound(self) -> None:
         """Let submitters in the middle of a transaction finish, within the grace period."""
-        grace = self.config.service.shutdown_grace
-        deadline = self.reactor.seconds() + grace
-        while self.inbound.sessions and self.reactor.seconds() < deadline:
-            await task.deferLater(self.reactor, 0.1)
+        idle = self.inbound.when_idle()
+        with contextlib.suppress(defer.TimeoutError):
+            await idle.addTimeout(self.config.service.shutdown_grace, self.reactor)
         for session in list(self.inbound.sessions):
             session.transport.loseConnection()
 

@@ -468,3 +468,18 @@ def test_received_field_names_the_peer_as_an_address_literal(peer, literal):
     field = received_field(helo="client.test", peer=peer, hostname="relay.test", date=0)
     assert field.startswith(f"Received: from client.test ({literal})\r\n".encode())
     assert field.endswith(b"\t" + b"Thu, 01 Jan 1970 00:00:00 -0000\r\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_when_idle_fires_once_the_last_session_is_gone_so_shutdown_need_not_poll(
+        server_for):
+    server = server_for()
+    assert server.factory.when_idle().called  # no session: at once
+    first, second = await server.connect(), await server.connect()
+    idle = server.factory.when_idle()
+    await first.send(b"QUIT\r\n", 1)
+    await first.lost.addTimeout(DEADLINE, reactor)
+    assert not idle.called
+    await second.send(b"QUIT\r\n", 1)
+    await idle.addTimeout(DEADLINE, reactor)
+    assert server.factory.sessions == set()

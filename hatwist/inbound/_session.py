@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import protocol
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
@@ -95,7 +95,7 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
         self._reply(220, None, f"{self.factory.hostname} ESMTP hatwist")
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self.factory.sessions.discard(self)
+        self.factory.session_ended(self)
         self._closing = True
         self.setTimeout(None)
 
@@ -362,7 +362,25 @@ class InboundFactory(protocol.Factory):
         self.idle_timeout = idle_timeout
         self.max_sessions = max_sessions
         self.sessions: set[InboundSession] = set()
-        """Open sessions, for a graceful shutdown to wait on."""
+        """Open sessions, for a graceful shutdown to wait on (L{when_idle})."""
+        self._idle_waiters: list[Deferred[None]] = []
 
     def buildProtocol(self, addr: Any) -> InboundSession:
         return InboundSession(self)
+
+    def when_idle(self) -> Deferred[None]:
+        """Fires once no session is open (at once if none is), so a shutdown can let
+        transactions finish without polling; cancel it to stop waiting."""
+        if not self.sessions:
+            return succeed(None)
+        d: Deferred[None] = Deferred(self._idle_waiters.remove)
+        self._idle_waiters.append(d)
+        return d
+
+    def session_ended(self, session: InboundSession) -> None:
+        """A session's connection is gone (called by the session)."""
+        self.sessions.discard(session)
+        if not self.sessions:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
