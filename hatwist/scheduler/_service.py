@@ -78,9 +78,13 @@ class _Entry:
 
     message: SpooledMessage
     parts: dict[str, Part] = attrs.Factory(dict)
+    """The parts still to deliver, by domain."""
     finishing: bool = False
+    """Its bounce and removal are under way: nothing else may write it down."""
     bounced: bool = False
+    """Its DSN is spooled: a retried removal must not bounce it again."""
     retry: IDelayedCall | None = None
+    """Tries the bounce and removal again after they failed."""
     resave: IDelayedCall | None = None
     """Writes the state down again after a failed save."""
 
