@@ -17,12 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    connectProtocol,
-)
+from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -30,7 +25,7 @@ from zope.interface import implementer
 
 from hatwist.config import HealthCheckMode, HealthSettings, ServerAddress
 from hatwist.config.values import ip_version
-from hatwist.endpoint import HAProxyClientEndpoint
+from hatwist.endpoint import HAProxyClientEndpoint, tcp_endpoint
 
 from ._errors import BadBanner, CheckTimedOut, NoBanner, ProbeError, describe
 from ._interfaces import IHealthProbe, SourceResults
@@ -46,18 +41,10 @@ EndpointFor = Callable[[Any], IStreamClientEndpoint]
 
 def direct_endpoint(reactor: IReactorTCP, server: Any) -> IStreamClientEndpoint:
     """
-    A fresh endpoint reaching ``server.host``:``server.port``.
-
-    A host name gets a L{HostnameEndpoint}, which resolves on every connect:
-    making one per check is what re-resolves the name at each check. IP
-    literals skip the resolver (and its thread pool) altogether.
+    A fresh endpoint reaching ``server.host``:``server.port``: making one per check is
+    what re-resolves a host name at each check (see :func:`hatwist.endpoint.tcp_endpoint`).
     """
-    version = ip_version(server.host)
-    if version == 4:
-        return TCP4ClientEndpoint(reactor, server.host, server.port)
-    if version == 6:
-        return TCP6ClientEndpoint(reactor, server.host, server.port)
-    return HostnameEndpoint(reactor, server.host, server.port)
+    return tcp_endpoint(reactor, server.host, server.port)
 
 
 class _ProbeProtocol(Protocol):
