@@ -53,6 +53,10 @@ from hatwist.delivery.pool import PooledSession, PoolKey, SessionPool
 from hatwist.mx import MXError, MXHost, MXResolver
 from hatwist.routing import NoRoute, Route, choose_routes
 
+#: The ``hatwist_event`` field of the one log event per attempt (metrics and the demo
+#: observe it; the agent knows nothing of them).
+ATTEMPT_EVENT = "delivery_attempt"
+
 _log = Logger(namespace="hatwist.delivery.attempt")
 
 
@@ -369,5 +373,5 @@ class DeliveryAgent:
             tls_skipped=result.tls_skipped,
             tls_text=f"; TLS skipped: {result.tls_skipped}" if result.tls_skipped else "",
             no_greeting=list(result.no_greeting),
-            hatwist_event="delivery_attempt",
+            hatwist_event=ATTEMPT_EVENT,
         )

@@ -31,8 +31,10 @@ from typing import Any
 from twisted.logger import ILogObserver
 from zope.interface import implementer
 
+from hatwist.delivery.attempt import ATTEMPT_EVENT
+
 #: The ``hatwist_event`` value of the agent's one event per attempt.
-DELIVERY_EVENT = "delivery_attempt"
+DELIVERY_EVENT = ATTEMPT_EVENT
 
 #: Result names, by the first digit of a recipient's final reply code (the vocabulary of
 #: ``hatwist.delivery.RecipientResult.kind``).
