@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from hatwist.config.values import IPNetwork, ServerAddress
+from hatwist.config.values import IPNetwork, ServerAddress, Throttle
 
 _E = TypeVar("_E", bound=enum.Enum)
 
@@ -25,6 +25,7 @@ _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 _NAME = re.compile(r"[a-z0-9_.-]+\Z")
 _LIST_SEPARATOR = re.compile(r"[\s,]+")
 _MAX_HOSTNAME = 253
+_THROTTLE = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*\Z", re.ASCII)
 
 
 def split_list(text: str) -> list[str]:
@@ -216,6 +217,24 @@ def server_list(text: str) -> tuple[ServerAddress, ...]:
             raise ValueError(f"lists {item!r} twice")
         result.append(address)
     return tuple(result)
+
+
+def throttle(text: str) -> Throttle | None:
+    """``N/SECONDS``: at most N messages start in any SECONDS-long window.
+
+    An empty value is no throttle, so a scope can turn off one it inherits.
+    """
+    if not text.strip():
+        return None
+    match = _THROTTLE.match(text)
+    if match is None:
+        raise ValueError(
+            f"expected messages/seconds (e.g. 50/3600: at most 50 messages an hour), not {text!r}"
+        )
+    messages, seconds = int(match.group(1)), int(match.group(2))
+    if messages < 1 or seconds < 1:
+        raise ValueError(f"messages and seconds must both be at least 1, not {text.strip()!r}")
+    return Throttle(messages, seconds)
 
 
 def path(text: str) -> str:

@@ -179,6 +179,10 @@ KEYS: tuple[Key, ...] = (
               "deadline for connecting (to the proxy, or to the MX when bypassed)"),
     _delivery("smtp_timeout", "smtp_timeout", c.integer(1), 300, _SECONDS,
               "deadline for each SMTP command of an outbound session"),
+    _delivery("outbound_throttle_messages", "outbound_throttle_messages", c.throttle, None,
+              "messages/seconds", "at most this many messages start in any window of that "
+              "many seconds, per (binding, destination domain): warms up a new source IP; "
+              "empty turns off an inherited throttle", default_doc="no throttle"),
     # -- health: the ha_proxy_client block --------------------------------------------------
     _health("health_check_interval", "interval", c.integer(1), 5, _SECONDS,
             "time between health checks of each proxy server"),

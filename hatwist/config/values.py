@@ -69,6 +69,21 @@ class ServerAddress:
 
 
 @attrs.frozen
+class Throttle:
+    """At most ``messages`` delivery attempts may start in any ``seconds``-long window.
+
+    Momentum's ``outbound_throttle_messages = "N/SECONDS"``: how operators warm up a new
+    source IP, a few messages per period to each destination, raised over weeks.
+    """
+
+    messages: int = attrs.field(validator=attrs.validators.ge(1))
+    seconds: int = attrs.field(validator=attrs.validators.ge(1))
+
+    def __str__(self) -> str:
+        return f"{self.messages}/{self.seconds}"
+
+
+@attrs.frozen
 class HealthSettings:
     """The ``ha_proxy_client { ... }`` block: how proxy servers are probed."""
 
@@ -116,6 +131,7 @@ class DeliverySettings:
     max_messages_per_connection: int
     connect_timeout: int
     smtp_timeout: int
+    outbound_throttle_messages: Throttle | None = None  # None: no throttle
 
     @property
     def uses_proxy(self) -> bool:

@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from hatwist.config import converters as c
-from hatwist.config.values import ServerAddress, TLSMode
+from hatwist.config.values import ServerAddress, Throttle, TLSMode
 
 
 @pytest.mark.parametrize(
@@ -111,3 +111,27 @@ def test_names():
         c.domain("-bad.example")
     with pytest.raises(ValueError, match="not a valid name"):
         c.binding_name("pool a")
+
+
+def test_throttle_is_messages_per_seconds():
+    assert c.throttle("50/3600") == Throttle(messages=50, seconds=3600)
+    assert c.throttle(" 1 / 1 ") == Throttle(messages=1, seconds=1)
+    assert str(c.throttle("50/3600")) == "50/3600"
+    assert c.throttle("") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("50", "expected messages/seconds"),
+        ("50/1h", "expected messages/seconds"),
+        ("50/-1", "expected messages/seconds"),
+        ("1.5/60", "expected messages/seconds"),
+        ("٣/60", "expected messages/seconds"),
+        ("0/60", "at least 1"),
+        ("50/0", "at least 1"),
+    ],
+)
+def test_bad_throttles_name_the_expected_form(text, words):
+    with pytest.raises(ValueError, match=words):
+        c.throttle(text)

@@ -16,7 +16,8 @@ from hatwist.config import (
     load_config,
     parse_config,
 )
-from hatwist.config.errors import ConfigSyntaxError
+from hatwist.config.errors import ConfigSyntaxError, InvalidValueError
+from hatwist.config.values import Throttle
 
 DATA = pathlib.Path(__file__).parent / "data"
 
@@ -435,3 +436,38 @@ def test_a_file_saved_with_a_byte_order_mark_loads(tmp_path):
     config = load_config(str(path))
     assert [str(s) for s in config.proxy_servers] == ["10.0.0.1:8085"]
     assert config.binding("default").base_settings.src_ipv4 == "192.0.2.1"
+
+
+# -- outbound throttles -------------------------------------------------------------------
+
+
+def test_outbound_throttle_is_unset_by_default_and_resolved_per_binding_and_domain():
+    config = load("""
+        outbound_throttle_messages = 1000/3600
+        binding warmup {
+          outbound_throttle_messages = "50/3600"
+          domain gmail.com {
+            outbound_throttle_messages = 20/3600
+          }
+          domain example.com {
+            outbound_throttle_messages = ""
+          }
+        }
+        binding fresh {
+        }
+        """)
+    warmup = config.binding("warmup")
+    assert warmup.settings_for("gmail.com").outbound_throttle_messages == Throttle(20, 3600)
+    assert warmup.settings_for("other.example").outbound_throttle_messages == Throttle(50, 3600)
+    assert warmup.settings_for("example.com").outbound_throttle_messages is None
+    assert config.binding("fresh").base_settings.outbound_throttle_messages == Throttle(1000, 3600)
+    assert load("").binding("default").base_settings.outbound_throttle_messages is None
+
+
+def test_bad_outbound_throttle_names_the_key_and_the_expected_form():
+    with pytest.raises(InvalidValueError) as info:
+        load("binding b {\n  outbound_throttle_messages = 50 per hour\n}\n")
+    assert info.value.line == 2
+    assert info.value.message.startswith(
+        "outbound_throttle_messages: expected messages/seconds (e.g. 50/3600"
+    )
