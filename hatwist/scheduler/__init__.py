@@ -24,7 +24,13 @@ Promises, in the order they matter:
 - A destination where no session answered at all pauses its queue for one
   ``retry_interval``: a dead domain costs ``max_connections`` attempts per
   interval, not one per queued message.
-- A message runs out of time at its expiry, even waiting in a held queue.
+- A queue whose ``outbound_throttle_messages`` (N per SECONDS) is used up
+  starts nothing until its window allows the next start, then resumes by
+  itself; a message counts when its attempt starts.  Waiting is no attempt:
+  no backoff, no counter, no bounce.  A reload is seen within
+  ``THROTTLE_RECHECK`` seconds.
+- A message runs out of time at its expiry, even waiting in a held queue or
+  behind its throttle.
 - When nothing is pending any more, failed recipients get a DSN (never for a
   null sender), spooled and scheduled like any other message, and only then is
   the original removed: a crash in between can repeat a bounce, never lose one.
@@ -37,8 +43,15 @@ the spool), ``_service`` (the :class:`Scheduler`: timers and Deferreds).
 """
 
 from ._outcome import domain_of
-from ._service import COUNTERS, MAX_IN_FLIGHT, SAVE_RETRY_DELAY, Scheduler
+from ._service import COUNTERS, MAX_IN_FLIGHT, SAVE_RETRY_DELAY, THROTTLE_RECHECK, Scheduler
 
 Scheduler.__module__ = __name__  # logs (Logger namespace) and reprs name the public home
 
-__all__ = ["COUNTERS", "MAX_IN_FLIGHT", "SAVE_RETRY_DELAY", "Scheduler", "domain_of"]
+__all__ = [
+    "COUNTERS",
+    "MAX_IN_FLIGHT",
+    "SAVE_RETRY_DELAY",
+    "THROTTLE_RECHECK",
+    "Scheduler",
+    "domain_of",
+]

@@ -47,6 +47,11 @@ class Queue:
     paused: bool = False
     """Held because its destination answered no connection at all."""
     release: IDelayedCall | None = None
+    throttled: bool = False
+    """Its outbound throttle is exhausted: starts nothing until ``unthrottle`` runs."""
+    throttle_noted: bool = False
+    """Its throttle wait was logged; a queue logs that once, until it drains."""
+    unthrottle: IDelayedCall | None = None
 
 
 class Board:
@@ -87,12 +92,18 @@ class Board:
         a queue with nothing left to do."""
         if not self.is_live(queue):
             return
-        if queue.ready and not queue.held and queue.in_flight < self._max_connections(queue.key):
+        if (
+            queue.ready
+            and not queue.held
+            and not queue.throttled
+            and queue.in_flight < self._max_connections(queue.key)
+        ):
             if queue.key not in self._startable:
                 self._startable[queue.key] = None
         else:
             self._startable.pop(queue.key, None)
-            if not queue.ready and not queue.in_flight and not queue.held:
+            idle = not queue.ready and not queue.in_flight
+            if idle and not queue.held and not queue.throttled:  # no timer left behind
                 del self._queues[queue.key]
 
     def next(self) -> tuple[Queue, Part] | None:

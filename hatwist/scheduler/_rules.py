@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from hatwist.config.values import Throttle
 from hatwist.schedule import RetryPolicy
 
 from ._queues import QueueKey
@@ -46,6 +47,11 @@ class Rules:
     def max_connections(self, key: QueueKey) -> int:
         settings = self.settings(key)
         return FALLBACK_MAX_CONNECTIONS if settings is None else settings.max_connections
+
+    def throttle(self, key: QueueKey) -> Throttle | None:
+        """The queue's ``outbound_throttle_messages``; None (unthrottled) if unknown now."""
+        settings = self.settings(key)
+        return None if settings is None else settings.outbound_throttle_messages
 
     def uses(self, key: QueueKey, server: Any) -> bool:
         """Whether the queue's route goes through the proxy ``server``."""

@@ -24,6 +24,7 @@ from hatwist.delivery import Envelope
 from hatwist.delivery.attempt import OutboundMessage
 from hatwist.health import ServerState, StateChange
 from hatwist.spool import MessageNotFound, SpooledMessage
+from hatwist.throttle import Throttles
 
 from ._bounce import needs_bounce, spool_bounce
 from ._outcome import (
@@ -47,6 +48,11 @@ MAX_IN_FLIGHT = 100
 #: Seconds before writing down again a state the spool failed to save: until it
 #: is on disk, a crash would deliver its delivered recipients a second time.
 SAVE_RETRY_DELAY = 30.0
+
+#: Longest wait, in seconds, before a queue waiting for its outbound throttle looks
+#: again: a reload that raises the throttle (the next step of an IP's warm-up) and a
+#: message's expiry take effect within this, not only when an hour-long window opens.
+THROTTLE_RECHECK = 60.0
 
 #: Counter names, for /status and /metrics.  ``delivered``, ``deferred`` and
 #: ``bounced`` count recipients (``bounced``: failed for good, expiry
@@ -127,6 +133,8 @@ class Scheduler(Service):
         self._reporting_mta = reporting_mta
         self._max_in_flight = max_in_flight
         self._counters: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
+        # Outlives a stop and start: the starts already made still count.
+        self._throttles: Throttles[QueueKey] = Throttles()
         self._reset()
 
     def _reset(self) -> None:
@@ -326,6 +334,13 @@ class Scheduler(Service):
         if why is not None:
             self._hold(part, entry, why)
             return
+        # The last check before the start: a message counts when its attempt starts.
+        now, throttle = self._now(), self._rules.throttle(part.key)
+        allowed_at = self._throttles.next_start(part.key, throttle, now)
+        if allowed_at > now:
+            self._throttle_wait(part, queue, str(throttle), allowed_at - now)
+            return
+        self._throttles.record(part.key, throttle, now)
         recipients = tuple(r.address for r in pending_at(entry.message, domain))
         queue.in_flight += 1
         self._running += 1
@@ -476,6 +491,39 @@ class Scheduler(Service):
         self._counters["bounced"] += expired
         del entry.parts[domain]
         self._track(self._save(entry, part, "expired", reschedule=False))
+
+    # -- waiting for an outbound throttle -------------------------------------
+
+    def _throttle_wait(self, part: Part, queue: Queue, throttle: str, wait: float) -> None:
+        """
+        The queue's ``outbound_throttle_messages`` allows no start before ``wait``
+        seconds: put ``part`` back at its head and let the queue start nothing
+        until then.  Not an attempt, not a failure: no counter, no backoff.
+        """
+        queue.throttled = True
+        self._board.add(part, first=True)
+        _cancel(queue.unthrottle)
+        queue.unthrottle = self._reactor.callLater(
+            min(wait, THROTTLE_RECHECK), self._unthrottle, queue
+        )
+        if not queue.throttle_noted:  # once, not at every message it holds back
+            queue.throttle_noted = True
+            self.log.info(
+                "binding {binding} domain {domain}: outbound_throttle_messages {throttle} "
+                "reached; its queue waits {wait:.0f}s for the next start",
+                binding=part.key[0], domain=part.key[1], throttle=throttle, wait=wait,
+            )
+
+    def _unthrottle(self, queue: Queue) -> None:
+        queue.unthrottle = None
+        queue.throttled = False
+        if not self._board.is_live(queue):
+            return
+        # Only the head is tried when the window opens: expire the rest here.
+        for part in [p for p in queue.ready if self._expired(p)]:
+            queue.ready.remove(part)
+        self._board.refresh(queue)
+        self._pump()
 
     # -- waiting for a proxy -------------------------------------------------
 
@@ -628,7 +676,7 @@ class Scheduler(Service):
         return entry
 
     def _timers(self) -> list[IDelayedCall]:
-        calls = [q.release for q in self._board if q.release is not None]
+        calls = [c for q in self._board for c in (q.release, q.unthrottle) if c is not None]
         for entry in self._entries.values():
             calls += [p.timer for p in entry.parts.values() if p.timer is not None]
             calls += [c for c in (entry.retry, entry.resave) if c is not None]
