@@ -15,6 +15,7 @@ from hatwist.config.values import (
     HealthSettings,
     ServerAddress,
     ServiceSettings,
+    Throttle,
     TLSMode,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "ServerAddress",
     "ServiceSettings",
     "TLSMode",
+    "Throttle",
     "load_config",
     "parse_config",
 ]
