@@ -38,20 +38,38 @@ Promises, in the order they matter:
 Retry times and expiry come from :mod:`hatwist.schedule`; time comes from the
 injected reactor.  Layout: ``_queues`` (queues and turn-taking, no I/O),
 ``_outcome`` (what a result does to a message's state, pure), ``_rules``
-(what config and proxy health say about a queue), ``_bounce`` (the DSN into
+(what config and proxy health say about a queue), ``_states`` (why a queue
+waits, for the status faces, pure), ``_bounce`` (the DSN into
 the spool), ``_service`` (the :class:`Scheduler`: timers and Deferreds).
 """
 
 from ._outcome import domain_of
 from ._service import COUNTERS, MAX_IN_FLIGHT, SAVE_RETRY_DELAY, THROTTLE_RECHECK, Scheduler
+from ._states import (
+    ACTIVE,
+    BACKOFF,
+    PAUSED,
+    QUEUE_STATES,
+    THROTTLED,
+    WAITING_FOR_PROXY,
+    QueueState,
+)
 
-Scheduler.__module__ = __name__  # logs (Logger namespace) and reprs name the public home
+# Logs (Logger namespace) and reprs name the public home.
+QueueState.__module__ = Scheduler.__module__ = __name__
 
 __all__ = [
+    "ACTIVE",
+    "BACKOFF",
     "COUNTERS",
     "MAX_IN_FLIGHT",
+    "PAUSED",
+    "QUEUE_STATES",
     "SAVE_RETRY_DELAY",
+    "THROTTLED",
     "THROTTLE_RECHECK",
+    "WAITING_FOR_PROXY",
+    "QueueState",
     "Scheduler",
     "domain_of",
 ]

@@ -47,6 +47,8 @@ class Queue:
     paused: bool = False
     """Held because its destination answered no connection at all."""
     release: IDelayedCall | None = None
+    reason: str | None = None
+    """Why it is held or paused (for the status faces); None when it is not."""
     throttled: bool = False
     """Its outbound throttle is exhausted: starts nothing until ``unthrottle`` runs."""
     throttle_noted: bool = False
@@ -70,6 +72,10 @@ class Board:
 
     def __iter__(self) -> Iterator[Queue]:
         return iter(list(self._queues.values()))
+
+    def get(self, key: QueueKey) -> Queue | None:
+        """The live queue of ``key``, if it has one."""
+        return self._queues.get(key)
 
     def is_live(self, queue: Queue) -> bool:
         """Whether ``queue`` is still on the board (not one from before a stop)."""

@@ -39,6 +39,7 @@ from ._outcome import (
 )
 from ._queues import Board, Part, Queue, QueueKey
 from ._rules import FALLBACK_POLICY, Rules
+from ._states import QueueState, queue_state
 
 #: Attempts running at once across all queues, by default: ``max_connections``
 #: bounds one (binding, domain), this bounds the sockets and memory of the whole
@@ -238,6 +239,44 @@ class Scheduler(Service):
                 depths[(entry.message.binding, domain_of(recipient.address))] += 1
         return dict(depths)
 
+    def queue_states(self) -> list[QueueState]:
+        """
+        Every queue with pending recipients, sorted by (binding, domain), with its state
+        and when it next tries: see :mod:`hatwist.scheduler._states`.
+
+        One pass over the messages, like :meth:`queue_depths` (their pending
+        recipients and their parts), then constant work per queue.  Reads only.
+        """
+        depths: Counter[QueueKey] = Counter()
+        first_retry: dict[QueueKey, tuple[float, _Entry]] = {}
+        for entry in self._entries.values():
+            message = entry.message
+            for recipient in message.pending():
+                depths[(message.binding, domain_of(recipient.address))] += 1
+            for part in entry.parts.values():
+                if part.timer is None or not part.timer.active():
+                    continue
+                at, earliest = part.timer.getTime(), first_retry.get(part.key)
+                if earliest is None or at < earliest[0]:
+                    first_retry[part.key] = (at, entry)
+        states = []
+        for key in sorted(depths):
+            queue = self._board.get(key)
+            retry = first_retry.get(key)
+            throttle = throttled_until = None
+            if queue is not None and queue.throttled:
+                throttle, throttled_until = self._throttle_state(queue)
+            states.append(queue_state(
+                key,
+                depth=depths[key],
+                queue=queue,
+                next_retry=None if retry is None else retry[0],
+                retry_reason=None if retry is None else self._last_reply(retry[1], key[1]),
+                throttle=throttle,
+                throttled_until=throttled_until,
+            ))
+        return states
+
     def counters(self) -> dict[str, int]:
         """A snapshot of the counters named in :data:`COUNTERS`."""
         return dict(self._counters)
@@ -245,6 +284,24 @@ class Scheduler(Service):
     def in_flight(self) -> int:
         """Attempts running now."""
         return len(self._in_flight)
+
+    def _throttle_state(self, queue: Queue) -> tuple[str | None, float | None]:
+        """A throttled queue's throttle, and its next allowed start by the current
+        config (after a reload that opened the window: when the queue looks again)."""
+        throttle, now = self._rules.throttle(queue.key), self._now()
+        allowed_at = self._throttles.next_start(queue.key, throttle, now)
+        if allowed_at <= now and queue.unthrottle is not None and queue.unthrottle.active():
+            allowed_at = queue.unthrottle.getTime()
+        return (None if throttle is None else str(throttle)), allowed_at
+
+    @staticmethod
+    def _last_reply(entry: _Entry, domain: str) -> str | None:
+        """The last reply one of the message's pending recipients at ``domain`` got."""
+        for recipient in pending_at(entry.message, domain):
+            if recipient.reason:
+                code = f"{recipient.code} " if recipient.code else ""
+                return code + recipient.reason
+        return None
 
     # -- planning ------------------------------------------------------------
 
@@ -534,6 +591,8 @@ class Scheduler(Service):
         entry.message = note_wait(entry.message, part.key[1], reason)
         queue = self._board.add(part, first=True)
         queue.held = True
+        if not queue.paused:  # a pause keeps its own reason and release time
+            queue.reason = reason
         self._board.refresh(queue)
         if queue.release is None or not queue.release.active():
             interval = self._rules.health_interval()
@@ -553,6 +612,7 @@ class Scheduler(Service):
             return
         delay = self._rules.policy(part.key).retry_interval
         queue.held = queue.paused = True
+        queue.reason = reason
         queue.release = self._reactor.callLater(delay, self._release, queue)
         self._decision_for(part, f"destination unreachable: queue paused for {delay}s",
                            reason=reason)
@@ -561,6 +621,7 @@ class Scheduler(Service):
         _cancel(queue.release)
         queue.release = None
         queue.held = queue.paused = False
+        queue.reason = None
         if not self._board.is_live(queue):
             return
         # Only the head is tried while the proxy stays away: expire the rest here.

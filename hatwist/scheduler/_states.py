@@ -1,0 +1,87 @@
+# -*- test-case-name: tests.test_scheduler -*-
+"""
+Why a queue is not moving: one :class:`QueueState` per (binding, domain), for operators.
+
+Depth alone cannot tell a queue that is busy from one that waits for a proxy, a throttle
+window or its messages' retry times; the state says which, and ``until`` when it next
+tries.  Pure: :func:`queue_state` decides from facts the scheduler gathers in one pass.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from ._queues import Queue, QueueKey
+
+#: Attempts are running, or could start now (perhaps after other queues' turns).
+ACTIVE = "active"
+#: Every message waits for its retry time; ``until`` is the earliest.
+BACKOFF = "backoff"
+#: Held for a plumbed proxy of its route; ``until`` is the next look (one health interval).
+WAITING_FOR_PROXY = "waiting_for_proxy"
+#: Its ``outbound_throttle_messages`` window is full; ``until`` is the next allowed start.
+THROTTLED = "throttled"
+#: No session answered for the destination: held for one ``retry_interval`` (``until``).
+PAUSED = "paused"
+
+#: Every state, in the order the status faces list them.
+QUEUE_STATES = (ACTIVE, BACKOFF, WAITING_FOR_PROXY, THROTTLED, PAUSED)
+
+
+@attrs.frozen
+class QueueState:
+    """One queue as an operator sees it: how much waits, what runs, and why the rest waits."""
+
+    binding: str
+    domain: str
+    depth: int
+    """Pending recipients (as :meth:`Scheduler.queue_depths` counts them)."""
+    in_flight: int
+    """Attempts running now."""
+    state: str
+    """One of :data:`QUEUE_STATES`."""
+    until: float | None
+    """When the queue next tries (Unix time), or None: active, or nothing scheduled."""
+    reason: str | None = None
+    """Why it waits: the hold's or pause's reason, the throttle, or the last temporary reply."""
+
+
+def queue_state(
+    key: QueueKey,
+    *,
+    depth: int,
+    queue: Queue | None,
+    next_retry: float | None,
+    retry_reason: str | None,
+    throttle: str | None,
+    throttled_until: float | None,
+) -> QueueState:
+    """
+    The state of one queue, the first that applies: paused, waiting for a proxy,
+    throttled, active, backoff.
+
+    :param queue: its live :class:`Queue` on the board, or None (every part waits
+        for its retry time).
+    :param next_retry: the earliest retry timer of its parts, if any.
+    :param retry_reason: the last reply of the part that retries first.
+    :param throttle: its ``outbound_throttle_messages`` as text, when throttled.
+    :param throttled_until: its next allowed start, when throttled.
+    """
+    binding, domain = key
+    in_flight = queue.in_flight if queue is not None else 0
+
+    def state(name: str, until: float | None, reason: str | None = None) -> QueueState:
+        return QueueState(binding, domain, depth, in_flight, name, until, reason)
+
+    if queue is not None:
+        release = queue.release.getTime() if queue.release is not None else None
+        if queue.paused:
+            return state(PAUSED, release, queue.reason)
+        if queue.held:
+            return state(WAITING_FOR_PROXY, release, queue.reason)
+        if queue.throttled:
+            reason = None if throttle is None else f"outbound_throttle_messages {throttle}"
+            return state(THROTTLED, throttled_until, reason)
+        if queue.ready or queue.in_flight:
+            return state(ACTIVE, None)
+    return state(BACKOFF, next_retry, retry_reason)
