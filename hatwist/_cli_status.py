@@ -1,7 +1,8 @@
 """``hatwist status [--url URL]`` (tests: tests/web/test_cli_status.py).
 
 Fetches a running hatwist's /status document and prints it as tables: the proxy servers
-with their plumbed/unplumbed state, the queues, and the counters. Exit status 0 when the
+with their plumbed/unplumbed state, the queues with their state (active, backoff,
+waiting_for_proxy, throttled, paused) and next try, and the counters. Exit status 0 when the
 service answered, 1 when it could not be reached or did not answer with a status document.
 """
 
@@ -119,6 +120,23 @@ def _proxy_rows(document: dict[str, Any]) -> list[list[str]]:
     ]
 
 
+def _queue_rows(document: dict[str, Any]) -> list[list[str]]:
+    """One row per queue; a document from a hatwist without queue states shows ``-``."""
+    now = document.get("now", 0.0)
+    return [
+        [
+            str(q["binding"]),
+            str(q["domain"]),
+            str(q["depth"]),
+            _format.text(q.get("in_flight")),
+            _format.text(q.get("state")),
+            _format.until(now, q.get("until")),
+            _format.text(q.get("reason")),
+        ]
+        for q in document["queues"]
+    ]
+
+
 def as_text(document: dict[str, Any], url: str) -> str:
     """The status document as aligned tables for a terminal."""
     version = document.get("version", "?")
@@ -146,8 +164,8 @@ def as_text(document: dict[str, Any], url: str) -> str:
     lines += ["", "queues"]
     if document["queues"]:
         lines += text_table(
-            ["binding", "domain", "pending recipients"],
-            ([q["binding"], q["domain"], str(q["depth"])] for q in document["queues"]),
+            ["binding", "domain", "pending", "in flight", "state", "next try", "reason"],
+            _queue_rows(document),
         )
     else:
         lines.append("  (no mail queued)")

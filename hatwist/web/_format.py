@@ -16,21 +16,33 @@ from typing import Any
 NOTHING = "-"
 
 
+def _span(seconds: int) -> str:
+    """``"7s"``, ``"3m05s"``, ``"2h10m"``, ``"3d04h"``: two units at most."""
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
 def age(now: float, then: float | None) -> str:
     """``"7s ago"``, ``"3m05s ago"``, ``"2h10m ago"``, ``"3d04h ago"``; ``"never"`` for None."""
     if then is None:
         return "never"
-    seconds = max(0, round(now - then))
-    if seconds < 60:
-        return f"{seconds}s ago"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s ago"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h{minutes:02d}m ago"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h ago"
+    return f"{_span(max(0, round(now - then)))} ago"
+
+
+def until(now: float, then: float | None) -> str:
+    """``"in 12m00s"`` (a queue's next try), ``"now"`` once due, :data:`NOTHING` for None."""
+    if then is None:
+        return NOTHING
+    seconds = round(then - now)
+    return f"in {_span(seconds)}" if seconds > 0 else "now"
 
 
 def latency(seconds: float | None) -> str:

@@ -6,10 +6,18 @@ A custom collector on a dedicated ``CollectorRegistry`` (never prometheus_client
 one): nothing is copied into metric objects between scrapes, so a scrape shows exactly
 what /status would show at the same moment, and two services in one process (tests)
 never share a metric.
+
+Queue states are exported as a count of queues per binding and state,
+``hatwist_queues{binding,state}``, every state present (0 included) for each binding
+with mail queued, rather than a 0/1 series per queue and state: bindings are few and
+come from the config, domains are many and come from senders, so its cardinality stays
+bounded, and an alert reads directly (``hatwist_queues{state="waiting_for_proxy"} > 0``).
+Which domains wait, and until when, is in /status and ``hatwist status``.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
@@ -17,7 +25,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from ._status import StatusSources, proxy_views, queue_depths, scheduler_counters
+from hatwist.scheduler import QUEUE_STATES
+
+from ._status import StatusSources, proxy_views, queue_states, scheduler_counters
 
 #: Help text of the scheduler's counters, exported as ``hatwist_scheduler_<name>_total``.
 #: A counter the scheduler adds later is exported with a generic help text.
@@ -130,9 +140,21 @@ class StatusCollector(Collector):
             "Pending recipients per binding and domain.",
             labels=["binding", "domain"],
         )
-        for binding, domain, count in queue_depths(self._sources):
-            depth.add_metric([binding, domain], count)
+        per_state = GaugeMetricFamily(
+            "hatwist_queues",
+            "Queues (binding, domain) with mail, by binding and state: active, backoff "
+            "(waiting for retry times), waiting_for_proxy, throttled, paused.",
+            labels=["binding", "state"],
+        )
+        counts: dict[str, Counter[str]] = {}
+        for queue in queue_states(self._sources):
+            depth.add_metric([queue.binding, queue.domain], queue.depth)
+            counts.setdefault(queue.binding, Counter())[queue.state] += 1
+        for binding, count in counts.items():
+            for state in (*QUEUE_STATES, *sorted(count.keys() - set(QUEUE_STATES))):
+                per_state.add_metric([binding, state], count[state])
         yield depth
+        yield per_state
         for name, value in sorted(scheduler_counters(self._sources).items()):
             help_text = SCHEDULER_HELP.get(name, f"Scheduler counter {name!r}.")
             counter = CounterMetricFamily(f"hatwist_scheduler_{name}", help_text)

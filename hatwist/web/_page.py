@@ -5,7 +5,8 @@ The HTML status page an operator leaves open: it reloads itself every few second
 Pure: rendered from the /status document, so the page never shows anything the JSON
 does not. Every value is escaped; there are no scripts and no external assets (the
 server's Content-Security-Policy forbids them), so the page works on an isolated host.
-Each proxy row carries ``data-server`` and ``data-state`` for tools that read the page.
+Each proxy row carries ``data-server`` and ``data-state``, each queue row ``data-binding``,
+``data-domain`` and ``data-state``, for tools that read the page.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ td.number { text-align: right; font-variant-numeric: tabular-nums; }
 td.state { font-weight: bold; text-transform: uppercase; color: #fff; }
 td.state.plumbed { background: #1a7f37; }
 td.state.unplumbed { background: #cf222e; }
+td.state.active { background: #1a7f37; }
+td.state.backoff, td.state.throttled { background: #9a6700; }
+td.state.waiting_for_proxy, td.state.paused { background: #cf222e; }
 td.error { color: #cf222e; white-space: normal; }
 td.empty { color: #777; font-style: italic; }
 """
@@ -88,9 +92,32 @@ def _proxy_row(proxy: dict[str, Any], now: float) -> str:
     return f'<tr data-server="{escape(server)}" data-state="{escape(state)}">{"".join(cells)}</tr>'
 
 
-def _queue_row(queue: dict[str, Any]) -> str:
-    cells = _cell(queue["binding"]) + _cell(queue["domain"]) + _cell(queue["depth"], "number")
-    return f"<tr>{cells}</tr>"
+_QUEUE_COLUMNS = (
+    "binding",
+    "domain",
+    "pending recipients",
+    "in flight",
+    "state",
+    "next try",
+    "reason",
+)
+
+
+def _queue_row(queue: dict[str, Any], now: float) -> str:
+    state = queue["state"]
+    cells = [
+        _cell(queue["binding"]),
+        _cell(queue["domain"]),
+        _cell(queue["depth"], "number"),
+        _cell(queue["in_flight"], "number"),
+        _cell(state, f"state {state}"),
+        _cell(_format.until(now, queue["until"])),
+        _cell(queue["reason"], "reason"),
+    ]
+    data = " ".join(
+        f'data-{name}="{escape(str(queue[name]))}"' for name in ("binding", "domain", "state")
+    )
+    return f"<tr {data}>{''.join(cells)}</tr>"
 
 
 def counter_rows(deliveries: dict[str, Any], no_greeting: int) -> list[tuple[str, object]]:
@@ -144,8 +171,8 @@ def render_page(document: dict[str, Any], refresh: int = REFRESH_SECONDS) -> str
         "<h2>Queues</h2>",
         *_table(
             "queues",
-            ("binding", "domain", "pending recipients"),
-            (_queue_row(q) for q in document["queues"]),
+            _QUEUE_COLUMNS,
+            (_queue_row(q, now) for q in document["queues"]),
             "no mail queued",
         ),
         "<h2>Counters</h2>",

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 import attrs
 from twisted.internet.interfaces import IReactorTime
 
+from hatwist.scheduler import QueueState
+
 from ._deliveries import DeliveryMetrics
 
 
@@ -27,7 +29,7 @@ class ProxyRegistry(Protocol):
 class QueueSource(Protocol):
     """What is read of ``hatwist.scheduler.Scheduler`` (``in_flight()`` is optional)."""
 
-    def queue_depths(self) -> dict[tuple[str, str], int]: ...
+    def queue_states(self) -> list[QueueState]: ...
 
     def counters(self) -> dict[str, int]: ...
 
@@ -129,11 +131,11 @@ def _source_view(path: Any) -> SourceView:
     )
 
 
-def queue_depths(sources: StatusSources) -> list[tuple[str, str, int]]:
-    """(binding, domain, depth) for every queue, sorted by binding then domain."""
+def queue_states(sources: StatusSources) -> list[QueueState]:
+    """Every queue with its depth and state, sorted by binding then domain."""
     if sources.scheduler is None:
         return []
-    return sorted((b, d, n) for (b, d), n in sources.scheduler.queue_depths().items())
+    return sorted(sources.scheduler.queue_states(), key=lambda q: (q.binding, q.domain))
 
 
 def scheduler_counters(sources: StatusSources) -> dict[str, int]:
@@ -159,6 +161,10 @@ def status_document(sources: StatusSources) -> dict[str, Any]:
     proxy sessions that connected but never got a 220 banner: through HAProxy, the sign
     of an unusable source IP or an unreachable MX. ``deliveries.tls_skipped`` counts
     attempts whose session went in plaintext although the MX offered STARTTLS.
+
+    Each of ``queues`` has ``binding``, ``domain``, ``depth`` (pending recipients),
+    ``in_flight``, ``state`` (one of ``hatwist.scheduler.QUEUE_STATES``), ``until`` (Unix
+    time of its next try, or null) and ``reason`` (why it waits, or null).
     """
     proxies = proxy_views(sources)
     deliveries: dict[str, Any] = {
@@ -174,7 +180,7 @@ def status_document(sources: StatusSources) -> dict[str, Any]:
         "version": sources.version,
         "now": sources.clock.seconds(),
         "proxies": [_proxy_json(p) for p in proxies],
-        "queues": [{"binding": b, "domain": d, "depth": n} for b, d, n in queue_depths(sources)],
+        "queues": [attrs.asdict(queue) for queue in queue_states(sources)],
         "deliveries": deliveries,
         "no_greeting": sum(sources.deliveries.no_greeting().values()),
     }

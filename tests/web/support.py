@@ -15,6 +15,7 @@ from twisted.web.http_headers import Headers
 
 from hatwist.config import ServerAddress
 from hatwist.health import ServerRegistry
+from hatwist.scheduler import QueueState
 from hatwist.web import DeliveryMetrics, StatusSources, make_status_site
 
 #: Deadline for any one HTTP exchange or subprocess in these tests.
@@ -28,13 +29,18 @@ NAMED = ServerAddress("proxy.example.test", 5002)
 
 @attrs.define
 class FakeScheduler:
-    """``queue_depths`` and ``counters`` from plain dicts the test edits."""
+    """``queue_states`` and ``counters`` from plain dicts the test edits: a queue in
+    ``depths`` is active unless ``states`` gives its :class:`QueueState`."""
 
     depths: dict[tuple[str, str], int] = attrs.Factory(dict)
     totals: dict[str, int] = attrs.Factory(dict)
+    states: dict[tuple[str, str], QueueState] = attrs.Factory(dict)
 
-    def queue_depths(self) -> dict[tuple[str, str], int]:
-        return dict(self.depths)
+    def queue_states(self) -> list[QueueState]:
+        return [
+            self.states.get((b, d)) or QueueState(b, d, n, 0, "active", None)
+            for (b, d), n in self.depths.items()
+        ]
 
     def counters(self) -> dict[str, int]:
         return dict(self.totals)

@@ -17,6 +17,7 @@ import pytest_twisted
 from twisted.internet import threads, utils
 
 from hatwist import _cli_status
+from hatwist.scheduler import QueueState
 from hatwist.web import DeliveryMetrics
 from tests.web.support import (
     DEADLINE,
@@ -93,7 +94,26 @@ def test_tables_are_aligned_and_name_each_state():
                 ],
             },
         ],
-        "queues": [{"binding": "b1", "domain": "example.test", "depth": 12}],
+        "queues": [
+            {
+                "binding": "b1",
+                "domain": "example.test",
+                "depth": 12,
+                "in_flight": 0,
+                "state": "waiting_for_proxy",
+                "until": 1005.0,
+                "reason": "4.4.0 no plumbed ha_proxy_server for binding b1",
+            },
+            {
+                "binding": "b2",
+                "domain": "long-domain-name.example.test",
+                "depth": 1,
+                "in_flight": 1,
+                "state": "active",
+                "until": None,
+                "reason": None,
+            },
+        ],
         "deliveries": {"counters": {"delivered": 5}, "results": {"delivered": 5}},
         "no_greeting": 2,
     }
@@ -107,7 +127,13 @@ def test_tables_are_aligned_and_name_each_state():
     assert header.index("state") == plumbed.index("PLUMBED") == unplumbed.index("UNPLUMBED")
     assert "connection refused" in unplumbed and "1/10" in plumbed and "2.0 ms" in plumbed
     assert "192.0.2.10 plumbed, 192.0.2.11 UNPLUMBED" in unplumbed
-    assert lines_starting(text, "b1")[0].split() == ["b1", "example.test", "12"]
+    [held] = lines_starting(text, "b1")
+    [active] = lines_starting(text, "b2")
+    assert held.split()[:6] == ["b1", "example.test", "12", "0", "waiting_for_proxy", "in"]
+    assert " in 5s " in held and held.endswith("4.4.0 no plumbed ha_proxy_server for binding b1")
+    assert active.split() == ["b2", "long-domain-name.example.test", "1", "1", "active", "-", "-"]
+    [queue_header] = lines_starting(text, "binding")
+    assert queue_header.index("state") == held.index("waiting") == active.index("active")
     assert lines_starting(text, "proxy connected, no greeting")[0].split()[-1] == "2"
     assert text.startswith("hatwist 1.2.3, http://x/status at ")
 
@@ -136,7 +162,9 @@ async def test_prints_the_running_services_state(reactor):
     unplumb(reg, V6, at=1_800_000_000.0, error="no banner within 5s")
     deliveries = DeliveryMetrics()
     deliveries(attempt_event(no_greeting=["[0::1]:5001"], codes={"a@x.test": 451}))
-    scheduler = FakeScheduler({("b1", "example.test"): 3}, {"delivered": 7})
+    key = ("b1", "example.test")
+    retry = QueueState(*key, 3, 0, "backoff", 1_800_000_000.0 + 720, "451 4.7.1 try later")
+    scheduler = FakeScheduler({key: 3}, {"delivered": 7}, {key: retry})
     site = Served(reactor, sources(reg, scheduler, deliveries=deliveries))
     try:
         d, out, err = run_in_thread(reactor, site.url)
@@ -147,7 +175,9 @@ async def test_prints_the_running_services_state(reactor):
     assert lines_starting(text, "127.0.0.1:5000")[0].split()[1] == "PLUMBED"
     [v6] = lines_starting(text, "[0::1]:5001")
     assert v6.split()[1] == "UNPLUMBED" and "no banner within 5s" in v6
-    assert lines_starting(text, "b1")[0].split() == ["b1", "example.test", "3"]
+    [queue] = lines_starting(text, "b1")
+    assert queue.split()[:5] == ["b1", "example.test", "3", "0", "backoff"]
+    assert "in 12m00s" in queue and "451 4.7.1 try later" in queue
     assert lines_starting(text, "scheduler: delivered")[0].split()[-1] == "7"
     assert lines_starting(text, "proxy connected, no greeting")[0].split()[-1] == "1"
 
@@ -207,3 +237,12 @@ async def test_an_http_proxy_in_the_environment_is_not_used(reactor):
         await site.close()
     assert code == 0, err.decode()
     assert lines_starting(out.decode(), "127.0.0.1:5000")[0].split()[1] == "PLUMBED"
+
+
+def test_a_document_from_a_hatwist_without_queue_states_still_prints():
+    document = {
+        "proxies": [],
+        "queues": [{"binding": "b1", "domain": "example.test", "depth": 12}],
+    }
+    text = _cli_status.as_text(document, "http://x/status")
+    assert lines_starting(text, "b1")[0].split() == ["b1", "example.test", "12", "-", "-", "-", "-"]

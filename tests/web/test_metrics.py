@@ -8,6 +8,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from hatwist.scheduler import QUEUE_STATES, QueueState
 from hatwist.web import DeliveryMetrics, metrics_registry, render_metrics
 from tests.web.support import V4, V6, FakeScheduler, attempt_event, registry, sources, unplumb
 
@@ -146,3 +147,26 @@ def test_source_up_per_proxy_and_source_address():
     up = "hatwist_proxy_source_up"
     assert samples[(up, labels(server="127.0.0.1:5000", source="192.0.2.10"))] == 1
     assert samples[(up, labels(server="127.0.0.1:5000", source="192.0.2.11"))] == 0
+
+
+def test_queues_counted_per_binding_and_state_every_state_present():
+    held = {
+        ("b1", f"d{i}.test"): QueueState("b1", f"d{i}.test", 1, 0, "waiting_for_proxy", 9.0)
+        for i in range(3)
+    }
+    backoff = QueueState("b2", "x.test", 4, 0, "backoff", 9.0, "451 later")
+    depths = {key: 1 for key in held} | {("b1", "a.test"): 2, ("b2", "x.test"): 4}
+    scheduler = FakeScheduler(depths, states={**held, ("b2", "x.test"): backoff})
+    samples = scrape(metrics_registry(sources(registry(), scheduler)))
+    queues = {
+        (dict(key)["binding"], dict(key)["state"]): value
+        for (name, key), value in samples.items()
+        if name == "hatwist_queues"
+    }
+    assert queues == {
+        **{("b1", state): 0 for state in QUEUE_STATES},
+        **{("b2", state): 0 for state in QUEUE_STATES},
+        ("b1", "waiting_for_proxy"): 3,
+        ("b1", "active"): 1,
+        ("b2", "backoff"): 1,
+    }

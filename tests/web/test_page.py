@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from hatwist.scheduler import QueueState
 from hatwist.web import REFRESH_SECONDS, DeliveryMetrics, _format, render_page, status_document
 from tests.web.support import (
     V4,
@@ -67,7 +68,11 @@ def test_queues_and_counters_are_shown():
     html = page(
         registry(V4), FakeScheduler({("b1", "example.test"): 42}, {"delivered": 9}), deliveries
     )
-    assert '<tr><td>b1</td><td>example.test</td><td class="number">42</td></tr>' in html
+    assert (
+        '<tr data-binding="b1" data-domain="example.test" data-state="active">'
+        '<td>b1</td><td>example.test</td><td class="number">42</td><td class="number">0</td>'
+        '<td class="state active">active</td><td>-</td><td class="reason">-</td></tr>'
+    ) in html
     assert '<tr><td>scheduler: delivered</td><td class="number">9</td></tr>' in html
     assert '<tr><td>attempt results: temporary</td><td class="number">1</td></tr>' in html
     assert '<tr><td>proxy connected, no greeting</td><td class="number">1</td></tr>' in html
@@ -115,3 +120,29 @@ def test_a_proxy_row_names_each_source_and_marks_the_unplumbed_ones():
     assert '<td class="sources">192.0.2.10 plumbed, 192.0.2.11 UNPLUMBED</td>' in row
     (other,) = [line for line in html.splitlines() if 'data-server="[0::1]:5001"' in line]
     assert '<td class="sources">-</td>' in other
+
+
+def test_a_waiting_queue_shows_its_state_next_try_and_reason_escaped():
+    key = ("b1", "example.test")
+    held = QueueState(*key, 5, 0, "waiting_for_proxy", 1_800_000_000.0 + 720, "no <proxy>")
+    html = page(registry(V4), FakeScheduler({key: 5}, states={key: held}))
+    [row] = [line for line in html.splitlines() if 'data-domain="example.test"' in line]
+    assert 'data-state="waiting_for_proxy"' in row
+    assert '<td class="state waiting_for_proxy">waiting_for_proxy</td>' in row
+    assert "<td>in 12m00s</td>" in row
+    assert '<td class="reason">no &lt;proxy&gt;</td>' in row
+
+
+@pytest.mark.parametrize(
+    ("then", "expected"),
+    [
+        (None, "-"),
+        (1000.0, "now"),
+        (990.0, "now"),  # overdue: it goes at the next turn
+        (1007.0, "in 7s"),
+        (1000.0 + 720, "in 12m00s"),
+        (1000.0 + 2 * 3600 + 600, "in 2h10m"),
+    ],
+)
+def test_until_reads_for_a_person(then, expected):
+    assert _format.until(1000.0, then) == expected

@@ -30,7 +30,17 @@ async def test_status_json_follows_the_registry(reactor):
             "127.0.0.1:5000": "plumbed",
             "[0::1]:5001": "plumbed",
         }
-        assert document["queues"] == [{"binding": "b1", "domain": "example.test", "depth": 2}]
+        assert document["queues"] == [
+            {
+                "binding": "b1",
+                "domain": "example.test",
+                "depth": 2,
+                "in_flight": 0,
+                "state": "active",
+                "until": None,
+                "reason": None,
+            }
+        ]
 
         unplumb_server(reg, V6, at=5.0, error="connection refused")
         _, _, body = await get(reactor, site.url + "/status")
@@ -110,7 +120,7 @@ async def test_unknown_paths_are_not_found(reactor):
 @pytest_twisted.ensureDeferred
 async def test_a_failing_source_gives_500_without_a_traceback(reactor):
     class BrokenScheduler(FakeScheduler):
-        def queue_depths(self):
+        def queue_states(self):
             raise RuntimeError("secret internals")
 
     site = await served(reactor, registry(V4), BrokenScheduler())

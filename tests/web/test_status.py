@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from hatwist.web import DeliveryMetrics, status_document
+from hatwist.scheduler import QueueState
+from hatwist.web import DeliveryMetrics, StatusSources, status_document
 from tests.web.support import (
     NAMED,
     V4,
@@ -77,11 +78,51 @@ def test_queues_per_binding_and_domain_sorted():
     scheduler = FakeScheduler(
         depths={("b2", "a.test"): 1, ("b1", "z.test"): 4, ("b1", "a.test"): 2}
     )
-    assert status_document(sources(registry(), scheduler))["queues"] == [
-        {"binding": "b1", "domain": "a.test", "depth": 2},
-        {"binding": "b1", "domain": "z.test", "depth": 4},
-        {"binding": "b2", "domain": "a.test", "depth": 1},
+    queues = status_document(sources(registry(), scheduler))["queues"]
+    assert [(q["binding"], q["domain"], q["depth"]) for q in queues] == [
+        ("b1", "a.test", 2),
+        ("b1", "z.test", 4),
+        ("b2", "a.test", 1),
     ]
+
+
+def test_each_queue_says_its_state_until_when_and_why():
+    key = ("b1", "a.test")
+    held = QueueState(*key, 3, 0, "waiting_for_proxy", 1_800_000_005.0, "4.4.0 no plumbed")
+    document = status_document(sources(registry(), FakeScheduler({key: 3}, states={key: held})))
+    assert document["queues"] == [
+        {
+            "binding": "b1",
+            "domain": "a.test",
+            "depth": 3,
+            "in_flight": 0,
+            "state": "waiting_for_proxy",
+            "until": 1_800_000_005.0,
+            "reason": "4.4.0 no plumbed",
+        }
+    ]
+    json.dumps(document)  # until and reason stay JSON values (null when absent)
+
+
+def test_queue_states_of_the_real_scheduler_reach_the_document():
+    from tests.test_scheduler import World
+
+    world = World()
+    world.scheduler.startService()
+    try:
+        world.proxy(up=False)
+        world.submit(binding="proxied")
+        src = StatusSources(registry=None, scheduler=world.scheduler, version="t",
+                            clock=world.clock)
+        [queue] = status_document(src)["queues"]
+        assert (queue["binding"], queue["state"], queue["depth"]) == (
+            "proxied", "waiting_for_proxy", 1,
+        )
+        assert queue["until"] == world.clock.seconds() + 5
+        assert "no plumbed ha_proxy_server for binding proxied" in queue["reason"]
+    finally:
+        world.scheduler.stopService()
+    assert not world.clock.getDelayedCalls()
 
 
 def test_deliveries_hold_scheduler_counters_and_per_result_counts():
