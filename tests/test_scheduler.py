@@ -904,3 +904,13 @@ def test_queue_states_agree_with_queue_depths_and_list_only_queues_with_mail(wor
     assert {(s.binding, s.domain): s.depth for s in world.scheduler.queue_states()} == (
         world.scheduler.queue_depths()
     )
+
+
+def test_a_throttled_queue_whose_window_a_reload_opened_says_when_it_looks_again(throttled):
+    w = throttled
+    for i in range(5):
+        w.submit("warm", rcpt_to=(f"u{i}@dst.test",))
+    w.config = parse_config(THROTTLED.replace("3/3600", "10/3600"))
+    state = states(w)[("warm", "dst.test")]
+    assert (state.state, state.until) == ("throttled", START + THROTTLE_RECHECK)
+    assert state.reason == "outbound_throttle_messages 10/3600"
