@@ -574,9 +574,13 @@ class Scheduler(Service):
     def _unthrottle(self, queue: Queue) -> None:
         queue.unthrottle = None
         queue.throttled = False
+        self._resume(queue)
+
+    def _resume(self, queue: Queue) -> None:
+        """Start a queue again after a wait (throttle, proxy hold, pause)."""
         if not self._board.is_live(queue):
             return
-        # Only the head is tried when the window opens: expire the rest here.
+        # Only its head was tried during the wait: expire the rest here.
         for part in [p for p in queue.ready if self._expired(p)]:
             queue.ready.remove(part)
         self._board.refresh(queue)
@@ -622,13 +626,7 @@ class Scheduler(Service):
         queue.release = None
         queue.held = queue.paused = False
         queue.reason = None
-        if not self._board.is_live(queue):
-            return
-        # Only the head is tried while the proxy stays away: expire the rest here.
-        for part in [p for p in queue.ready if self._expired(p)]:
-            queue.ready.remove(part)
-        self._board.refresh(queue)
-        self._pump()
+        self._resume(queue)
 
     def _state_changed(self, change: StateChange) -> None:
         """Registry observer: release the queues of a server that came back;
