@@ -40,11 +40,12 @@ injected reactor.  Layout: ``_queues`` (queues and turn-taking, no I/O),
 ``_outcome`` (what a result does to a message's state, pure), ``_rules``
 (what config and proxy health say about a queue), ``_states`` (why a queue
 waits, for the status faces, pure), ``_bounce`` (the DSN into
-the spool), ``_service`` (the :class:`Scheduler`: timers and Deferreds).
+the spool), ``_waits`` (the hold, pause and throttle timers of the queues),
+``_service`` (the :class:`Scheduler`: part timers, attempts and Deferreds).
 """
 
 from ._outcome import domain_of
-from ._service import COUNTERS, MAX_IN_FLIGHT, SAVE_RETRY_DELAY, THROTTLE_RECHECK, Scheduler
+from ._service import COUNTERS, MAX_IN_FLIGHT, SAVE_RETRY_DELAY, Scheduler
 from ._states import (
     ACTIVE,
     BACKOFF,
@@ -54,6 +55,7 @@ from ._states import (
     WAITING_FOR_PROXY,
     QueueState,
 )
+from ._waits import THROTTLE_RECHECK
 
 # Logs (Logger namespace) and reprs name the public home.
 QueueState.__module__ = Scheduler.__module__ = __name__

@@ -4,7 +4,8 @@ The :class:`Scheduler` service: timers, attempts, holds for a proxy, bounces.
 
 The promises are listed in :mod:`hatwist.scheduler`; the queues and their
 turn-taking live in :mod:`._queues`, what an outcome does to a message's state
-in :mod:`._outcome`.
+in :mod:`._outcome`, the timers that hold, pause or throttle a queue in
+:mod:`._waits`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from ._outcome import (
 from ._queues import Board, Part, Queue, QueueKey
 from ._rules import FALLBACK_POLICY, Rules
 from ._states import QueueState, queue_state
+from ._waits import Waits
+from ._waits import cancel as _cancel
 
 #: Attempts running at once across all queues, by default: ``max_connections``
 #: bounds one (binding, domain), this bounds the sockets and memory of the whole
@@ -49,11 +52,6 @@ MAX_IN_FLIGHT = 100
 #: Seconds before writing down again a state the spool failed to save: until it
 #: is on disk, a crash would deliver its delivered recipients a second time.
 SAVE_RETRY_DELAY = 30.0
-
-#: Longest wait, in seconds, before a queue waiting for its outbound throttle looks
-#: again: a reload that raises the throttle (the next step of an IP's warm-up) and a
-#: message's expiry take effect within this, not only when an hour-long window opens.
-THROTTLE_RECHECK = 60.0
 
 #: Counter names, for /status and /metrics.  ``delivered``, ``deferred`` and
 #: ``bounced`` count recipients (``bounced``: failed for good, expiry
@@ -71,12 +69,6 @@ class _Recovery:
     """Fired once the recovered messages are scheduled (:meth:`Scheduler.when_recovered`)."""
     finished: set[str] = attrs.Factory(set)
     """Messages accepted and finished meanwhile: the listing may still name them."""
-
-
-def _cancel(call: IDelayedCall | None) -> None:
-    """Cancel ``call`` unless it is None, has run or was cancelled already."""
-    if call is not None and call.active():
-        call.cancel()
 
 
 @attrs.define(eq=False)
@@ -141,6 +133,7 @@ class Scheduler(Service):
     def _reset(self) -> None:
         self._entries: dict[str, _Entry] = {}
         self._board = Board(self._rules.max_connections)
+        self._waits = Waits(self._board, self._rules, self._reactor, self._resume)
         self._in_flight: dict[Part, defer.Deferred] = {}
         self._running = 0  # attempts whose outcome is not in yet (saving is not counted)
         self._background: set[defer.Deferred] = set()
@@ -485,7 +478,7 @@ class Scheduler(Service):
             self._counters[name] += count
         still = pending_at(entry.message, part.key[1])
         if counts["delivered"] and queue.paused:
-            self._release(queue)  # the destination answers again
+            self._waits.release(queue)  # the destination answers again
         elif still and not counts["delivered"] and getattr(outcome, "error", None):
             self._pause(queue, part, outcome.error)
         outcome_text = summary(results)
@@ -549,32 +542,20 @@ class Scheduler(Service):
         del entry.parts[domain]
         self._track(self._save(entry, part, "expired", reschedule=False))
 
-    # -- waiting for an outbound throttle -------------------------------------
+    # -- waits (the timers live in ._waits) ---------------------------------
 
     def _throttle_wait(self, part: Part, queue: Queue, throttle: str, wait: float) -> None:
         """
         The queue's ``outbound_throttle_messages`` allows no start before ``wait``
-        seconds: put ``part`` back at its head and let the queue start nothing
-        until then.  Not an attempt, not a failure: no counter, no backoff.
+        seconds: the queue starts nothing until then.  Not an attempt, not a
+        failure: no counter, no backoff.
         """
-        queue.throttled = True
-        self._board.add(part, first=True)
-        _cancel(queue.unthrottle)
-        queue.unthrottle = self._reactor.callLater(
-            min(wait, THROTTLE_RECHECK), self._unthrottle, queue
-        )
-        if not queue.throttle_noted:  # once, not at every message it holds back
-            queue.throttle_noted = True
+        if self._waits.throttle(part, queue, wait):  # once, not at every message it holds back
             self.log.info(
                 "binding {binding} domain {domain}: outbound_throttle_messages {throttle} "
                 "reached; its queue waits {wait:.0f}s for the next start",
                 binding=part.key[0], domain=part.key[1], throttle=throttle, wait=wait,
             )
-
-    def _unthrottle(self, queue: Queue) -> None:
-        queue.unthrottle = None
-        queue.throttled = False
-        self._resume(queue)
 
     def _resume(self, queue: Queue) -> None:
         """Start a queue again after a wait (throttle, proxy hold, pause)."""
@@ -586,23 +567,12 @@ class Scheduler(Service):
         self._board.refresh(queue)
         self._pump()
 
-    # -- waiting for a proxy -------------------------------------------------
-
     def _hold(self, part: Part, entry: _Entry, reason: str) -> None:
         """Put ``part`` back at the head of its queue and hold the queue for a proxy."""
         self._counters["waiting"] += 1
         # Remember why, for an expiry DSN, without counting an attempt.
         entry.message = note_wait(entry.message, part.key[1], reason)
-        queue = self._board.add(part, first=True)
-        queue.held = True
-        if not queue.paused:  # a pause keeps its own reason and release time
-            queue.reason = reason
-        self._board.refresh(queue)
-        if queue.release is None or not queue.release.active():
-            interval = self._rules.health_interval()
-            queue.release = self._reactor.callLater(interval, self._release, queue)
-        if not queue.waiting:  # log when the wait begins, not at every re-check
-            queue.waiting = True
+        if self._waits.hold(part, reason):  # when the wait begins, not at every re-check
             self._decision_for(part, "waiting for a plumbed proxy", reason=reason)
 
     def _pause(self, queue: Queue, part: Part, reason: str) -> None:
@@ -612,21 +582,10 @@ class Scheduler(Service):
         spending an attempt -- and a connect timeout -- on each message queued
         for it.  The parts of the failed attempts keep their own backoff.
         """
-        if not self._board.is_live(queue) or queue.held:
-            return
-        delay = self._rules.policy(part.key).retry_interval
-        queue.held = queue.paused = True
-        queue.reason = reason
-        queue.release = self._reactor.callLater(delay, self._release, queue)
-        self._decision_for(part, f"destination unreachable: queue paused for {delay}s",
-                           reason=reason)
-
-    def _release(self, queue: Queue) -> None:
-        _cancel(queue.release)
-        queue.release = None
-        queue.held = queue.paused = False
-        queue.reason = None
-        self._resume(queue)
+        delay = self._waits.pause(queue, part, reason)
+        if delay is not None:
+            self._decision_for(part, f"destination unreachable: queue paused for {delay}s",
+                               reason=reason)
 
     def _state_changed(self, change: StateChange) -> None:
         """Registry observer: release the queues of a server that came back;
@@ -638,7 +597,7 @@ class Scheduler(Service):
                 for queue in [q for q in self._board if q.held]:
                     unknown = self._rules.settings(queue.key) is None
                     if unknown or self._rules.uses(queue.key, change.server):
-                        self._release(queue)
+                        self._waits.release(queue)
             else:
                 self._recall(change.server)
         except Exception:
@@ -735,7 +694,7 @@ class Scheduler(Service):
         return entry
 
     def _timers(self) -> list[IDelayedCall]:
-        calls = [c for q in self._board for c in (q.release, q.unthrottle) if c is not None]
+        calls = self._waits.timers()
         for entry in self._entries.values():
             calls += [p.timer for p in entry.parts.values() if p.timer is not None]
             calls += [c for c in (entry.retry, entry.resave) if c is not None]
