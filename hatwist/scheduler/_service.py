@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_scheduler -*-
 """
-The :class:`Scheduler` service: timers, attempts, holds for a proxy, bounces.
+The :class:`Scheduler` service: recovery, part timers, attempts, outcomes, bounces.
 
 The promises are listed in :mod:`hatwist.scheduler`; the queues and their
 turn-taking live in :mod:`._queues`, what an outcome does to a message's state
