@@ -399,6 +399,15 @@ def test_no_plumbed_proxy_waits_without_spending_attempts(world):
     assert outbound.binding == "proxied"
 
 
+def test_proxy_wait_is_logged_once_per_queue_not_at_every_recheck(world):
+    world.proxy(up=False)
+    world.submit(binding="proxied")
+    world.submit(binding="proxied")
+    world.clock.advance(5 * 20)  # twenty health-check re-checks
+    waits = [e for e in world.events if e.get("outcome") == "waiting for a plumbed proxy"]
+    assert len(waits) == 1
+
+
 def test_a_proxy_unplumbed_only_from_the_bindings_source_holds_the_queue(world):
     """The smtp health check failed from 127.0.0.9 only: the server stays plumbed for
     other sources, but this binding's mail waits instead of spending attempts."""
