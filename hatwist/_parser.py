@@ -25,15 +25,21 @@ from twisted.internet.interfaces import IStreamClientEndpointStringParserWithRea
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from hatwist.endpoint import HAProxyClientEndpoint, is_ip_literal, tcp_endpoint
+from hatwist.endpoint import HAProxyClientEndpoint, is_ip_literal, is_numeric_name, tcp_endpoint
 
 __all__ = ["HAProxyClientParser"]
 
 _REQUIRED = ("src", "dst", "dport")
 _OPTIONAL = ("sport", "version", "timeout", "bindAddress")
+# ``\Z``, not ``$``: ``$`` also matches before a trailing newline, which would let
+# ``dst=mx.example\n`` through to the resolver.
 _HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?$"
+    r"(?=.{1,253}\Z)(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?\Z"
 )
+# Only ASCII digits: ``int()`` also takes ``2_5``, `` 25 `` and other scripts' digits.
+_DIGITS = re.compile(r"[0-9]{1,5}\Z")
+# Plain decimal seconds: ``float()`` also takes ``inf``, ``nan``, ``1e9`` and ``1_0``.
+_SECONDS = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?\Z")
 
 
 def _ip(name: str, value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -43,13 +49,13 @@ def _ip(name: str, value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         raise ValueError(f"haproxy: {name}={value!r} is not an IP address") from None
 
 
-def _port(name: str, value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise ValueError(f"haproxy: {name}={value!r} is not a port number") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"haproxy: {name}={port} is out of range 0-65535")
+def _port(name: str, value: str, minimum: int = 1) -> int:
+    """A port in ``minimum``-65535; only a source port may be 0 (the kernel picks it)."""
+    if not _DIGITS.match(value):
+        raise ValueError(f"haproxy: {name}={value!r} is not a port number")
+    port = int(value)
+    if not minimum <= port <= 65535:
+        raise ValueError(f"haproxy: {name}={port} is out of range {minimum}-65535")
     return port
 
 
@@ -61,14 +67,21 @@ def _host(name: str, value: str) -> str:
             raise ValueError(
                 f"haproxy: {name}={value!r} is neither an IP address nor a host name"
             ) from None
+        if is_numeric_name(value):
+            raise ValueError(
+                f"haproxy: {name}={value!r} is not a host name (its last label is a number)"
+                " and not an IP address in dotted-quad form either; write the address"
+                " as four decimal numbers, e.g. 10.0.0.1"
+            ) from None
     return value
 
 
 def _timeout(value: str) -> float:
-    try:
-        timeout = float(value)
-    except ValueError:
-        raise ValueError(f"haproxy: timeout={value!r} is not a number of seconds") from None
+    if not _SECONDS.match(value):
+        raise ValueError(
+            f"haproxy: timeout={value!r} is not a number of seconds (e.g. 30 or 2.5)"
+        )
+    timeout = float(value)
     if not timeout > 0:
         raise ValueError(f"haproxy: timeout={value!r} must be greater than 0")
     return timeout
@@ -109,7 +122,7 @@ class HAProxyClientParser:
                 "a PROXY header cannot mix address families"
             )
         dport = _port("dport", kwargs["dport"])
-        sport = _port("sport", kwargs.get("sport", "0"))
+        sport = _port("sport", kwargs.get("sport", "0"), minimum=0)
         version = kwargs.get("version", "2")
         if version not in ("1", "2"):
             raise ValueError(f"haproxy: version={version!r} must be 1 or 2")

@@ -14,6 +14,7 @@ connected directly: its ``transport.getPeer()`` reports the destination and
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 
 import attrs
@@ -37,8 +38,13 @@ __all__ = [
     "DestinationUnresolvable",
     "HAProxyClientEndpoint",
     "ProxyConnectTimeout",
+    "is_numeric_name",
     "tcp_endpoint",
 ]
+
+#: A last label that is a number, decimal or ``0x`` hex (the same rule as
+#: ``hatwist.config.converters``, which cannot import this module).
+_NUMERIC_LAST_LABEL = re.compile(r"(?:[0-9]+|0x[0-9a-f]*)\Z", re.IGNORECASE)
 
 
 class ProxyConnectTimeout(defer.TimeoutError):
@@ -116,7 +122,9 @@ class HAProxyClientEndpoint:
     :param proxy: an endpoint that reaches the proxy (TCP4, TCP6, HostnameEndpoint, ...).
     :param source: ``(ip, port)`` written as the header's source; port 0 is usual.
     :param destination: ``(ip_or_host, port)``; a host name is resolved at each connect to
-        an address of the source's family (the header cannot mix families).
+        an address of the source's family (the header cannot mix families). A name whose
+        last label is a number (``127.1``, ``010.0.0.1``) is refused with ``ValueError``:
+        the resolver would read it as another address (see :func:`is_numeric_name`).
     :param version: PROXY protocol version, 2 (binary, default) or 1 (text).
     :param timeout: seconds allowed for resolving the destination and connecting to the
         proxy; ``None`` leaves it to ``proxy``. Cancelling the Deferred from
@@ -137,6 +145,7 @@ class HAProxyClientEndpoint:
     ) -> None:
         src_ip, src_port = source
         self._family = address_family(src_ip)
+        _refuse_numeric("destination", destination[0])
         if version not in (1, 2):
             raise ValueError(f"version must be 1 or 2, not {version!r}")
         self._reactor = reactor
@@ -228,6 +237,30 @@ class _FirstAddress:
             self.deferred.callback(self._first)
 
 
+def is_numeric_name(text: str) -> bool:
+    """
+    True for a "host name" whose last label is all digits or ``0x`` hex: ``010.0.0.1``,
+    ``127.1``, ``0x7f.1``.
+
+    Why: such a name is no IP literal (``ipaddress`` reads only four decimal parts), yet
+    ``getaddrinfo`` reads it the way ``inet_aton`` does -- ``010`` as octal 8, ``127.1`` as
+    127.0.0.1 -- so it would silently reach an address nobody wrote. No real host name
+    ends in a numeric label (RFC 3696 section 2), so refusing them loses nothing.
+    """
+    if is_ip_literal(text):
+        return False
+    last = text.rstrip(".").rpartition(".")[2]
+    return bool(_NUMERIC_LAST_LABEL.match(last))
+
+
+def _refuse_numeric(what: str, host: str) -> None:
+    if is_numeric_name(host):
+        raise ValueError(
+            f"{what} {host!r} is not a host name (its last label is a number) and not a"
+            " dotted-quad IP address either; the resolver would read it as some other address"
+        )
+
+
 def is_ip_literal(text: str) -> bool:
     """True for an IPv4 or IPv6 literal (no brackets, no port)."""
     try:
@@ -248,8 +281,10 @@ def tcp_endpoint(
     An IP literal gets ``TCP4ClientEndpoint`` or ``TCP6ClientEndpoint``, which skip the
     resolver and its thread pool; a host name gets ``HostnameEndpoint``, which resolves it
     again at every connect, so a proxy whose address changed is found without a restart.
+    A numeric "name" such as ``127.1`` raises ``ValueError`` (:func:`is_numeric_name`).
     """
     bind_address = (bind, 0) if bind else None
+    _refuse_numeric("host", host)
     if not is_ip_literal(host):
         return HostnameEndpoint(reactor, host, port, timeout=timeout, bindAddress=bind_address)
     cls = TCP6ClientEndpoint if address_family(host) == 6 else TCP4ClientEndpoint

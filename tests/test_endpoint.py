@@ -230,3 +230,29 @@ def test_tcp_endpoint_connects_to_an_ip_literal_directly_with_its_timeout_and_bi
     [(connected_host, port, _factory, timeout, bind_address)] = reactor.tcpClients
     assert (connected_host, port, timeout) == (host, 2525, 4.5)
     assert bind_address == ((bind, 0) if bind else None)
+
+
+#: Names getaddrinfo reads as inet_aton does: octal, hex and short forms of other IPs.
+NUMERIC_NAMES = ("010.0.0.1", "0177.0.0.01", "127.1", "0x7f.1", "127.0x1", "10.1.")
+
+
+@pytest.mark.parametrize("name", NUMERIC_NAMES)
+def test_a_numeric_destination_name_is_refused_before_any_lookup(name):
+    reactor = MemoryReactorClock()
+    reactor.nameResolver = FakeResolver({name: [IPv4Address("TCP", "127.0.0.1", 0)]})
+    with pytest.raises(ValueError, match="last label is a number"):
+        make_endpoint(reactor, destination=(name, 25))
+    assert reactor.nameResolver.asked == []
+
+
+@pytest.mark.parametrize("name", NUMERIC_NAMES)
+def test_tcp_endpoint_refuses_a_numeric_host_name(name):
+    with pytest.raises(ValueError, match=f"{name!r}.*last label is a number"):
+        tcp_endpoint(MemoryReactorClock(), name, 2525)
+
+
+@pytest.mark.parametrize("name", ["mx.test", "beef.cafe", "0x.example", "10.0.0.1", "::1"])
+def test_real_names_and_ip_literals_are_not_numeric(name):
+    from hatwist.endpoint import is_numeric_name
+
+    assert not is_numeric_name(name)

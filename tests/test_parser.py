@@ -78,6 +78,22 @@ def test_proxy_and_destination_host_names():
         (BASE + ":colour=blue", "colour"),
         ("haproxy:127.0.0.1:src=127.0.0.9:dst=127.0.0.20:dport=25", "PROXYPORT"),
         ("haproxy:::1:5000:src=::9:dst=::20:dport=25", "escape IPv6"),
+        # Each against the documented promise (issue 12): ports are ASCII digits, a
+        # destination port is never 0, a timeout is finite decimal seconds, names end.
+        (BASE.replace("dport=25", "dport=2_5"), "dport='2_5' is not a port"),
+        (BASE.replace("dport=25", "dport= 25"), "dport=' 25' is not a port"),
+        (BASE.replace("dport=25", "dport=0"), "dport=0 is out of range 1-65535"),
+        (BASE.replace(":5000:", ":0:"), "PROXYPORT=0 is out of range 1-65535"),
+        (BASE + ":sport=1_0", "sport='1_0'"),
+        (BASE + ":timeout=inf", "timeout='inf' is not a number of seconds"),
+        (BASE + ":timeout=nan", "timeout='nan'"),
+        (BASE + ":timeout=1e3", "timeout='1e3'"),
+        (BASE.replace("dst=127.0.0.20", "dst=mx.example\n"), "dst='mx.example.n' is neither"),
+        (BASE.replace("haproxy:127.0.0.1", "haproxy:proxy.example\n"), "PROXYHOST="),
+        (BASE.replace("dst=127.0.0.20", "dst=010.0.0.1"), "dst='010.0.0.1'.*last label"),
+        (BASE.replace("dst=127.0.0.20", "dst=127.1"), "dst='127.1'.*last label"),
+        (BASE.replace("haproxy:127.0.0.1", "haproxy:0x7f.1"), "PROXYHOST='0x7f.1'.*last"),
+        (BASE.replace("haproxy:127.0.0.1", "haproxy:0177.0.0.01"), "PROXYHOST=.*last label"),
     ],
 )
 def test_bad_arguments_name_what_is_wrong(description, names):

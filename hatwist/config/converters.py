@@ -25,6 +25,9 @@ _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 _NAME = re.compile(r"[a-z0-9_.-]+\Z")
 _LIST_SEPARATOR = re.compile(r"[\s,]+")
 _MAX_HOSTNAME = 253
+# A last label that is a number (decimal, or 0x hex): the same rule as
+# hatwist.endpoint.is_numeric_name, which this pure package does not import.
+_NUMERIC_LABEL = re.compile(r"(?:[0-9]+|0x[0-9a-f]*)\Z")
 _THROTTLE = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*\Z", re.ASCII)
 
 
@@ -73,6 +76,10 @@ def choice(enum_type: type[_E]) -> Callable[[str], _E]:
     return to_choice
 
 
+class _NumericName(ValueError):
+    """A "host name" that getaddrinfo would read as an IP address nobody wrote."""
+
+
 def hostname(text: str) -> str:
     """A DNS host name, lower-cased, without a trailing dot."""
     name = text.strip().rstrip(".").lower()
@@ -80,6 +87,13 @@ def hostname(text: str) -> str:
         raise ValueError(f"{text!r} is not a valid host name")
     if not all(_LABEL.match(label) for label in name.split(".")):
         raise ValueError(f"{text!r} is not a valid host name")
+    if _NUMERIC_LABEL.match(name.rpartition(".")[2]):
+        # getaddrinfo would read 010.0.0.1 as 8.0.0.1 and 127.1 as 127.0.0.1.
+        raise _NumericName(
+            f"{text.strip()!r} is not a host name (its last label is a number) and not an IP"
+            " address in dotted-quad form either; write an IP as four decimal numbers"
+            " (e.g. 10.0.0.1)"
+        )
     return name
 
 
@@ -188,6 +202,8 @@ def server_address(
             raise ValueError(f"{whole!r}: expected an IP address, not a host name") from None
         try:
             host = hostname(host)
+        except _NumericName as e:
+            raise ValueError(f"{whole!r}: {e}") from None
         except ValueError:
             raise ValueError(f"{whole!r} is neither an IP address nor a host name") from None
     return ServerAddress(host, port, whole)

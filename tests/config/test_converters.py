@@ -58,6 +58,12 @@ def test_server_forms():
         ("10.0.0.1:0", "invalid port"),
         ("10.0.0.1:x", "invalid port"),
         ("bad_host:25", "neither an IP address nor a host name"),
+        # getaddrinfo would read these as 8.0.0.1, 127.0.0.1, ... (issue 12)
+        ("010.0.0.1:25", "'010.0.0.1' is not a host name .its last label is a number"),
+        ("0177.0.0.01:8085", "'0177.0.0.01' is not a host name"),
+        ("127.1:25", "'127.1' is not a host name"),
+        ("0x7f.1:25", "'0x7f.1' is not a host name"),
+        ("proxy.0x1F:25", "'proxy.0x1F' is not a host name"),
     ],
 )
 def test_bad_servers(text, words):
@@ -109,6 +115,10 @@ def test_names():
     assert c.binding_name("Pool-A") == "pool-a"
     with pytest.raises(ValueError, match="not a valid domain"):
         c.domain("-bad.example")
+    for numeric in ("127.1", "010.0.0.1."):
+        with pytest.raises(ValueError, match="last label is a number"):
+            c.hostname(numeric)
+    assert c.hostname("mx1.beef.cafe") == "mx1.beef.cafe"
     with pytest.raises(ValueError, match="not a valid name"):
         c.binding_name("pool a")
 
