@@ -166,3 +166,60 @@ def test_reason_without_a_binding_name_still_reads():
 def test_address_must_be_an_ip_literal():
     with pytest.raises(ValueError):
         choose_routes(settings(), "mx.example.test", [P1])
+
+
+ROTATION_CONFIG = """
+binding b1 {
+  ha_proxy_server = "127.0.0.1:5000 127.0.0.2:5000"
+  ha_proxy_src_addr = "127.0.0.9"
+  ha_proxy_ipv6_src_addr = "fd00::9"
+  max_messages_per_connection = 1
+}
+"""
+
+
+def test_proxy_rotation_spreads_each_family_over_the_proxies_attempt_by_attempt():
+    """The delivery agent with the real registry: every attempt to a dual-stack MX
+    whose IPv4 address is down asks for both families' proxies; each family must still
+    alternate over the two proxies (issue 12: IPv6 always went through one)."""
+    from twisted.internet import task
+
+    from hatwist.config import parse_config
+    from hatwist.delivery import ConnectFailed
+    from hatwist.delivery.attempt import DeliveryAgent
+    from hatwist.health import ServerRegistry
+    from hatwist.mx import MXHost
+    from tests.delivery.test_attempt import Net, message, run
+
+    clock = task.Clock()
+    net = Net(clock)
+    net.hosts["ds.test"] = (MXHost("mx.ds.test", 10, ("127.0.0.21", "fd00::21")),)
+    net.hosts["v4.test"] = (MXHost("mx.v4.test", 10, ("127.0.0.20",)),)
+    net.behaviour["127.0.0.21"] = ConnectFailed("IPv4 path down")
+    p1, p2 = ServerAddress("127.0.0.1", 5000), ServerAddress("127.0.0.2", 5000)
+    registry = ServerRegistry([p1, p2], success_threshold=1, failure_threshold=1)
+    agent = DeliveryAgent(
+        parse_config(ROTATION_CONFIG),
+        registry,
+        net,
+        reactor=clock,
+        open_session=net.open_session,
+        default_ehlo_hostname="relay.test",
+    )
+    try:
+        v6_routes = [
+            run(agent, message("ds.test", n=n, rcpts=("a@ds.test",))).route for n in range(4)
+        ]
+        v4_routes = [
+            run(agent, message("v4.test", n=n, rcpts=("a@v4.test",))).route for n in range(4)
+        ]
+    finally:
+        agent.close()
+    assert v6_routes == [
+        "proxy 127.0.0.1:5000 from fd00::9",
+        "proxy 127.0.0.2:5000 from fd00::9",
+    ] * 2
+    assert v4_routes == [
+        "proxy 127.0.0.1:5000 from 127.0.0.9",
+        "proxy 127.0.0.2:5000 from 127.0.0.9",
+    ] * 2

@@ -129,7 +129,7 @@ class ServerRegistry:
     ) -> None:
         self._records: dict[Any, _Record] = {}
         self._observers: list[Callable[[StateChange], None]] = []
-        self._rotation: dict[tuple[Any, ...], int] = {}
+        self._rotation: dict[tuple[tuple[Any, ...], str | None], int] = {}
         self.update_servers(
             servers, success_threshold=success_threshold, failure_threshold=failure_threshold
         )
@@ -299,11 +299,16 @@ class ServerRegistry:
 
         Callers try the servers in the returned order, so rotating spreads
         connections evenly over the live servers of a binding and lets a failed
-        connect move on to the next one. Each distinct candidate list has its
-        own rotation, so bindings sharing the registry do not skew each other.
+        connect move on to the next one. Each distinct (candidate list, source)
+        has its own rotation, so bindings sharing the registry do not skew each
+        other, and neither do the two address families of one binding: an attempt
+        asks once per family (each with that family's source), and with one shared
+        counter a binding whose attempts ask for both would land every IPv4
+        connection on the same proxy.
         """
-        key = tuple(candidates)
-        live = [s for s in key if self.is_plumbed(s, source)]
+        servers = tuple(candidates)
+        key = (servers, source)
+        live = [s for s in servers if self.is_plumbed(s, source)]
         turn = self._rotation.get(key, 0)
         self._rotation[key] = turn + 1
         if not live:

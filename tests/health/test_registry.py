@@ -164,6 +164,18 @@ def test_plumbed_rotation_is_per_candidate_list():
     assert firsts_bc == [B, C, B, C]
 
 
+def test_plumbed_rotates_each_source_on_its_own():
+    """An attempt asks once per family, each with its source: neither family's turn
+    may move the other's (issue 12: one proxy took every IPv4 delivery)."""
+    reg = registry()
+    firsts_v4, firsts_v6 = [], []
+    for _ in range(4):  # attempts to a dual-stack MX whose IPv4 address failed
+        firsts_v4.append(reg.plumbed([A, B], source="192.0.2.9")[0])
+        firsts_v6.append(reg.plumbed([A, B], source="2001:db8::9")[0])
+    assert firsts_v4 == [A, B, A, B]
+    assert firsts_v6 == [A, B, A, B]
+
+
 def test_unknown_server_is_an_error_naming_it_and_the_known_ones():
     reg = registry((A, B))
     with pytest.raises(UnknownServerError) as caught:
