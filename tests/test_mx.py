@@ -332,3 +332,58 @@ async def test_the_answer_cache_is_bounded():
     _kinds(counting)
     await resolver.resolve("d0.example.test")  # long pushed out by the later domains
     assert "MX" in _kinds(counting)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_mx_name_that_cannot_be_encoded_is_skipped_and_logged(zone):
+    """A raw UTF-8 byte in one MX name must not fail the whole domain (issue 12)."""
+    from twisted.logger import globalLogPublisher
+
+    z, address = zone
+    z.add_record("example.test", dns.Record_MX(10, b"mx\xc3\xa9.example.test"))
+    z.add_record("example.test", dns.Record_MX(10, b"mx-" + b"\xc3\xbc" * 40 + b".test"))
+    z.add_mx("example.test", [(20, "mx.example.test")])
+    z.add_a("mx.example.test", "127.0.0.20")
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        hosts = await _resolve(_resolver(address), "example.test")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert hosts == (mx.MXHost("mx.example.test", 20, ("127.0.0.20",)),)
+    skipped = [e for e in events if e.get("hatwist_event") == "mx_skipped"]
+    assert len(skipped) == 2
+    assert all(e["domain"] == "example.test" for e in skipped)
+    assert all("cannot be encoded" in e["reason"] for e in skipped)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_domain_whose_only_mx_cannot_be_encoded_says_so(zone):
+    z, address = zone
+    z.add_record("example.test", dns.Record_MX(10, b"mx\xc3\xa9.example.test"))
+    error = await _failure_of(_resolve(_resolver(address), "example.test"))
+    assert isinstance(error, mx.NoMXAddresses)
+    assert "cannot be encoded" in error.reason
+
+
+@pytest.mark.parametrize(
+    "domain",
+    [
+        "ü" * 60 + ".test",  # its IDNA label is over 63 octets
+        "a" * 64 + ".test",  # an ASCII label over 63 octets
+        ("é" * 20 + ".") * 12 + "test",  # over 253 octets once encoded
+        "bad..test",  # an empty label
+    ],
+    ids=["idna-label-too-long", "ascii-label-too-long", "name-too-long", "empty-label"],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_domain_that_cannot_be_written_in_dns_fails_permanently_and_says_why(
+    zone, domain
+):
+    _z, address = zone
+    error = await _failure_of(_resolve(_resolver(address), domain))
+    assert isinstance(error, mx.MXError)
+    assert error.temporary is False
+    assert (error.code, error.status) == (553, "5.1.3")
+    assert "cannot be looked up in DNS" in error.reason
+    assert error.domain == domain

@@ -7,11 +7,13 @@ RFC 5321 section 5.1 and RFC 7505, done with ``twisted.names`` and nothing else:
   the receiving domain intended;
 - no MX record at all means the domain itself at preference 0 (the implicit MX);
 - ``MX 0 .`` (null MX) means the domain accepts no mail: fail at once, 556 5.1.10;
-- NXDOMAIN is permanent; timeouts, SERVFAIL and anything else odd are temporary, because a
-  broken resolver must never bounce mail;
+- NXDOMAIN is permanent, and so is a domain DNS cannot carry (a label over 63 octets
+  once IDNA-encoded: 553 5.1.3 with the reason); timeouts, SERVFAIL and anything else
+  odd are temporary, because a broken resolver must never bounce mail;
 - every host's A and AAAA records are asked for explicitly (``getHostByName`` sends ANY,
   which many servers answer badly or not at all);
-- a host whose names lead to no address is skipped; no address at all is temporary;
+- a host whose names lead to no address is skipped, and so is (logged) an MX name that
+  cannot be encoded for DNS; no address at all is temporary;
 - answers are reused within their TTL (capped at an hour), so a stream of messages to one
   domain costs DNS queries once per TTL, not three or more per attempt.
 
@@ -22,11 +24,19 @@ keeps the errors (``_errors``), the answer cache (``_cache``, pure) and the look
 """
 
 from hatwist.mx._cache import DEFAULT_CACHE_SIZE, MAX_CACHE_SECONDS
-from hatwist.mx._errors import MXError, NoMXAddresses, NoSuchDomain, NullMX, TemporaryDNSError
+from hatwist.mx._errors import (
+    MXError,
+    NoMXAddresses,
+    NoSuchDomain,
+    NullMX,
+    TemporaryDNSError,
+    UnencodableDomain,
+)
 from hatwist.mx._resolver import (
     DEADLINE_SLACK,
     DEFAULT_TIMEOUT,
     MAX_CNAME_HOPS,
+    MX_SKIPPED_EVENT,
     SYSTEM_RESOLV_CONF,
     MXHost,
     MXResolver,
@@ -39,6 +49,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "MAX_CACHE_SECONDS",
     "MAX_CNAME_HOPS",
+    "MX_SKIPPED_EVENT",
     "SYSTEM_RESOLV_CONF",
     "MXError",
     "MXHost",
@@ -47,5 +58,6 @@ __all__ = [
     "NoSuchDomain",
     "NullMX",
     "TemporaryDNSError",
+    "UnencodableDomain",
     "build_resolver",
 ]

@@ -62,3 +62,15 @@ class NoMXAddresses(MXError):
     temporary = True
     code = 451
     status = "4.4.4"
+
+
+class UnencodableDomain(MXError):
+    """
+    The domain cannot be written as a DNS name at all: a label over 63 octets (after
+    IDNA encoding), an empty label, over 253 octets, or characters IDNA refuses. No
+    later attempt can do better, so every recipient bounces with the reason.
+    """
+
+    temporary = False
+    code = 553
+    status = "5.1.3"

@@ -15,13 +15,22 @@ from typing import Any
 import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime, IResolver
+from twisted.logger import Logger
 from twisted.names import dns
 from twisted.names import error as dnserror
 from twisted.names.client import Resolver
 from twisted.python.failure import Failure
 
 from hatwist.mx._cache import DEFAULT_CACHE_SIZE, AnswerCache, lifetime
-from hatwist.mx._errors import NoMXAddresses, NoSuchDomain, NullMX, TemporaryDNSError
+from hatwist.mx._errors import (
+    NoMXAddresses,
+    NoSuchDomain,
+    NullMX,
+    TemporaryDNSError,
+    UnencodableDomain,
+)
+
+_log = Logger()
 
 #: Seconds between the retries of one DNS query (``client.Resolver`` semantics: the query is
 #: re-sent after each value, and fails after the last one).
@@ -37,6 +46,13 @@ DEADLINE_SLACK = 1.0
 #: How many CNAMEs to follow from a name before giving up on it (RFC 1034 allows chains but
 #: warns against them; loops must end).
 MAX_CNAME_HOPS = 8
+
+#: RFC 1035 section 2.3.4: octets in one label, and in a whole name written as text.
+MAX_LABEL = 63
+MAX_NAME = 253
+
+#: The ``hatwist_event`` of the log event for an MX host skipped for its unusable name.
+MX_SKIPPED_EVENT = "mx_skipped"
 
 #: The ``IResolver`` method for each record type asked for.
 _LOOKUPS = {dns.MX: "lookupMailExchange", dns.A: "lookupAddress", dns.AAAA: "lookupIPV6Address"}
@@ -108,12 +124,34 @@ def _name(name: dns.Name) -> str:
     return name.name.decode("ascii", "replace").rstrip(".")
 
 
+class _Unencodable(ValueError):
+    """A name that has no DNS wire form; the message says why."""
+
+
 def _query_name(domain: str) -> bytes:
-    """The wire form of ``domain``: IDNA (punycode) for international names."""
+    """
+    The wire form of ``domain``: IDNA (punycode) for international names.
+
+    Raises :class:`_Unencodable` for a name DNS cannot carry, instead of the bare
+    ``UnicodeError`` the codec raises (or a query the resolver would send anyway).
+    """
+    name = domain[:-1] if domain.endswith(".") else domain
     try:
-        return domain.encode("ascii")
+        wire = name.encode("ascii")
     except UnicodeEncodeError:
-        return domain.encode("idna")
+        try:
+            wire = name.encode("idna")
+        except UnicodeError as e:
+            raise _Unencodable(f"IDNA refuses it ({e})") from None
+    labels = wire.split(b".")
+    if not wire or any(not label for label in labels):
+        raise _Unencodable("it has an empty label")
+    longest = max(len(label) for label in labels)
+    if longest > MAX_LABEL:
+        raise _Unencodable(f"a label is {longest} octets long (at most {MAX_LABEL})")
+    if len(wire) > MAX_NAME:
+        raise _Unencodable(f"it is {len(wire)} octets long (at most {MAX_NAME})")
+    return wire
 
 
 class MXResolver:
@@ -177,7 +215,12 @@ class MXResolver:
         return d
 
     async def _resolve(self, domain: str) -> tuple[MXHost, ...]:
-        qname = _query_name(domain)
+        try:
+            qname = _query_name(domain)
+        except _Unencodable as e:
+            raise UnencodableDomain(
+                domain, f"domain {domain!r} cannot be looked up in DNS: {e}"
+            ) from None
         try:
             records = await self._ask(qname, dns.MX)
         except defer.CancelledError:
@@ -197,7 +240,7 @@ class MXResolver:
             candidates = [(0, domain)]
 
         found = await defer.gatherResults(
-            [defer.ensureDeferred(self._addresses(name)) for _pref, name in candidates],
+            [defer.ensureDeferred(self._addresses(domain, name)) for _pref, name in candidates],
             consumeErrors=True,
         )
         hosts = []
@@ -247,14 +290,27 @@ class MXResolver:
                     ordered.append((preference, name))
         return ordered
 
-    async def _addresses(self, name: str) -> tuple[tuple[str, ...], str | None]:
+    async def _addresses(self, domain: str, name: str) -> tuple[tuple[str, ...], str | None]:
         """
         The IPv4 then IPv6 addresses of one host, and what went wrong if there are none.
 
         A name that does not exist or has no address records simply yields nothing; other
-        failures are reported so that the final reason can say why.
+        failures are reported so that the final reason can say why. A name DNS cannot
+        carry (a raw non-ASCII byte in the MX record, say) is skipped and logged: one
+        broken MX record must not stop mail that the domain's other MXes would take.
         """
-        qname = _query_name(name)
+        try:
+            qname = _query_name(name)
+        except _Unencodable as e:
+            reason = f"MX name cannot be encoded for DNS: {e}"
+            _log.warn(
+                "skipping MX {mx!r} of {domain}: {reason}",
+                hatwist_event=MX_SKIPPED_EVENT,
+                domain=domain,
+                mx=name,
+                reason=reason,
+            )
+            return (), reason
         results = await defer.DeferredList(
             [
                 defer.ensureDeferred(self._ask(qname, dns.A)),
