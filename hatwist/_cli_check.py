@@ -2,7 +2,8 @@
 
 Validates a config file and shows what it means: the service and health settings, the
 proxy servers with the source addresses used through each, and the effective delivery
-settings of every binding and domain override. Exit status 0 when valid, 2 when not.
+settings of every binding and domain override. Exit status 0 when valid, 2 when not,
+after listing every problem found in one run.
 """
 
 from __future__ import annotations
@@ -44,7 +45,15 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     try:
         config = load_config(args.file)
     except ConfigError as e:
-        print(e, file=err)
+        # Every problem found in the one run: a syntax error stops the parse, but past
+        # it each key and block of every scope is checked (hatwist.config.errors).
+        for problem in e.errors:
+            print(problem, file=err)
+        if len(e.errors) > 1:
+            print(f"{args.file}: {len(e.errors)} problems", file=err)
+        if args.json:
+            json.dump(errors_json(args.file, e), out, indent=2)
+            out.write("\n")
         return EXIT_INVALID
     for warning in config.warnings:
         print(f"warning: {warning}", file=err)
@@ -54,6 +63,24 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     else:
         out.write(as_text(config))
     return EXIT_VALID
+
+
+def errors_json(filename: str, error: ConfigError) -> dict[str, Any]:
+    """An invalid file as JSON: every problem with its position and kind."""
+    return {
+        "file": filename,
+        "valid": False,
+        "errors": [
+            {
+                "file": problem.filename,
+                "line": problem.line,
+                "column": problem.column,
+                "kind": problem.kind,
+                "message": problem.message,
+            }
+            for problem in error.errors
+        ],
+    }
 
 
 def _formatted(values: dict[str, Any]) -> dict[str, str]:

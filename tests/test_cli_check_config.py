@@ -70,7 +70,11 @@ def test_invalid_config_exits_2_with_exactly_the_error_text(capsys):
     assert main(["check-config", path]) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == f"{path}:1:1: scope 'binding' opened on line 1 is never closed (missing '}}')\n"
+    assert err == (
+        f"{path}:1:1: scope 'binding' opened on line 1 is never closed (missing '}}');"
+        " probably the '}' of 'domain example.com' (line 5) is the one missing:"
+        " the '}' on line 7 that closes it is indented like an outer scope\n"
+    )
 
 
 def test_missing_file_exits_2(tmp_path, capsys):
@@ -115,3 +119,52 @@ def test_seed_example_through_the_real_command():
 def test_no_command_prints_help_and_exits_2(capsys):
     assert main([]) == 2
     assert "check-config" in capsys.readouterr().out
+
+
+THREE_MISTAKES = """\
+retry_interval = soon
+binding b1 {
+  tls = maybe
+  Domain example.com {
+    binding b2 {
+    }
+  }
+}
+"""
+
+
+def test_every_problem_is_listed_in_one_run(tmp_path, capsys):
+    path = tmp_path / "three.conf"
+    path.write_text(THREE_MISTAKES)
+    assert main(["check-config", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert lines[0] == f"{path}:1:18: retry_interval: expected a whole number, not 'soon'"
+    assert lines[1].startswith(f"{path}:3:9: tls: expected one of")
+    assert lines[2].startswith(
+        f"{path}:5:5: a binding block is not allowed in domain 'example.com'"
+    )
+    assert lines[3:] == [f"{path}: 3 problems"]
+
+
+def test_json_lists_every_problem_and_exits_2(tmp_path, capsys):
+    path = tmp_path / "three.conf"
+    path.write_text(THREE_MISTAKES)
+    assert main(["check-config", "--json", str(path)]) == 2
+    out, _err = capsys.readouterr()
+    document = json.loads(out)
+    assert document["valid"] is False and document["file"] == str(path)
+    assert [(e["line"], e["column"], e["kind"]) for e in document["errors"]] == [
+        (1, 18, "invalid"),
+        (3, 9, "invalid"),
+        (5, 5, "misplaced"),
+    ]
+    assert all(e["file"] == str(path) and e["message"] for e in document["errors"])
+
+
+def test_json_for_a_syntax_error_lists_that_one(capsys):
+    path = str(DATA / "seed-as-printed.conf")
+    assert main(["check-config", "--json", path]) == 2
+    [error] = json.loads(capsys.readouterr().out)["errors"]
+    assert (error["line"], error["column"], error["kind"]) == (1, 1, "syntax")

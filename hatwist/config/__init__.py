@@ -6,7 +6,7 @@
 in this package is how it gets there.
 """
 
-from hatwist.config.errors import ConfigError, ConfigWarning
+from hatwist.config.errors import ConfigError, ConfigErrors, ConfigWarning
 from hatwist.config.resolve import load_config, parse_config
 from hatwist.config.settings import Binding, Config
 from hatwist.config.values import (
@@ -23,6 +23,7 @@ __all__ = [
     "Binding",
     "Config",
     "ConfigError",
+    "ConfigErrors",
     "ConfigWarning",
     "DeliverySettings",
     "HealthCheckMode",

@@ -23,6 +23,7 @@ from hatwist.config.errors import (
     ConfigFileError,
     ConfigWarning,
     InconsistentSettingsError,
+    collected,
 )
 from hatwist.config.settings import Binding, BindingMap, Config
 from hatwist.config.syntax import Scope, Setting, parse
@@ -37,7 +38,12 @@ from hatwist.config.values import (
 
 
 def parse_config(text: str, filename: str = "<string>") -> Config:
-    """Parse and validate config text; raises ConfigError (a subclass naming the problem)."""
+    """Parse and validate config text; raises ConfigError.
+
+    The error is the subclass naming the problem, or, when the file has several,
+    :class:`~hatwist.config.errors.ConfigErrors` listing every one: a syntax error
+    stops the parse, but past it every key and block of every scope is checked.
+    """
     return _Loader(filename).load(parse(text, filename))
 
 
@@ -88,7 +94,7 @@ class _Loader:
         self.filename = filename
         self.warnings: list[ConfigWarning] = []
         self.scopes = ScopeChecker(filename)
-        self.error = self.scopes.error
+        self.report = self.scopes.report
         self._sources: dict[ServerAddress, list[str]] = {}
 
     def load(self, root: Scope) -> Config:
@@ -102,12 +108,14 @@ class _Loader:
             }
         )
         self.check_probe_sources(health, tree.module.values.get("health_check_target"))
+        if self.scopes.errors:
+            raise collected(self.scopes.errors)
         return Config(
             filename=self.filename,
             service=service,
             health=health,
             bindings=resolved,
-            warnings=tuple(self.warnings),
+            warnings=tuple(self.scopes.warnings + self.warnings),
             sources=self.sources,
             proxy_servers=self.proxy_servers(),
         )
@@ -120,10 +128,12 @@ class _Loader:
     def service(self, layer: Layer) -> ServiceSettings:
         values, origins = _first_set([layer], schema.Section.SERVICE)
         settings = ServiceSettings(**values)
+        if self._refused("listen", "status_listen"):
+            return settings
         if settings.listen == settings.status_listen and settings.listen.port != 0:
             where = origins.get("status_listen") or origins.get("listen")
             assert where is not None
-            raise self.error(
+            self.report(
                 InconsistentSettingsError,
                 f"listen and status_listen are both {settings.listen}",
                 where.line,
@@ -134,20 +144,22 @@ class _Loader:
     def health(self, layer: Layer) -> HealthSettings:
         values, origins = _first_set([layer], schema.Section.HEALTH)
         health = HealthSettings(**values)
-        if health.timeout >= health.interval:
+        timing_refused = self._refused("health_check_timeout", "health_check_interval")
+        if health.timeout >= health.interval and not timing_refused:
             where = origins.get("health_check_timeout") or origins["health_check_interval"]
             assert where is not None  # a default never trips this check
-            raise self.error(
+            self.report(
                 InconsistentSettingsError,
                 f"health_check_timeout ({health.timeout}) must be below"
                 f" health_check_interval ({health.interval})",
                 where.line,
                 where.value_column,
             )
-        if health.mode is HealthCheckMode.SMTP and health.target is None:
+        target_refused = self._refused("health_check_target")
+        if health.mode is HealthCheckMode.SMTP and health.target is None and not target_refused:
             where = origins["health_check_mode"]
             assert where is not None  # a default never trips this check
-            raise self.error(
+            self.report(
                 InconsistentSettingsError,
                 "health_check_mode = smtp needs health_check_target (an SMTP server host:port"
                 " to reach through the proxy)",
@@ -165,6 +177,11 @@ class _Loader:
                 )
             )
         return health
+
+    def _refused(self, *keys: str) -> bool:
+        """True when a value of one of ``keys`` was refused: a cross-check would only
+        compare the default standing in for it, and report a problem nobody wrote."""
+        return any(key in self.scopes.failed for key in keys)
 
     def check_probe_sources(
         self, health: HealthSettings, target: tuple[Any, Setting] | None

@@ -61,13 +61,40 @@ class Setting:
 
 @attrs.frozen
 class Scope:
-    """A ``kind [name] { ... }`` block; ``items`` keeps settings and scopes in file order."""
+    """A ``kind [name] { ... }`` block; ``items`` keeps settings and scopes in file order.
+
+    ``end_line`` and ``end_column`` are where its ``}`` stands (None for the top level),
+    so a check can tell a ``}`` that lines up with an outer scope: the usual sign that
+    a brace is missing higher up.
+    """
 
     kind: str
     name: str | None
     line: int
     column: int
     items: tuple[Setting | Scope, ...]
+    end_line: int | None = attrs.field(default=None, eq=False)
+    end_column: int | None = attrs.field(default=None, eq=False)
+
+    @property
+    def label(self) -> str:
+        """``domain example.com``: the scope as written, for messages."""
+        return self.kind if self.name is None else f"{self.kind} {self.name}"
+
+    @property
+    def misaligned_close(self) -> bool:
+        """True when its ``}`` is on a later line and further left than its header.
+
+        Momentum-style files indent a ``}`` like the line that opened the scope; one
+        further left lines up with an outer scope, so the brace that really closes this
+        scope is probably missing and this one was meant for the outer scope.
+        """
+        return (
+            self.end_line is not None
+            and self.end_column is not None
+            and self.end_line != self.line
+            and self.end_column < self.column
+        )
 
     @property
     def settings(self) -> tuple[Setting, ...]:
@@ -143,8 +170,16 @@ class _OpenScope:
     column: int
     items: list[Setting | Scope] = attrs.Factory(list)
 
-    def close(self) -> Scope:
-        return Scope(self.kind, self.name, self.line, self.column, tuple(self.items))
+    def close(self, end: _Token | None = None) -> Scope:
+        return Scope(
+            self.kind,
+            self.name,
+            self.line,
+            self.column,
+            tuple(self.items),
+            end.line if end else None,
+            end.column if end else None,
+        )
 
 
 def parse(text: str, filename: str = "<string>") -> Scope:
@@ -156,6 +191,7 @@ def parse(text: str, filename: str = "<string>") -> Scope:
     tokens = list(_tokenize(text, filename))
     stack = [_OpenScope(ROOT, None, 1, 1)]
     pos = 0
+    misaligned: Scope | None = None  # the first scope closed by a '}' left of its header
 
     def fail(message: str, token: _Token) -> ConfigSyntaxError:
         return ConfigSyntaxError(message, filename, token.line, token.column)
@@ -169,8 +205,10 @@ def parse(text: str, filename: str = "<string>") -> Scope:
         elif token.kind is _Kind.CLOSE:
             if len(stack) == 1:
                 raise fail("'}' without an open scope to close", token)
-            closed = stack.pop().close()
+            closed = stack.pop().close(token)
             stack[-1].items.append(closed)
+            if closed.misaligned_close and misaligned is None:
+                misaligned = closed
             pos += 1
         elif token.kind is _Kind.WORD:
             pos = _statement(tokens, pos, stack, fail)
@@ -184,12 +222,14 @@ def parse(text: str, filename: str = "<string>") -> Scope:
     if len(stack) > 1:
         unclosed = stack[-1]
         label = unclosed.kind if unclosed.name is None else f"{unclosed.kind} {unclosed.name}"
-        raise ConfigSyntaxError(
-            f"scope '{label}' opened on line {unclosed.line} is never closed (missing '}}')",
-            filename,
-            unclosed.line,
-            unclosed.column,
-        )
+        message = f"scope '{label}' opened on line {unclosed.line} is never closed (missing '}}')"
+        if misaligned is not None and misaligned.line > unclosed.line:
+            message += (
+                f"; probably the '}}' of '{misaligned.label}' (line {misaligned.line}) is the"
+                f" one missing: the '}}' on line {misaligned.end_line} that closes it is"
+                " indented like an outer scope"
+            )
+        raise ConfigSyntaxError(message, filename, unclosed.line, unclosed.column)
     return stack[0].close()
 
 

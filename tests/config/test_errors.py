@@ -83,7 +83,11 @@ def test_delivery_key_in_the_module_block():
 def test_scope_in_a_scope_where_it_means_nothing():
     error = fails("binding a {\n  binding b {\n  }\n}\n")
     assert type(error) is MisplacedKeyError
-    assert (error.line, error.message) == (2, "a binding block is not allowed in binding 'a'")
+    assert (error.line, error.message) == (
+        2,
+        "a binding block is not allowed in binding 'a' (if binding 'a', opened on line 1,"
+        " was meant to end before line 2, its '}' is missing)",
+    )
 
 
 def test_scope_name_used_as_a_key_and_key_name_used_as_a_scope():
@@ -217,3 +221,129 @@ def test_non_utf8_file_is_a_config_error(tmp_path):
     path.write_bytes(b"ehlo_hostname = caf\xe9\n")
     with pytest.raises(ConfigFileError, match="not UTF-8"):
         load_config(str(path))
+
+
+# -- every scope's content is checked (issue 12) ------------------------------------------
+
+SEED_BALANCED_LATER = """\
+binding {
+  ha_proxy_server = "10.0.0.1:8085"
+  ha_proxy_src_addr = "9.9.9.9"
+  Domain example.com {
+    ha_proxy_bypass = "true"
+  Domain example.net {
+    tls = "required"
+  }
+}
+}
+"""
+
+
+def test_a_domain_swallowed_by_the_seeds_missing_brace_is_an_error_naming_the_brace():
+    """The seed's Domain without its '}', balanced by a later extra one: the next
+    override nested inside example.com, where it used to be silently ignored."""
+    error = fails(SEED_BALANCED_LATER)
+    assert type(error) is MisplacedKeyError
+    assert str(error) == (
+        "test.conf:6:3: a domain block is not allowed in domain 'example.com'"
+        " (if domain 'example.com', opened on line 4, was meant to end before line 6,"
+        " its '}' is missing: the '}' on line 9 that closes it lines up with an outer scope)"
+    )
+
+
+def test_a_binding_nested_in_a_domain_is_an_error_not_a_binding_that_does_not_exist():
+    error = fails("""
+        domain example.com {
+          binding b1 {
+            ha_proxy_src_addr = 192.0.2.10
+          }
+        }
+        """)
+    assert type(error) is MisplacedKeyError
+    assert str(error).startswith(
+        "test.conf:2:3: a binding block is not allowed in domain 'example.com'"
+    )
+
+
+def test_an_unknown_scope_inside_a_domain_names_its_position():
+    error = fails("binding b {\n  domain example.com {\n    bogus {\n    }\n  }\n}\n")
+    assert type(error) is UnknownKeyError
+    assert str(error) == "test.conf:3:5: unknown scope 'bogus'"
+
+
+def test_invalid_values_inside_a_nested_domain_are_reported_too():
+    error = fails("""
+        binding b {
+          domain a.example {
+            domain b.example {
+              tls = sometimes
+              remote_smtp_port = 0
+            }
+          }
+        }
+        """)
+    assert [(e.line, type(e)) for e in error.errors] == [
+        (3, MisplacedKeyError),
+        (4, InvalidValueError),
+        (5, InvalidValueError),
+    ]
+    assert error.errors[1].message.startswith("tls: expected one of")
+    assert error.errors[2].message == "remote_smtp_port: must be at least 1, not 0"
+
+
+def test_every_mistake_of_a_file_is_listed_in_file_order():
+    from hatwist.config.errors import ConfigErrors
+
+    error = fails("""
+        retry_interval = soon
+        ha_proxy_client {
+          health_check_intervall = 5
+        }
+        binding b1 {
+          tls = maybe
+          domain example.com {
+            bind_address = not-an-ip
+            listen = 127.0.0.1:25
+          }
+        }
+        binding B1 {
+        }
+        """)
+    assert type(error) is ConfigErrors
+    assert [(e.line, e.kind) for e in error.errors] == [
+        (1, "invalid"),
+        (3, "unknown"),
+        (6, "invalid"),
+        (8, "invalid"),
+        (9, "misplaced"),
+        (12, "duplicate"),
+    ]
+    lines = str(error).splitlines()
+    assert len(lines) == 6 and all(line.startswith("test.conf:") for line in lines)
+    assert lines[0] == "test.conf:1:18: retry_interval: expected a whole number, not 'soon'"
+    assert (error.line, error.column) == (1, 18)  # the first problem's position
+
+
+def test_a_refused_value_does_not_also_report_a_contradiction_with_its_default():
+    # The refused timeout would have been compared as the default 1 with interval 1.
+    error = fails("ha_proxy_client {\n  health_check_interval = 1\n  health_check_timeout = x\n}\n")
+    assert type(error) is InvalidValueError and error.line == 3
+
+
+def test_cross_checks_are_listed_with_the_other_errors():
+    error = fails("tls = maybe\nha_proxy_client {\n  health_check_mode = smtp\n}\n")
+    assert [(e.line, e.kind) for e in error.errors] == [(1, "invalid"), (3, "inconsistent")]
+
+
+def test_a_brace_that_lines_up_with_an_outer_scope_is_a_warning_when_the_file_balances():
+    """Only keys swallowed: the file is valid, but the keys may be in the wrong scope."""
+    config = parse_config(
+        "binding b {\n  domain example.com {\n    tls = no\n  ehlo_hostname = r.test\n}\n}\n",
+        "test.conf",
+    )
+    [warning] = [w for w in config.warnings if "lines up" in w.message]
+    assert str(warning) == (
+        "test.conf:5: the '}' on line 5 closes domain 'example.com' (opened on line 2) but"
+        " lines up with an outer scope: check that the keys above it belong to that domain"
+        " (a '}' may be missing)"
+    )

@@ -34,7 +34,9 @@ def test_seed_example_as_printed_fails_naming_the_unclosed_binding():
     with pytest.raises(ConfigSyntaxError) as info:
         load_config(path)
     assert str(info.value) == (
-        f"{path}:1:1: scope 'binding' opened on line 1 is never closed (missing '}}')"
+        f"{path}:1:1: scope 'binding' opened on line 1 is never closed (missing '}}');"
+        " probably the '}' of 'domain example.com' (line 5) is the one missing:"
+        " the '}' on line 7 that closes it is indented like an outer scope"
     )
 
 
