@@ -214,6 +214,14 @@ def server(text: str) -> ServerAddress:
     return server_address(text)
 
 
+def ipv6_server(text: str) -> ServerAddress:
+    """A remote ``[ipv6]:port`` or ``host:port`` (resolved to IPv6); never an IPv4 literal."""
+    address = server_address(text)
+    if address.ip_version == 4:
+        raise ValueError(f"{text.strip()!r} is an IPv4 address; expected [IPv6]:port or host:port")
+    return address
+
+
 def listen_address(text: str) -> ServerAddress:
     """A local ``ip:port`` to listen on; port 0 picks a free port."""
     return server_address(text, ip_only=True, min_port=0)

@@ -36,6 +36,9 @@ from hatwist.config.values import (
     ip_version,
 )
 
+#: The key whose target proves sources of each family (with both set).
+_TARGET_KEYS = {4: "health_check_target", 6: "health_check_ipv6_target"}
+
 
 def parse_config(text: str, filename: str = "<string>") -> Config:
     """Parse and validate config text; raises ConfigError.
@@ -107,7 +110,7 @@ class _Loader:
                 for name, binding in tree.bindings.items()
             }
         )
-        self.check_probe_sources(health, tree.module.values.get("health_check_target"))
+        self.check_probe_sources(health, tree.module)
         if self.scopes.errors:
             raise collected(self.scopes.errors)
         return Config(
@@ -155,27 +158,40 @@ class _Loader:
                 where.line,
                 where.value_column,
             )
-        target_refused = self._refused("health_check_target")
-        if health.mode is HealthCheckMode.SMTP and health.target is None and not target_refused:
+        targets_refused = self._refused("health_check_target", "health_check_ipv6_target")
+        no_target = health.target is None and health.ipv6_target is None
+        if health.mode is HealthCheckMode.SMTP and no_target and not targets_refused:
             where = origins["health_check_mode"]
             assert where is not None  # a default never trips this check
             self.report(
                 InconsistentSettingsError,
                 "health_check_mode = smtp needs health_check_target (an SMTP server host:port"
-                " to reach through the proxy)",
+                " to reach through the proxy) or health_check_ipv6_target",
                 where.line,
                 where.value_column,
             )
-        if health.mode is HealthCheckMode.CONNECT and health.target is not None:
+        both = health.target is not None and health.ipv6_target is not None
+        if both and health.target is not None and health.target.ip_version == 6:
             where = origins["health_check_target"]
-            assert where is not None  # a default never trips this check
-            self.warnings.append(
-                ConfigWarning(
-                    self.filename,
-                    where.line,
-                    "health_check_target is ignored unless health_check_mode = smtp",
-                )
+            assert where is not None
+            self.report(
+                InconsistentSettingsError,
+                f"health_check_target {health.target} is IPv6, but health_check_ipv6_target"
+                " is set: with both, health_check_target is the IPv4 sources' target",
+                where.line,
+                where.value_column,
             )
+        if health.mode is HealthCheckMode.CONNECT:
+            for key in ("health_check_target", "health_check_ipv6_target"):
+                where = origins[key]
+                if where is not None:
+                    self.warnings.append(
+                        ConfigWarning(
+                            self.filename,
+                            where.line,
+                            f"{key} is ignored unless health_check_mode = smtp",
+                        )
+                    )
         return health
 
     def _refused(self, *keys: str) -> bool:
@@ -183,26 +199,29 @@ class _Loader:
         compare the default standing in for it, and report a problem nobody wrote."""
         return any(key in self.scopes.failed for key in keys)
 
-    def check_probe_sources(
-        self, health: HealthSettings, target: tuple[Any, Setting] | None
-    ) -> None:
-        """Warn about a server the smtp check can never prove (no source of its family)."""
-        family = health.target.ip_version if health.target is not None else None
-        if health.mode is not HealthCheckMode.SMTP or family is None or target is None:
-            return  # a host-name target is resolved per source: every source is proved
+    def check_probe_sources(self, health: HealthSettings, module: Layer) -> None:
+        """Warn about a server the smtp check can prove no source of: no target of any
+        of its sources' families, so only a TCP connect judges it."""
+        if health.mode is not HealthCheckMode.SMTP:
+            return
+        set_at = [module.values[k][1] for k in ("health_check_target",
+                  "health_check_ipv6_target") if k in module.values]  # fmt: skip
+        if not set_at:
+            return  # no target at all: already an error
         for server in self.proxy_servers():
             sources = self._sources.get(server, [])
             if not sources:
                 continue  # the one-family warning already says no source is set
-            if not any(ip_version(src) == family for src in sources):
+            families = sorted({ip_version(src) or 4 for src in sources})
+            if not any(health.target_for(family) is not None for family in families):
+                which = " and ".join(f"IPv{f}" for f in families)
                 self.warnings.append(
                     ConfigWarning(
                         self.filename,
-                        target[1].line,
-                        f"health_check_mode = smtp proves only IPv{family} sources with"
-                        f" health_check_target {health.target}, and no binding sends through"
-                        f" {server} from one: its every check will fail and leave it"
-                        " unplumbed",
+                        set_at[0].line,
+                        f"health_check_mode = smtp has no target for the {which} sources"
+                        f" used with {server}: a TCP connect is all that judges it"
+                        f" (set {_TARGET_KEYS[families[-1]]} to prove them)",
                     )
                 )
 

@@ -196,7 +196,11 @@ KEYS: tuple[Key, ...] = (
             "connect or smtp", "connect: a TCP connect; smtp: a PROXY header to "
             "health_check_target from each source address, then its 220 banner"),
     _health("health_check_target", "target", c.server, None, "host:port",
-            "SMTP server the smtp-mode check reaches through the proxy (required for smtp)"),
+            "SMTP server the smtp-mode check reaches through the proxy; with "
+            "health_check_ipv6_target set, for IPv4 sources only (smtp needs one of the two)"),
+    _health("health_check_ipv6_target", "ipv6_target", c.ipv6_server, None,
+            "[IPv6]:port or host:port", "SMTP server that proves IPv6 sources in smtp mode "
+            "(a source of a family without a target is judged by a TCP connect)"),
     # -- service: top level only ------------------------------------------------------------
     _service("listen", "listen", c.listen_address, c.listen_address("127.0.0.1:2525"),
              "ip:port", "inbound SMTP listener"),

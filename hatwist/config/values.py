@@ -93,6 +93,32 @@ class HealthSettings:
     success_threshold: int
     mode: HealthCheckMode
     target: ServerAddress | None
+    ipv6_target: ServerAddress | None = None
+    """Proves IPv6 sources; when set, ``target`` proves IPv4 ones only."""
+
+    def target_for(self, family: int) -> ServerAddress | None:
+        """The smtp-mode target for sources of IPv``family`` (see :func:`probe_target`)."""
+        return probe_target(self.target, self.ipv6_target, family)
+
+
+def probe_target(
+    target: ServerAddress | None, ipv6_target: ServerAddress | None, family: int
+) -> ServerAddress | None:
+    """
+    Which target proves sources of IPv``family`` in smtp mode; None when none does.
+
+    ``ipv6_target``, when set, proves IPv6 and leaves ``target`` to IPv4 (an IPv6 literal
+    there then proves nothing). Without it, ``target`` proves its own family when it is
+    an IP literal, and both when it is a host name (resolved for each source, which may
+    still find no address of one family: the probe then falls back to a connect).
+    """
+    if ipv6_target is not None:
+        if family == 6:
+            return ipv6_target
+        return target if target is not None and target.ip_version != 6 else None
+    if target is None:
+        return None
+    return target if target.ip_version in (None, family) else None
 
 
 @attrs.frozen

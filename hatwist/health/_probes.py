@@ -24,8 +24,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from hatwist.config import HealthCheckMode, HealthSettings, ServerAddress
-from hatwist.config.values import ip_version
-from hatwist.endpoint import HAProxyClientEndpoint, tcp_endpoint
+from hatwist.config.values import ip_version, probe_target
+from hatwist.endpoint import DestinationUnresolvable, HAProxyClientEndpoint, tcp_endpoint
 
 from ._errors import BadBanner, CheckTimedOut, NoBanner, ProbeError, describe
 from ._interfaces import IHealthProbe, SourceResults
@@ -221,14 +221,21 @@ class SMTPBannerProbe:
     """
     The ``smtp`` health check mode: prove each source address works behind the proxy.
 
-    For every source address the server is used with (and of the target's
-    address family), connect to the server, send a PROXY v2 header from that
-    source to ``target``, and require the target's ``220`` banner within
-    ``timeout``; then QUIT and close. The sources are probed at once, and the
-    verdict is a L{SourceResults}, so the registry can stop using one bad
-    (server, source) path and keep the others. Cancelling the check (the
-    checker does at its timeout) fails the sources still waiting as timed out
-    and still reports the ones that answered.
+    For every source address the server is used with, connect to the server, send a
+    PROXY v2 header from that source to the target of the source's address family, and
+    require the target's ``220`` banner within ``timeout``; then QUIT and close. The
+    sources are probed at once, and the verdict is a L{SourceResults}, so the registry
+    can stop using one bad (server, source) path and keep the others. Cancelling the
+    check (the checker does at its timeout) fails the sources still waiting as timed
+    out and still reports the ones that answered.
+
+    Targets per family: ``ipv6_target``, when given, proves IPv6 sources and ``target``
+    then proves IPv4 ones only; without it ``target`` proves the sources of its own
+    family (an IP literal) or of both (a host name, resolved per source). One target
+    cannot prove both families when its name has no address of one of them, so a
+    source whose family has no target -- none configured, or a host name without such
+    an address at check time -- is judged by a plain TCP connect to the server instead:
+    its path is never unplumbed for a DNS reason.
     """
 
     def __init__(
@@ -236,48 +243,69 @@ class SMTPBannerProbe:
         reactor: Any,
         *,
         timeout: float,
-        target: ServerAddress,
+        target: ServerAddress | None,
         sources_for: Callable[[Any], Sequence[str]],
         endpoint_for: EndpointFor | None = None,
+        ipv6_target: ServerAddress | None = None,
     ) -> None:
+        if target is None and ipv6_target is None:
+            raise ValueError("the smtp probe needs a target for at least one family")
         self._reactor = reactor
         self._timeout = timeout
         self._target = target
+        self._ipv6_target = ipv6_target
         self._sources_for = sources_for
         self._endpoint_for = endpoint_for or (lambda server: direct_endpoint(reactor, server))
 
+    def target_for(self, family: int) -> ServerAddress | None:
+        """The target that proves sources of IPv``family``; None: judged by a connect."""
+        return probe_target(self._target, self._ipv6_target, family)
+
     def check(self, server: Any) -> Deferred[SourceResults]:
         try:
-            sources = self._usable_sources(server)
+            sources = list(dict.fromkeys(self._sources_for(server)))
+            if not sources:
+                raise ProbeError(f"no source address is used with {server}, nothing to probe")
         except Exception:
             return fail()
-        attempts = [self._attempt(server, source) for source in sources]
+        targets = [self.target_for(ip_version(source) or 4) for source in sources]
+        attempts = [
+            self._attempt(server, source, target)
+            for source, target in zip(sources, targets, strict=True)
+            if target is not None
+        ]
+        # One plain connect stands in for every source without a target, and for any
+        # whose host-name target turns out to have no address of its family.
+        connect = None
+        if any(target is None or target.ip_version is None for target in targets):
+            connect = _Attempt(
+                self._reactor,
+                lambda: self._endpoint_for(server),
+                _ConnectOnly(),
+                self._timeout,
+                f"connect to {server}",
+            )
+        everything = attempts + ([connect] if connect is not None else [])
 
         def time_up(_: Deferred[SourceResults]) -> None:
-            for attempt in attempts:
+            for attempt in everything:
                 attempt.expire()  # the last one fires ``verdict`` through ``checked``
 
         verdict: Deferred[SourceResults] = Deferred(time_up)
-        checked: Deferred[Any] = DeferredList([a.result for a in attempts], consumeErrors=True)
-        checked.addCallback(self._verdict, sources).chainDeferred(verdict)
+        checked: Deferred[Any] = DeferredList(
+            [a.result for a in everything], consumeErrors=True
+        )
+        checked.addCallback(self._verdict, sources, targets, connect is not None)
+        checked.chainDeferred(verdict)
         return verdict
 
-    def _usable_sources(self, server: Any) -> list[str]:
-        sources = list(dict.fromkeys(self._sources_for(server)))
-        family = self._target.ip_version
-        usable = [s for s in sources if family is None or ip_version(s) == family]
-        if not usable:
-            which = "no source address" if not sources else f"no IPv{family} source address"
-            raise ProbeError(f"{which} is used with {server}, nothing to probe {self._target} with")
-        return usable
-
-    def _attempt(self, server: Any, source: str) -> _Attempt:
+    def _attempt(self, server: Any, source: str, target: ServerAddress) -> _Attempt:
         def make_endpoint() -> IStreamClientEndpoint:
             return HAProxyClientEndpoint(
                 self._reactor,
                 self._endpoint_for(server),
                 source=(source, 0),
-                destination=(self._target.host, self._target.port),
+                destination=(target.host, target.port),
                 version=2,
             )
 
@@ -286,14 +314,39 @@ class SMTPBannerProbe:
             make_endpoint,
             _BannerReader(),
             self._timeout,
-            f"waiting for the banner of {self._target}",
+            f"waiting for the banner of {target}",
         )
 
-    def _verdict(self, results: list[tuple[bool, Any]], sources: list[str]) -> SourceResults:
-        return SourceResults(
-            (source, None if ok else describe(outcome.value))
-            for source, (ok, outcome) in zip(sources, results, strict=True)
-        )
+    def _verdict(
+        self,
+        results: list[tuple[bool, Any]],
+        sources: list[str],
+        targets: list[ServerAddress | None],
+        connected: bool,
+    ) -> SourceResults:
+        outcomes = iter(results)
+        connect = results[-1] if connected else None
+        verdicts = []
+        for source, target in zip(sources, targets, strict=True):
+            family = ip_version(source) or 4
+            if target is None:
+                why = f"no IPv{family} health check target, judged by a TCP connect"
+                verdicts.append((source, _connect_verdict(connect, why)))
+                continue
+            ok, outcome = next(outcomes)
+            if not ok and outcome.check(DestinationUnresolvable):
+                why = f"{target.host} has no IPv{family} address, judged by a TCP connect"
+                verdicts.append((source, _connect_verdict(connect, why)))
+            else:
+                verdicts.append((source, None if ok else describe(outcome.value)))
+        return SourceResults(verdicts)
+
+
+def _connect_verdict(connect: tuple[bool, Any] | None, why: str) -> str | None:
+    """A source's result taken from the stand-in connect check: None when it passed."""
+    assert connect is not None  # started whenever a source could need it
+    ok, outcome = connect
+    return None if ok else f"{why}: {describe(outcome.value)}"
 
 
 def make_probe(
@@ -303,9 +356,15 @@ def make_probe(
     The probe ``settings.mode`` asks for; ``sources_for`` is usually ``Config.sources_for``.
     """
     if settings.mode is HealthCheckMode.SMTP:
-        if settings.target is None:
-            raise ValueError("health_check_mode smtp needs a health_check_target")
+        if settings.target is None and settings.ipv6_target is None:
+            raise ValueError(
+                "health_check_mode smtp needs a health_check_target or health_check_ipv6_target"
+            )
         return SMTPBannerProbe(
-            reactor, timeout=settings.timeout, target=settings.target, sources_for=sources_for
+            reactor,
+            timeout=settings.timeout,
+            target=settings.target,
+            ipv6_target=settings.ipv6_target,
+            sources_for=sources_for,
         )
     return ConnectProbe(reactor, timeout=settings.timeout)

@@ -367,7 +367,7 @@ def test_health_target_without_smtp_mode_warns():
 
 def test_smtp_check_with_no_source_of_the_targets_family_for_a_server_warns():
     # The smtp check proves only sources of the target's family; a server used only from
-    # IPv6 sources has nothing to prove with an IPv4 target, so every check fails.
+    # IPv6 sources has nothing to prove with an IPv4 target: a TCP connect judges it.
     config = load("""
         ha_proxy_client {
           health_check_mode = smtp
@@ -383,12 +383,12 @@ def test_smtp_check_with_no_source_of_the_targets_family_for_a_server_warns():
           ha_proxy_ipv6_src_addr = 2001:db8::2
         }
         """)
-    (warning,) = [w for w in config.warnings if "health_check_target" in w.message]
+    (warning,) = [w for w in config.warnings if "health_check_mode" in w.message]
     assert warning.line == 4
     assert warning.message == (
-        "health_check_mode = smtp proves only IPv4 sources with health_check_target"
-        " 127.0.0.1:25, and no binding sends through 10.0.0.2:8085 from one:"
-        " its every check will fail and leave it unplumbed"
+        "health_check_mode = smtp has no target for the IPv6 sources used with"
+        " 10.0.0.2:8085: a TCP connect is all that judges it"
+        " (set health_check_ipv6_target to prove them)"
     )
 
 

@@ -5,6 +5,8 @@ The "proxy" here is a plain listener that reads the PROXY header with Twisted's 
 (independent) parser and then behaves as the test says: greet, refuse, stay silent.
 """
 
+from ipaddress import ip_address
+
 import pytest
 import pytest_twisted
 from twisted.internet import defer, endpoints, protocol
@@ -321,24 +323,104 @@ async def test_smtp_probe_checks_every_source_and_names_the_one_that_fails(react
 
 
 @pytest_twisted.ensureDeferred
-async def test_smtp_probe_only_uses_sources_of_the_targets_family(reactor):
+async def test_a_source_whose_family_has_no_target_is_judged_by_a_connect(reactor):
     factory = FakeProxyFactory(greet)
     port, server = await listen(reactor, factory)
     try:
         probe = banner_probe(reactor, sources=("fd00::9", "127.0.0.9"))
-        assert await outcome(reactor, probe.check(server)) is None
-        assert [s.header.source.host for s in factory.sessions] == ["127.0.0.9"]
+        verdict = await within(reactor, probe.check(server))
+        assert verdict.as_dict() == {"fd00::9": None, "127.0.0.9": None}
+        # One PROXY header (the IPv4 source's), and one plain connect for the IPv6 one.
+        assert sorted(str(s.header and s.header.source.host) for s in factory.sessions) == [
+            "127.0.0.9",
+            "None",
+        ]
         await settle(reactor, factory)
-        only_v6 = banner_probe(reactor, sources=("fd00::9",))
-        result = await outcome(reactor, only_v6.check(server))
-        assert isinstance(result, ProbeError)
-        assert str(result) == (
-            f"no IPv4 source address is used with {server}, nothing to probe 127.0.0.20:2525 with"
-        )
         none = await outcome(reactor, banner_probe(reactor, sources=()).check(server))
         assert str(none).startswith("no source address is used with")
     finally:
         await port.stopListening()
+    # With the proxy gone, the connect fails, and says why it stood in for a banner.
+    only_v6 = banner_probe(reactor, sources=("fd00::9",))
+    verdict = await within(reactor, only_v6.check(server))
+    reason = verdict.as_dict()["fd00::9"]
+    assert reason.startswith("no IPv6 health check target, judged by a TCP connect: ")
+    assert "ConnectionRefusedError" in reason
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_family_is_proved_against_its_own_target(reactor):
+    seen = []
+
+    def record(proto, source):
+        seen.append((str(ip_address(source)), str(ip_address(proto.header.destination.host))))
+        greet(proto, source)
+
+    factory = FakeProxyFactory(record)
+    port, server = await listen(reactor, factory)
+    try:
+        probe = SMTPBannerProbe(
+            reactor,
+            timeout=DEADLINE,
+            target=TARGET,
+            ipv6_target=ServerAddress("fd00::20", 2525),
+            sources_for=lambda _: ("127.0.0.9", "fd00::9"),
+        )
+        verdict = await within(reactor, probe.check(server))
+        assert verdict.as_dict() == {"127.0.0.9": None, "fd00::9": None}
+        assert sorted(seen) == [("127.0.0.9", "127.0.0.20"), ("fd00::9", "fd00::20")]
+        await settle(reactor, factory)
+    finally:
+        await port.stopListening()
+
+
+class OnlyA:
+    """A name resolver that knows ``sink.test`` by its IPv4 address only (no AAAA)."""
+
+    def resolveHostName(self, receiver, hostName, portNumber=0, addressTypes=None, **kw):
+        from twisted.internet.address import IPv4Address
+
+        receiver.resolutionBegan(None)
+        if hostName == "sink.test" and (addressTypes is None or IPv4Address in addressTypes):
+            receiver.addressResolved(IPv4Address("TCP", "127.0.0.20", portNumber))
+        receiver.resolutionComplete()
+        return receiver
+
+
+class NamedReactor:
+    """The real reactor, with name resolution answered by ``names``."""
+
+    def __init__(self, reactor, names):
+        self._reactor = reactor
+        self.nameResolver = names
+
+    def __getattr__(self, name):
+        return getattr(self._reactor, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_host_name_target_without_aaaa_leaves_ipv6_sources_to_a_connect(reactor):
+    """Issue 12: the IPv6 path was unplumbed for a DNS reason, and its mail waited."""
+    factory = FakeProxyFactory(greet)
+    port, server = await listen(reactor, factory)
+    try:
+        probe = SMTPBannerProbe(
+            NamedReactor(reactor, OnlyA()),
+            timeout=DEADLINE,
+            target=ServerAddress("sink.test", 2525),
+            sources_for=lambda _: ("127.0.0.9", "fd00::9"),
+        )
+        verdict = await within(reactor, probe.check(server))
+        assert verdict.as_dict() == {"127.0.0.9": None, "fd00::9": None}
+        headers = [s.header.source.host for s in factory.sessions if s.header is not None]
+        assert headers == ["127.0.0.9"]
+        await settle(reactor, factory)
+    finally:
+        await port.stopListening()
+    verdict = await within(reactor, probe.check(server))
+    assert verdict.as_dict()["fd00::9"].startswith(
+        "sink.test has no IPv6 address, judged by a TCP connect: "
+    )
 
 
 @pytest_twisted.ensureDeferred
