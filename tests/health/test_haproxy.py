@@ -327,3 +327,68 @@ async def test_a_source_the_mx_never_greets_stops_only_its_path_through_haproxy(
     }
     assert {"127.0.0.8", "127.0.0.9"} <= set(factory.peers)
     await defer.gatherResults([s.lost for s in factory.sessions]).addTimeout(DEADLINE, reactor)
+
+
+class _OnlyA:
+    """Name resolution that knows ``sink.test`` by its IPv4 address only (no AAAA)."""
+
+    def __init__(self, ip):
+        self.ip = ip
+
+    def resolveHostName(self, receiver, hostName, portNumber=0, addressTypes=None, **kw):
+        from twisted.internet.address import IPv4Address
+
+        receiver.resolutionBegan(None)
+        if hostName == "sink.test" and (addressTypes is None or IPv4Address in addressTypes):
+            receiver.addressResolved(IPv4Address("TCP", self.ip, portNumber))
+        receiver.resolutionComplete()
+        return receiver
+
+
+class _NamedReactor:
+    """The real reactor, with host names answered by ``names``."""
+
+    def __init__(self, reactor, names):
+        self._reactor = reactor
+        self.nameResolver = names
+
+    def __getattr__(self, name):
+        return getattr(self._reactor, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_target_name_without_aaaa_leaves_ipv6_paths_to_a_connect_through_haproxy(
+    reactor, haproxy, smtp_sink
+):
+    """Issue 12: with a host-name target lacking AAAA every IPv6 path was unplumbed for a
+    DNS reason and IPv6 mail waited until expiry. Now the IPv4 source is proved through
+    the real HAProxy, and the IPv6 one is judged by a connect: plumbed while HAProxy
+    listens, unplumbed once it stops."""
+    server = server_of(haproxy)
+    target = ServerAddress("sink.test", smtp_sink.port)
+    registry = ObservedRegistry([server], success_threshold=1, failure_threshold=1)
+    probe = SMTPBannerProbe(
+        _NamedReactor(reactor, _OnlyA(smtp_sink.host)),
+        timeout=TIMEOUT,
+        target=target,
+        sources_for=lambda _: ("127.0.0.9", "fd00::9"),
+    )
+    s = settings(failure=1, success=1, mode=HealthCheckMode.SMTP, target=target)
+    checker = HealthChecker(registry, s, probe, reactor=reactor)
+    checker.startService()
+    try:
+        await registry.checked(reactor, server, 2)
+        status = registry.status(server)
+        assert {p.source: (p.state, p.failures) for p in status.paths} == {
+            "127.0.0.9": (ServerState.PLUMBED, 0),
+            "fd00::9": (ServerState.PLUMBED, 0),
+        }
+        assert registry.plumbed([server], source="fd00::9") == [server]
+        v6_down = next_change(reactor, registry, server, ServerState.UNPLUMBED, "fd00::9")
+        await haproxy.stop()
+        change = await v6_down
+        assert "sink.test has no IPv6 address, judged by a TCP connect" in change.reason
+    finally:
+        await checker.stopService()
+    # Only the IPv4 source ever reached the sink, from its own address.
+    assert {session.peer[0] for session in smtp_sink.sessions} == {"127.0.0.9"}
