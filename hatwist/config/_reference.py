@@ -67,6 +67,11 @@ One file, in the style of Momentum's ecelerity.conf::
 - Lists are space- and/or comma-separated, in one value.
 - Durations are whole seconds.
 - A key may be set once per scope.
+- Every block is checked at every depth: a block where it may not stand (a ``domain``
+  inside a ``domain``, a ``binding`` inside a ``domain``) is an error, never ignored.
+- Host names whose last label is a number (``010.0.0.1``, ``127.1``) are refused: write
+  IP addresses as four decimal numbers.
+- ``hatwist check-config`` lists every problem of a file in one run.
 
 Scopes
 ------
