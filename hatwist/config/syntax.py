@@ -204,7 +204,14 @@ def parse(text: str, filename: str = "<string>") -> Scope:
             pos += 1
         elif token.kind is _Kind.CLOSE:
             if len(stack) == 1:
-                raise fail("'}' without an open scope to close", token)
+                message = "'}' without an open scope to close"
+                last = next((i for i in reversed(stack[0].items) if isinstance(i, Scope)), None)
+                if last is not None:
+                    message += (
+                        f" (the last scope, '{last.label}' opened on line {last.line},"
+                        f" was closed on line {last.end_line})"
+                    )
+                raise fail(message, token)
             closed = stack.pop().close(token)
             stack[-1].items.append(closed)
             if closed.misaligned_close and misaligned is None:

@@ -62,6 +62,25 @@ def test_stray_closing_brace_names_its_line():
     assert (info.value.line, info.value.column) == (2, 3)
 
 
+def test_a_stray_brace_names_where_the_last_scope_opened_and_closed():
+    with pytest.raises(ConfigSyntaxError) as info:
+        parse("binding b {\n  domain x {\n    tls = no\n}\n}\n}\n")
+    assert str(info.value) == (
+        "<string>:6:1: '}' without an open scope to close"
+        " (the last scope, 'binding b' opened on line 1, was closed on line 5)"
+    )
+
+
+def test_an_unclosed_scope_names_the_block_whose_brace_is_probably_missing():
+    with pytest.raises(ConfigSyntaxError) as info:
+        parse("binding b {\n  domain x {\n    tls = no\n}\nbinding c {\n}\n")
+    assert str(info.value) == (
+        "<string>:1:1: scope 'binding b' opened on line 1 is never closed (missing '}');"
+        " probably the '}' of 'domain x' (line 2) is the one missing: the '}' on line 4"
+        " that closes it is indented like an outer scope"
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "column", "words"),
     [
