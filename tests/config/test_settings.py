@@ -473,3 +473,71 @@ def test_bad_outbound_throttle_names_the_key_and_the_expected_form():
     assert info.value.message.startswith(
         "outbound_throttle_messages: expected messages/seconds (e.g. 50/3600"
     )
+
+
+# -- one smtp-check target per family (issue 12) ------------------------------------------
+
+
+def test_an_ipv6_target_of_its_own_and_an_ipv4_one():
+    config = load("""
+        ha_proxy_client {
+          health_check_mode = smtp
+          health_check_target = sink.example:25
+          health_check_ipv6_target = "[fd00::20]:2525"
+        }
+        """)
+    health = config.health
+    assert health.target_for(4) == ServerAddress("sink.example", 25)
+    assert health.target_for(6) == ServerAddress("fd00::20", 2525)
+    assert config.warnings == ()
+
+
+def test_an_ipv6_target_alone_is_enough_for_smtp_mode():
+    health = load("""
+        ha_proxy_client {
+          health_check_mode = smtp
+          health_check_ipv6_target = v6.sink.example:25
+        }
+        """).health
+    assert (health.target_for(4), health.target_for(6)) == (
+        None,
+        ServerAddress("v6.sink.example", 25),
+    )
+
+
+def test_one_target_proves_its_own_family_or_both_when_it_is_a_name():
+    def targets(text):
+        health = load(f"ha_proxy_client {{\n  health_check_mode = smtp\n{text}}}\n").health
+        return health.target_for(4), health.target_for(6)
+
+    v4 = ServerAddress("127.0.0.20", 25)
+    assert targets("  health_check_target = 127.0.0.20:25\n") == (v4, None)
+    v6 = ServerAddress("::1", 25)
+    assert targets('  health_check_target = "[::1]:25"\n') == (None, v6)
+    name = ServerAddress("sink.example", 25)
+    assert targets("  health_check_target = sink.example:25\n") == (name, name)
+
+
+def test_an_ipv4_literal_is_no_ipv6_target():
+    with pytest.raises(InvalidValueError, match="is an IPv4 address; expected"):
+        load("ha_proxy_client {\n  health_check_ipv6_target = 127.0.0.1:25\n}\n")
+
+
+def test_an_ipv6_health_check_target_next_to_an_ipv6_one_is_an_error():
+    from hatwist.config.errors import InconsistentSettingsError
+
+    with pytest.raises(InconsistentSettingsError, match="is IPv6, but health_check_ipv6_target"):
+        load("""
+            ha_proxy_client {
+              health_check_mode = smtp
+              health_check_target = "[::1]:25"
+              health_check_ipv6_target = "[::2]:25"
+            }
+            """)
+
+
+def test_the_ipv6_target_is_ignored_in_connect_mode_and_says_so():
+    config = load("ha_proxy_client {\n  health_check_ipv6_target = \"[::1]:25\"\n}\n")
+    (warning,) = config.warnings
+    assert warning.line == 2
+    assert warning.message == "health_check_ipv6_target is ignored unless health_check_mode = smtp"
