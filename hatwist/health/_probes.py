@@ -235,7 +235,10 @@ class SMTPBannerProbe:
     cannot prove both families when its name has no address of one of them, so a
     source whose family has no target -- none configured, or a host name without such
     an address at check time -- is judged by a plain TCP connect to the server instead:
-    its path is never unplumbed for a DNS reason.
+    its path is never unplumbed for a DNS reason. That connect runs alongside the banner
+    attempts (one per check, only when a source may need it), so a slow banner of one
+    source cannot starve it of time; HAProxy's ``option dontlognull`` keeps it out of
+    the proxy's log, as for the connect mode.
     """
 
     def __init__(
