@@ -347,3 +347,22 @@ def test_a_brace_that_lines_up_with_an_outer_scope_is_a_warning_when_the_file_ba
         " lines up with an outer scope: check that the keys above it belong to that domain"
         " (a '}' may be missing)"
     )
+
+
+def test_dotted_numeric_names_are_refused_where_the_file_names_a_host():
+    """getaddrinfo reads 010.0.0.1 as 8.0.0.1 and 127.1 as 127.0.0.1 (issue 12)."""
+    error = fails("""
+        ha_proxy_server = 010.0.0.1:8085
+        ha_proxy_client {
+          health_check_mode = smtp
+          health_check_target = 127.1:25
+        }
+        """)
+    assert [(e.line, e.column, e.kind) for e in error.errors] == [
+        (1, 19, "invalid"),
+        (4, 25, "invalid"),
+    ]
+    assert error.errors[0].message.startswith(
+        "ha_proxy_server: '010.0.0.1:8085': '010.0.0.1' is not a host name"
+    )
+    assert "last label is a number" in error.errors[1].message
