@@ -232,7 +232,8 @@ class RelayService(service.MultiService):
         # knows nothing of metrics; the observer is added while the service runs.
         self.deliveries = DeliveryMetrics()
         self.status = StatusSources(
-            self.registry, self.scheduler, __version__, reactor, deliveries=self.deliveries
+            self.registry, self.scheduler, __version__, reactor, deliveries=self.deliveries,
+            bindings=lambda: list(self.config.bindings),
         )
         self.status_site = make_status_site(self.status)
         self.status_listener = _ListeningService(

@@ -10,6 +10,7 @@ objects alike, and the three faces cannot disagree about what they saw.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import attrs
@@ -49,6 +50,10 @@ class StatusSources:
     version: str
     clock: IReactorTime
     deliveries: DeliveryMetrics = attrs.field(factory=DeliveryMetrics)
+    bindings: Callable[[], Iterable[str]] = attrs.field(default=lambda: ())
+    """The configured binding names (asked at each scrape, so a reload shows): /metrics
+    exports every per-binding series for each of them from the start, zeros included,
+    so an alert on a rate has a series to read before the first event."""
 
 
 @attrs.frozen
