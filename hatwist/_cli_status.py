@@ -167,7 +167,7 @@ def _queue_rows(document: dict[str, Any]) -> list[list[str]]:
         [
             str(q["binding"]),
             str(q["domain"]),
-            str(q["depth"]),
+            str(q.get("pending", q.get("depth"))),  # "depth": a relay before 0.2
             _format.text(q.get("in_flight")),
             _format.text(q.get("state")),
             _format.until(now, q.get("until")),

@@ -38,7 +38,7 @@ from hatwist.inbound import InboundFactory
 from hatwist.mx import MXResolver, build_resolver
 from hatwist.scheduler import Scheduler
 from hatwist.spool import Spool
-from hatwist.web import DeliveryMetrics, StatusSources, make_status_site
+from hatwist.web import DeliveryMetrics, History, StatusSources, make_status_site
 
 __all__ = ["Options", "RelayService", "makeService"]
 
@@ -231,9 +231,10 @@ class RelayService(service.MultiService):
         # Delivery counts come from the agent's one log event per attempt, so the agent
         # knows nothing of metrics; the observer is added while the service runs.
         self.deliveries = DeliveryMetrics()
+        self.history = History()  # the page's last hour, from the same events
         self.status = StatusSources(
             self.registry, self.scheduler, __version__, reactor, deliveries=self.deliveries,
-            bindings=lambda: list(self.config.bindings),
+            history=self.history, bindings=lambda: list(self.config.bindings),
         )
         self.status_site = make_status_site(self.status)
         self.status_listener = _ListeningService(
@@ -305,6 +306,7 @@ class RelayService(service.MultiService):
             servers=len(self.config.proxy_servers),
         )
         globalLogPublisher.addObserver(self.deliveries)
+        globalLogPublisher.addObserver(self.history)
         super().startService()
         self._previous_hup = _install_sighup(self.reactor, self.reload)
 
@@ -332,6 +334,7 @@ class RelayService(service.MultiService):
             self.resolver.close()
         finally:
             globalLogPublisher.removeObserver(self.deliveries)
+            globalLogPublisher.removeObserver(self.history)
 
     def reload(self) -> defer.Deferred[bool]:
         """Re-read the config file; apply it if valid. Fires True when applied."""

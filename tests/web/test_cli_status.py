@@ -98,7 +98,7 @@ def test_tables_are_aligned_and_name_each_state():
             {
                 "binding": "b1",
                 "domain": "example.test",
-                "depth": 12,
+                "pending": 12,
                 "in_flight": 0,
                 "state": "waiting_for_proxy",
                 "until": 1005.0,
@@ -107,7 +107,7 @@ def test_tables_are_aligned_and_name_each_state():
             {
                 "binding": "b2",
                 "domain": "long-domain-name.example.test",
-                "depth": 1,
+                "pending": 1,
                 "in_flight": 1,
                 "state": "active",
                 "until": None,
