@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import os
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -265,3 +266,20 @@ def path(text: str) -> str:
     if not text.strip():
         raise ValueError("expected a directory path, not an empty value")
     return text.strip()
+
+
+def workers(text: str) -> int:
+    """``auto`` (one worker per core this process may run on) or a whole number >= 1.
+
+    ``auto`` is resolved here, once per load, so every part of hatwist (the supervisor,
+    ``check-config``, the divided limits) sees the same number.
+    """
+    if text.strip().lower() == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):  # not Linux
+            return max(1, os.cpu_count() or 1)
+    try:
+        return integer(1)(text)
+    except ValueError as error:
+        raise ValueError(f"expected auto or a whole number >= 1: {error}") from None

@@ -131,6 +131,14 @@ class _Loader:
     def service(self, layer: Layer) -> ServiceSettings:
         values, origins = _first_set([layer], schema.Section.SERVICE)
         settings = ServiceSettings(**values)
+        if settings.workers > 1:
+            where = origins.get("workers")
+            self.warnings.append(ConfigWarning(
+                self.filename, where.line if where is not None else None,
+                f"workers = {settings.workers} and no shared limits: max_connections, "
+                f"outbound_throttle_messages, max_inbound_connections and "
+                f"max_deliveries_in_flight are divided among the {settings.workers} workers "
+                f"(each gets 1/{settings.workers}, at least 1)"))
         if self._refused("listen", "status_listen"):
             return settings
         if settings.listen == settings.status_listen and settings.listen.port != 0:

@@ -223,6 +223,18 @@ KEYS: tuple[Key, ...] = (
     _service("max_deliveries_in_flight", "max_deliveries_in_flight", c.integer(1), 100,
              "whole number >= 1", "delivery attempts at once over all bindings and domains "
              "(max_connections limits each domain)"),
+    _service("workers", "workers", c.workers, 1, "auto or whole number >= 1",
+             "relay processes sharing the listener, each with its own spool partition "
+             "(spool_dir/worker-N) and scheduler; auto: one per core; limits are divided "
+             "among them"),
+    _service("listen_proxy_protocol", "listen_proxy_protocol", c.to_bool, False,
+             "true/false/yes/no/1/0", "connections to listen from listen_proxy_from must "
+             "start with a PROXY v1 or v2 header (a balancer in front); its source is the "
+             "client"),
+    _service("listen_proxy_from", "listen_proxy_from", c.networks,
+             c.networks("127.0.0.0/8 ::1/128"), "CIDR list",
+             "the balancers allowed to connect when listen_proxy_protocol is on; other "
+             "peers are refused"),
 )  # fmt: skip
 
 KEYS_BY_NAME: Mapping[str, Key] = {key.name: key for key in KEYS}

@@ -13,6 +13,9 @@ from typing import Union
 
 import attrs
 
+#: attrs metadata of a settings field that no config key sets (the process sets it).
+NOT_A_KEY = "hatwist.not_a_key"
+
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]  # noqa: UP007
 
 
@@ -134,6 +137,15 @@ class ServiceSettings:
     shutdown_grace: int
     max_inbound_connections: int
     max_deliveries_in_flight: int
+    workers: int = 1
+    listen_proxy_protocol: bool = False
+    listen_proxy_from: tuple[IPNetwork, ...] = ()
+    # Not config keys: set for a worker process by hatwist.workers (1 and 0 otherwise).
+    limit_share: int = attrs.field(default=1, metadata={NOT_A_KEY: True})
+    """How many workers share the configured limits: a worker divides
+    max_connections and outbound_throttle_messages by it (hatwist.workers.share)."""
+    worker: int = attrs.field(default=0, metadata={NOT_A_KEY: True})
+    """This process's worker number (1..workers); 0 when it is the only process."""
 
 
 @attrs.frozen
