@@ -35,10 +35,12 @@ from hatwist.config import Config, ConfigError, ServerAddress, load_config
 from hatwist.delivery.attempt import DeliveryAgent
 from hatwist.health import HealthChecker, ServerRegistry, make_probe
 from hatwist.inbound import InboundFactory
+from hatwist.inbound._proxied import ProxiedInboundFactory
 from hatwist.mx import MXResolver, build_resolver
 from hatwist.scheduler import Scheduler
 from hatwist.spool import Spool
 from hatwist.web import DeliveryMetrics, History, StatusSources, make_status_site
+from hatwist.workers import WorkerSpec, parse_worker
 
 __all__ = ["Options", "RelayService", "makeService"]
 
@@ -65,12 +67,17 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", "/etc/hatwist/hatwist.conf", "the hatwist config file"],
+        ["worker", None, None, "(set by the supervisor when workers > 1) run as worker N/M"],
     ]
 
     def postOptions(self) -> None:
         """Load the config; a bad one ends twistd with its error alone on stderr and exit
         status 2, as ``hatwist check-config`` reports it (twistd's usage text would only
         hide the one line that says which file, line and key are wrong)."""
+        try:
+            self["worker_spec"] = parse_worker(self["worker"]) if self["worker"] else None
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
         try:
             self["loaded"] = load_config(self["config"])
         except OSError as error:
@@ -178,8 +185,16 @@ class RelayService(service.MultiService):
 
     log = Logger()
 
-    def __init__(self, config: Config, *, reactor: Any, hostname: str | None = None) -> None:
+    def __init__(
+        self, config: Config, *, reactor: Any, hostname: str | None = None,
+        listen_endpoint: IStreamServerEndpoint | None = None,
+        status_endpoint: IStreamServerEndpoint | None = None,
+        prepare: Callable[[Config], Config] = lambda config: config,
+    ) -> None:
+        """``listen_endpoint``/``status_endpoint`` replace the configured addresses and
+        ``prepare`` adjusts each loaded config (a worker: hatwist.workers)."""
         super().__init__()
+        self._prepare = prepare
         self.config = config
         self.reactor = reactor
         self.hostname = hostname or socket.getfqdn()
@@ -238,7 +253,8 @@ class RelayService(service.MultiService):
         )
         self.status_site = make_status_site(self.status)
         self.status_listener = _ListeningService(
-            server_endpoint(reactor, config.service.status_listen), self.status_site,
+            status_endpoint or server_endpoint(reactor, config.service.status_listen),
+            self.status_site,
             name="status_listen", address=str(config.service.status_listen),
         )
         self.status_listener.setServiceParent(self)
@@ -253,8 +269,13 @@ class RelayService(service.MultiService):
             reactor=reactor,
             max_sessions=config.service.max_inbound_connections,
         )
+        listening: Any = self.inbound
+        if config.service.listen_proxy_protocol:  # behind a balancer: a PROXY header first
+            listening = ProxiedInboundFactory(
+                self.inbound, reactor=reactor,
+                allowed_from=lambda: self.config.service.listen_proxy_from)
         self.listener = _ListeningService(
-            server_endpoint(reactor, config.service.listen), self.inbound,
+            listen_endpoint or server_endpoint(reactor, config.service.listen), listening,
             on_stop=self._drain_inbound,
             name="listen", address=str(config.service.listen),
         )
@@ -340,6 +361,7 @@ class RelayService(service.MultiService):
         """Re-read the config file; apply it if valid. Fires True when applied."""
         filename = self.config.filename
         d = threads.deferToThread(load_config, filename)
+        d.addCallback(self._prepare)
         d.addCallbacks(self._apply, self._reload_failed, errbackArgs=(filename,))
         return d
 
@@ -355,7 +377,8 @@ class RelayService(service.MultiService):
     def _apply(self, config: Config) -> bool:
         running = self._started_service
         for key in (
-            "listen", "status_listen", "spool_dir", "resolver", "max_deliveries_in_flight"
+            "listen", "status_listen", "spool_dir", "resolver", "max_deliveries_in_flight",
+            "workers", "listen_proxy_protocol",
         ):
             if getattr(running, key) != getattr(config.service, key):
                 self.log.warn(
@@ -394,11 +417,23 @@ def _install_sighup(reactor: Any, reload: Callable[[], object]) -> Any:
         return None
 
 
-def makeService(options: Options) -> RelayService:
-    """The IServiceMaker entry point used by twistd/twist."""
+def makeService(options: Options) -> service.IService:
+    """The IServiceMaker entry point used by twistd/twist: the relay, or with
+    ``workers > 1`` the supervisor of that many relay workers (hatwist.workers)."""
     from twisted.internet import reactor
 
-    relay = RelayService(options["loaded"], reactor=reactor)
+    config: Config = options["loaded"]
+    spec: WorkerSpec | None = options.get("worker_spec")
+    if spec is None and config.service.workers > 1:
+        from hatwist.workers._main import make_supervisor
+
+        return make_supervisor(config, reactor, options["config"])
+    if spec is not None:
+        from hatwist.workers._main import make_worker
+
+        relay = make_worker(config, reactor, spec, RelayService)
+    else:
+        relay = RelayService(config, reactor=reactor)
     relay.exit_on_startup_error = True
     return relay
 

@@ -1,0 +1,83 @@
+# -*- test-case-name: tests.workers.test_endpoints -*-
+"""
+The two listeners a worker uses instead of binding its own addresses.
+
+A worker accepts SMTP on the socket its supervisor bound and handed down (one accept
+queue for all workers, which survives any worker's death, so a restart never refuses a
+connection and port 25 needs no privileges in the workers), and serves its /status and
+/metrics on a UNIX socket under ``spool_dir`` that only the supervisor reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.endpoints import UNIXServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from zope.interface import implementer
+
+__all__ = ["AdoptedPortEndpoint", "listening_socket", "status_endpoint"]
+
+#: Pending connections the kernel keeps for the workers together (Twisted's default is 50,
+#: too few for N workers at thousands of sessions per second).
+BACKLOG = 1024
+#: sun_path's size on Linux, terminating NUL included.
+_UNIX_PATH_MAX = 108
+
+
+def listening_socket(host: str, port: int, family: int) -> socket.socket:
+    """Bind and listen on ``host:port`` (in the supervisor): the socket every worker
+    inherits. Non-blocking, as Twisted's ports are; raises OSError as ``bind`` does."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+@implementer(IStreamServerEndpoint)
+class AdoptedPortEndpoint:
+    """Listen on an inherited listening socket ``fd`` (``reactor.adoptStreamPort``).
+
+    Twisted duplicates the descriptor and never shuts the socket down when the port stops
+    listening, so a worker that stops leaves the other workers' accept queue intact.
+    """
+
+    def __init__(self, reactor: Any, fd: int, family: int) -> None:
+        self._reactor = reactor
+        self._fd = fd
+        self._family = family
+
+    def listen(self, factory: Any) -> defer.Deferred[IListeningPort]:
+        try:
+            port = self._reactor.adoptStreamPort(self._fd, self._family, factory)
+        except Exception:
+            return defer.fail()
+        return defer.succeed(port)
+
+
+def status_endpoint(reactor: Any, path: str) -> IStreamServerEndpoint:
+    """A UNIX listening endpoint at ``path``, replacing what a killed predecessor left.
+
+    The supervisor starts worker N only once the previous worker N has exited, so a
+    socket file at ``path`` is always stale. Mode 0600: only the relay's user reads it.
+    """
+    if len(os.fsencode(path)) >= _UNIX_PATH_MAX:
+        raise ValueError(
+            f"the worker status socket {path} is longer than {_UNIX_PATH_MAX - 1} bytes; "
+            "use a shorter spool_dir"
+        )
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return UNIXServerEndpoint(reactor, path, mode=0o600)
