@@ -78,6 +78,7 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
         self.factory = factory
         self.callLater = factory.reactor.callLater  # TimeoutMixin's clock
         self._buffer = b""
+        self._at = 0  # where the unhandled input starts in _buffer
         self._data: DataReader | None = None  # set between 354 and the dot line
         self._busy = False  # waiting for the spool: read nothing, answer nothing
         self._unread = False  # our replies are not being read: read nothing
@@ -104,10 +105,15 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
         return self._relay_allowed
 
     @property
+    def waiting_for_reader(self) -> bool:
+        """Whether reading is paused because the peer is not reading our replies."""
+        return self._unread
+
+    @property
     def pending_input(self) -> int:
         """Input bytes read from the peer and not handled yet (bounded: we stop
         reading while they wait)."""
-        return len(self._buffer)
+        return len(self._buffer) - self._at
 
     # -- connection ------------------------------------------------------
 
@@ -156,7 +162,7 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
         """The last reply, then close (RFC 5321 section 3.8: a 421 says why)."""
         self._reply(code, enhanced, text)
         self._closing = True
-        self._buffer = b""
+        self._buffer, self._at = b"", 0
         self._data = None
         if self._admitted:
             # A registered producer would keep the connection open (FileDescriptor).
@@ -199,20 +205,27 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
         self._process()
 
     def _process(self) -> None:
-        while self._buffer and not (self._busy or self._closing or self._unread):
-            if self._data is not None:
-                if not self._take_data(self._data):
+        # Commands are taken at an offset, and the buffer is cut once at the end:
+        # cutting it at every line would copy a pipelined buffer once per command.
+        try:
+            while self._at < len(self._buffer) and not (self._busy or self._closing
+                                                         or self._unread):
+                if self._data is not None:
+                    if not self._take_data(self._data):
+                        return
+                    continue
+                buffer, at = self._buffer, self._at
+                end = buffer.find(b"\n", at, at + MAX_COMMAND_LINE + 2)
+                if end < 0:
+                    if len(buffer) - at > MAX_COMMAND_LINE + 1:
+                        self._line_too_long()
                     return
-                continue
-            end = self._buffer.find(b"\n", 0, MAX_COMMAND_LINE + 2)
-            if end < 0:
-                if len(self._buffer) > MAX_COMMAND_LINE + 1:
-                    self._line_too_long()
-                return
-            line, self._buffer = self._buffer[:end + 1], self._buffer[end + 1:]
-            if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
-                return self._bare_newline(line)
-            self._command(line[:-2])
+                line, self._at = buffer[at:end + 1], end + 1
+                if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
+                    return self._bare_newline(line)
+                self._command(line[:-2])
+        finally:
+            self._buffer, self._at = self._buffer[self._at:], 0
 
     def _line_too_long(self) -> None:
         self.log.info("command line over {limit} octets from {peer}: closed",
@@ -229,13 +242,13 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
 
     def _take_data(self, reader: DataReader) -> bool:
         """Feed DATA input to the reader; return whether progress was made."""
-        fed = reader.feed(self._buffer)
+        fed = reader.feed(self._buffer[self._at:] if self._at else self._buffer)
         if fed.step in (Step.BARE_LF, Step.BARE_CR):
             self._bare(fed.step.value)
             return False
         if not fed.used:
             return False
-        self._buffer = self._buffer[fed.used:]
+        self._at += fed.used
         self._useful()
         if fed.step is Step.END:
             self._end_of_data(reader)
