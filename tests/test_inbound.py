@@ -176,6 +176,10 @@ async def test_bare_lf_after_a_command_is_refused(server_for):
     (b"Subject: a\r\n", "default"),
     (b"X-Binding: b2\r\nSubject: a\r\n", "b2"),
     (b"Subject: a\r\nx-binding:\r\n  b2\r\n", "b2"),
+    # Canonical from submission on (the config's names are lower case), so B2 and b2
+    # share one throttle window and one connection limit.
+    (b"X-Binding: B2\r\nSubject: a\r\n", "b2"),
+    (b"X-Binding : b2\r\nSubject: a\r\n", "b2"),  # WSP before the colon (RFC 5322 4.5.8)
 ])
 @pytest_twisted.ensureDeferred
 async def test_binding_comes_from_x_binding_which_is_removed(server_for, tmp_path, headers,
@@ -196,6 +200,7 @@ async def test_binding_comes_from_x_binding_which_is_removed(server_for, tmp_pat
     (b"X-Binding: nope\r\n", '550 5.7.1 Unknown binding "nope"'),
     (b"X-Binding: b2\r\nX-Binding: b2\r\n", "550 5.7.1 Error: more than one X-Binding header"),
     (b"X-Binding:\r\n", "550 5.7.1 Error: empty X-Binding header"),
+    (b"X-Binding: b2 b3\r\n", '550 5.7.1 Error: malformed X-Binding header "b2?b3"'),
 ])
 @pytest_twisted.ensureDeferred
 async def test_unknown_or_ambiguous_binding_is_refused_naming_it(server_for, tmp_path,
@@ -284,3 +289,49 @@ async def test_when_idle_fires_once_the_last_session_is_gone_so_shutdown_need_no
     await second.send(b"QUIT\r\n", 1)
     await idle.addTimeout(DEADLINE, reactor)
     assert server.factory.sessions == set()
+
+
+@pytest.mark.parametrize("command, answer", [
+    (b"RCPT TO:<a\x00b@example.net>",
+     "501 5.1.3 Bad recipient address syntax: control character in address"),
+    (b"RCPT TO:<a@" + b"l" * 64 + b".example.net>",
+     "501 5.1.3 Bad recipient address syntax: DNS label over 63 octets"),
+    (b"RCPT TO:<" + b"l" * 65 + b"@example.net>",
+     "501 5.1.3 Bad recipient address syntax: local part over 64 octets"),
+    (b"RCPT TO:<a@" + b".".join([b"d" * 60] * 5) + b">",
+     "501 5.1.3 Bad recipient address syntax: domain over 255 octets"),
+])
+@pytest_twisted.ensureDeferred
+async def test_a_recipient_that_could_never_be_delivered_is_refused_at_rcpt(server_for,
+                                                                            command, answer):
+    server = server_for()
+    client = await server.connect()
+    replies = await client.send(b"EHLO me\r\nMAIL FROM:<s@example.org>\r\n" + command
+                                + b"\r\nRCPT TO:<ok@example.net>\r\n", 4)
+    assert replies[2:] == [answer, "250 2.1.5 Ok"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sender_with_a_control_character_is_refused_at_mail(server_for):
+    client = await server_for().connect()
+    replies = await client.send(b"EHLO me\r\nMAIL FROM:<s\x01@example.org>\r\n", 2)
+    assert replies[1] == "501 5.1.7 Bad sender address syntax: control character in address"
+
+
+@pytest.mark.parametrize("options, delivered_to", [
+    ({}, "postmaster@relay.test"),  # like Postfix's null client: @ this host's name
+    ({"postmaster_address": "hostmaster@example.net"}, "hostmaster@example.net"),
+])
+@pytest_twisted.ensureDeferred
+async def test_bare_postmaster_is_accepted_and_relayed_to_postmaster_address(
+        server_for, options, delivered_to):
+    """RFC 5321 section 4.5.1: RCPT TO:<Postmaster> MUST be accepted."""
+    server = server_for(**options)
+    client = await server.connect()
+    replies = await client.send(b"EHLO me\r\nMAIL FROM:<s@example.org>\r\n"
+                                b"RCPT TO:<Postmaster>\r\nDATA\r\n", 4)
+    assert replies[2:] == ["250 2.1.5 Ok", "354 End data with <CR><LF>.<CR><LF>"]
+    [reply] = await client.send(b"Subject: help\r\n\r\nhi\r\n.\r\n", 1)
+    assert reply.startswith("250 2.0.0")
+    [message] = server.accepted
+    assert [r.address for r in message.recipients] == [delivered_to]
