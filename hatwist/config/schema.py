@@ -214,8 +214,8 @@ KEYS: tuple[Key, ...] = (
     _service("shutdown_grace", "shutdown_grace", c.integer(0), 30, _SECONDS,
              "on stop, time given to sessions in flight before they are cut"),
     _service("max_inbound_connections", "max_inbound_connections", c.integer(1), 100,
-             "whole number >= 1", "submitter sessions at once; more get 421 4.3.2 (each may "
-             "hold a message in memory)"),
+             "whole number >= 1", "submitter sessions at once from peers inside relay_from; more "
+             "get 421 4.3.2 (each may hold a message in memory)"),
     _service("max_deliveries_in_flight", "max_deliveries_in_flight", c.integer(1), 100,
              "whole number >= 1", "delivery attempts at once over all bindings and domains "
              "(max_connections limits each domain)"),
