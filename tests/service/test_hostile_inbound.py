@@ -10,13 +10,15 @@ flows meanwhile (RSS is measured by bench/bench_inbound_hostile.py, not here).
 from __future__ import annotations
 
 import email
+import re
 
 import pytest
 import pytest_twisted
 from twisted.internet import endpoints
 
 from tests._inbound import Client
-from tests.service.test_relay import DEFAULT_SOURCE, SINK_HOST, Rig
+from tests.service._relay import make_message
+from tests.service.test_relay import DEFAULT_SOURCE, SENDER, SINK_HOST, Rig
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +36,7 @@ inbound_junk_command_limit = 10
 @pytest_twisted.async_yield_fixture
 async def rig(reactor, dns_server, smtp_sink, haproxy, tmp_path):
     dns_server.add_mx("dest.test", [(10, "mx.dest.test")])
+    dns_server.add_mx("src.test", [(10, "mx.dest.test")])
     dns_server.add_a("mx.dest.test", SINK_HOST)
     setup = Rig(reactor, dns_server, smtp_sink, haproxy, str(tmp_path),
                 spool_dir=str(tmp_path / "spool"))
@@ -116,3 +119,23 @@ async def test_an_over_long_command_line_or_message_line_is_refused_and_never_re
     assert relay.lines_with("refused a message from 127.0.0.1: a line of 1000000 octets")
     assert len(relay.lines_with("accepted ")) == 1
     await close(reactor, [client])
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostname_names_the_bounces_and_bare_postmaster_goes_to_postmaster_address(
+        rig, reactor):
+    rig.sink.recipient_replies["bad@dest.test"] = (550, "5.1.1 no such user")
+    await rig.start_relay(extra=LIMITS + "postmaster_address = pm@dest.test\n")
+    sent = await rig.submit(["Postmaster"], make_message("pm-1@t"))
+    assert sent.rcpts == ((250, "2.1.5 Ok"),) and sent.accepted, sent
+    await rig.send("bounce-1@t", ["bad@dest.test"])
+    await rig.sink.wait_until(lambda: len(rig.sink.messages) == 2, timeout=DEADLINE)
+    [to_postmaster] = rig.delivered()["pm-1@t"]
+    assert to_postmaster.rcpt_tos == ("pm@dest.test",)
+    [dsn] = [m for m in rig.sink.messages if m.mail_from == ""]
+    assert dsn.rcpt_tos == (SENDER,)
+    report = email.message_from_bytes(dsn.data)
+    assert report["From"] == f"Mail Delivery System <MAILER-DAEMON@{HOSTNAME}>"
+    assert report["Message-ID"].endswith(f"@{HOSTNAME}>")
+    [status] = [p for p in report.walk() if p.get_content_type() == "message/delivery-status"]
+    assert re.search(rf"Reporting-MTA: dns; {re.escape(HOSTNAME)}\b", status.as_string())
