@@ -15,6 +15,7 @@ from twisted.internet import defer, protocol, reactor, task
 
 from hatwist.inbound import JUNK_COMMAND_LIMIT, MAX_SESSIONS_PER_IP, MAX_SESSIONS_UNLISTED
 from hatwist.inbound._admission import Admission, Limits
+from hatwist.inbound._session import CLOSE_GRACE
 from tests._inbound import DEADLINE, servers_in, spooled, transaction
 
 SMALL_SOCKET_BUFFER = 4096
@@ -117,6 +118,30 @@ async def test_a_client_that_never_reads_replies_costs_a_bounded_buffer_and_lose
     await eventually(lambda: hostile.received >= expected, f"{lines} EHLO replies")
     assert hostile.received == expected
     hostile.transport.loseConnection()
+    await hostile.lost.addTimeout(DEADLINE, reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_closed_session_that_never_reads_its_last_reply_is_cut_off_and_frees_its_slot(
+        server_for):
+    clock = task.Clock()
+    server = server_for(clock=clock, idle_timeout=30, junk_command_limit=10**9)
+    hostile = NeverReads.connect(server.port.getHost().port)
+    await eventually(lambda: server.factory.sessions, "the session is open")
+    [session] = server.factory.sessions
+    session.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                        SMALL_SOCKET_BUFFER)
+    hostile.transport.write(b"EHLO hostile.test\r\n" * 20_000)
+    await eventually(lambda: getattr(session, "waiting_for_reader", False)
+                     or write_buffered(session.transport) > TRANSPORT_BOUND,
+                     "the session stops reading or its buffer grows")
+    clock.advance(31)  # idle: 421, but the peer reads nothing, so the close cannot finish
+    assert session.transport.disconnecting and server.factory.sessions == {session}
+    clock.advance(CLOSE_GRACE)
+    await eventually(lambda: not server.factory.sessions, "the session is gone")
+    assert (server.factory.admission.listed, server.factory.admission.per_ip(session.peer)) == (
+        0, 0)
+    hostile.transport.resumeProducing()  # it finds the connection reset
     await hostile.lost.addTimeout(DEADLINE, reactor)
 
 

@@ -50,6 +50,9 @@ MAX_COMMAND_LINE = 2048
 MAX_RECIPIENTS = 1000
 MAX_ERRORS = 20
 MAX_HOPS = 100
+CLOSE_GRACE = 10.0
+"""Seconds a closing session has to flush its last replies; a peer that reads none
+of them is cut off then, so a session we closed never keeps its slot."""
 
 NOT_IMPLEMENTED = frozenset({"STARTTLS", "AUTH", "BDAT", "EXPN", "ETRN", "TURN", "HELP"})
 JUNK = frozenset({"NOOP", "RSET", "VRFY"})
@@ -89,6 +92,8 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
         self._junk = 0
         self._peer: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
         self._relay_allowed = False
+        self._abort_call: Any = None
+        self._lost = False
         self._reset()
 
     def _reset(self) -> None:
@@ -135,8 +140,11 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
             self._admitted = False
             self.factory.session_ended(self)
         self._closing = True
+        self._lost = True
         self._data = None
         self.setTimeout(None)
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
 
     def timeoutConnection(self) -> None:
         self._close(421, "4.4.2", f"{self.factory.hostname} Error: timeout exceeded")
@@ -168,6 +176,9 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
             # A registered producer would keep the connection open (FileDescriptor).
             self.transport.unregisterProducer()
         self.transport.loseConnection()
+        if self._abort_call is None and not self._lost:
+            self._abort_call = self.factory.reactor.callLater(
+                CLOSE_GRACE, self.transport.abortConnection)
 
     def _fatal(self, code: int, enhanced: str, text: str) -> None:
         """Refuse what was sent, then close with the 421 that says the session ends."""
