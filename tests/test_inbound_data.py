@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from hatwist.inbound._data import FLUSH_PARTIAL_LINE, MAX_LINE, DataReader, Step
+from hatwist.inbound._data import (
+    FLUSH_PARTIAL_LINE,
+    MAX_HOPS,
+    MAX_LINE,
+    Accepted,
+    DataReader,
+    Step,
+    judge_message,
+)
 
 
 def feed_all(reader: DataReader, data: bytes, step: int) -> tuple[Step, bytes]:
@@ -70,3 +78,25 @@ def test_past_the_size_limit_nothing_is_kept():
     (b"a\r\n.\n", Step.BARE_LF)])
 def test_bare_line_ends_are_reported(data, step):
     assert feed_all(DataReader(1000), data, 1)[0] is step
+
+
+def read(message: bytes, max_size: int = 10_000) -> DataReader:
+    reader = DataReader(max_size)
+    assert feed_all(reader, message + b".\r\n", len(message) + 3)[0] is Step.END
+    return reader
+
+
+@pytest.mark.parametrize("message, verdict", [
+    (b"X-Binding: B2\r\n\r\nhi\r\n", Accepted("b2", b"\r\nhi\r\n")),
+    (b"Subject: a\r\n\r\nhi\r\n", Accepted("default", b"Subject: a\r\n\r\nhi\r\n")),
+    (b"X-Binding: nope\r\n\r\nhi\r\n", (550, "5.7.1")),
+    (b"Received: x\r\n" * MAX_HOPS + b"\r\nhi\r\n", (554, "5.4.6")),
+    (b"X-Binding: nope\r\n\r\n" + b"x" * (MAX_LINE + 1) + b"\r\n", (550, "5.6.0")),
+    (b"X-Binding: nope\r\n\r\n" + b"x\r\n" * 5000, (552, "5.3.4")),
+])
+def test_judge_message_says_what_may_be_spooled_and_on_which_binding(message, verdict):
+    found = judge_message(read(message), lambda name: name in ("default", "b2"))
+    if isinstance(verdict, Accepted):
+        assert found == verdict
+    else:
+        assert (found.code, found.enhanced) == verdict

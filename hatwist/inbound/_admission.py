@@ -19,10 +19,22 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from typing import Any
 
 import attrs
 
 Peer = ipaddress.IPv4Address | ipaddress.IPv6Address | None
+
+
+def peer_of(transport: Any) -> Peer:
+    """The peer's IP address (None for a peer that has none, e.g. a UNIX socket)."""
+    host = getattr(transport.getPeer(), "host", None)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    # A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d.
+    return ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip
 
 
 @attrs.frozen

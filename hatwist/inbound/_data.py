@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_inbound_data -*-
 """
-The DATA reader: message text in, checked and unstuffed message out.
+The DATA reader: message text in, checked and unstuffed message out; and
+L{judge_message}, which decides whether a message read whole may be spooled.
 
 Pure (no I/O, no reactor) so that every way a peer can cut or abuse the stream
 can be fed to it byte by byte in a unit test.  It holds only what it must: the
@@ -14,8 +15,15 @@ would get from us, because the outbound client stuffs dots the same way.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 import attrs
+
+from ._syntax import BindingHeaderError, Refusal, printable, split_binding
+
+DEFAULT_BINDING = "default"
+MAX_HOPS = 100
+"""Received: fields a message may carry before it is taken for a loop."""
 
 MAX_LINE = 998
 """RFC 5322 section 2.1.1 and RFC 5321 section 4.5.3.1.6: octets per line, CR LF
@@ -117,3 +125,33 @@ class DataReader:
         else:
             self._chunks.append(unstuffed)
         return None
+
+
+@attrs.frozen
+class Accepted:
+    """A message that may be spooled: its binding (canonical) and content (without
+    X-Binding)."""
+
+    binding: str
+    content: bytes
+
+
+def judge_message(reader: DataReader,
+                  binding_exists: Callable[[str], bool]) -> Accepted | Refusal:
+    """Whether the message just read may be spooled, and on which binding; or the
+    reply that refuses it.  The session goes on either way."""
+    if reader.too_big:
+        return Refusal(552, "5.3.4", "Message size exceeds fixed limit")
+    if reader.line_too_long:
+        return Refusal(550, "5.6.0", f"Error: message has a line of {reader.longest} octets; "
+                       f"at most {reader.max_line} allowed (RFC 5322 2.1.1)")
+    try:
+        binding, content, hops = split_binding(reader.content())
+    except BindingHeaderError as e:
+        return Refusal(550, "5.7.1", f"Error: {e}")
+    binding = DEFAULT_BINDING if binding is None else binding
+    if hops >= MAX_HOPS:
+        return Refusal(554, "5.4.6", "Too many hops")
+    if not binding_exists(binding):
+        return Refusal(550, "5.7.1", f'Unknown binding "{printable(binding)}"')
+    return Accepted(binding, content)

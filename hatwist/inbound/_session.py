@@ -15,7 +15,6 @@ message of C{max_message_size}.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import protocol
@@ -28,9 +27,10 @@ from zope.interface import implementer
 
 from hatwist.spool import SpooledMessage, SpoolWriteError
 
-from ._data import DataReader, Step
+from ._admission import Peer, peer_of
+from ._data import DataReader, Step, judge_message
 from ._syntax import (
-    BindingHeaderError,
+    Refusal,
     address_problem,
     check_mail_parameters,
     is_mailbox,
@@ -38,18 +38,15 @@ from ._syntax import (
     parse_path,
     printable,
     received_field,
-    split_binding,
 )
 
 if TYPE_CHECKING:
     from ._factory import InboundFactory
 
-DEFAULT_BINDING = "default"
 MAX_COMMAND_LINE = 2048
 """RFC 5321 allows 512 octets plus what extensions add; more is abuse."""
 MAX_RECIPIENTS = 1000
 MAX_ERRORS = 20
-MAX_HOPS = 100
 CLOSE_GRACE = 10.0
 """Seconds a closing session has to flush its last replies; a peer that reads none
 of them is cut off then, so a session we closed never keeps its slot."""
@@ -59,16 +56,6 @@ JUNK = frozenset({"NOOP", "RSET", "VRFY"})
 """Commands that move no mail (Postfix's smtpd_junk_command_limit counts NOOP,
 VRFY, ETRN and RSET); unknown and unimplemented verbs and a repeated HELO/EHLO
 count too.  They never restart the idle timer."""
-
-
-def _peer_ip(transport: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    host = getattr(transport.getPeer(), "host", None)
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    # A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d.
-    return ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip
 
 
 @implementer(IPushProducer)
@@ -90,7 +77,7 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
         self._helo: str | None = None
         self._errors = 0
         self._junk = 0
-        self._peer: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+        self._peer: Peer = None
         self._relay_allowed = False
         self._abort_call: Any = None
         self._lost = False
@@ -102,7 +89,7 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
         self._data = None
 
     @property
-    def peer(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    def peer(self) -> Peer:
         return self._peer
 
     @property
@@ -123,7 +110,7 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
     # -- connection ------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self._peer = _peer_ip(self.transport)
+        self._peer = peer_of(self.transport)
         self._relay_allowed = self.factory.relays_for(self._peer)
         refused = self.factory.admit(self)
         hostname = self.factory.hostname
@@ -381,30 +368,21 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
 
     def _end_of_data(self, reader: DataReader) -> None:
         self._data = None
-        if reader.too_big:
-            return self._refuse(552, "5.3.4", "Message size exceeds fixed limit")
-        if reader.line_too_long:
-            self.log.info("refused a message from {peer}: a line of {length} octets",
-                          peer=str(self._peer), length=reader.longest)
-            return self._refuse(550, "5.6.0", f"Error: message has a line of {reader.longest} "
-                                f"octets; at most {reader.max_line} allowed (RFC 5322 2.1.1)")
-        try:
-            binding, content, hops = split_binding(reader.content())
-        except BindingHeaderError as e:
-            return self._refuse(550, "5.7.1", f"Error: {e}")
-        binding = DEFAULT_BINDING if binding is None else binding
-        if hops >= MAX_HOPS:
-            return self._refuse(554, "5.4.6", "Too many hops")
-        if not self.factory.binding_exists(binding):
-            return self._refuse(550, "5.7.1", f'Unknown binding "{printable(binding)}"')
+        verdict = judge_message(reader, self.factory.binding_exists)
+        if isinstance(verdict, Refusal):
+            self.log.info("refused a message from {peer}: {code} {enhanced} {text}",
+                          peer=str(self._peer), code=verdict.code, enhanced=verdict.enhanced,
+                          text=verdict.text)
+            return self._refuse(verdict.code, verdict.enhanced, verdict.text)
         self._busy = True
         self.setTimeout(None)
         self._update_reading()
         mail_from, rcpts = self._mail_from, tuple(self._rcpts)
-        d = maybeDeferred(self.factory.spool.store, binding, mail_from, rcpts,
-                          received_field(helo=self._helo, peer=self._peer,
-                                         hostname=self.factory.hostname,
-                                         date=self.factory.reactor.seconds()) + content)
+        trace = received_field(helo=self._helo, peer=self._peer,
+                               hostname=self.factory.hostname,
+                               date=self.factory.reactor.seconds())
+        d = maybeDeferred(self.factory.spool.store, verdict.binding, mail_from, rcpts,
+                          trace + verdict.content)
         d.addCallbacks(self._stored, self._not_stored)
         d.addBoth(self._resume)
 

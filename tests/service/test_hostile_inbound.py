@@ -116,7 +116,8 @@ async def test_an_over_long_command_line_or_message_line_is_refused_and_never_re
     await rig.sink.wait_for(1, timeout=DEADLINE)
     assert list(rig.delivered()) == ["short-1@t"]
     # The submitter was told, and so is the log.
-    assert relay.lines_with("refused a message from 127.0.0.1: a line of 1000000 octets")
+    assert relay.lines_with("refused a message from 127.0.0.1: 550 5.6.0 Error: message has a "
+                            "line of 1000000 octets")
     assert len(relay.lines_with("accepted ")) == 1
     await close(reactor, [client])
 
