@@ -314,7 +314,8 @@ class RelayService(service.MultiService):
     def _apply(self, config: Config) -> bool:
         old = self.config
         for key in (
-            "listen", "status_listen", "spool_dir", "resolver", "max_deliveries_in_flight"
+            "listen", "status_listen", "spool_dir", "resolver", "max_deliveries_in_flight",
+            "hostname",
         ):
             if getattr(old.service, key) != getattr(config.service, key):
                 self.log.warn(
@@ -333,8 +334,6 @@ class RelayService(service.MultiService):
         self.inbound.max_message_size = config.service.max_message_size
         for name, value in _inbound_limits(config).items():
             setattr(self.inbound, name, value)
-        if old.service.hostname != config.service.hostname:
-            self.log.warn("config reload: hostname changed; it takes effect at the next restart")
         self.config = config
         self.log.info("config reloaded from {filename}", filename=config.filename)
         return True
