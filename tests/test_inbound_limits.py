@@ -51,6 +51,7 @@ class NeverReads(protocol.Protocol):
 
     def __init__(self) -> None:
         self.received = 0
+        self.data = b""  # the first megabyte of it
         self.lost = defer.Deferred()
 
     def connectionMade(self) -> None:
@@ -73,6 +74,8 @@ class NeverReads(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.received += len(data)
+        if len(self.data) < 1_000_000:
+            self.data += data
 
     def connectionLost(self, reason) -> None:
         self.lost.callback(None)
@@ -143,6 +146,29 @@ async def test_a_closed_session_that_never_reads_its_last_reply_is_cut_off_and_f
         0, 0)
     hostile.transport.resumeProducing()  # it finds the connection reset
     await hostile.lost.addTimeout(DEADLINE, reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_closed_from_outside_while_paused_answers_nothing_more(server_for):
+    """What a shutdown's drain does (loseConnection) to a session paused for its reader:
+    the close completes once the peer reads, and the commands still buffered never run."""
+    server = server_for(junk_command_limit=10**9)
+    hostile = NeverReads.connect(server.port.getHost().port)
+    await eventually(lambda: server.factory.sessions, "the session is open")
+    [session] = server.factory.sessions
+    session.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                        SMALL_SOCKET_BUFFER)
+    # One read's worth: the transaction is read with the EHLOs, and waits behind them.
+    hostile.transport.write(b"EHLO hostile.test\r\n" * 2000 + b"MAIL FROM:<s@example.org>\r\n"
+                            b"RCPT TO:<r@example.net>\r\nDATA\r\nSubject: late\r\n\r\n.\r\n")
+    await eventually(lambda: session.waiting_for_reader, "the session stops reading")
+    assert b"DATA" in session._buffer[session._at:]
+    session.transport.loseConnection()
+    hostile.transport.resumeProducing()
+    await hostile.lost.addTimeout(DEADLINE, reactor)
+    await eventually(lambda: not server.factory.sessions, "the session is gone")
+    assert b"354 " not in hostile.data  # the buffered transaction never ran
+    assert server.accepted == []
 
 
 @pytest_twisted.ensureDeferred

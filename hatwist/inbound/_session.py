@@ -182,6 +182,12 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
 
     def resumeProducing(self) -> None:
         self._unread = False
+        if getattr(self.transport, "disconnecting", False):
+            # Closed from outside (a shutdown's drain): answer nothing more, and let the
+            # close finish (a registered producer would hold it open).
+            self._closing = True
+            self.transport.unregisterProducer()
+            return
         self._update_reading()
         self._process()
 
