@@ -197,7 +197,7 @@ class RelayService(service.MultiService):
         self._prepare = prepare
         self.config = config
         self.reactor = reactor
-        self.hostname = hostname or socket.getfqdn()
+        self.hostname = hostname or config.service.hostname or socket.getfqdn()
         self._previous_hup: Any = None  # SIGHUP's handler before ours, while running
         #: twistd/twist: a StartupError ends the process with one line (tests that build
         #: the service in-process turn this off and see the exception).
@@ -267,7 +267,7 @@ class RelayService(service.MultiService):
             binding_exists=self._binding_exists,
             on_accepted=self.scheduler.submit,
             reactor=reactor,
-            max_sessions=config.service.max_inbound_connections,
+            **_inbound_limits(config),
         )
         listening: Any = self.inbound
         if config.service.listen_proxy_protocol:  # behind a balancer: a PROXY header first
@@ -378,6 +378,7 @@ class RelayService(service.MultiService):
         running = self._started_service
         for key in (
             "listen", "status_listen", "spool_dir", "resolver", "max_deliveries_in_flight",
+            "hostname",
             "workers", "listen_proxy_protocol",
         ):
             if getattr(running, key) != getattr(config.service, key):
@@ -397,10 +398,24 @@ class RelayService(service.MultiService):
         self.agent.config = config
         self.inbound.relay_from = tuple(config.service.relay_from)
         self.inbound.max_message_size = config.service.max_message_size
-        self.inbound.max_sessions = config.service.max_inbound_connections
+        for name, value in _inbound_limits(config).items():
+            setattr(self.inbound, name, value)
         self.config = config
         self.log.info("config reloaded from {filename}", filename=config.filename)
         return True
+
+
+def _inbound_limits(config: Config) -> dict[str, Any]:
+    """The InboundFactory settings a reload may change, by attribute name."""
+    service = config.service
+    return {
+        "max_sessions": service.max_inbound_connections,
+        "max_sessions_per_ip": service.max_inbound_connections_per_ip,
+        "max_sessions_unlisted": service.max_inbound_connections_unlisted,
+        "idle_timeout": service.inbound_idle_timeout,
+        "junk_command_limit": service.inbound_junk_command_limit,
+        "postmaster_address": service.postmaster_address,
+    }
 
 
 def _install_sighup(reactor: Any, reload: Callable[[], object]) -> Any:

@@ -136,8 +136,9 @@ class _Loader:
             self.warnings.append(ConfigWarning(
                 self.filename, where.line if where is not None else None,
                 f"workers = {settings.workers} and no shared limits: max_connections, "
-                f"outbound_throttle_messages, max_inbound_connections and "
-                f"max_deliveries_in_flight are divided among the {settings.workers} workers "
+                f"outbound_throttle_messages, max_deliveries_in_flight and the "
+                f"max_inbound_connections limits are divided among the {settings.workers} "
+                f"workers "
                 f"(each gets 1/{settings.workers}, at least 1)"))
         if self._refused("listen", "status_listen"):
             return settings

@@ -218,11 +218,29 @@ KEYS: tuple[Key, ...] = (
     _service("shutdown_grace", "shutdown_grace", c.integer(0), 30, _SECONDS,
              "on stop, time given to sessions in flight before they are cut"),
     _service("max_inbound_connections", "max_inbound_connections", c.integer(1), 100,
-             "whole number >= 1", "submitter sessions at once; more get 421 4.3.2 (each may "
-             "hold a message in memory)"),
+             "whole number >= 1", "submitter sessions at once from peers inside relay_from; more "
+             "get 421 4.3.2 (each may hold a message in memory)"),
     _service("max_deliveries_in_flight", "max_deliveries_in_flight", c.integer(1), 100,
              "whole number >= 1", "delivery attempts at once over all bindings and domains "
              "(max_connections limits each domain)"),
+    _service("max_inbound_connections_per_ip", "max_inbound_connections_per_ip",
+             c.integer(1), 10, _COUNT, "submitter sessions at once from one address; more get "
+             "421 4.7.0"),
+    _service("max_inbound_connections_unlisted", "max_inbound_connections_unlisted",
+             c.integer(1), 5, _COUNT, "sessions at once from all peers outside relay_from, a "
+             "pool of their own apart from max_inbound_connections; more get 421 4.3.2"),
+    _service("inbound_idle_timeout", "inbound_idle_timeout", c.integer(1), 300, _SECONDS,
+             "a session with no command that moves a transaction on (NOOP, RSET, VRFY do not) "
+             "for this long gets 421 4.4.2 and is closed"),
+    _service("inbound_junk_command_limit", "inbound_junk_command_limit", c.integer(1), 100,
+             _COUNT, "NOOP, RSET, VRFY, unknown verbs and repeated EHLO per session (counted "
+             "again after each accepted message); one more gets 421 4.7.0 and is closed"),
+    _service("hostname", "hostname", c.hostname, None, "host name",
+             "this relay's name in the 220 greeting, the EHLO reply, Received: lines, the "
+             "default EHLO name and bounces", default_doc="this host's FQDN"),
+    _service("postmaster_address", "postmaster_address", c.mailbox, None, "address",
+             "where mail to the bare postmaster (RFC 5321 4.5.1) is relayed",
+             default_doc="postmaster@ the hostname"),
     _service("workers", "workers", c.workers, 1, "auto or whole number >= 1",
              "relay processes sharing the listener, each with its own spool partition "
              "(spool_dir/worker-N) and scheduler; auto: one per core; limits are divided "

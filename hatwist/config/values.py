@@ -137,6 +137,12 @@ class ServiceSettings:
     shutdown_grace: int
     max_inbound_connections: int
     max_deliveries_in_flight: int
+    max_inbound_connections_per_ip: int = 10
+    max_inbound_connections_unlisted: int = 5
+    inbound_idle_timeout: int = 300
+    inbound_junk_command_limit: int = 100
+    hostname: str | None = None  # None: this host's FQDN
+    postmaster_address: str | None = None  # None: postmaster@ the hostname
     workers: int = 1
     listen_proxy_protocol: bool = False
     listen_proxy_from: tuple[IPNetwork, ...] = ()

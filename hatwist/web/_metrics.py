@@ -29,10 +29,16 @@ from collections import Counter
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from hatwist.health import LATENCY_BUCKETS
 from hatwist.scheduler import QUEUE_STATES
 
 from ._deliveries import NO_ROUTE, RESULTS
@@ -125,9 +131,9 @@ class StatusCollector(Collector):
             "1 when the proxy server is plumbed, 0 when unplumbed.",
             labels=["server"],
         )
-        latency = GaugeMetricFamily(
+        latency = HistogramMetricFamily(
             "hatwist_proxy_check_latency_seconds",
-            "Duration of the latest successful health check.",
+            "Durations of the successful health checks.",
             labels=["server"],
         )
         last_check = GaugeMetricFamily(
@@ -155,8 +161,10 @@ class StatusCollector(Collector):
         for proxy in proxy_views(self._sources):
             labels = [proxy.server]
             up.add_metric(labels, 1 if proxy.state == "plumbed" else 0)
-            if proxy.last_latency is not None:
-                latency.add_metric(labels, proxy.last_latency)
+            if proxy.latency_buckets:
+                bounds = [repr(float(b)) for b in LATENCY_BUCKETS] + ["+Inf"]
+                latency.add_metric(labels, list(zip(bounds, proxy.latency_buckets, strict=True)),
+                                   proxy.latency_sum)
             if proxy.last_check is not None:
                 last_check.add_metric(labels, proxy.last_check)
             checks.add_metric(labels, proxy.checks)

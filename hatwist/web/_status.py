@@ -95,6 +95,9 @@ class ProxyView:
     state_changes: int
     no_greeting: int
     sources: tuple[SourceView, ...] = ()
+    latency_buckets: tuple[int, ...] = ()
+    """Successful checks, cumulatively per bound of ``hatwist.health.LATENCY_BUCKETS``."""
+    latency_sum: float = 0.0
 
 
 def proxy_views(sources: StatusSources) -> list[ProxyView]:
@@ -121,6 +124,8 @@ def proxy_views(sources: StatusSources) -> list[ProxyView]:
                 state_changes=status.state_changes,
                 no_greeting=no_greeting[server],
                 sources=tuple(_source_view(path) for path in getattr(status, "paths", ())),
+                latency_buckets=tuple(getattr(status, "latency_buckets", ())),
+                latency_sum=getattr(status, "latency_sum", 0.0),
             )
         )
     return views
@@ -155,6 +160,7 @@ def scheduler_counters(sources: StatusSources) -> dict[str, int]:
 
 def _proxy_json(proxy: ProxyView) -> dict[str, Any]:
     document = attrs.asdict(proxy, recurse=False)
+    del document["latency_buckets"], document["latency_sum"]  # /metrics has them
     document["sources"] = [attrs.asdict(path) for path in proxy.sources]
     return document
 

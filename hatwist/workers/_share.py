@@ -74,6 +74,10 @@ def worker_config(config: Config, worker: int, workers: int) -> Config:
         service,
         spool_dir=partition_dir(service.spool_dir, worker),
         max_inbound_connections=share_count(service.max_inbound_connections, workers),
+        max_inbound_connections_per_ip=share_count(
+            service.max_inbound_connections_per_ip, workers),
+        max_inbound_connections_unlisted=share_count(
+            service.max_inbound_connections_unlisted, workers),
         max_deliveries_in_flight=share_count(service.max_deliveries_in_flight, workers),
         limit_share=workers,
         worker=worker,

@@ -48,7 +48,8 @@ async def test_alerts_and_dashboard_use_only_metrics_a_live_relay_exports(
             code, _, body = await get(reactor, f"http://127.0.0.1:{status_port}/metrics")
             exported = {sample.name for family in text_string_to_metric_families(body.decode())
                         for sample in family.samples}
-            if "hatwist_proxy_check_latency_seconds" in exported:
+            if any(name.startswith("hatwist_proxy_source_up") for name in exported) and \
+                    "hatwist_proxy_check_latency_seconds_count" in exported:
                 break
             await deferLater(reactor, 0.2)
     finally:

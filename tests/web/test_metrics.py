@@ -49,9 +49,17 @@ def test_check_latency_counts_and_timestamps_per_server():
     reg.record_failure(V6, at=120.0, error="timeout")
     samples = scrape(metrics_registry(sources(reg)))
     v4, v6 = labels(server="127.0.0.1:5000"), labels(server="[0::1]:5001")
-    assert samples[("hatwist_proxy_check_latency_seconds", v4)] == 0.5
-    # No successful check yet: no latency sample at all rather than a fake zero.
-    assert ("hatwist_proxy_check_latency_seconds", v6) not in samples
+    # A histogram of the successful checks' durations.
+    bucket = "hatwist_proxy_check_latency_seconds_bucket"
+    assert samples[(bucket, labels(server="127.0.0.1:5000", le="0.1"))] == 0
+    assert samples[(bucket, labels(server="127.0.0.1:5000", le="0.25"))] == 1
+    assert samples[(bucket, labels(server="127.0.0.1:5000", le="0.5"))] == 2
+    assert samples[(bucket, labels(server="127.0.0.1:5000", le="+Inf"))] == 2
+    assert samples[("hatwist_proxy_check_latency_seconds_count", v4)] == 2
+    assert samples[("hatwist_proxy_check_latency_seconds_sum", v4)] == 0.75
+    # No successful check yet: the series is there, at zero (alerts can read it).
+    assert samples[("hatwist_proxy_check_latency_seconds_count", v6)] == 0
+    assert samples[(bucket, labels(server="[0::1]:5001", le="+Inf"))] == 0
     assert samples[("hatwist_proxy_checks_total", v4)] == 2
     assert samples[("hatwist_proxy_checks_total", v6)] == 1
     assert samples[("hatwist_proxy_check_failures_total", v4)] == 0

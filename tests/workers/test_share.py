@@ -67,6 +67,8 @@ def test_worker_config_gets_its_partition_and_share():
     assert mine.service.spool_dir == partition_dir("/var/spool/x", 2) == "/var/spool/x/worker-2"
     assert mine.service.max_inbound_connections == 4
     assert mine.service.max_deliveries_in_flight == 50
+    assert mine.service.max_inbound_connections_per_ip == 5
+    assert mine.service.max_inbound_connections_unlisted == 2
     assert (mine.service.limit_share, mine.service.worker) == (2, 2)
     assert (config.service.limit_share, config.service.worker) == (1, 0)
     with pytest.raises(ValueError):
