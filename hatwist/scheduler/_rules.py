@@ -15,6 +15,7 @@ from typing import Any
 
 from hatwist.config.values import Throttle
 from hatwist.schedule import RetryPolicy
+from hatwist.workers._share import share_count, share_throttle
 
 from ._queues import QueueKey
 
@@ -44,14 +45,27 @@ class Rules:
         settings = self.settings(key)
         return FALLBACK_POLICY if settings is None else RetryPolicy.from_settings(settings)
 
+    def _limit_share(self) -> int:
+        """How many worker processes share the limits (1: this process alone)."""
+        try:
+            return max(1, int(self._config().service.limit_share))
+        except Exception:
+            return 1
+
     def max_connections(self, key: QueueKey) -> int:
+        """The queue's ``max_connections``; this worker's share of it with ``workers > 1``."""
         settings = self.settings(key)
-        return FALLBACK_MAX_CONNECTIONS if settings is None else settings.max_connections
+        if settings is None:
+            return FALLBACK_MAX_CONNECTIONS
+        return share_count(settings.max_connections, self._limit_share())
 
     def throttle(self, key: QueueKey) -> Throttle | None:
-        """The queue's ``outbound_throttle_messages``; None (unthrottled) if unknown now."""
+        """The queue's ``outbound_throttle_messages`` (this worker's share with
+        ``workers > 1``); None (unthrottled) if unknown now."""
         settings = self.settings(key)
-        return None if settings is None else settings.outbound_throttle_messages
+        if settings is None:
+            return None
+        return share_throttle(settings.outbound_throttle_messages, self._limit_share())
 
     def uses(self, key: QueueKey, server: Any) -> bool:
         """Whether the queue's route goes through the proxy ``server``."""

@@ -51,7 +51,10 @@ class AdoptedPortEndpoint:
     """Listen on an inherited listening socket ``fd`` (``reactor.adoptStreamPort``).
 
     Twisted duplicates the descriptor and never shuts the socket down when the port stops
-    listening, so a worker that stops leaves the other workers' accept queue intact.
+    listening, so a worker that stops leaves the other workers' accept queue intact. The
+    inherited descriptor itself is closed once adopted: a worker that stopped listening
+    then holds no copy of the socket, and when all have stopped (the supervisor closes its
+    own at SIGTERM) connections are refused, as with a single relay.
     """
 
     def __init__(self, reactor: Any, fd: int, family: int) -> None:
@@ -64,6 +67,10 @@ class AdoptedPortEndpoint:
             port = self._reactor.adoptStreamPort(self._fd, self._family, factory)
         except Exception:
             return defer.fail()
+        # The port listens on a duplicate: close the inherited descriptor, or it would keep
+        # the socket open (accepting into a queue no one reads) after stopListening.
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
         return defer.succeed(port)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.internet import defer
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.web.client import Agent, readBody
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory, readBody
 from twisted.web.iweb import IAgentEndpointFactory
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
@@ -32,6 +32,12 @@ __all__ = ["ASK_TIMEOUT", "make_supervisor_site"]
 #: Seconds a worker has to answer one status request.
 ASK_TIMEOUT = 3.0
 _PAGE_POLICY = b"default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'"
+
+
+class _QuietHTTPFactory(_HTTP11ClientFactory):
+    """No "Starting factory" log lines for every scrape of every worker."""
+
+    noisy = False
 
 
 @implementer(IAgentEndpointFactory)
@@ -54,7 +60,11 @@ class WorkerStatus:
                  version: str, workers: int) -> None:
         self._reactor = reactor
         self._slots = slots
-        self._agent = Agent.usingEndpointFactory(reactor, _WorkerSockets(reactor, socket_for))
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = 2  # /status and /metrics of one page view at once
+        pool._factory = _QuietHTTPFactory
+        self._agent = Agent.usingEndpointFactory(
+            reactor, _WorkerSockets(reactor, socket_for), pool=pool)
         self.version = version
         self.workers = workers
 

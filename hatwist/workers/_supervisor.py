@@ -277,6 +277,11 @@ class Supervisor(service.MultiService):
             if slot.pid is not None:
                 slot.state = "stopping"
                 slot.signal("TERM")
+        # The supervisor's copy of the listening socket goes now: once every worker has
+        # stopped listening, new connections are refused, as with a single relay.
+        if self.listen_socket is not None:
+            self.listen_socket.close()
+            self.listen_socket = None
         allowed = self.config.service.shutdown_grace + STOP_MARGIN
         end = self.reactor.seconds() + allowed
         for slot in self.slots:  # all stop at once; each gets the same deadline

@@ -10,6 +10,7 @@ really run, even after the file was edited (``workers`` takes effect at a restar
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -43,7 +44,13 @@ def parse_worker(text: str, fd: int = 3) -> WorkerSpec:
 
 def stop_with_parent() -> None:
     """Ask Linux for SIGTERM when the supervisor dies (even by SIGKILL), so no orphan
-    worker keeps the listener and its partition; a no-op where prctl does not exist."""
+    worker keeps the listener and its partition; a no-op where prctl does not exist.
+
+    The worker also leaves the supervisor's process group: a Ctrl-C at the terminal then
+    reaches the supervisor alone, which stops each worker once, in order.
+    """
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)

@@ -85,3 +85,17 @@ def test_check_config_warns_that_limits_are_divided(tmp_path, capsys):
     path.write_text("workers = 1\n")
     assert main(["check-config", str(path)]) == 0
     assert "divided" not in capsys.readouterr().err
+
+
+def test_scheduler_rules_give_a_worker_its_share_of_the_queue_limits():
+    from hatwist.scheduler._rules import Rules
+
+    config = parse_config('workers = 2\nmax_connections = 10\n'
+                          'outbound_throttle_messages = "1/60"\n')
+    key = ("default", "example.com")
+    alone = Rules(lambda: config, registry=None)
+    assert alone.max_connections(key) == 10
+    assert alone.throttle(key) == Throttle(1, 60)
+    worker = Rules(lambda: worker_config(config, 1, 2), registry=None)
+    assert worker.max_connections(key) == 5
+    assert worker.throttle(key) == Throttle(1, 120)
