@@ -63,6 +63,7 @@ class WorkersRig:
     listen: int = attrs.field(factory=free_port)
     status_listen: int = attrs.field(factory=free_port)
     relays: list[Relay] = attrs.Factory(list)
+    balancer: object = None
 
     @property
     def config_path(self) -> str:
