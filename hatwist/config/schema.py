@@ -219,6 +219,19 @@ KEYS: tuple[Key, ...] = (
     _service("max_deliveries_in_flight", "max_deliveries_in_flight", c.integer(1), 100,
              "whole number >= 1", "delivery attempts at once over all bindings and domains "
              "(max_connections limits each domain)"),
+    # -- bounds on hostile MXes and HTTP peers (issue 11) -----------------------------------
+    _delivery("mx_address_limit", "mx_address_limit", c.integer(1), 5, _COUNT,
+              "MX addresses one attempt tries, over all MX hosts, best first (Postfix's "
+              "smtp_mx_address_limit); addresses without a route do not count"),
+    _delivery("attempt_timeout", "attempt_timeout", c.integer(1), 600, _SECONDS,
+              "deadline for one whole delivery attempt: MX lookup, every connect and the "
+              "session; then whatever is in flight is aborted and the message deferred"),
+    _service("status_max_connections", "status_max_connections", c.integer(1), 64,
+             "whole number >= 1", "open connections to status_listen at once; past it a "
+             "new one replaces the longest-idle one, or gets 503 when none is idle"),
+    _service("status_idle_timeout", "status_idle_timeout", c.integer(1), 15, _SECONDS,
+             "a status connection must send a whole request within this long of opening "
+             "or of its last response, or it is closed"),
 )  # fmt: skip
 
 KEYS_BY_NAME: Mapping[str, Key] = {key.name: key for key in KEYS}

@@ -108,6 +108,8 @@ class ServiceSettings:
     shutdown_grace: int
     max_inbound_connections: int
     max_deliveries_in_flight: int
+    status_max_connections: int = 64
+    status_idle_timeout: int = 15
 
 
 @attrs.frozen
@@ -132,6 +134,8 @@ class DeliverySettings:
     connect_timeout: int
     smtp_timeout: int
     outbound_throttle_messages: Throttle | None = None  # None: no throttle
+    mx_address_limit: int = 5
+    attempt_timeout: int = 600
 
     @property
     def uses_proxy(self) -> bool:
