@@ -203,7 +203,12 @@ class RelayService(service.MultiService):
         self.status = StatusSources(
             self.registry, self.scheduler, __version__, reactor, deliveries=self.deliveries
         )
-        self.status_site = make_status_site(self.status)
+        self.status_site = make_status_site(
+            self.status,
+            max_connections=config.service.status_max_connections,
+            idle_timeout=config.service.status_idle_timeout,
+            reactor=reactor,
+        )
         self.status_listener = _ListeningService(
             server_endpoint(reactor, config.service.status_listen), self.status_site
         )
