@@ -30,6 +30,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from hatwist import __version__
+from hatwist._descriptors import check_descriptor_limit
 from hatwist.config import Config, ConfigError, ServerAddress, load_config
 from hatwist.delivery.attempt import DeliveryAgent
 from hatwist.health import HealthChecker, ServerRegistry, make_probe
@@ -272,6 +273,7 @@ class RelayService(service.MultiService):
             servers=len(self.config.proxy_servers),
         )
         globalLogPublisher.addObserver(self.deliveries)
+        check_descriptor_limit(self.config.service, len(self.config.proxy_servers))
         super().startService()
         self._previous_hup = _install_sighup(self.reactor, self.reload)
 
