@@ -31,6 +31,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from hatwist import __version__
+from hatwist._descriptors import check_descriptor_limit
 from hatwist.config import Config, ConfigError, ServerAddress, load_config
 from hatwist.delivery.attempt import DeliveryAgent
 from hatwist.health import HealthChecker, ServerRegistry, make_probe
@@ -251,7 +252,12 @@ class RelayService(service.MultiService):
             self.registry, self.scheduler, __version__, reactor, deliveries=self.deliveries,
             history=self.history, bindings=lambda: list(self.config.bindings),
         )
-        self.status_site = make_status_site(self.status)
+        self.status_site = make_status_site(
+            self.status,
+            max_connections=config.service.status_max_connections,
+            idle_timeout=config.service.status_idle_timeout,
+            reactor=reactor,
+        )
         self.status_listener = _ListeningService(
             status_endpoint or server_endpoint(reactor, config.service.status_listen),
             self.status_site,
@@ -328,6 +334,7 @@ class RelayService(service.MultiService):
         )
         globalLogPublisher.addObserver(self.deliveries)
         globalLogPublisher.addObserver(self.history)
+        check_descriptor_limit(self.config.service, len(self.config.proxy_servers))
         super().startService()
         self._previous_hup = _install_sighup(self.reactor, self.reload)
 

@@ -241,6 +241,20 @@ KEYS: tuple[Key, ...] = (
     _service("postmaster_address", "postmaster_address", c.mailbox, None, "address",
              "where mail to the bare postmaster (RFC 5321 4.5.1) is relayed",
              default_doc="postmaster@ the hostname"),
+    # -- bounds on hostile MXes and HTTP peers (issue 11) -----------------------------------
+    _delivery("mx_address_limit", "mx_address_limit", c.integer(1), 5, _COUNT,
+              "MX addresses one attempt tries, over all MX hosts, best first (Postfix's "
+              "smtp_mx_address_limit); addresses without a route do not count"),
+    _delivery("attempt_timeout", "attempt_timeout", c.integer(1), 600, _SECONDS,
+              "deadline for one whole delivery attempt: MX lookup, every connect and the "
+              "session; then whatever is in flight is aborted and the message deferred"),
+    _service("status_max_connections", "status_max_connections", c.integer(1), 64,
+             "whole number >= 1", "open connections to status_listen at once; past it a "
+             "new one replaces the longest-idle one, or gets 503 when none is idle"),
+    _service("status_idle_timeout", "status_idle_timeout", c.integer(1), 15, _SECONDS,
+             "a status connection must send a whole request within this long of opening "
+             "or of its last response, or it is closed"),
+    # -- scale-out: workers and a balancer in front (issue 13) ----------------------------
     _service("workers", "workers", c.workers, 1, "auto or whole number >= 1",
              "relay processes sharing the listener, each with its own spool partition "
              "(spool_dir/worker-N) and scheduler; auto: one per core; limits are divided "

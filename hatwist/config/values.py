@@ -143,6 +143,8 @@ class ServiceSettings:
     inbound_junk_command_limit: int = 100
     hostname: str | None = None  # None: this host's FQDN
     postmaster_address: str | None = None  # None: postmaster@ the hostname
+    status_max_connections: int = 64
+    status_idle_timeout: int = 15
     workers: int = 1
     listen_proxy_protocol: bool = False
     listen_proxy_from: tuple[IPNetwork, ...] = ()
@@ -176,6 +178,8 @@ class DeliverySettings:
     connect_timeout: int
     smtp_timeout: int
     outbound_throttle_messages: Throttle | None = None  # None: no throttle
+    mx_address_limit: int = 5
+    attempt_timeout: int = 600
 
     @property
     def uses_proxy(self) -> bool:

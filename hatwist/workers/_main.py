@@ -57,7 +57,9 @@ def make_supervisor(config: Config, reactor: Any, config_path: str) -> Superviso
     )
     listener = _ListeningService(
         server_endpoint(reactor, config.service.status_listen),
-        make_supervisor_site(status, reactor),
+        make_supervisor_site(status, reactor,
+                             max_connections=config.service.status_max_connections,
+                             idle_timeout=config.service.status_idle_timeout),
         name="status_listen", address=str(config.service.status_listen),
     )
     listener.setServiceParent(supervisor)

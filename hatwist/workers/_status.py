@@ -26,6 +26,7 @@ from zope.interface import implementer
 
 from hatwist.web import render_page
 from hatwist.web._aggregate import WorkerView, merge_metrics, merge_status
+from hatwist.web._limits import LimitedSite
 
 __all__ = ["ASK_TIMEOUT", "make_supervisor_site"]
 
@@ -147,12 +148,16 @@ class _Node(Resource):
         return notFound()
 
 
-class _QuietSite(Site):
+class _QuietSite(LimitedSite):
+    """The status port's bounds (``status_max_connections``, ``status_idle_timeout``) as a
+    single relay has them, and no access log."""
+
     def log(self, request: Request) -> None:
         pass
 
 
-def make_supervisor_site(status: WorkerStatus, reactor: Any) -> Site:
+def make_supervisor_site(status: WorkerStatus, reactor: Any, *, max_connections: int = 64,
+                         idle_timeout: float = 15) -> Site:
     """/, /status and /metrics of the whole relay; anything else is 404."""
 
     def document(views: list[WorkerView]) -> dict[str, Any]:
@@ -173,7 +178,8 @@ def make_supervisor_site(status: WorkerStatus, reactor: Any) -> Site:
     root.putChild(b"", _Merged(status, as_page))
     root.putChild(b"status", _Merged(status, as_json))
     root.putChild(b"metrics", _Merged(status, as_metrics))
-    site = _QuietSite(root)
+    site = _QuietSite(root, max_connections=max_connections, idle_timeout=idle_timeout,
+                      reactor=reactor)
     site.displayTracebacks = False
     site.noisy = False
     return site
