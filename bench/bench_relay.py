@@ -29,8 +29,17 @@ process's CPU; and per message: fsyncs (``perf stat`` tracepoints, ``-`` without
 queries to the lab's DNS server, and relay log lines. ``--soak N`` runs row 1 N more times
 on one relay and prints both tables for its rounds: memory that keeps growing shows there.
 
+Rows 1 and 2 are the same load against ``workers = 1`` and ``workers = 2`` in one run
+(row 3: the direct route with two workers). With workers, the relay's figures are the
+supervisor's and all workers' together (CPU and memory summed over the process tree,
+fsyncs counted in every worker), ``busy`` is per reactor, and the per-domain
+``max_connections`` is divided among the workers, so both rows open as many outbound
+connections. ``gen s`` is smtp-source's own CPU. A spool on a real disk makes the rows
+fsync-bound (the workers share one disk); ``TMPDIR=/dev/shm`` puts the spool on tmpfs
+and shows what the second core buys when the disk is not the limit.
+
 The sink and the Twisted generator share this process (and the box's two cores) with
-nothing else of the relay; the relay's figures are its own process's.
+nothing else of the relay; the relay's figures are its own processes'.
 """
 
 from __future__ import annotations
@@ -111,6 +120,7 @@ class Scenario:
     route: str  # "proxy" or "direct"
     size: int
     per_connection: int | None = None  # max_messages_per_connection; None: the default
+    workers: int = 1  # the workers key: > 1 runs the supervisor and that many workers
 
     @property
     def domain(self) -> str:
@@ -137,6 +147,7 @@ class Result:
     reactor_cpu: float  # the relay's main (reactor) thread alone
     haproxy_cpu: float | None
     bench_cpu: float  # this process: sink, DNS server (and the Twisted generator)
+    generator_cpu: float  # smtp-source's CPU (children reaped during the row)
     dns_queries: int
     log_lines: int
     fsyncs: int | None
@@ -146,9 +157,16 @@ class Result:
 
 
 def config_text(*, listen: int, status: int, spool: str, dns: tuple[str, int], proxy: str,
-                sink_port: int, per_connection: int | None) -> str:
+                sink_port: int, per_connection: int | None, workers: int = 1,
+                max_connections: int | None = None) -> str:
     reuse = "" if per_connection is None else f"max_messages_per_connection = {per_connection}\n"
+    if max_connections is not None:
+        reuse += f"max_connections = {max_connections}\n"
+    # Every submitter comes from 127.0.0.1: the per-address limit (divided among the
+    # workers) must not be what a row measures.
     return f"""\
+workers = {workers}
+max_inbound_connections_per_ip = 1000
 listen = 127.0.0.1:{listen}
 status_listen = 127.0.0.1:{status}
 spool_dir = "{spool}"
@@ -251,6 +269,46 @@ def proc_status(pid: int) -> dict[str, int]:
     return values
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a supervisor and its workers), from /proc."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{tid}/children") as f:
+                    todo.extend(int(child) for child in f.read().split())
+    return found
+
+
+def tree_cpu(pid: int, *, main_threads: bool = False) -> float:
+    """CPU seconds of ``pid`` and its descendants (only their main threads: the reactors)."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(member, member if main_threads else None)
+    return total
+
+
+def tree_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM summed over ``pid`` and its descendants, in KiB."""
+    total = {"VmRSS": 0, "VmHWM": 0}
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for key, value in proc_status(member).items():
+                total[key] += value
+    return total
+
+
+def children_cpu() -> float:
+    """CPU of this process's children that ended and were reaped (smtp-source)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def cpu_seconds(pid: int, tid: int | None = None) -> float:
     """User plus system CPU time of ``pid`` (all its threads; or only thread ``tid``),
     from /proc/PID/stat."""
@@ -280,9 +338,10 @@ def perf_works() -> bool:
 class Relay:
     """One ``twistd hatwist`` child with its log lines, and the ids it accepted/delivered."""
 
-    def __init__(self, reactor, config_path: str, listen: int) -> None:
+    def __init__(self, reactor, config_path: str, listen: int, workers: int = 1) -> None:
         self.reactor = reactor
         self.listen = listen
+        self._listening = workers  # one "InboundFactory starting on" line per worker
         self.accepted: dict[str, float] = {}
         self.delivered: dict[str, float] = {}
         self.problems: list[str] = []
@@ -305,7 +364,9 @@ class Relay:
         elif _PROBLEM.search(line):
             self.problems.append(line)
         elif not self._ready.called and self._ready_line in line and "Inbound" in line:
-            self._ready.callback(None)
+            self._listening -= 1
+            if self._listening == 0:
+                self._ready.callback(None)
 
     def _ended(self, status):
         if not self._ready.called:
@@ -346,8 +407,10 @@ class FsyncCounter:
     def __init__(self, reactor, pid: int, workdir: str) -> None:
         self.reactor = reactor
         self.out = os.path.join(workdir, "perf.txt")
+        self.pids = process_tree(pid)  # a supervisor's workers too
         argv = [shutil.which("perf") or "perf", "stat", "-x,", "-o", self.out,
-                "-e", "syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync", "-p", str(pid)]
+                "-e", "syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync",
+                "-p", ",".join(map(str, self.pids))]
         self.child = spawn(reactor, argv)
         self.pid = pid
 
@@ -357,7 +420,7 @@ class FsyncCounter:
         deadline = time.monotonic() + START_DEADLINE
         while time.monotonic() < deadline and not self.child.exited:
             with contextlib.suppress(OSError):
-                threads = len(os.listdir(f"/proc/{self.pid}/task"))
+                threads = sum(len(os.listdir(f"/proc/{p}/task")) for p in self.pids)
                 fds = os.listdir(f"/proc/{self.child.transport.pid}/fd")
                 links = [os.readlink(f"/proc/{self.child.transport.pid}/fd/{fd}") for fd in fds]
                 if sum("perf_event" in link for link in links) >= 2 * threads:
@@ -464,7 +527,8 @@ class Lab:
 
 async def run_row(reactor, lab: Lab, scenario: Scenario, *, generator: str, messages: int,
                   concurrency: int, count_fsyncs: bool, soak: int = 0,
-                  profile: str | None = None) -> list[Result]:
+                  profile: str | None = None, max_connections: int | None = None
+                  ) -> list[Result]:
     """Measure ``scenario`` on a fresh relay (``soak`` more rounds on the same relay);
     ``profile`` names a file for py-spy's collapsed stacks of the relay over the row."""
     workdir = tempfile.mkdtemp(prefix="hatwist-bench-")
@@ -478,8 +542,9 @@ async def run_row(reactor, lab: Lab, scenario: Scenario, *, generator: str, mess
             f.write(config_text(
                 listen=listen, status=free_port(), spool=os.path.join(workdir, "spool"),
                 dns=lab.dns.address, proxy=lab.haproxy.server_text, sink_port=lab.sink.port,
-                per_connection=scenario.per_connection))
-        relay = Relay(reactor, config_path, listen)
+                per_connection=scenario.per_connection, workers=scenario.workers,
+                max_connections=max_connections))
+        relay = Relay(reactor, config_path, listen, scenario.workers)
         await relay.ready()
         if profile is not None:
             spy = spawn(reactor, [shutil.which("py-spy") or "py-spy", "record", "--format",
@@ -509,10 +574,11 @@ async def _measure(reactor, lab: Lab, relay: Relay, scenario: Scenario, generato
     sink.sessions.clear()
     relay.accepted.clear()
     relay.delivered.clear()
-    rss_idle = proc_status(relay.pid)["VmRSS"]
-    cpu_before = cpu_seconds(relay.pid)
-    reactor_before = cpu_seconds(relay.pid, relay.pid)
+    rss_idle = tree_status(relay.pid)["VmRSS"]
+    cpu_before = tree_cpu(relay.pid)
+    reactor_before = tree_cpu(relay.pid, main_threads=True)
     bench_before = time.process_time()
+    children_before = children_cpu()
     dns_before, lines_before = len(lab.dns.queries), relay.lines
     haproxy_before = cpu_seconds(lab.haproxy.pid) if scenario.route == "proxy" else None
     started = time.monotonic()
@@ -527,10 +593,11 @@ async def _measure(reactor, lab: Lab, relay: Relay, scenario: Scenario, generato
     deadline = arrived + LOG_TRAIL
     while len(relay.delivered) < messages and time.monotonic() < deadline:
         await task.deferLater(reactor, 0.05)
-    memory = proc_status(relay.pid)
-    cpu = cpu_seconds(relay.pid) - cpu_before
-    reactor_cpu = cpu_seconds(relay.pid, relay.pid) - reactor_before
+    memory = tree_status(relay.pid)
+    cpu = tree_cpu(relay.pid) - cpu_before
+    reactor_cpu = tree_cpu(relay.pid, main_threads=True) - reactor_before
     bench_cpu = time.process_time() - bench_before
+    generator_cpu = children_cpu() - children_before
     haproxy_cpu = (None if haproxy_before is None
                    else cpu_seconds(lab.haproxy.pid) - haproxy_before)
     count = await fsyncs.count() if fsyncs is not None else None
@@ -541,7 +608,8 @@ async def _measure(reactor, lab: Lab, relay: Relay, scenario: Scenario, generato
         submit_seconds=submitted - started, deliver_seconds=arrived - started,
         latencies=tuple(latencies), rss_idle=rss_idle, rss_peak=memory["VmHWM"],
         rss_after=memory["VmRSS"], cpu=cpu, reactor_cpu=reactor_cpu, haproxy_cpu=haproxy_cpu,
-        bench_cpu=bench_cpu, dns_queries=len(lab.dns.queries) - dns_before,
+        bench_cpu=bench_cpu, generator_cpu=generator_cpu,
+        dns_queries=len(lab.dns.queries) - dns_before,
         log_lines=relay.lines - lines_before, fsyncs=count,
         sessions=len(sink.sessions),
         sources_ok=all(m.peer[0] == scenario.source for m in sink.messages),
@@ -572,6 +640,7 @@ SPEED = [
     ("generator", 11, lambda n, r: r.generator),
     ("route", 6, lambda n, r: r.scenario.route),
     ("per-conn", 8, lambda n, r: str(r.scenario.per_connection or "50*")),
+    ("workers", 7, lambda n, r: str(r.scenario.workers)),
     ("msgs", 5, lambda n, r: str(r.messages)),
     ("size", 5, lambda n, r: f"{r.scenario.size // 1024}K"),
     ("conc", 4, lambda n, r: str(r.concurrency)),
@@ -593,9 +662,10 @@ COSTS = [
     ("cpu s", 6, lambda n, r: f"{r.cpu:.1f}"),
     ("ms/msg", 6, lambda n, r: _per(r.cpu, r, 1e3, 2)),
     ("reactor s", 9, lambda n, r: f"{r.reactor_cpu:.1f}"),
-    ("busy", 5, lambda n, r: f"{r.reactor_cpu / r.deliver_seconds:.0%}"),
+    ("busy", 5, lambda n, r: f"{r.reactor_cpu / r.deliver_seconds / r.scenario.workers:.0%}"),
     ("haproxy s", 9, lambda n, r: "-" if r.haproxy_cpu is None else f"{r.haproxy_cpu:.1f}"),
     ("bench s", 7, lambda n, r: f"{r.bench_cpu:.1f}"),
+    ("gen s", 5, lambda n, r: f"{r.generator_cpu:.1f}"),
     ("fsync/msg", 9, lambda n, r: _per(r.fsyncs, r)),
     ("dns q/msg", 9, lambda n, r: _per(r.dns_queries, r)),
     ("log/msg", 7, lambda n, r: _per(r.log_lines, r)),
@@ -622,6 +692,8 @@ def print_costs(results: list[Result]) -> None:
 def scenarios(big: int) -> list[Scenario]:
     return [
         Scenario("proxy", SMALL),
+        Scenario("proxy", SMALL, workers=2),  # against row 1, in the same run
+        Scenario("direct", SMALL, workers=2),
         Scenario("direct", SMALL),
         Scenario("proxy", SMALL, per_connection=1),
         Scenario("proxy", big),
@@ -641,7 +713,8 @@ async def main(reactor, args: argparse.Namespace) -> None:
         await lab.start(reactor)
         print(f"relay: twistd hatwist (fresh process and spool per row, spool under "
               f"{tempfile.gettempdir()}); HAProxy {lab.haproxy.server_text}; sink "
-              f"{SINK_HOST}:{lab.sink.port}; max_connections 10 per domain (default)")
+              f"{SINK_HOST}:{lab.sink.port}; max_connections "
+              f"{args.max_connections or '10 (default)'} per domain, divided among workers")
         print(f"generator: {generator}; each client reuses one connection; "
               f"fsyncs: {'perf stat' if count_fsyncs else 'not counted (no perf)'}")
         print("* = default max_messages_per_connection; latency = relay log 'accepted' to "
@@ -656,7 +729,7 @@ async def main(reactor, args: argparse.Namespace) -> None:
             profile = None if args.py_spy is None else os.path.join(args.py_spy, f"row{n}.txt")
             [result] = await run_row(reactor, lab, scenario, generator=gen, messages=count,
                                      concurrency=args.concurrency, count_fsyncs=count_fsyncs,
-                                     profile=profile)
+                                     profile=profile, max_connections=args.max_connections)
             results.append(result)
             print(format_row(SPEED, n, result), flush=True)
         print_costs(results)
@@ -680,6 +753,8 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--big-messages", type=int, default=500,
                         help="messages per big row")
     parser.add_argument("--concurrency", type=int, default=10, help="concurrent submitters")
+    parser.add_argument("--max-connections", type=int, default=None,
+                        help="max_connections per domain (the relay's, divided among workers)")
     parser.add_argument("--generator", choices=["auto", "smtp-source", "twisted"],
                         default="auto")
     parser.add_argument("--no-compare-generators", dest="compare_generators",
