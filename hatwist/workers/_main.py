@@ -31,7 +31,8 @@ from ._worker import WorkerSpec, stop_with_parent
 __all__ = ["make_supervisor", "make_worker"]
 
 _LAUNCH = (
-    "import sys; sys.argv = ['twistd', '-n', '--pidfile=', 'hatwist', '--config', {config!r}, "
+    "import sys; sys.argv = ['twistd', '-n', '--pidfile=', "
+    "'--logger', 'hatwist.workers._log.worker_observer', 'hatwist', '--config', {config!r}, "
     "'--worker', {worker!r}]; from twisted.scripts.twistd import run; run()"
 )
 

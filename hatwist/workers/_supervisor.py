@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from hatwist.config import Config, ConfigError, load_config
 
 from ._endpoints import listening_socket
+from ._log import WORKER_ENV
 from ._share import partition_dir
 
 __all__ = ["MAX_BACKOFF", "STOP_MARGIN", "Supervisor", "WorkerSlot"]
@@ -77,7 +78,8 @@ class WorkerSlot(protocol.ProcessProtocol):
         self.started_at = supervisor.reactor.seconds()
         self.state = "running"
         self.process = supervisor.reactor.spawnProcess(
-            self, argv[0], argv, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            self, argv[0], argv,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", WORKER_ENV: str(self.worker)},
             path=supervisor.cwd,
             childFDs={0: "w", 1: 1, 2: 2, LISTEN_FD: supervisor.listen_fd},
         )

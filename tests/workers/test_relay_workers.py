@@ -80,6 +80,8 @@ def alive(pid: int) -> bool:
 async def test_two_workers_deliver_and_the_status_listener_shows_the_whole_relay(rig):
     relay, pids = await start_two(rig)
     assert len(set(pids.values())) == 2 and relay.pid not in pids.values()
+    for worker in (1, 2):  # each worker's lines say which worker wrote them
+        assert relay.lines_with(f"[worker-{worker} hatwist.tap.RelayService#info] hatwist")
     total = 12
     sent = await defer.gatherResults([
         threads.deferToThread(submit_blocking, rig.listen, SENDER, ["a@dest.test"],
