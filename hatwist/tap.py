@@ -30,6 +30,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from hatwist import __version__
+from hatwist._logging import buffer_logs_of
 from hatwist.config import Config, ConfigError, ServerAddress, load_config
 from hatwist.delivery.attempt import DeliveryAgent
 from hatwist.health import HealthChecker, ServerRegistry, make_probe
@@ -57,6 +58,7 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        buffer_logs_of(getattr(self, "parent", None))  # twistd's/twist's, before logging starts
         try:
             self["loaded"] = load_config(self["config"])
         except OSError as error:
