@@ -1,4 +1,4 @@
-"""hatwist._logging: log lines of one reactor turn in one write, Twisted's text exactly."""
+"""hatwist._logging: the log lines of 10 ms in one write, Twisted's text exactly."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from twisted.scripts.twistd import ServerOptions
 
 from hatwist._logging import (
+    FLUSH_INTERVAL,
     TIME_FORMAT,
     BufferedFileLogObserver,
     ClassicTextFormatter,
@@ -120,17 +121,19 @@ def _lines(observer, count: int, start: int = 0) -> None:
         log.info("line {n}", n=n)
 
 
-def test_lines_of_one_turn_reach_the_file_in_one_write():
+def test_lines_of_one_flush_interval_reach_the_file_in_one_write():
     reactor, out = _running_reactor(), CountingFile()
     observer = BufferedFileLogObserver(out, ClassicTextFormatter(), reactor)
-    _lines(observer, 50)
-    assert out.writes == []  # nothing yet: the turn is not over
-    reactor.advance(0)
+    _lines(observer, 40)
+    reactor.advance(FLUSH_INTERVAL / 2)
+    _lines(observer, 10, start=40)
+    assert out.writes == []  # nothing yet: the interval is not over
+    reactor.advance(FLUSH_INTERVAL / 2)
     assert len(out.writes) == 1
     assert [line.split("] ", 1)[1] for line in out.getvalue().splitlines()] == [
         f"line {n}" for n in range(50)]
     _lines(observer, 3, start=50)
-    reactor.advance(0)
+    reactor.advance(FLUSH_INTERVAL)
     assert len(out.writes) == 2
     assert out.getvalue().count("\n") == 53
 
@@ -154,13 +157,13 @@ def test_lines_write_through_while_the_reactor_is_not_running():
     assert reactor.getDelayedCalls() == []
 
 
-def test_a_burst_over_the_bound_is_written_within_the_turn():
+def test_a_burst_over_the_bound_is_written_at_once():
     reactor, out = _running_reactor(), CountingFile()
     observer = BufferedFileLogObserver(out, ClassicTextFormatter(), reactor, max_pending=1000)
     _lines(observer, 100)  # about 60 characters each
     assert len(out.writes) >= 5
     assert max(len(w) for w in out.writes) < 1100
-    reactor.advance(0)
+    reactor.advance(FLUSH_INTERVAL)
     assert out.getvalue().count("\n") == 100
 
 
@@ -180,7 +183,7 @@ def test_json_records_are_twisteds_records():
     publisher = LogPublisher(BufferedFileLogObserver(out, json_record, reactor),
                              jsonFileLogObserver(twisted_out))
     _lines(publisher, 3)
-    reactor.advance(0)
+    reactor.advance(FLUSH_INTERVAL)
     assert len(out.writes) == 1
     assert out.getvalue() == twisted_out.getvalue()
     records = out.getvalue().split("\x1e")[1:]
