@@ -653,13 +653,13 @@ def print_header() -> None:
 def print_row(row: Row, ref: float | None) -> None:
     """One line of the table; ``ref`` is the first reference row's rate (the 1.00x)."""
 
-    def num(value, fmt):
-        return "-" if value is None else format(value, fmt)
+    def num(value, fmt, width=6):
+        return ("-" if value is None else format(value, fmt)).rjust(width)
 
     ratio = None if ref is None or row.rate is None else row.rate / ref
-    print(f"{row.name:<{NAME_WIDTH}} {num(row.rate, '6.0f')} {num(ratio, '6.2f')} "
-          f"{num(None if row.cpu is None else row.cpu * 1e6, '10.0f')} "
-          f"{num(row.p50, '6.1f')} {num(row.p99, '6.1f')}  {row.note}", flush=True)
+    print(f"{row.name:<{NAME_WIDTH}} {num(row.rate, '.0f')} {num(ratio, '.2f')} "
+          f"{num(None if row.cpu is None else row.cpu * 1e6, '.0f', 10)} "
+          f"{num(row.p50, '.1f')} {num(row.p99, '.1f')}  {row.note}", flush=True)
 
 
 async def main(reactor, args: argparse.Namespace) -> None:
