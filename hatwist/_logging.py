@@ -175,6 +175,7 @@ class BufferedFileLogObserver:
         self._pending: list[str] = []
         self._size = 0
         self._scheduled = False
+        self._write_through = False
         reactor.addSystemEventTrigger("after", "shutdown", self.flush)
         atexit.register(self.flush)
 
@@ -185,8 +186,8 @@ class BufferedFileLogObserver:
         with self._lock:
             self._pending.append(text)
             self._size += len(text)
-            if (self._size >= self._max_pending or not self._reactor.running
-                    or threading.get_ident() != self._thread):
+            if (self._size >= self._max_pending or self._write_through
+                    or not self._reactor.running or threading.get_ident() != self._thread):
                 self._write()
             elif not self._scheduled:
                 self._scheduled = True
@@ -195,7 +196,14 @@ class BufferedFileLogObserver:
     def _due(self) -> None:
         with self._lock:
             self._scheduled = False
-            self._write()
+            try:
+                self._write()
+            except Exception:
+                # The file is broken (closed pipe, full disk): write through from now on, so
+                # the next failure happens inside the publisher's call, which reports a
+                # failing observer once, instead of a timer error that logs itself again.
+                self._write_through = True
+                raise
 
     def flush(self) -> None:
         """Write whatever is pending now (the stop and exit hooks call it)."""

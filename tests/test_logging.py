@@ -178,6 +178,28 @@ def test_a_line_from_another_thread_is_written_after_the_pending_ones():
         "line 0", "line 1", "line 2"]
 
 
+class BrokenFile(CountingFile):
+    """A file whose writes fail, as a closed pipe's do."""
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_file_that_fails_is_written_through_afterwards_not_retried_by_timer():
+    reactor, out = _running_reactor(), BrokenFile()
+    observer = BufferedFileLogObserver(out, ClassicTextFormatter(), reactor)
+    _lines(observer, 2)
+    assert len(reactor.getDelayedCalls()) == 1
+    with pytest.raises(BrokenPipeError):
+        reactor.advance(FLUSH_INTERVAL)
+    assert len(out.writes) == 1
+    with pytest.raises(BrokenPipeError):  # in the publisher's call, which reports it
+        observer(dict(log_format="next", log_time=NOW, log_level=LogLevel.info))
+    assert len(out.writes) == 2
+    assert reactor.getDelayedCalls() == []
+
+
 def test_json_records_are_twisteds_records():
     reactor, out, twisted_out = _running_reactor(), CountingFile(), io.StringIO()
     publisher = LogPublisher(BufferedFileLogObserver(out, json_record, reactor),
