@@ -725,6 +725,12 @@ async def main(reactor, args: argparse.Namespace) -> None:
             add(await latency_row(reactor, lab, args, workdir, rate))
         if "queued" in wanted and args.queued:
             add(await queued_row(reactor, lab, args, workdir, idle[0] if idle else None))
+        if "ref" in wanted:
+            # The box's other load drifts during a run: the reference again shows how much.
+            row = await reference_row(reactor, lab, args, reuse=False)
+            row.name, row.note = row.name.replace("reference:", "reference again:"), (
+                "one message per connection, at the end: the drift of this run")
+            add(row)
     finally:
         await lab.stop(reactor)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ["reference: smtp-source ->", "reference: smtp-source -d ->", "hatwist proxied:",
-        "hatwist bypassed:", "delivery-only:", "accept-only:", "latency at", "queued: 30 "]
+        "hatwist bypassed:", "delivery-only:", "accept-only:", "latency at", "queued: 30 ",
+        "reference again: smtp-source ->"]
 
 
 @pytest.fixture
