@@ -36,12 +36,12 @@ from typing import IO, Any
 from twisted.logger import (
     ILogObserver,
     LogEvent,
+    eventAsJSON,
     formatEventAsClassicLogText,
     formatTime,
     jsonFileLogObserver,
     textFileLogObserver,
 )
-from twisted.logger._json import eventAsJSON
 from twisted.python.compat import ioType
 from zope.interface import implementer
 
