@@ -434,3 +434,19 @@ async def test_an_answer_with_a_failed_lookup_is_not_kept_whole():
     _kinds(counting)
     assert await resolver.resolve("example.test")
     assert _kinds(counting) == ["AAAA"]  # the failure is asked again, the rest is cached
+
+
+class _ManyMX(_CountingResolver):
+    def lookupMailExchange(self, name, timeout=None):
+        answers = [dns.RRHeader(name, dns.MX, dns.IN, 300, _mx(i, f"mx{i}.example.test"))
+                   for i in range(200)]
+        return defer.succeed((answers, [], []))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_domain_with_hundreds_of_mx_hosts_costs_a_bounded_number_of_queries():
+    """Issue 11: 1,000 MX addresses were all looked up (two queries each, at once)."""
+    counting = _ManyMX()
+    hosts = await mx.MXResolver(counting, reactor=task.Clock()).resolve("example.test")
+    assert [h.name for h in hosts] == [f"mx{i}.example.test" for i in range(mx.MAX_MX_HOSTS)]
+    assert len([k for k in _kinds(counting) if k in ("A", "AAAA")]) == 2 * mx.MAX_MX_HOSTS

@@ -47,6 +47,11 @@ DEADLINE_SLACK = 1.0
 #: warns against them; loops must end).
 MAX_CNAME_HOPS = 8
 
+#: MX hosts whose addresses are looked up, best first. A hostile domain may publish
+#: hundreds of MX records; each host costs two queries (and two UDP sockets) at once, and an
+#: attempt tries at most ``mx_address_limit`` (default 5) addresses anyway.
+MAX_MX_HOSTS = 10
+
 #: RFC 1035 section 2.3.4: octets in one label, and in a whole name written as text.
 MAX_LABEL = 63
 MAX_NAME = 253
@@ -275,7 +280,8 @@ class MXResolver:
         if any(_name(mx.name) == "" for mx in records):
             raise NullMX(domain, f"domain {domain} accepts no mail (null MX, RFC 7505)")
         if records:
-            candidates = self._order([(mx.preference, _name(mx.name)) for mx in records])
+            candidates = self._order(
+                [(mx.preference, _name(mx.name)) for mx in records])[:MAX_MX_HOSTS]
         else:
             candidates = [(0, domain)]
 
