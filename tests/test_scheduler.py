@@ -93,6 +93,17 @@ class MemorySpool:
     def recover(self):
         return defer.succeed(sorted(self.messages.values(), key=lambda m: m.id))
 
+    def recover_batches(self, on_batch, *, batch_size=10_000):
+        """Like the Spool's: ``recover()`` handed out in batches (here with no
+        reactor turn in between)."""
+
+        def feed(messages):
+            for start in range(0, len(messages), batch_size):
+                on_batch(messages[start:start + batch_size])
+            return len(messages)
+
+        return self.recover().addCallback(feed)
+
 
 class HeldAgent:
     """Every deliver() call waits until the test answers it."""

@@ -44,8 +44,9 @@ the spool), ``_waits`` (the hold, pause and throttle timers of the queues),
 ``_service`` (the :class:`Scheduler`: part timers, attempts and Deferreds).
 """
 
+from ._ledger import SAVE_RETRY_DELAY
 from ._outcome import domain_of
-from ._service import COUNTERS, MAX_IN_FLIGHT, SAVE_RETRY_DELAY, Scheduler
+from ._service import COUNTERS, MAX_IN_FLIGHT, RECOVERY_BATCH, Scheduler
 from ._states import (
     ACTIVE,
     BACKOFF,
@@ -67,6 +68,7 @@ __all__ = [
     "MAX_IN_FLIGHT",
     "PAUSED",
     "QUEUE_STATES",
+    "RECOVERY_BATCH",
     "SAVE_RETRY_DELAY",
     "THROTTLED",
     "THROTTLE_RECHECK",
