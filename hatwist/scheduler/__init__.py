@@ -46,7 +46,8 @@ the spool), ``_waits`` (the hold, pause and throttle timers of the queues),
 
 from ._ledger import SAVE_RETRY_DELAY
 from ._outcome import domain_of
-from ._service import COUNTERS, MAX_IN_FLIGHT, RECOVERY_BATCH, Scheduler
+from ._recovery import RECOVERY_BATCH
+from ._service import COUNTERS, MAX_IN_FLIGHT, Scheduler
 from ._states import (
     ACTIVE,
     BACKOFF,

@@ -16,6 +16,7 @@ crash meanwhile would deliver its delivered recipients a second time.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from hatwist.spool import PENDING, MessageNotFound, SpooledMessage
+from hatwist.spool import DELIVERED, FAILED, PENDING, MessageNotFound, SpooledMessage
 
 from ._outcome import domain_of
 from ._queues import Part, QueueKey
@@ -58,6 +59,30 @@ class Entry:
         """``part`` is done (delivered or expired): it is stale from now on."""
         self.parts = tuple(p for p in self.parts if p is not part)
         part.heap_seq = None
+
+
+_STATUSES = {PENDING: PENDING, DELIVERED: DELIVERED, FAILED: FAILED}
+
+
+def _compact(message: SpooledMessage) -> SpooledMessage:
+    """
+    ``message`` sharing what a million messages have in common: one string per
+    binding and per status, one float when it is due when it was received.  A
+    message decoded from disk has its own copy of each (some 130 bytes); one made
+    by ``Spool.store`` has them shared already and is returned as it is.
+    """
+    binding = sys.intern(message.binding)
+    statuses = all(_STATUSES.get(r.status) is r.status for r in message.recipients)
+    received_at, due = message.received_at, message.next_attempt_at
+    if binding is message.binding and statuses and (due is received_at or due != received_at):
+        return message
+    recipients = message.recipients if statuses else tuple(
+        attrs.evolve(r, status=_STATUSES.get(r.status, r.status)) for r in message.recipients
+    )
+    return attrs.evolve(
+        message, binding=binding, recipients=recipients,
+        next_attempt_at=received_at if due == received_at else due,
+    )
 
 
 class Ledger:
@@ -111,10 +136,26 @@ class Ledger:
         return self._depths.get(key, 0)
 
     def add(self, message: SpooledMessage) -> Entry:
-        """Take charge of ``message`` (not known yet)."""
+        """
+        Take charge of ``message`` (not known yet): its entry, with a part due at
+        ``next_attempt_at`` for each domain of its pending recipients (sorted; none
+        when nothing is pending).  One pass over its recipients.
+        """
+        message = _compact(message)
         entry = Entry(message)
         self._entries[message.id] = entry
-        self._tally(message, 1)
+        keys: list[QueueKey] = []
+        depths, binding = self._depths, message.binding
+        for r in message.recipients:
+            if r.status is PENDING:
+                key = self.key(binding, domain_of(r.address))
+                depths[key] = depths.get(key, 0) + 1
+                if key not in keys:
+                    keys.append(key)
+        if keys:
+            keys.sort()
+            due = message.next_attempt_at
+            entry.parts = tuple(Part(entry, key, due) for key in keys)
         return entry
 
     def change(self, entry: Entry, message: SpooledMessage, *, recount: bool = True) -> None:
@@ -146,14 +187,10 @@ class Ledger:
             call.cancel()
         return True
 
-    def parts_domains(self, message: SpooledMessage) -> list[str]:
-        """The domains of the message's pending recipients, sorted, each once."""
-        return sorted({domain_of(r.address) for r in message.recipients if r.status == PENDING})
-
     def _tally(self, message: SpooledMessage, sign: int) -> None:
         depths = self._depths
         for r in message.recipients:
-            if r.status != PENDING:
+            if r.status != PENDING:  # not `is`: results and expiry make new recipients
                 continue
             key = self.key(message.binding, domain_of(r.address))
             depth = depths.get(key, 0) + sign
@@ -161,6 +198,7 @@ class Ledger:
                 depths[key] = depth
             else:
                 del depths[key]
+                self._keys.pop(key, None)  # only queues with mail keep a shared key
 
     # -- saves ---------------------------------------------------------------
 

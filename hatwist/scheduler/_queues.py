@@ -134,6 +134,18 @@ class Board:
             if idle and not queue.held and not queue.throttled:  # no timer left behind
                 del self._queues[queue.key]
 
+    def sweep(self, queue: Queue, keep: Callable[[Part], bool]) -> None:
+        """Keep only the parts of ``queue``'s line that ``keep`` says to (one pass,
+        in order), and make ``queue.oldest`` exact again."""
+        kept: deque[Part] = deque()
+        oldest = float("inf")
+        for part in queue.ready:
+            if keep(part):
+                kept.append(part)
+                oldest = min(oldest, part.entry.message.received_at)
+        queue.ready, queue.oldest = kept, oldest
+        self.refresh(queue)
+
     def next(self) -> tuple[Queue, Part] | None:
         """The next queue in line and its first part (taken off the queue), or
         None.  Call :meth:`refresh` on the queue afterwards to put it back in line."""

@@ -10,7 +10,7 @@ an expiry or a wait did, and the end of a message (bounce, removal).
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -25,15 +25,16 @@ from hatwist.health import StateChange
 from hatwist.spool import MessageNotFound, SpooledMessage
 from hatwist.throttle import Throttles
 
-from ._bounce import needs_bounce, spool_bounce
 from ._dispatch import Dispatcher
 from ._due import DueHeap
+from ._finish import Finisher
 from ._ledger import Entry, Ledger
 from ._outcome import apply_results, expire, note_wait, pending_at, reason_of, results_of, summary
 from ._proxy import ProxyWatch
 from ._queues import Board, Part, Queue, QueueKey
-from ._rules import FALLBACK_POLICY, Rules
-from ._states import QueueState, queue_state
+from ._recovery import Recovery
+from ._rules import Rules
+from ._states import QueueState, queue_states
 from ._waits import Waits
 from ._waits import cancel as _cancel
 
@@ -42,28 +43,12 @@ from ._waits import cancel as _cancel
 #: relay when thousands of domains have mail (Postfix's default_process_limit).
 MAX_IN_FLIGHT = 100
 
-#: Messages per batch of the start-up read: one reactor turn each, so a relay
-#: with a million spooled messages answers SMTP and /status while it reads.
-RECOVERY_BATCH = 10_000
-
 #: Counter names, for /status and /metrics.  ``delivered``, ``deferred`` and
 #: ``bounced`` count recipients (``bounced``: failed for good, expiry
 #: included); ``attempts`` counts attempts made, ``waiting`` attempts held back
 #: for want of a plumbed proxy, ``errors`` failures inside hatwist, ``dsns``
 #: bounce messages spooled.
 COUNTERS = ("delivered", "deferred", "bounced", "attempts", "waiting", "errors", "dsns")
-
-
-@attrs.define
-class _Recovery:
-    """The start-up read of the spool, while it runs."""
-
-    waiters: list[defer.Deferred] = attrs.Factory(list)
-    """Fired once the recovered messages are scheduled (:meth:`Scheduler.when_recovered`)."""
-    finished: set[str] = attrs.Factory(set)
-    """Messages accepted and finished meanwhile: the listing may still name them."""
-    taken: int = 0
-    reading: defer.Deferred | None = None
 
 
 class Scheduler(Service):
@@ -124,10 +109,16 @@ class Scheduler(Service):
             board=self._board, ledger=self._ledger, due=self._due, rules=self._rules,
             waits=self._waits, reactor=self._reactor, hold=self.hold, pump=self._pump,
         )
-        self._finish_retries: dict[Entry, IDelayedCall] = {}
+        self._finisher = Finisher(
+            spool=self._spool, ledger=self._ledger, reactor=self._reactor,
+            reporting_mta=self._reporting_mta, counters=self._counters, log=lambda: self.log,
+            submit=self.submit, decision=self._decision, forgotten=self._forgotten,
+            track=self._track,
+        )
+        self._recovery = Recovery(self._spool, take=self._take, pump=self._pump,
+                                  log=lambda: self.log)
         self._stopping = False
         self._unsubscribe: Callable[[], None] | None = None
-        self._recovery: _Recovery | None = _Recovery()  # None once the spool was read
 
     # -- the public face -----------------------------------------------------
 
@@ -137,17 +128,8 @@ class Scheduler(Service):
         self._stopping = False
         self._dispatch.active = True
         self._unsubscribe = self._registry.subscribe(self._state_changed)
-        recovery = self._recovery
-        if recovery is not None:
-            d = defer.maybeDeferred(
-                self._spool.recover_batches,
-                lambda batch: self._recovered_batch(recovery, batch),
-                batch_size=RECOVERY_BATCH,
-            )
-            recovery.reading = d
-            d.addCallbacks(self._recovered, self._recovery_failed, callbackArgs=(recovery,))
-            d.addBoth(self._recovery_done, recovery)
-            self._track(d)
+        if not self._recovery.done:
+            self._track(self._recovery.start())
         self._pump()  # anything submitted before the start
 
     def when_recovered(self) -> defer.Deferred:
@@ -155,11 +137,7 @@ class Scheduler(Service):
         Fires once the spool's messages found at start-up have been scheduled
         (at once if that has happened already).
         """
-        if self._recovery is None:
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self._recovery.waiters.append(d)
-        return d
+        return self._recovery.when_done()
 
     def stopService(self) -> defer.Deferred:
         """
@@ -168,11 +146,11 @@ class Scheduler(Service):
         """
         super().stopService()
         self._stopping = self._dispatch.stopping = self._ledger.stopping = True
+        self._finisher.stopping = True
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        if self._recovery is not None and self._recovery.reading is not None:
-            self._recovery.reading.cancel()  # the rest is read at the next start
+        self._recovery.stop()  # the rest is read at the next start
         self._due.stop()
         for call in self._timers():
             _cancel(call)
@@ -216,23 +194,10 @@ class Scheduler(Service):
         Constant work per queue: the depths are kept as messages change, and a
         queue's first retry is the head of its due heap.  Reads only.
         """
-        states = []
-        for key, depth in sorted(self._ledger.depths().items()):
-            queue = self._board.get(key)
-            retry = self._due.head(key)
-            throttle = throttled_until = None
-            if queue is not None and queue.throttled:
-                throttle, throttled_until = self._throttle_state(queue)
-            states.append(queue_state(
-                key,
-                depth=depth,
-                queue=queue,
-                next_retry=None if retry is None else retry.due,
-                retry_reason=None if retry is None else _last_reply(retry.entry, key[1]),
-                throttle=throttle,
-                throttled_until=throttled_until,
-            ))
-        return states
+        return queue_states(
+            self._ledger.depths(), board=self._board, due=self._due,
+            throttle_state=self._throttle_state,
+        )
 
     def counters(self) -> dict[str, int]:
         """A snapshot of the counters named in :data:`COUNTERS`."""
@@ -251,54 +216,15 @@ class Scheduler(Service):
             allowed_at = queue.unthrottle.getTime()
         return (None if throttle is None else str(throttle)), allowed_at
 
-    # -- recovery ------------------------------------------------------------
-
-    def _recovered_batch(self, recovery: _Recovery, messages: list[SpooledMessage]) -> None:
-        """One batch of the start-up read: constant work per message, then one pump."""
-        if recovery is not self._recovery or self._stopping:
-            return  # a stop came first: the next start reads them again
-        # A message accepted and finished while recovery read the spool may be
-        # listed: it must not come back.
-        finished = recovery.finished
-        for message in messages:
-            if message.id in finished:
-                finished.discard(message.id)  # listed once: no need to remember it longer
-            elif self._take(message):
-                recovery.taken += 1
-        self._pump()
-
-    def _recovered(self, total: int, recovery: _Recovery) -> None:
-        self.log.info("scheduler: {count} spooled messages recovered", count=recovery.taken)
-
-    def _recovery_failed(self, failure: Failure) -> None:
-        if failure.check(defer.CancelledError) and self._stopping:
-            self.log.info("scheduler: stopped while reading the spool; the rest waits "
-                          "for the next start")
-            return
-        self.log.failure(
-            "spool recovery failed: spooled mail waits for the next start", failure
-        )
-
-    def _recovery_done(self, _: object, recovery: _Recovery) -> None:
-        if self._recovery is recovery:
-            self._recovery = None
-        recovery.reading = None
-        for d in recovery.waiters:
-            d.callback(None)
-
     # -- planning ------------------------------------------------------------
 
     def _take(self, message: SpooledMessage) -> bool:
-        """Add ``message`` to the ledger and plan its parts (False: known already)."""
+        """Add ``message`` to the ledger and schedule its parts (False: known already)."""
         if message.id in self._ledger:
             return False
         entry = self._ledger.add(message)
-        domains = self._ledger.parts_domains(message)
-        if not domains:
-            self._finish(entry)
-            return True
-        key, due = self._ledger.key, message.next_attempt_at
-        entry.parts = tuple(Part(entry, key(message.binding, d), due) for d in domains)
+        if not entry.parts:
+            self._finisher.finish(entry)
         for part in entry.parts:
             self._schedule(part)
         return True
@@ -353,7 +279,7 @@ class Scheduler(Service):
             # Someone removed it (an operator, or a finished duplicate): nothing to send.
             self.log.warn("message {message_id}: gone from the spool; forgotten",
                           message_id=part.message_id)
-            self._forget(entry)
+            self._finisher.forget(entry)
             return None
         if isinstance(outcome, Failure):
             self._counters["errors"] += 1
@@ -401,7 +327,7 @@ class Scheduler(Service):
         if reschedule:
             self._schedule(part)
         if not entry.parts:
-            self._finish(entry)
+            self._finisher.finish(entry)
         return d
 
     def _expire(self, entry: Entry, part: Part) -> None:
@@ -435,19 +361,17 @@ class Scheduler(Service):
         # over the queue only when its oldest part may have run out of time.
         policy, now = self._rules.policy(queue.key), self._now()
         if policy.is_expired(queue.oldest, now):
-            kept: deque[Part] = deque()
-            oldest = float("inf")
-            for part in queue.ready:
+
+            def keep(part: Part) -> bool:
                 entry = self._ledger.current(part)
                 if entry is None:
-                    continue  # stale: nothing to send
-                received_at = entry.message.received_at
-                if policy.is_expired(received_at, now):
+                    return False  # stale: nothing to send
+                if policy.is_expired(entry.message.received_at, now):
                     self._expire(entry, part)
-                else:
-                    kept.append(part)
-                    oldest = min(oldest, received_at)
-            queue.ready, queue.oldest = kept, oldest
+                    return False
+                return True
+
+            self._board.sweep(queue, keep)
         self._board.refresh(queue)
         self._pump()
 
@@ -480,69 +404,20 @@ class Scheduler(Service):
         except Exception:
             self.log.failure("scheduler: handling a proxy state change failed")
 
-    # -- the end of a message ------------------------------------------------
-
-    def _finish(self, entry: Entry) -> None:
-        """Nothing pending: bounce the failed recipients (once), then remove the message."""
-        if entry.finishing:
-            return
-        entry.finishing = True
-        message = entry.message
-        d = defer.succeed(None)
-        if needs_bounce(message) and not entry.bounced:
-            d.addCallback(lambda _: self._bounce(entry))
-        d.addCallback(lambda _: self._spool.remove(message.id))
-        d.addErrback(lambda f: None if f.check(MessageNotFound) else f)
-        d.addCallbacks(self._removed, self._finish_failed, callbackArgs=(entry,),
-                       errbackArgs=(entry,))
-        self._track(d)
-
-    def _bounce(self, entry: Entry) -> defer.Deferred:
-        message = entry.message
-
-        def spooled(notice: SpooledMessage) -> None:
-            entry.bounced = True
-            self._counters["dsns"] += 1
-            self._decision(message, "", f"DSN {notice.id} spooled to <{message.mail_from}>")
-            self.submit(notice)
-
-        d = spool_bounce(self._spool, message, reporting_mta=self._reporting_mta, now=self._now())
-        return d.addCallback(spooled)
-
-    def _removed(self, _: object, entry: Entry) -> None:
-        self._forget(entry)
-        self._decision(entry.message, "", "removed")
-
-    def _forget(self, entry: Entry) -> None:
-        self._ledger.forget(entry)
-        if self._recovery is not None:
-            self._recovery.finished.add(entry.message.id)
-        _cancel(self._finish_retries.pop(entry, None))
-
-    def _finish_failed(self, failure: Failure, entry: Entry) -> None:
-        self._counters["errors"] += 1
-        self.log.failure("message {message_id}: bounce or removal failed; retrying later",
-                         failure, message_id=entry.message.id)
-        entry.finishing = False
-        if not self._stopping:
-            self._finish_retries[entry] = self._reactor.callLater(
-                FALLBACK_POLICY.retry_interval, self._finish_again, entry)
-
-    def _finish_again(self, entry: Entry) -> None:
-        self._finish_retries.pop(entry, None)
-        self._finish(entry)
-
     # -- helpers -------------------------------------------------------------
 
     def _now(self) -> float:
         return self._reactor.seconds()
+
+    def _forgotten(self, message_id: str) -> None:
+        self._recovery.finished(message_id)
 
     def _count_error(self) -> None:
         self._counters["errors"] += 1
 
     def _timers(self) -> list[IDelayedCall]:
         return (self._waits.timers() + self._due.timers() + self._ledger.timers()
-                + list(self._finish_retries.values()))
+                + self._finisher.timers())
 
     def _drain(self) -> defer.Deferred:
         """Fires when no attempt and no spool work is left (none can start meanwhile)."""
@@ -577,11 +452,3 @@ class Scheduler(Service):
             **fields,
         )
 
-
-def _last_reply(entry: Entry, domain: str) -> str | None:
-    """The last reply one of the message's pending recipients at ``domain`` got."""
-    for recipient in pending_at(entry.message, domain):
-        if recipient.reason:
-            code = f"{recipient.code} " if recipient.code else ""
-            return code + recipient.reason
-    return None
