@@ -140,3 +140,66 @@ def test_real_spool_state_survives_restart(tmp_path):
     left = yield spool.recover().addTimeout(10, reactor)
     assert left == []
     assert not clock.getDelayedCalls()
+
+
+class BatchFeed:
+    """A spool's ``recover_batches`` that the test drives: it hands the batches over
+    itself, one call at a time, like a read that is still going on."""
+
+    def __init__(self, spool):
+        self.spool = spool
+        self.on_batch = None
+        self.reading = defer.Deferred(lambda _: setattr(self, "cancelled", True))
+        self.cancelled = False
+        spool.recover_batches = self.recover_batches
+        # A scheduler that read the spool in one go would get everything at once:
+        spool.recover = lambda: defer.succeed(sorted(spool.messages.values(),
+                                                     key=lambda m: m.id))
+
+    def recover_batches(self, on_batch, *, batch_size=10_000):
+        self.on_batch = on_batch
+        return self.reading
+
+    def feed(self, *messages):
+        if self.on_batch is not None:  # None: the scheduler never asked for batches
+            self.on_batch(list(messages))
+
+
+def test_recovery_delivers_the_first_batch_while_the_rest_is_still_being_read():
+    w = World()
+    listed = [w.spool.add("default", "a@src.test", [f"u{i}@d{i}.test"]) for i in range(3)]
+    feed = BatchFeed(w.spool)
+    w.scheduler.startService()
+    recovered = w.scheduler.when_recovered()
+    feed.feed(*listed[:2])
+    assert sorted(o.id for o, _ in w.agent.calls) == [m.id for m in listed[:2]]
+    assert not recovered.called
+    w.agent.answer(0, 250)  # delivered before the read is over
+    assert w.spool.removed == [listed[0].id]
+    feed.feed(listed[2])
+    feed.reading.callback(3)
+    assert recovered.called
+    assert len(w.agent.calls) == 3
+    [line] = [e for e in w.events if "spooled messages recovered" in e["log_format"]]
+    assert line["count"] == 3
+    for i in (1, 2):
+        w.agent.answer(i, 250)
+    w.scheduler.stopService()
+
+
+def test_a_stop_during_recovery_takes_no_more_batches_and_does_not_wait_for_the_read():
+    w = World()
+    listed = [w.spool.add("default", "a@src.test", [f"u{i}@d{i}.test"]) for i in range(3)]
+    feed = BatchFeed(w.spool)
+    w.scheduler.startService()
+    feed.feed(listed[0])
+    w.agent.answer(0, 250)
+    stopping = w.scheduler.stopService()
+    assert stopping.called, "the rest of the spool is read at the next start"
+    assert feed.cancelled
+    feed.feed(*listed[1:])  # a spool that reads on regardless
+    assert len(w.agent.calls) == 1
+    assert not [e for e in w.events if "left spooled" in e["log_format"] + str(e.get("outcome"))]
+    assert [m.id for m in w.spool.messages.values()] == [m.id for m in listed[1:]]
+    assert not w.clock.getDelayedCalls()
+
