@@ -322,8 +322,18 @@ def run_depth(count: int, domains: int, print_table: Callable[[list], None]) -> 
         probe["stall"] = max(probe["stall"], now - probe.get("last", now))
         probe["last"] = now
 
+    pauses: list[float] = []
+    gc_started: list[float] = []
+
+    def gc_watch(phase: str, info: dict) -> None:
+        if phase == "start":
+            gc_started[:] = [time.perf_counter()]
+        elif gc_started and info["generation"] == 2:
+            pauses.append(time.perf_counter() - gc_started[0])
+
     def go():
         gc.collect()
+        gc.callbacks.append(gc_watch)
         before = rss()
         started = time.perf_counter()
         looping = task.LoopingCall(tick)
@@ -333,6 +343,7 @@ def run_depth(count: int, domains: int, print_table: Callable[[list], None]) -> 
         done = time.perf_counter()
         yield task.deferLater(reactor, 0.02, lambda: None)  # the probe sees the last turn
         looping.stop()
+        gc.callbacks.remove(gc_watch)
         gc.collect()
         queued = sum(scheduler.queue_depths().values())
         per_message = (rss() - before) / queued
@@ -346,6 +357,8 @@ def run_depth(count: int, domains: int, print_table: Callable[[list], None]) -> 
             ("recovery done after", _seconds(done, started)),
             ("longest reactor turn during recovery (probe gap)",
              f"{probe['stall'] * 1000:.0f} ms"),
+            ("full garbage collections during recovery: count, longest",
+             f"{len(pauses)}, {max(pauses, default=0) * 1000:.0f} ms"),
             ("RSS per queued message (all of it)", f"{per_message:.0f} B"),
         ])
         registry_ = metrics_registry(sources)

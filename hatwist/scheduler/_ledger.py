@@ -182,6 +182,7 @@ class Ledger:
         self._tally(entry.message, -1)
         for part in entry.parts:
             part.heap_seq = None
+        entry.parts = ()  # no cycle (entry <-> part) left for the garbage collector
         call = self._resave.pop(entry, None)
         if call is not None and call.active():
             call.cancel()

@@ -163,6 +163,7 @@ class Scheduler(Service):
 
         def stopped(_: object) -> None:
             _cancel(cutoff)
+            self._recovery.thaw()
             # Everything left is durable in the spool; the next start recovers it.
             self._reset()
             self._stopping = True
