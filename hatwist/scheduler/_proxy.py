@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_scheduler -*-
+# -*- test-case-name: tests.test_scheduler_proxy -*-
 """
 What the scheduler does when the proxy registry reports a server's state change.
 

@@ -1,11 +1,13 @@
 # -*- test-case-name: tests.test_scheduler -*-
 """
-The :class:`Scheduler` service: the glue between the ledger, the due heap, the
-board, the dispatcher, the waits and the proxy watch, plus what an outcome does.
+The :class:`Scheduler` service: glue.  It builds the parts (one ledger, board,
+due heap, dispatcher, set of waits, proxy watch, recorder, finisher and recovery
+per start), wires them to each other, and keeps the public face: start and stop,
+``submit``, ``queue_depths``, ``queue_states``, ``counters``, ``in_flight``.
 
-The promises are listed in :mod:`hatwist.scheduler`.  Here: the public face,
-recovery in batches, planning a message into parts, recording what an attempt,
-an expiry or a wait did, and the end of a message (bounce, removal).
+The promises are listed in :mod:`hatwist.scheduler`.  What is left here is what
+ties the parts together: where a part goes when it is due (the board, or the due
+heap), expiry, and the waits' decisions and their log lines.
 """
 
 from __future__ import annotations
@@ -14,24 +16,23 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from hatwist.health import StateChange
-from hatwist.spool import MessageNotFound, SpooledMessage
+from hatwist.spool import SpooledMessage
 from hatwist.throttle import Throttles
 
 from ._dispatch import Dispatcher
 from ._due import DueHeap
 from ._finish import Finisher
 from ._ledger import Entry, Ledger
-from ._outcome import apply_results, expire, note_wait, pending_at, reason_of, results_of, summary
+from ._outcome import note_wait
 from ._proxy import ProxyWatch
 from ._queues import Board, Part, Queue, QueueKey
+from ._record import Recorder
 from ._recovery import Recovery
 from ._rules import Rules
 from ._states import QueueState, queue_states
@@ -114,6 +115,12 @@ class Scheduler(Service):
             reporting_mta=self._reporting_mta, counters=self._counters, log=lambda: self.log,
             submit=self.submit, decision=self._decision, forgotten=self._forgotten,
             track=self._track,
+        )
+        self._recorder = Recorder(
+            ledger=self._ledger, rules=self._rules, waits=self._waits, proxy=self._proxy,
+            finisher=self._finisher, counters=self._counters, reactor=self._reactor,
+            log=lambda: self.log, schedule=self._schedule, hold=self.hold, pause=self._pause,
+            decision_for=self.decision_for, track=self._track,
         )
         self._recovery = Recovery(self._spool, take=self._take, pump=self._pump,
                                   log=lambda: self.log)
@@ -252,92 +259,21 @@ class Scheduler(Service):
             return False
         if not self._rules.policy(part.key).is_expired(entry.message.received_at, self._now()):
             return False
-        self._expire(entry, part)
+        self._recorder.expire(entry, part)
         return True
 
     def _pump(self) -> None:
         self._dispatch.pump()
 
-    # -- outcomes ------------------------------------------------------------
-
-    def retry_later(self, part: Part) -> None:
-        """After a failure inside hatwist: count it, and try ``part`` again in one
-        ``retry_interval`` (never at once: the same failure would spin the loop)."""
-        self._counters["errors"] += 1
-        part.due = self._now() + self._rules.policy(part.key).retry_interval
-        self._schedule(part)
+    # -- outcomes (see ._record) ----------------------------------------------
 
     def record(
-        self,
-        entry: Entry,
-        part: Part,
-        queue: Queue,
-        outcome: Any,
-        recipients: tuple[str, ...],
+        self, entry: Entry, part: Part, queue: Queue, outcome: Any, recipients: tuple[str, ...]
     ) -> defer.Deferred | None:
-        """Apply an attempt's per-recipient results to the message and spool them."""
-        if isinstance(outcome, Failure) and outcome.check(MessageNotFound):
-            # Someone removed it (an operator, or a finished duplicate): nothing to send.
-            self.log.warn("message {message_id}: gone from the spool; forgotten",
-                          message_id=part.message_id)
-            self._finisher.forget(entry)
-            return None
-        if isinstance(outcome, Failure):
-            self._counters["errors"] += 1
-            self.log.failure(
-                "message {message_id} binding {binding} domain {domain}: attempt failed "
-                "inside hatwist; counted as a temporary failure",
-                outcome, message_id=part.message_id, binding=part.key[0], domain=part.key[1],
-            )
-        elif getattr(outcome, "waiting_for_proxy", False):
-            self.hold(part, entry, reason_of(outcome))
-            return None
-        results = results_of(outcome, recipients)
-        self._counters["attempts"] += 1
-        message, counts = apply_results(entry.message, recipients, results)
-        self._ledger.change(entry, message)
-        for name, count in counts.items():
-            self._counters[name] += count
-        still = pending_at(entry.message, part.key[1])
-        if counts["delivered"] and queue.paused:
-            self._waits.release(queue)  # the destination answers again
-        elif still and not counts["delivered"] and getattr(outcome, "error", None):
-            self._pause(queue, part, outcome.error)
-        outcome_text = summary(results)
-        if not still:
-            entry.drop(part)
-        else:
-            part.failed_at = now = self._now()
-            part.due = self._rules.policy(part.key).retry_at(
-                attempts=max(r.attempts for r in still),
-                received_at=entry.message.received_at,
-                now=now,
-            )
-            self._proxy.failed(part)
-        return self._save(entry, part, outcome_text, reschedule=bool(still))
+        return self._recorder.record(entry, part, queue, outcome, recipients)
 
-    def _save(self, entry: Entry, part: Part, outcome: str, *, reschedule: bool) -> Any:
-        """Spool the entry's state, log the decision, and schedule what comes next."""
-        if entry.parts:
-            next_at = min(p.due for p in entry.parts)
-            self._ledger.change(
-                entry, attrs.evolve(entry.message, next_attempt_at=next_at), recount=False
-            )
-        self.decision_for(part, outcome, next_attempt_at=part.due if reschedule else None)
-        d = self._ledger.write(entry)
-        if reschedule:
-            self._schedule(part)
-        if not entry.parts:
-            self._finisher.finish(entry)
-        return d
-
-    def _expire(self, entry: Entry, part: Part) -> None:
-        """The part ran out of time: its pending recipients fail, keeping their last reason."""
-        message, expired = expire(entry.message, part.key[1])
-        self._ledger.change(entry, message)
-        self._counters["bounced"] += expired
-        entry.drop(part)
-        self._track(self._save(entry, part, "expired", reschedule=False))
+    def retry_later(self, part: Part) -> None:
+        self._recorder.retry_later(part)
 
     # -- waits (the timers live in ._waits) ---------------------------------
 
@@ -368,7 +304,7 @@ class Scheduler(Service):
                 if entry is None:
                     return False  # stale: nothing to send
                 if policy.is_expired(entry.message.received_at, now):
-                    self._expire(entry, part)
+                    self._recorder.expire(entry, part)
                     return False
                 return True
 

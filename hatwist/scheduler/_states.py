@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_scheduler -*-
+# -*- test-case-name: tests.test_scheduler_states -*-
 """
 Why a queue is not moving: one :class:`QueueState` per (binding, domain), for operators.
 
