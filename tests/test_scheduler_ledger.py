@@ -74,3 +74,12 @@ def test_a_message_that_shares_them_already_is_kept_as_it_is():
     led = ledger()
     fresh = message()
     assert led.add(fresh).message is fresh
+
+
+def test_settling_recipients_lowers_only_their_queue_and_drops_it_at_zero():
+    led = ledger()
+    entry = led.add(message())
+    led.settle(entry, entry.message, ("b1", "x.test"), 2)
+    assert led.depths() == {("b1", "y.test"): 1}
+    led.settle(entry, entry.message, ("b1", "y.test"), 0)
+    assert led.depths() == {("b1", "y.test"): 1}

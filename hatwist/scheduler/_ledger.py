@@ -166,6 +166,18 @@ class Ledger:
             self._tally(message, 1)
         entry.message = message
 
+    def settle(self, entry: Entry, message: SpooledMessage, key: QueueKey, count: int) -> None:
+        """The entry's message is now ``message``, in which ``count`` recipients of
+        queue ``key`` are no longer pending (delivered, bounced or expired): O(1)."""
+        if count and self._entries.get(entry.message.id) is entry:
+            depth = self._depths.get(key, 0) - count
+            if depth > 0:
+                self._depths[key] = depth
+            else:
+                self._depths.pop(key, None)
+                self._keys.pop(key, None)
+        entry.message = message
+
     def current(self, part: Part) -> Entry | None:
         """The entry ``part`` is current for, or None for a stale part (its
         message finished, or the part was replaced) that must not start or expire."""

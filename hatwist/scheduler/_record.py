@@ -105,7 +105,7 @@ class Recorder:
         results = results_of(outcome, recipients)
         self._counters["attempts"] += 1
         message, counts = apply_results(entry.message, recipients, results)
-        self._ledger.change(entry, message)
+        self._ledger.settle(entry, message, part.key, counts["delivered"] + counts["bounced"])
         for name, count in counts.items():
             self._counters[name] += count
         still = pending_at(entry.message, part.key[1])
@@ -144,7 +144,7 @@ class Recorder:
     def expire(self, entry: Entry, part: Part) -> None:
         """The part ran out of time: its pending recipients fail, keeping their last reason."""
         message, expired = expire(entry.message, part.key[1])
-        self._ledger.change(entry, message)
+        self._ledger.settle(entry, message, part.key, expired)
         self._counters["bounced"] += expired
         entry.drop(part)
         self._track(self.save(entry, part, "expired", reschedule=False))
