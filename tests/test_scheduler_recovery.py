@@ -219,3 +219,17 @@ def test_what_recovery_read_is_frozen_out_of_the_garbage_collector_until_the_sto
     w.agent.answer(0, 250)
     w.scheduler.stopService()
     assert gc.get_freeze_count() == 0
+
+
+def test_a_message_that_cannot_be_taken_does_not_stop_the_rest_of_the_read():
+    w = World()
+    listed = [w.spool.add("default", "a@src.test", [f"u{i}@d{i}.test"]) for i in range(3)]
+    broken = attrs.evolve(listed[1], recipients=None)  # nothing the scheduler can plan
+    w.spool.messages[broken.id] = broken
+    w.scheduler.startService()
+    assert sorted(o.id for o, _ in w.agent.calls) == [listed[0].id, listed[2].id]
+    assert [e for e in w.events if "recovering message" in e["log_format"]]
+    assert broken.id in w.spool.messages, "it stays spooled"
+    w.agent.answer(0, 250)
+    w.agent.answer(1, 250)
+    w.scheduler.stopService()

@@ -105,8 +105,14 @@ class Recovery:
         for message in messages:
             if message.id in finished:
                 finished.discard(message.id)  # listed once: no need to remember it longer
-            elif self._take(message):
-                self.taken += 1
+                continue
+            try:
+                if self._take(message):
+                    self.taken += 1
+            except Exception:
+                # One message must not stop the read of the rest; it stays spooled.
+                self._log().failure("scheduler: recovering message {message_id} failed; "
+                                    "it stays spooled", message_id=message.id)
         self._pump()
         if self._freeze:
             gc.freeze()
