@@ -32,6 +32,7 @@ from twisted.python.threadpool import ThreadPool
 
 from hatwist import __version__
 from hatwist._descriptors import check_descriptor_limit
+from hatwist._logging import buffer_logs_of
 from hatwist.config import Config, ConfigError, ServerAddress, load_config
 from hatwist.delivery.attempt import DeliveryAgent
 from hatwist.health import HealthChecker, ServerRegistry, make_probe
@@ -75,6 +76,7 @@ class Options(usage.Options):
         """Load the config; a bad one ends twistd with its error alone on stderr and exit
         status 2, as ``hatwist check-config`` reports it (twistd's usage text would only
         hide the one line that says which file, line and key are wrong)."""
+        buffer_logs_of(getattr(self, "parent", None))  # twistd's/twist's, before logging starts
         try:
             self["worker_spec"] = parse_worker(self["worker"]) if self["worker"] else None
         except ValueError as error:

@@ -48,3 +48,25 @@ def test_errors_and_other_lines_are_never_chatter():
         {"log_namespace": "log_legacy", "message": ("DNSDatagramProtocol starting on 41459",)},
     ]
     assert [is_chatter(e) for e in events] == [True, False, False, False, True]
+
+
+def test_the_relays_buffered_log_drops_chatter_and_keeps_the_rest():
+    import io
+
+    from twisted.internet import task
+
+    from hatwist._logging import BufferedFileLogObserver
+
+    class Reactor(task.Clock):
+        running = False
+
+        def addSystemEventTrigger(self, *args):
+            pass
+
+    out = io.StringIO()
+    observer = BufferedFileLogObserver(out, lambda e: e["log_text"] + "\n", Reactor())
+    observer({"log_namespace": "log_legacy", "log_level": LogLevel.info,
+              "log_text": "(UDP Port 41459 Closed)"})
+    observer({"log_namespace": "log_legacy", "log_level": LogLevel.info,
+              "log_text": "(TCP Port 2525 Closed)"})
+    assert out.getvalue() == "(TCP Port 2525 Closed)\n"

@@ -17,7 +17,7 @@ from hatwist.config import parse_config
 from hatwist.delivery import Envelope
 from hatwist.delivery.attempt import DeliveryAgent, OutboundMessage
 from hatwist.health import ServerRegistry
-from hatwist.mx import MXResolver, build_resolver
+from hatwist.mx import MAX_MX_HOSTS, MXResolver, build_resolver
 
 from .test_client_support import within
 
@@ -104,7 +104,9 @@ async def test_only_mx_address_limit_of_sixty_listening_addresses_are_tried(reac
     # Best first: every address of the best host, then the next host's.
     assert {a.rsplit(".", 1)[0] for a in mx.connected} == {"127.1.0", "127.1.1"}
     assert result.recipients[0].code == 451
-    assert "mx_address_limit 5 reached, 55 more not tried" in result.error
+    # Only the best MAX_MX_HOSTS hosts are looked up at all (3 addresses each here).
+    assert MAX_MX_HOSTS == 10
+    assert "mx_address_limit 5 reached, 25 more not tried" in result.error
 
 
 @pytest_twisted.ensureDeferred
