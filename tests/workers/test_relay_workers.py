@@ -81,7 +81,7 @@ async def test_two_workers_deliver_and_the_status_listener_shows_the_whole_relay
     relay, pids = await start_two(rig)
     assert len(set(pids.values())) == 2 and relay.pid not in pids.values()
     for worker in (1, 2):  # each worker's lines say which worker wrote them
-        assert relay.lines_with(f"[worker-{worker} hatwist.tap.RelayService#info] hatwist")
+        await wait_for_lines(relay, f"[worker-{worker} hatwist.tap.RelayService#info] hatwist", 1)
     total = 12
     sent = await defer.gatherResults([
         threads.deferToThread(submit_blocking, rig.listen, SENDER, ["a@dest.test"],
@@ -164,7 +164,8 @@ async def test_kill_9_of_a_worker_restarts_it_on_its_partition_and_nothing_is_lo
     assert document["workers"][0]["pid"] != pids[1]
     assert document["workers"][1]["pid"] == pids[2]  # the sibling was left alone
     assert not alive(pids[1])
-    assert relay.lines_with("worker 1", "died", "restarting")
+    await relay.wait_for_log("worker 1 (pid", since=0)
+    await wait_for_lines(relay, "died (signal 9)", 1)
     # The successor recovered its predecessor's partition: at least what worker 1 held.
     assert pending(await worker_status(rig, 1)) >= pending(before_kill)
     # Nothing that got 250 is missing: all of it waits in the two partitions.
