@@ -26,9 +26,9 @@ One table, one row per measurement, everything on loopback:
   proxy: RSS per queued message, start to first ``/status`` answer and to the
   scheduler's recovery line, and ``/status`` latency at that depth.
 - ``workers``: the proxied row's load against ``workers = 1`` and then ``workers = 2``
-  (a supervisor and two worker processes on one listener), both with
-  ``max_inbound_connections_per_ip = 1000`` so that the per-address limit, divided among
-  the workers, is not what they measure; ``max_connections`` is divided too, so both
+  (a supervisor and two worker processes on one listener; every row has
+  ``max_inbound_connections_per_ip = 1000``, as smtp-source comes from one address);
+  ``max_connections`` is divided among the workers, so both
   open as many outbound connections. ``cpu us/msg`` is the supervisor's and the workers'
   together; the notes say what smtp-source, smtp-sink and the egress HAProxy cost per
   message in the same row (they share the box's cores with the relay).
@@ -320,6 +320,9 @@ def config_text(*, listen: int, status: int, spool: str, dns: tuple[str, int], p
                 sink_port: int, extra: str = "") -> str:
     return f"""\
 {extra}listen = 127.0.0.1:{listen}
+# smtp-source's sessions all come from 127.0.0.1: the per-address limit (10 by default,
+# divided among workers) must not be what a row measures.
+max_inbound_connections_per_ip = 1000
 status_listen = 127.0.0.1:{status}
 spool_dir = "{spool}"
 resolver = {dns[0]}:{dns[1]}
@@ -481,6 +484,8 @@ async def relay_row(reactor, lab: Lab, args, workdir: str, *, domain: str, name:
     spy = None
     try:
         await relay.wait_mark("listening")
+        if workers > 1:
+            await wait_workers_running(reactor, relay.status, workers)
         if profile is not None:
             spy = spawn(reactor, [shutil.which("py-spy") or "py-spy", "record", "--format",
                                   "raw", "--rate", "100", "--threads", "--output", profile, "--pid",
@@ -649,6 +654,22 @@ async def paced_submit(reactor, port: int, rate: float, count: int, domain: str,
 warnings.filterwarnings("ignore", "Using readBody with a transport", DeprecationWarning)
 
 
+async def wait_workers_running(reactor, status_port: int, workers: int) -> None:
+    """Until the supervisor's /status says every worker answered: a worker listens before
+    its reactor runs, and one whose reactor is not running yet takes no connection, so a
+    burst at start would all go to the first."""
+    import json
+
+    deadline = time.monotonic() + START_DEADLINE
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            document = json.loads(await http_get(reactor, status_port, "/status"))
+            if sum(w["answered"] for w in document["workers"]) == workers:
+                return
+        await task.deferLater(reactor, 0.1)
+    raise BenchError(f"not all {workers} workers answered /status in time")
+
+
 async def http_get(reactor, port: int, path: str) -> bytes:
     response = await Agent(reactor).request(b"GET", f"http://127.0.0.1:{port}{path}".encode())
     return await readBody(response)
@@ -769,7 +790,7 @@ async def main(reactor, args: argparse.Namespace) -> None:
                 add(await relay_row(
                     reactor, lab, args, workdir, domain=PROXY_DOMAIN, workers=count,
                     name=f"hatwist proxied, workers = {count}",
-                    extra=f"workers = {count}\nmax_inbound_connections_per_ip = 1000\n",
+                    extra=f"workers = {count}\n",
                     costs=True))
         idle: list[int] = []
         if "accept" in wanted or "queued" in wanted:

@@ -15,7 +15,7 @@ import os
 import socket
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from zope.interface import implementer
@@ -46,9 +46,34 @@ def listening_socket(host: str, port: int, family: int) -> socket.socket:
     return sock
 
 
+#: Connections one worker accepts per readiness event of the shared socket.
+ACCEPTS_PER_TURN = 1
+
+
+class SharedPort(tcp.Port):
+    """A TCP port on a socket other workers accept from too, taking one connection per
+    reactor turn.
+
+    Every worker is woken for a new connection; Twisted's port would accept up to a
+    growing batch (20 more after each full one) at once, so the worker that happens to
+    wake first under a burst takes most of it and the workers end up very unevenly
+    loaded. One accept per turn makes the next connection go to whichever worker gets
+    back to its reactor first: the least busy one.
+    """
+
+    @property  # type: ignore[override]
+    def numberAccepts(self) -> int:
+        return ACCEPTS_PER_TURN
+
+    @numberAccepts.setter
+    def numberAccepts(self, value: int) -> None:
+        pass  # Twisted's own scaling of the batch is what this port turns off
+
+
 @implementer(IStreamServerEndpoint)
 class AdoptedPortEndpoint:
-    """Listen on an inherited listening socket ``fd`` (``reactor.adoptStreamPort``).
+    """Listen on an inherited listening socket ``fd`` (as ``reactor.adoptStreamPort``
+    does, with a :class:`SharedPort`).
 
     Twisted duplicates the descriptor and never shuts the socket down when the port stops
     listening, so a worker that stops leaves the other workers' accept queue intact. The
@@ -64,7 +89,9 @@ class AdoptedPortEndpoint:
 
     def listen(self, factory: Any) -> defer.Deferred[IListeningPort]:
         try:
-            port = self._reactor.adoptStreamPort(self._fd, self._family, factory)
+            port = SharedPort._fromListeningDescriptor(
+                self._reactor, self._fd, self._family, factory)
+            port.startListening()
         except Exception:
             return defer.fail()
         # The port listens on a duplicate: close the inherited descriptor, or it would keep
