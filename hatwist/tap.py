@@ -281,7 +281,8 @@ class RelayService(service.MultiService):
         if config.service.listen_proxy_protocol:  # behind a balancer: a PROXY header first
             listening = ProxiedInboundFactory(
                 self.inbound, reactor=reactor,
-                allowed_from=lambda: self.config.service.listen_proxy_from)
+                allowed_from=lambda: self.config.service.listen_proxy_from,
+                max_pending=lambda: self.config.service.max_inbound_connections)
         self.listener = _ListeningService(
             listen_endpoint or server_endpoint(reactor, config.service.listen), listening,
             on_stop=self._drain_inbound,

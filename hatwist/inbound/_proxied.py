@@ -17,6 +17,8 @@ Promises:
   - a listed peer gets no greeting until its header is complete; no valid header within
     :data:`HEADER_TIMEOUT` seconds, a malformed one, or one longer than the parser's
     bound, and the connection is dropped and logged;
+  - at most ``max_pending`` connections wait for their header at once (the sessions'
+    own limits count only once the client is known); one more is refused and logged;
   - a ``LOCAL`` header (the balancer's own health check) keeps the real peer;
   - bytes after the header in the same segment reach the session untouched.
 """
@@ -39,6 +41,8 @@ __all__ = ["HEADER_TIMEOUT", "ProxiedInboundFactory"]
 
 #: Seconds a listed peer has to send its complete header (a balancer sends it at once).
 HEADER_TIMEOUT = 5.0
+#: Connections waiting for their header at once, by default.
+MAX_PENDING = 100
 #: A v2 header's largest declared length accepted: addresses and a few TLVs.
 MAX_HEADER_LENGTH = 512
 
@@ -79,6 +83,7 @@ class _ProxiedConnection(policies.ProtocolWrapper):
 
     def __init__(self, factory: ProxiedInboundFactory, peer: IAddress) -> None:
         super().__init__(factory, None)  # the session is built once the header is read
+        self._waiting = True  # counted in factory.pending until the header is read
         self._peer = peer
         self._client: IAddress | None = None
         self._parser: HeaderParser | None = HeaderParser(MAX_HEADER_LENGTH)
@@ -91,6 +96,7 @@ class _ProxiedConnection(policies.ProtocolWrapper):
         protocol.Protocol.makeConnection(self, transport)
 
     def connectionMade(self) -> None:
+        self.factory.pending += 1
         self._timer = self.factory.reactor.callLater(self.factory.header_timeout, self._expired)
 
     def _expired(self) -> None:
@@ -103,7 +109,13 @@ class _ProxiedConnection(policies.ProtocolWrapper):
 
     def _drop(self) -> None:
         self._parser = None
+        self._done_waiting()
         self.transport.abortConnection()
+
+    def _done_waiting(self) -> None:
+        if self._waiting:
+            self._waiting = False
+            self.factory.pending -= 1
 
     def dataReceived(self, data: bytes) -> None:
         if self.wrappedProtocol is not None:
@@ -123,6 +135,7 @@ class _ProxiedConnection(policies.ProtocolWrapper):
             return
         self._cancel_timer()
         self._parser = None
+        self._done_waiting()
         self._start_session(client_address(header, self._peer), rest)
 
     def _start_session(self, client: IAddress, rest: bytes) -> None:
@@ -150,6 +163,7 @@ class _ProxiedConnection(policies.ProtocolWrapper):
 
     def connectionLost(self, reason: Any) -> None:
         self._cancel_timer()
+        self._done_waiting()
         self.disconnecting = True
         self.connected = False
         parser, self._parser = self._parser, None
@@ -172,6 +186,7 @@ class ProxiedInboundFactory(protocol.Factory):
     :param allowed_from: returns the balancers' networks (``listen_proxy_from``), asked at
         each connection so that a reload applies to the next one.
     :param reactor: an ``IReactorTime`` for the header deadline.
+    :param max_pending: returns how many connections may wait for their header at once.
     """
 
     log = Logger(namespace="hatwist.inbound")
@@ -180,9 +195,12 @@ class ProxiedInboundFactory(protocol.Factory):
     def __init__(
         self, wrapped: protocol.Factory, *, allowed_from: Callable[[], Networks], reactor: Any,
         header_timeout: float = HEADER_TIMEOUT,
+        max_pending: Callable[[], int] = lambda: MAX_PENDING,
     ) -> None:
         self.wrappedFactory = wrapped
         self.allowed_from = allowed_from
+        self.max_pending = max_pending
+        self.pending = 0
         self.reactor = reactor
         self.header_timeout = header_timeout
 
@@ -204,6 +222,10 @@ class ProxiedInboundFactory(protocol.Factory):
                 peer=_describe(addr),
             )
             return None  # Twisted closes the socket without reading or writing
+        if self.pending >= self.max_pending():
+            self.log.warn("refused {peer}: {count} connections wait for a PROXY header already",
+                          peer=_describe(addr), count=self.pending)
+            return None
         return _ProxiedConnection(self, addr)
 
     # policies.ProtocolWrapper reports its lifetime to its factory.

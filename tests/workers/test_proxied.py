@@ -150,3 +150,20 @@ def test_reload_of_listen_proxy_from_applies_to_the_next_connection():
     assert factory.buildProtocol(BALANCER) is not None
     allowed[:] = [ipaddress.ip_network("10.0.0.0/8")]
     assert factory.buildProtocol(BALANCER) is None
+
+
+def test_connections_waiting_for_a_header_are_bounded():
+    clock, sessions = task.Clock(), SessionFactory()
+    factory = ProxiedInboundFactory(sessions, allowed_from=lambda: LOOPBACK, reactor=clock,
+                                    max_pending=lambda: 2)
+    waiting = []
+    for _ in range(2):
+        proto = factory.buildProtocol(BALANCER)
+        proto.makeConnection(StringTransport(hostAddress=RELAY, peerAddress=BALANCER))
+        waiting.append(proto)
+    assert factory.buildProtocol(BALANCER) is None  # a third waits for nothing
+    waiting[0].dataReceived(v2_header())  # its header came: it is a session now
+    assert factory.pending == 1 and factory.buildProtocol(BALANCER) is not None
+    waiting[1].connectionLost(None)
+    clock.advance(HEADER_TIMEOUT + 1)
+    assert factory.pending == 0
