@@ -71,13 +71,18 @@ def first_bytes_from(port: int, source: str) -> bytes:
         return b"".join(chunks)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest_twisted.ensureDeferred
-async def test_the_client_behind_the_balancer_is_the_peer_for_relay_from_log_and_received(rig):
+async def test_the_client_behind_the_balancer_is_the_peer_for_relay_from_log_and_received(
+        rig, workers):
     rig.write_config(
         relay_from=f"{CLIENT}/32",
-        extra=f'listen_proxy_protocol = true\nlisten_proxy_from = "{BALANCER_SOURCE}/32"\n',
+        extra=f'listen_proxy_protocol = true\nlisten_proxy_from = "{BALANCER_SOURCE}/32"\n'
+              f"workers = {workers}\n",
     )
     relay = await rig.relay().start()
+    if workers > 1:
+        await rig.wait_status(lambda d: all(w["answered"] for w in d["workers"]))
     port = rig.balancer.port
 
     rcpt, data = await threads.deferToThread(submit_via, port, CLIENT, "lb-1@t")
