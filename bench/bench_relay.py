@@ -26,9 +26,11 @@ One table, one row per measurement, everything on loopback:
   proxy: RSS per queued message, start to first ``/status`` answer and to the
   scheduler's recovery line, and ``/status`` latency at that depth.
 - ``workers``: the proxied row's load against ``workers = 1`` and then ``workers = 2``
-  (a supervisor and two worker processes on one listener; every row has
-  ``max_inbound_connections_per_ip = 1000``, as smtp-source comes from one address);
-  ``max_connections`` is divided among the workers, so both
+  (a supervisor and two worker processes on one listener), the pair twice in turn;
+  every row has ``max_inbound_connections_per_ip = 1000``, as smtp-source comes from one
+  address. Both rows set ``max_connections`` to ``--workers-connections`` (40; at the
+  default 10 per domain the outbound concurrency, not the cores, is the limit); it is
+  divided among the workers, so both
   open as many outbound connections. ``cpu us/msg`` is the supervisor's and the workers'
   together; the notes say what smtp-source, smtp-sink and the egress HAProxy cost per
   message in the same row (they share the box's cores with the relay).
@@ -785,12 +787,13 @@ async def main(reactor, args: argparse.Namespace) -> None:
         if "delivery" in wanted:
             add(await delivery_only_row(reactor, lab, args, workdir))
         if "workers" in wanted:
-            # The same load on one and on two worker processes, one after the other.
-            for count in (1, 2):
+            # The same load on one and on two worker processes, twice in turn (the box's
+            # other load drifts: the second pair shows by how much).
+            for turn, count in enumerate((1, 2, 1, 2)):
                 add(await relay_row(
                     reactor, lab, args, workdir, domain=PROXY_DOMAIN, workers=count,
-                    name=f"hatwist proxied, workers = {count}",
-                    extra=f"workers = {count}\n",
+                    name=f"hatwist proxied, workers = {count}{' again' if turn > 1 else ''}",
+                    extra=f"workers = {count}\nmax_connections = {args.workers_connections}\n",
                     costs=True))
         idle: list[int] = []
         if "accept" in wanted or "queued" in wanted:
@@ -835,6 +838,10 @@ def _parse(argv=None) -> argparse.Namespace:
                              "to 'ref', so keep it when comparing")
     parser.add_argument("--latency-rate", type=float, default=None,
                         help="pace of the latency row (default: half the proxied row's rate)")
+    parser.add_argument("--workers-connections", type=int, default=40,
+                        help="max_connections of the workers rows (both; divided among the "
+                             "workers): at the default 10 per domain the outbound concurrency, "
+                             "not the cores, bounds the rate")
     parser.add_argument("--py-spy", metavar="DIR", default=None,
                         help="record the proxied row's relay with py-spy into DIR/proxied.txt")
     return parser.parse_args(argv)
