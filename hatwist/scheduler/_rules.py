@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from hatwist.config.shares import share_count, share_throttle
 from hatwist.config.values import Throttle
 from hatwist.schedule import RetryPolicy
-from hatwist.workers._share import share_count, share_throttle
 
 from ._queues import QueueKey
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.workers.test_relay_workers -*-
+# -*- test-case-name: tests.workers.test_log -*-
 """
 A worker's log lines name the worker: ``2026-... [worker-2 hatwist.tap.RelayService#info]``.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.workers.test_relay_workers -*-
+# -*- test-case-name: tests.workers.test_make_service -*-
 """
 The two ways ``twistd hatwist`` runs with ``workers > 1``, wired here so that
 ``hatwist.tap`` only chooses: :func:`make_supervisor` (no ``--worker``: the process an

@@ -1,16 +1,10 @@
 # -*- test-case-name: tests.workers.test_share -*-
 """
-What one worker of N may use of the configured limits, and the config a worker runs with.
+Each worker's spool partition and status socket, and the config a worker runs with.
 
-Without limits shared between processes, the only way N workers keep a relay-wide limit
-is that each keeps 1/N of it. Rounding must never let the N together exceed the limit's
-intent: a count is divided downwards, and where the share would be below one, the window
-is stretched instead (a ``1/3600`` throttle over two workers is ``1/7200`` each, so the
-relay still starts at most one message an hour on average). A concurrency limit cannot
-be stretched: a ``max_connections`` smaller than the number of workers still gives each
-worker one connection, and ``check-config`` says that the limits are divided.
-
-Pure: no I/O, no reactor.
+A worker runs the relay on its own partition with its share of the process-wide limits
+(:mod:`hatwist.config.shares`), and ``limit_share`` set for the scheduler's per-queue
+limits. Pure: no I/O, no reactor.
 """
 
 from __future__ import annotations
@@ -20,35 +14,11 @@ import os
 import attrs
 
 from hatwist.config import Config
-from hatwist.config.values import Throttle
+from hatwist.config.shares import share_count, share_throttle
 
-__all__ = ["partition_dir", "share_count", "share_throttle", "worker_config"]
+__all__ = ["partition_dir", "share_count", "share_throttle", "status_socket", "worker_config"]
 
 PARTITION_PREFIX = "worker-"
-
-
-def share_count(limit: int, workers: int) -> int:
-    """One worker's part of a count limit: ``limit // workers``, at least 1."""
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, not {workers!r}")
-    return max(1, limit // workers)
-
-
-def share_throttle(throttle: Throttle | None, workers: int) -> Throttle | None:
-    """One worker's part of an ``outbound_throttle_messages`` window.
-
-    ``m/s`` becomes ``(m // n)/s`` while that is at least one message; below that,
-    ``1/ceil(s * n / m)``: one message per a window long enough that the n workers
-    together stay at or under m messages per s seconds.
-    """
-    if throttle is None or workers == 1:
-        return throttle
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, not {workers!r}")
-    if throttle.messages >= workers:
-        return Throttle(throttle.messages // workers, throttle.seconds)
-    seconds = -(-throttle.seconds * workers // throttle.messages)  # ceiling division
-    return Throttle(1, seconds)
 
 
 def partition_dir(spool_dir: str, worker: int) -> str:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.workers.test_share -*-
+# -*- test-case-name: tests.workers.test_make_service -*-
 """
 What makes a ``twistd hatwist`` process worker N of M: its ``--worker N/M`` argument,
 and a death signal tied to its supervisor.
