@@ -1,0 +1,50 @@
+# -*- test-case-name: tests.service.test_spool_service -*-
+"""
+The spool as a twistd service: its read threads, and the start-up step that
+locks and opens it.
+
+It is the first child of the relay's service tree, so the spool is open (locked,
+database checked writable, an old file layout imported) before the scheduler
+recovers from it or the listener accepts mail, and it is stopped last, after
+everything that writes to it.  A spool that cannot be used stops the start with
+one line (C{spool DIR in use by pid N}, or why it cannot be written) and a
+non-zero exit, instead of a relay that answers every message 452.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+
+from ._errors import SpoolError
+from ._spool import Spool
+
+
+class SpoolService(service.Service):
+    """Starts the read pool and opens C{spool}; at stop, closes both."""
+
+    log = Logger()
+
+    def __init__(self, spool: Spool, pool: Any) -> None:
+        self.spool = spool
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+        try:
+            self.spool.open()  # blocks: before the reactor runs, on purpose
+        except SpoolError as e:
+            self.pool.stop()
+            self.log.critical("{error}", error=str(e))
+            # twistd and twist print this one line and exit with status 1.
+            raise SystemExit(str(e)) from None
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        d = self.spool.close()
+        # ThreadPool.stop joins its threads: a blocking call kept off the reactor thread.
+        return d.addCallback(lambda _: threads.deferToThread(self.pool.stop))
