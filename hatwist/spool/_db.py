@@ -238,14 +238,6 @@ class SpoolDatabase:
             raise
         return outcomes
 
-    def release_space(self) -> None:
-        """After a full disk: copy the WAL into the database and cut it to zero, so
-        the space a failed transaction's frames took goes back to the file system
-        (best effort: a reader may hold the WAL, or the copy may need room)."""
-        if self._writer is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-
     def max_id(self) -> str | None:
         assert self._writer is not None, "open() first"
         return self._writer.execute("SELECT max(id) FROM message").fetchone()[0]

@@ -132,10 +132,7 @@ class Writer:
             return self._database.commit(operations)
         except sqlite3.Error as e:
             if len(operations) == 1:
-                error = as_os_error(e)
-                if error.errno == errno.ENOSPC:
-                    self._database.release_space()
-                return [SpoolWriteError(self._database.path, error)]
+                return [SpoolWriteError(self._database.path, as_os_error(e))]
             # One big message must not cost the small ones beside it their place
             # (a full disk): try each on its own; only what does not fit fails.
             return [outcome for operation in operations
