@@ -89,9 +89,10 @@ class GatedDatabase(SpoolDatabase):
 
 
 def old_message(n: int, *, binding: str = "default", recipients=("r@example.net",),
-                content: bytes = CONTENT) -> tuple[SpooledMessage, bytes]:
-    """A message as the old code made it (ids a second apart, oldest first)."""
-    micros = (1_700_000_000 + n) * 1_000_000
+                content: bytes = CONTENT, since: float = 1_700_000_000
+                ) -> tuple[SpooledMessage, bytes]:
+    """A message as the old code made it, received ``n`` seconds after ``since``."""
+    micros = int((since + n) * 1_000_000)
     message = SpooledMessage(
         id=make_message_id(micros, n), binding=binding, mail_from="s@example.org",
         recipients=new_recipients(recipients), received_at=micros / 1e6, attempts=0,

@@ -39,9 +39,10 @@ class SpoolService(service.Service):
             self.spool.open()  # blocks: before the reactor runs, on purpose
         except SpoolError as e:
             self.pool.stop()
+            # One line in the log (a daemonised twistd's parent then says "look at the
+            # log file"), and exit status 1 without a traceback.
             self.log.critical("{error}", error=str(e))
-            # twistd and twist print this one line and exit with status 1.
-            raise SystemExit(str(e)) from None
+            raise SystemExit(1) from None
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
