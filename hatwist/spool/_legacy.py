@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_spool -*-
+# -*- test-case-name: tests.test_spool_import -*-
 """
 The spool's old file layout (hatwist before the SQLite spool): read once to
 import it, and still writable so tests and the benchmark can make one the way

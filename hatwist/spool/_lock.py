@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import os
 
+from ._disk import Disk
 from ._errors import SpoolUnavailable
 
 LOCK_FILE = "lock"
@@ -36,7 +37,10 @@ class SpoolLock:
         (C{spool DIR in use by pid N}, or why it cannot be written)."""
         path = os.path.join(directory, LOCK_FILE)
         try:
-            os.makedirs(directory, DIR_MODE, exist_ok=True)
+            if not os.path.isdir(directory):
+                os.makedirs(directory, DIR_MODE, exist_ok=True)
+                # The new directory's own entry must survive a crash with the spool in it.
+                Disk().fsync_dir(os.path.dirname(os.path.abspath(directory)))
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         except OSError as e:
             raise SpoolUnavailable(
