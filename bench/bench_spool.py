@@ -1,6 +1,7 @@
 """Stores per second and fsyncs per message: the SQLite spool beside the old file layout.
 
     python3 bench/bench_spool.py [--dir DIR] [--count N] [--size BYTES] [--concurrency 1,20,100]
+                                 [--recover N]
 
 Each row runs in a child process of its own: ``--concurrency`` submitters, each storing
 its next message only once the last one's Deferred fired (like an SMTP session waiting
@@ -10,6 +11,14 @@ the file-per-message layout of hatwist.spool._legacy run the way the old Spool r
 the kernel (``perf stat`` on the fsync and fdatasync tracepoints) over the whole child,
 minus a child that opens the spool and stores nothing; ``-`` where perf cannot count.
 
+``--recover N`` (0: skip) adds a second table: N small messages stored through the spool's
+own API, then read back by a fresh process with ``recover_batches`` (batches of 10,000):
+seconds, messages per second, the longest the reactor waited for a turn meanwhile (a
+10 ms LoopingCall; what SMTP and /status would feel), and the growth of RSS per message
+held (the recovered values, what the scheduler keeps).  ``BENCH_GC_FREEZE=1`` calls
+``gc.freeze()`` after each batch, to show what the cyclic GC's full passes over the held
+values cost the reactor.
+
 Numbers depend on the file system under DIR (tmpfs fsync is free): point --dir at the
 disk the real spool will use (default: $TMPDIR, else /var/tmp).
 """
@@ -17,6 +26,7 @@ disk the real spool will use (default: $TMPDIR, else /var/tmp).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -95,6 +105,79 @@ async def _measure(reactor, kind, directory, concurrency, count, size) -> None:
     }))
 
 
+def fill(directory: str, count: int) -> None:
+    from twisted.internet import defer, task
+
+    async def run(reactor) -> None:
+        from twisted.python.threadpool import ThreadPool
+
+        from hatwist.spool import Spool
+
+        pool = ThreadPool(minthreads=1, maxthreads=2, name="bench-fill")
+        pool.start()
+        spool = Spool(directory, reactor=reactor, threadpool=pool)
+        spool.open()
+        content = b"Subject: queued\r\n\r\n" + b"x" * 1000
+        for start in range(0, count, 1000):
+            await defer.gatherResults([
+                spool.store("default", "sender@example.org", [f"r{n}@d{n % 500}.example"],
+                            content) for n in range(start, min(count, start + 1000))])
+        await spool.close()
+        pool.stop()
+        print(json.dumps({"filled": count}))
+
+    task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
+
+
+def recover(directory: str) -> None:
+    from twisted.internet import defer, task
+
+    async def run(reactor) -> None:
+        from twisted.python.threadpool import ThreadPool
+
+        from hatwist.spool import Spool
+
+        pool = ThreadPool(minthreads=1, maxthreads=2, name="bench-recover")
+        pool.start()
+        spool = Spool(directory, reactor=reactor, threadpool=pool)
+        spool.open()
+        held: list = []
+        freeze = os.environ.get("BENCH_GC_FREEZE") == "1"
+
+        def on_batch(batch: list) -> None:
+            held.extend(batch)
+            if freeze:  # what a scheduler could do: keep the GC off the held values
+                gc.freeze()
+
+        gaps = [0.0]
+        last = [time.perf_counter()]
+
+        def tick() -> None:
+            now = time.perf_counter()
+            gaps[0] = max(gaps[0], now - last[0])
+            last[0] = now
+
+        ticker = task.LoopingCall(tick)
+        ticker.start(0.01)
+        before = _rss()
+        start = time.perf_counter()
+        total = await spool.recover_batches(on_batch, batch_size=10_000)
+        elapsed = time.perf_counter() - start
+        ticker.stop()
+        grown = _rss() - before
+        await spool.close()
+        pool.stop()
+        print(json.dumps({"count": total, "seconds": elapsed, "stall": gaps[0],
+                          "rss_per_message": grown / max(1, total)}))
+
+    task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 # -- the parent: the table ---------------------------------------------------------------
 
 
@@ -139,12 +222,19 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000, help="messages per row")
     parser.add_argument("--size", type=int, default=5000, help="bytes per message")
     parser.add_argument("--concurrency", default="1,20,100")
+    parser.add_argument("--recover", type=int, default=100_000,
+                        help="messages for the recovery table (0: skip it)")
     parser.add_argument("--child", nargs=5, metavar=("KIND", "DIR", "C", "N", "SIZE"),
                         help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.child:
         kind, directory, c, n, size = options.child
-        child(kind, directory, int(c), int(n), int(size))
+        if kind == "fill":
+            fill(directory, int(n))
+        elif kind == "recover":
+            recover(directory)
+        else:
+            child(kind, directory, int(c), int(n), int(size))
         return
     base = tempfile.mkdtemp(prefix="bench-spool-", dir=options.dir)
     counting = perf_works()
@@ -174,6 +264,18 @@ def main() -> None:
                 print(f"{kind:<7}{concurrency:>11}{stored / result['seconds']:>10.0f}"
                       f"{result['p50'] * 1e3:>9.1f}{result['p99'] * 1e3:>9.1f}"
                       f"{per_message:>11}{per_txn:>10}", flush=True)
+        if options.recover:
+            directory = os.path.join(base, "recover")
+            start = time.perf_counter()
+            run_child(["fill", directory, "0", str(options.recover), "0"], False)
+            filled = time.perf_counter() - start
+            result, _ = run_child(["recover", directory, "0", "0", "0"], False)
+            print(f"\nrecovery of {result['count']} messages of 1 KB (filled through the API "
+                  f"in {filled:.1f} s)")
+            print(f"{'seconds':>8}{'msgs/s':>10}{'max reactor wait ms':>21}"
+                  f"{'RSS B/msg':>11}")
+            print(f"{result['seconds']:>8.2f}{result['count'] / result['seconds']:>10.0f}"
+                  f"{result['stall'] * 1e3:>21.0f}{result['rss_per_message']:>11.0f}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

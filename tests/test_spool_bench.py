@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_bench_spool_prints_a_row_per_layout_and_concurrency(tmp_path):
     done = subprocess.run(
         [sys.executable, os.path.join(ROOT, "bench", "bench_spool.py"), "--dir", str(tmp_path),
-         "--count", "4", "--size", "100", "--concurrency", "1,2"],
+         "--count", "4", "--size", "100", "--concurrency", "1,2", "--recover", "30"],
         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in done.stdout.splitlines()
