@@ -32,9 +32,17 @@ class SpoolService(service.Service):
         self.spool = spool
         self.pool = pool
 
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        # The writer thread before the listener binds (it touches no file; the spool
+        # opens in startService, as the user the relay runs as), so the process has its
+        # threads by the time it says it listens.  It is a daemon thread: a start that
+        # fails later leaves nothing to join.
+        self.spool.start_writer()
+
     def startService(self) -> None:
         super().startService()
-        self.pool.start()
+        self.pool.start()  # first: the spool's read thread exists before the open below
         try:
             self.spool.open()  # blocks: before the reactor runs, on purpose
         except SpoolError as e:

@@ -65,7 +65,8 @@ class Spool:
         self._limits = limits
         self._last_micros = 0
         self._lock: SpoolLock | None = None
-        self._writer: Writer | None = None
+        self._writer: Writer | None = None  # set once open
+        self._next_writer = Writer(self._database, self._from_writer, limits)
         self._opening: list[Deferred[None]] | None = None
         self._in_flight: dict[str, int] = {}  # message id -> writes not yet committed
         self._idle: dict[str, list[Deferred[None]]] = {}  # waiting for those writes
@@ -97,7 +98,7 @@ class Spool:
             lock.release()
             raise
         self._lock = lock
-        self._writer = Writer(self._database, self._from_writer, self._limits)
+        self._writer = self._next_writer
         self._writer.start()
         return int(newest.split("-")[0], 16) if newest else 0
 
@@ -116,6 +117,12 @@ class Spool:
             "({set_aside} files set aside in corrupt/, {debris} unacknowledged or finished "
             "files removed)", directory=self.directory, imported=report.imported,
             set_aside=len(report.set_aside), debris=report.debris)
+
+    def start_writer(self) -> None:
+        """Start the writer thread now, before L{open} (it touches no file): a
+        process then has all its threads from the start, which tools attached to
+        it early (C{perf stat -p}) rely on."""
+        self._next_writer.start()
 
     def _bump(self, micros: int) -> None:
         # New ids sort after every stored one, even if the clock stepped back.
@@ -147,7 +154,11 @@ class Spool:
         """Commit what is queued, stop the writer, release the lock."""
         writer, self._writer = self._writer, None
         if writer is None:
-            return succeed(None)
+            idle, self._next_writer = self._next_writer, Writer(
+                self._database, self._from_writer, self._limits)
+            # Started early (start_writer) but never opened: end its thread.
+            return deferToThread(idle.close) if idle.started else succeed(None)
+        self._next_writer = Writer(self._database, self._from_writer, self._limits)
 
         def closed() -> None:
             writer.close()

@@ -71,8 +71,14 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name="hatwist-spool-writer",
                                         daemon=True)
 
+    @property
+    def started(self) -> bool:
+        return self._thread.is_alive()
+
     def start(self) -> None:
-        self._thread.start()
+        """Start the thread (idempotent).  It touches no file until work arrives."""
+        if not self._thread.is_alive() and not self._closing:
+            self._thread.start()
 
     def submit(self, operation: Operation, token: Any) -> None:
         """Queue C{operation}; raise L{SpoolWriteError} if the queue is full or
