@@ -292,8 +292,11 @@ async def test_recovered_messages_share_repeated_strings(tmp_path, spools):
                                              CONTENT))
         await deadline(spool.update(attrs.evolve(message, recipients=(
             RecipientState(f"{n}@y.example", PENDING, 451, "4.7.1 try later", 1),))))
+    one = await deadline(spool.store("".join(["wa", "rm"]), "", ["x@y.example"], CONTENT))
+    two = await deadline(spool.store("".join(["wa", "rm"]), "", ["x@y.example"], CONTENT))
+    assert one.binding is two.binding  # stored ones share it too
     await deadline(spool.close())
-    a, b, c = await deadline(spools(tmp_path).recover())
+    a, b, c, *_ = await deadline(spools(tmp_path).recover())
     assert a.binding is b.binding is c.binding
     assert a.mail_from is b.mail_from is c.mail_from
     ra, rb = a.recipients[0], b.recipients[0]

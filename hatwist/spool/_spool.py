@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -231,7 +232,8 @@ class Spool:
             raise ValueError("a message needs at least one recipient")
         now = self._reactor.seconds()
         message = SpooledMessage(
-            id=self._new_id(now), binding=binding, mail_from=mail_from,
+            # One copy of each binding name however many messages the scheduler holds.
+            id=self._new_id(now), binding=sys.intern(binding), mail_from=mail_from,
             recipients=new_recipients(rcpt_to), received_at=now, attempts=0,
             next_attempt_at=now, size=len(content),
         )
