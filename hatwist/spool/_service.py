@@ -51,6 +51,7 @@ class SpoolService(service.Service):
             # log file"), and exit status 1 without a traceback.
             self.log.critical("{error}", error=str(e))
             raise SystemExit(1) from None
+        self.log.info("spool {directory} open", directory=self.spool.directory)
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()

@@ -426,7 +426,10 @@ def fill(path: str) -> int:
 async def test_full_disk_gives_452_431_leaves_nothing_and_mail_flows_once_space_is_freed(
     rig, tiny_spool
 ):
-    await rig.start_relay()
+    relay = await rig.start_relay()
+    # The listener binds before the spool opens: fill the disk only once the spool is
+    # open, or the relay rightly refuses to start on a full disk.
+    await relay.wait_for_log(f"spool {rig.spool_dir} open", since=0, timeout=DEADLINE)
     filler = str(tiny_spool / "filler")
     assert await threads.deferToThread(fill, filler) > 0
 

@@ -51,6 +51,7 @@ async def failed_start(relay: Relay) -> int:
 @pytest_twisted.ensureDeferred
 async def test_a_second_relay_on_the_spool_exits_naming_the_pid_of_the_first(rig):
     first = await rig.start_relay()
+    await first.wait_for_log(f"spool {rig.spool_dir} open", since=0, timeout=DEADLINE)
     second = other_relay(rig, rig.spool_dir)
     assert await failed_start(second) not in (0, None), second.tail()
     lines = second.lines_with(f"spool {rig.spool_dir} in use by pid {first.pid}")
