@@ -320,3 +320,15 @@ def test_decode_refuses_anything_encode_would_not_write(mangle):
     mangle(body)
     with pytest.raises(CorruptEntry):
         decode(json.dumps(body).encode())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_spool_closed_and_opened_again_reads_and_writes(tmp_path, spools):
+    spool = spools(tmp_path)
+    message = await deadline(spool.store("b", "", ["1@y.example"], CONTENT))
+    assert await deadline(spool.content(message.id)) == CONTENT
+    await deadline(spool.close())
+    spool.open()
+    assert await deadline(spool.content(message.id)) == CONTENT
+    await deadline(spool.remove(message.id))
+    assert await deadline(spool.recover()) == []

@@ -132,7 +132,8 @@ class Spool:
     def _ready(self) -> Deferred[None]:
         """Fires once the spool is open (opening it in the pool on first use, so
         a spool that nobody called L{open} on still works)."""
-        if self._writer is not None:
+        # While a lazy open finishes, everything queues behind it, in order.
+        if self._writer is not None and self._opening is None:
             return succeed(None)
         d: Deferred[None] = Deferred()
         if self._opening is None:
@@ -166,6 +167,7 @@ class Spool:
             for connection in self._reader_connections:
                 connection.close()
             self._reader_connections.clear()
+            self._readers = threading.local()  # a reopened spool makes new ones
             self._database.close()
             if self._lock is not None:
                 self._lock.release()
@@ -186,7 +188,7 @@ class Spool:
         message_id = operation.message_id
         self._in_flight[message_id] = self._in_flight.get(message_id, 0) + 1
         d: Deferred[None] = Deferred()
-        if self._writer is not None:
+        if self._writer is not None and self._opening is None:
             self._submit(operation, d)
         else:
             self._ready().addCallbacks(lambda _: self._submit(operation, d),
