@@ -223,6 +223,10 @@ KEYS: tuple[Key, ...] = (
     _service("max_deliveries_in_flight", "max_deliveries_in_flight", c.integer(1), 100,
              "whole number >= 1", "delivery attempts at once over all bindings and domains "
              "(max_connections limits each domain)"),
+    _service("redis_url", "redis_url", c.redis_url, None, "redis://host:port/db",
+             "share max_connections and outbound_throttle_messages with every hatwist "
+             "process using this Redis (rediss:// for TLS); while it is unreachable, each "
+             "runs under its share of them", default_doc="limits are per process"),
 )  # fmt: skip
 
 KEYS_BY_NAME: Mapping[str, Key] = {key.name: key for key in KEYS}

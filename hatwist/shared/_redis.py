@@ -40,7 +40,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from hatwist.config.values import Throttle
+from hatwist.config.values import Throttle, redacted_url
 
 from ._interfaces import ILimits
 from ._journal import Journal
@@ -53,7 +53,6 @@ from ._values import (
     Refusal,
     divided_slots,
     divided_throttle,
-    redacted_url,
     redis_key,
 )
 

@@ -11,7 +11,7 @@ how long to wait before asking again.  Pure: nothing here does I/O or reads a cl
 from __future__ import annotations
 
 import enum
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import attrs
 
@@ -98,17 +98,3 @@ def redis_key(prefix: str, kind: str, key: QueueKey) -> str:
     """
     binding, domain = key
     return f"{prefix}:{kind}:{quote(binding, safe='')}:{quote(domain, safe='')}"
-
-
-def redacted_url(url: str) -> str:
-    """``url`` without its password, for log lines and status pages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username or ''}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from hatwist.config.values import Throttle
+from hatwist.config.values import Throttle, redacted_url
 from hatwist.shared import Decision, Lease, Refusal
-from hatwist.shared._values import divided_slots, divided_throttle, redacted_url, redis_key
+from hatwist.shared._values import divided_slots, divided_throttle, redis_key
 
 
 @pytest.mark.parametrize(("slots", "nodes", "share"),
