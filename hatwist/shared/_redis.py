@@ -42,6 +42,7 @@ from zope.interface import implementer
 
 from hatwist.config.values import Throttle, redacted_url
 
+from ._batch import Batcher
 from ._interfaces import ILimits
 from ._journal import Journal
 from ._local import LocalLimits
@@ -65,7 +66,7 @@ TIMEOUT = 1.0
 #: Questions to Redis waiting for an answer at once, at most.
 MAX_PENDING = 256
 #: Seconds before a queue refused a slot asks again (slots free up elsewhere).
-SLOT_POLL = 1.0
+SLOT_POLL = 0.25
 #: Seconds before a start refused for BUSY asks again.
 BUSY_WAIT = 0.05
 #: Leases renewed per HEARTBEAT call (Lua's unpack and one reply stay small).
@@ -139,6 +140,7 @@ class RedisLimits(service.Service):
         self._recovering = False  # Redis answers again; the replay is under way
         self._pending = 0
         self._beating = False
+        self._batch = Batcher(reactor, self._in_pool, self._client)
         self._beats = task.LoopingCall(self._beat)
         self._beats.clock = reactor
 
@@ -181,7 +183,9 @@ class RedisLimits(service.Service):
         if throttle is not None:
             keys.append(redis_key(self._prefix, "throttle", key))
             args[3:5] = [throttle.messages, throttle.seconds]
-        d = self._call(self._start_script, self._client, keys, args)
+        self._pending += 1
+        d = self._batch.script(self._start_script, keys, args)
+        d.addBoth(self._answered)
         d.addBoth(self._decided, key, throttle, max_connections, lease_id)
         return d
 
@@ -192,15 +196,17 @@ class RedisLimits(service.Service):
         if self._pending >= self._max_pending:
             return  # same: under this much load, expiry frees the slot in lease_ttl
         key = redis_key(self._prefix, "slots", lease.key)
-        self._call(self._client.zrem, key, lease.id).addErrback(self._failed)
+        self._pending += 1
+        self._batch.zrem(key, lease.id).addBoth(self._answered).addErrback(self._failed)
 
     # -- answers -----------------------------------------------------------------------
 
+    def _in_pool(self, f: Any, *args: Any) -> defer.Deferred:
+        return threads.deferToThreadPool(self._reactor, self._pool, f, *args)
+
     def _call(self, f: Any, *args: Any) -> defer.Deferred:
         self._pending += 1
-        d = threads.deferToThreadPool(self._reactor, self._pool, f, *args)
-        d.addBoth(self._answered)
-        return d
+        return self._in_pool(f, *args).addBoth(self._answered)
 
     def _answered(self, result: Any) -> Any:
         self._pending -= 1
