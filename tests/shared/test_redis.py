@@ -259,3 +259,33 @@ async def test_redis_killed_then_local_shares_then_recovery(
     await sleep(reactor, 0.5)  # a heartbeat renews them into the new Redis
     more = [await ask(b, key=("b1", "slots.example"), max_connections=4) for _ in range(3)]
     assert [d.granted for d in more] == [True, True, False]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slot_given_back_counts_for_a_start_asked_in_the_same_turn(nodes):
+    """Release and start travel in one pipeline, in order: the start gets the slot."""
+    a = nodes.start("a")
+    held = await ask(a, max_connections=1)
+    a.finish(held.lease)
+    assert (await ask(a, max_connections=1)).granted
+
+
+@pytest_twisted.ensureDeferred
+async def test_questions_waiting_for_redis_are_bounded(reactor, nodes):
+    a = nodes.start("a", max_pending=3, heartbeat=30)
+    await until(reactor, lambda: a._pending == 0)  # the first heartbeat is back
+    decisions = await defer.gatherResults(
+        [defer.maybeDeferred(a.start, ("b1", f"d{i}.example"), None, 5, 0.0) for i in range(5)]
+    )
+    assert [d.granted for d in decisions] == [True] * 3 + [False] * 2
+    assert {d.refusal for d in decisions[3:]} == {Refusal.BUSY}
+    assert all(0 < d.wait < 1 for d in decisions[3:])
+
+
+@pytest_twisted.ensureDeferred
+async def test_nodes_are_counted_by_their_heartbeats_and_leave_at_stop(reactor, nodes):
+    a, b, c = nodes.start("a"), nodes.start("b"), nodes.start("c")
+    await until(reactor, lambda: a.nodes == 3)
+    await b.stopService()
+    await c.stopService()
+    await until(reactor, lambda: a.nodes == 1)
