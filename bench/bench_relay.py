@@ -1,36 +1,35 @@
 """
-End to end: ``twistd hatwist`` as a real process in front of the loopback lab (real
-HAProxy, DNS, SMTP sink): submission and delivery rates, latency, memory and CPU.
+hatwist end to end against Postfix's C tools through the same HAProxy, in one run.
 
 Run as root (HAProxy's ``usesrc clientip`` needs it), from the checkout:
-    PYTHONPATH=. python3 bench/bench_relay.py [--messages 2000] [--concurrency 10]
-        [--generator auto|smtp-source|twisted] [--big 65536] [--soak 2]
+    PYTHONPATH=. python3 bench/bench_relay.py [--messages 5000] [--size 5120]
+        [--sessions 20] [--queued 1000000] [--latency-seconds 10] [--py-spy DIR]
 
-Every row starts a fresh relay (``twistd -n --pidfile= hatwist --config CFG``, cwd the
-checkout) with an empty spool on a real disk, submits ``--messages`` messages from
-``--concurrency`` SMTP clients that each reuse one connection, and waits until the
-sink has them all. The rows set the proxy route against ``ha_proxy_bypass`` (the HAProxy
-hop's cost), the default session reuse against ``max_messages_per_connection = 1``, and
-2 KiB against ``--big`` bodies. The load generator is Postfix's ``smtp-source`` when
-installed (``auto``), else a Twisted client in this process (hatwist's own outbound
-session code, pointed at the relay).
+One table, one row per measurement, everything on loopback:
 
-The first table (printed row by row): ``acc/s`` messages accepted per second (first
-connect to the last 250 at the submitters), ``del/s`` delivered per second (first connect
-until the sink holds them all), latency from the relay's ``accepted ID`` log line to its
-``ID ...: 1 delivered`` line (both stamped when this process reads them from the relay's
-stdout, so the reading delay cancels), outbound SMTP sessions the sink saw, whether every
-message arrived from the source its route promises, and error/critical log lines.
+- ``reference``: ``smtp-source`` -> HAProxy (``send-proxy-v2`` to the egress HAProxy, the
+  header's addresses set to 127.0.0.9 -> the sink) -> the egress HAProxy (``accept-proxy``,
+  ``usesrc clientip``: the lab's) -> ``smtp-sink``; one message per connection (the
+  smtp-source default), then reusing connections (``-d``). The first is the 1.00x of the
+  ``vs ref`` column.
+- ``hatwist proxied`` / ``bypassed``: ``smtp-source`` (the same flags as the first
+  reference row) -> ``twistd hatwist`` -> the egress HAProxy (or straight, from
+  ``bind_address``) -> ``smtp-sink``.
+- ``delivery-only``: the spool pre-filled through ``hatwist.spool.Spool``'s own API, then
+  the relay started on it; rate from the sink's first to its last message.
+- ``accept-only``: ``ha_proxy_server`` is a dead port, so the health check unplumbs it and
+  nothing is delivered; rate until ``smtp-source`` got its last 250.
+- ``latency``: a paced Twisted client in this process at half the proxied rate; from the
+  relay's 250 to the (recording, in-process) sink's end of DATA; the same row checks the
+  source addresses the sink saw (proxied 127.0.0.9, bypassed 127.0.0.30).
+- ``queued``: ``--queued`` small messages pre-filled through the spool API behind a dead
+  proxy: RSS per queued message, start to first ``/status`` answer and to the
+  scheduler's recovery line, and ``/status`` latency at that depth.
 
-The second table (after all rows): the relay's VmRSS before the load, VmHWM (peak) and
-VmRSS after it; its CPU seconds (user+system, all threads) and per message; its reactor
-(main) thread's CPU and that as a share of the delivery time (``busy``); HAProxy's and this
-process's CPU; and per message: fsyncs (``perf stat`` tracepoints, ``-`` without perf),
-queries to the lab's DNS server, and relay log lines. ``--soak N`` runs row 1 N more times
-on one relay and prints both tables for its rounds: memory that keeps growing shows there.
-
-The sink and the Twisted generator share this process (and the box's two cores) with
-nothing else of the relay; the relay's figures are its own process's.
+``msg/s`` rows time until ``smtp-sink`` (its ``-c`` counter) has them all, from the start
+of ``smtp-source``. ``cpu us/msg`` is the relay process's utime+stime (/proc/PID/stat, all
+threads) over the row per message. Every relay is a fresh ``twistd -n hatwist`` with a
+fresh durable spool under ``$TMPDIR`` (put it on a real disk, not tmpfs).
 """
 
 from __future__ import annotations
@@ -42,21 +41,25 @@ import os
 import re
 import shutil
 import signal
+import socket
+import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
-import attrs
 from twisted.internet import defer, error, protocol, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from twisted.web.client import Agent, readBody
 
 from hatwist.config import TLSMode
 from hatwist.delivery import Envelope, open_session
 from hatwist.lab.dns import DNSServer
 from hatwist.lab.haproxy import HAProxy, find_haproxy, free_port
 from hatwist.lab.sink import SMTPSink
+from hatwist.spool import Spool
 
 ROOT = Path(__file__).resolve().parents[1]
 SINK_HOST = "127.0.0.20"
@@ -66,33 +69,32 @@ PROXY_DOMAIN = "proxied.bench.test"
 DIRECT_DOMAIN = "direct.bench.test"
 MX_NAME = "mx.bench.test"
 SENDER = "bench@sender.bench.test"
-SMALL = 2048
-#: Deadlines (seconds): relay start-up, relay stop after SIGTERM, one row's submission
-#: and delivery (each), and the log lines that trail the sink's last message.
-START_DEADLINE = 20.0
-STOP_DEADLINE = 10.0
-ROW_DEADLINE = 60.0
-LOG_TRAIL = 5.0
-SMTP_TIMEOUT = 30.0
+SMTP_SINK = "/usr/sbin/smtp-sink"
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+#: Deadlines (seconds): process start, stop after SIGTERM, one row.
+START_DEADLINE = 60.0
+STOP_DEADLINE = 15.0
+ROW_DEADLINE = 300.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 _ACCEPTED = re.compile(r"\baccepted (\S+) from ")
-_DELIVERED = re.compile(r"\bmessage (\S+) binding \S+ domain \S+: 1 delivered")
 _PROBLEM = re.compile(r"#(error|critical)\]|Traceback|Unhandled")
+_UNPLUMBED = re.compile(r"proxy \S+ \S+ -> unplumbed")
+#: The scheduler's "recovery done" line, today's and (looser) the rewritten scheduler's.
+_RECOVERED = re.compile(r"recovered|recovery (done|complete|finished)", re.IGNORECASE)
 
 _LAUNCH = (
     "import sys; sys.argv = ['twistd', '-n', '--pidfile=', 'hatwist', '--config', {config!r}]; "
     "from twisted.scripts.twistd import run; run()"
 )
 
-#: Children started here and not yet seen to exit, and work directories not yet removed:
-#: both go at exit whatever happens (Ctrl-C stops the reactor before any ``finally``).
 _CHILDREN: set[int] = set()
 _WORKDIRS: set[str] = set()
 
 
 @atexit.register
 def _clean_up_leftovers() -> None:
+    """Children and work directories go at exit whatever happened (Ctrl-C included)."""
     for pid in list(_CHILDREN):
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
@@ -104,86 +106,11 @@ class BenchError(Exception):
     """A row could not be measured; the message says which step failed."""
 
 
-@attrs.frozen
-class Scenario:
-    """One table row: what is sent, where, and how the relay is configured."""
-
-    route: str  # "proxy" or "direct"
-    size: int
-    per_connection: int | None = None  # max_messages_per_connection; None: the default
-
-    @property
-    def domain(self) -> str:
-        return PROXY_DOMAIN if self.route == "proxy" else DIRECT_DOMAIN
-
-    @property
-    def source(self) -> str:
-        return PROXY_SOURCE if self.route == "proxy" else BYPASS_BIND
-
-
-@attrs.frozen
-class Result:
-    scenario: Scenario
-    generator: str
-    messages: int
-    concurrency: int
-    submit_seconds: float
-    deliver_seconds: float
-    latencies: tuple[float, ...]
-    rss_idle: int  # KiB
-    rss_peak: int
-    rss_after: int
-    cpu: float
-    reactor_cpu: float  # the relay's main (reactor) thread alone
-    haproxy_cpu: float | None
-    bench_cpu: float  # this process: sink, DNS server (and the Twisted generator)
-    dns_queries: int
-    log_lines: int
-    fsyncs: int | None
-    sessions: int
-    sources_ok: bool
-    problems: int
-
-
-def config_text(*, listen: int, status: int, spool: str, dns: tuple[str, int], proxy: str,
-                sink_port: int, per_connection: int | None) -> str:
-    reuse = "" if per_connection is None else f"max_messages_per_connection = {per_connection}\n"
-    return f"""\
-listen = 127.0.0.1:{listen}
-status_listen = 127.0.0.1:{status}
-spool_dir = "{spool}"
-resolver = {dns[0]}:{dns[1]}
-ha_proxy_server = "{proxy}"
-remote_smtp_port = {sink_port}
-tls = no
-ehlo_hostname = relay.bench.test
-retry_interval = 5
-connect_timeout = 5
-smtp_timeout = 30
-shutdown_grace = 2
-{reuse}
-ha_proxy_client {{
-  health_check_mode = connect
-  health_check_interval = 5
-  health_check_timeout = 2
-  health_check_success_threshold = 1
-  health_check_failure_threshold = 3
-}}
-binding {{
-  ha_proxy_src_addr = {PROXY_SOURCE}
-}}
-Domain {DIRECT_DOMAIN} {{
-  ha_proxy_bypass = true
-  bind_address = {BYPASS_BIND}
-}}
-"""
-
-
 # -- processes ------------------------------------------------------------------------------
 
 
 class _Child(protocol.ProcessProtocol):
-    """A child process: its output lines (stamped on arrival) and its end."""
+    """A child process: its output split on LF and CR (stamped on arrival), and its end."""
 
     def __init__(self, on_line=None) -> None:
         self.on_line = on_line
@@ -193,18 +120,21 @@ class _Child(protocol.ProcessProtocol):
         self._buffers: dict[int, bytes] = {}
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
-        *lines, self._buffers[fd] = (self._buffers.get(fd, b"") + data).split(b"\n")
+        text = self._buffers.get(fd, b"") + data
+        *lines, self._buffers[fd] = re.split(b"[\r\n]", text)
         now = time.monotonic()
         for raw in lines:
-            line = raw.decode("utf-8", "replace")
-            self.output.append(line)
-            if self.on_line is not None:
-                self.on_line(line, now)
+            if raw:
+                line = raw.decode("utf-8", "replace")
+                if self.on_line is not None:
+                    self.on_line(line, now)
+                else:
+                    self.output.append(line)
+                    del self.output[:-200]
 
     def processEnded(self, reason) -> None:
         self.exited = True
         _CHILDREN.discard(self.transport.pid)
-        self.output.extend(b.decode("utf-8", "replace") for b in self._buffers.values() if b)
         self.ended.callback(reason.value.exitCode)
 
 
@@ -216,8 +146,14 @@ def spawn(reactor, argv: list[str], *, on_line=None, cwd=None, env=None) -> _Chi
     return child
 
 
+def _observe(d: defer.Deferred) -> defer.Deferred:
+    """A Deferred that fires when ``d`` does, leaving ``d``'s result alone."""
+    observer: defer.Deferred = defer.Deferred()
+    d.addBoth(lambda r: (observer.callback(None), r)[1])
+    return observer
+
+
 async def stop_child(reactor, child: _Child, sig: str = "TERM") -> None:
-    """Signal the child, and SIGKILL it if it has not ended within the deadline."""
     if child.exited:
         return
     with contextlib.suppress(error.ProcessExitedAlready):
@@ -230,466 +166,599 @@ async def stop_child(reactor, child: _Child, sig: str = "TERM") -> None:
         await _observe(child.ended).addTimeout(STOP_DEADLINE, reactor)
 
 
-def _observe(d: defer.Deferred) -> defer.Deferred:
-    """A Deferred that fires when ``d`` does, leaving ``d``'s result alone."""
-    observer: defer.Deferred = defer.Deferred()
-    if d.called:
-        observer.callback(None)
-    else:
-        d.addBoth(lambda r: (observer.callback(None), r)[1])
-    return observer
+async def wait_until(reactor, predicate, timeout: float, what: str) -> float:
+    """Poll ``predicate`` every 10 ms; the monotonic time it first held."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:g}s waiting for {what}")
+        await task.deferLater(reactor, 0.01)
+    return time.monotonic()
 
 
-def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM of ``pid`` in KiB."""
-    values = {}
+async def wait_listening(reactor, host: str, port: int, what: str) -> None:
+    def accepts() -> bool:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
+            return True
+        return False
+
+    await wait_until(reactor, accepts, START_DEADLINE, what)
+
+
+def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(rest.split()[0])
-    return values
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmRSS for {pid}")
 
 
-def cpu_seconds(pid: int, tid: int | None = None) -> float:
-    """User plus system CPU time of ``pid`` (all its threads; or only thread ``tid``),
-    from /proc/PID/stat."""
-    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
-    with open(path) as f:
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def perf_works() -> bool:
-    """Whether ``perf stat`` can count the fsync tracepoint here (root, tracefs)."""
-    perf = shutil.which("perf")
-    if perf is None:
-        return False
-    with contextlib.suppress(OSError):
-        import subprocess
-
-        done = subprocess.run([perf, "stat", "-x,", "-e", "syscalls:sys_enter_fsync", "true"],
-                              capture_output=True, timeout=10)
-        return done.returncode == 0 and b"not supported" not in done.stderr
-    return False
+# -- the C tools and the second HAProxy ------------------------------------------------------
 
 
-# -- the relay --------------------------------------------------------------------------------
+class SmtpSinkProcess:
+    """``smtp-sink -c``: its running ``mesg=N`` counter, stamped as it is read."""
 
-
-class Relay:
-    """One ``twistd hatwist`` child with its log lines, and the ids it accepted/delivered."""
-
-    def __init__(self, reactor, config_path: str, listen: int) -> None:
+    def __init__(self, reactor) -> None:
         self.reactor = reactor
-        self.listen = listen
-        self.accepted: dict[str, float] = {}
-        self.delivered: dict[str, float] = {}
-        self.problems: list[str] = []
-        self.lines = 0
-        self._ready: defer.Deferred[None] = defer.Deferred()
-        self._ready_line = f"starting on {listen}"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
-        argv = [sys.executable, "-c", _LAUNCH.format(config=config_path)]
-        self.child = spawn(reactor, argv, on_line=self._line, cwd=str(ROOT), env=env)
-        self.pid = self.child.transport.pid
-        self.child.ended.addCallback(self._ended)
+        self.port = free_port(SINK_HOST)
+        self.count = 0
+        self.stamps: dict[int, float] = {}
+        self.child = spawn(reactor, [SMTP_SINK, "-c", "-u", "nobody",
+                                     f"{SINK_HOST}:{self.port}", "1000"], on_line=self._line)
 
     def _line(self, line: str, now: float) -> None:
-        self.lines += 1
-        if (m := _ACCEPTED.search(line)) is not None:
-            self.accepted[m.group(1)] = now
-        elif (m := _DELIVERED.search(line)) is not None:
-            self.delivered[m.group(1)] = now
-        elif _PROBLEM.search(line):
-            self.problems.append(line)
-        elif not self._ready.called and self._ready_line in line and "Inbound" in line:
-            self._ready.callback(None)
+        if (m := re.search(r"mesg=(\d+)", line)) is not None and int(m.group(1)) > self.count:
+            self.count = int(m.group(1))
+            self.stamps[self.count] = now
 
-    def _ended(self, status):
-        if not self._ready.called:
-            self._ready.errback(BenchError("relay exited at start:\n" + self.tail()))
-        return status
-
-    def tail(self, n: int = 30) -> str:
-        return "\n".join(self.child.output[-n:])
-
-    async def ready(self) -> None:
-        try:
-            await _observe_result(self._ready).addTimeout(START_DEADLINE, self.reactor)
-        except defer.TimeoutError:
-            raise BenchError("relay did not listen in time:\n" + self.tail()) from None
-
-    def stop(self) -> defer.Deferred:
-        return defer.ensureDeferred(stop_child(self.reactor, self.child))
+    async def wait_for(self, total: int, timeout: float = ROW_DEADLINE) -> float:
+        """The time the counter reached ``total``."""
+        await wait_until(self.reactor, lambda: self.count >= total, timeout,
+                         f"smtp-sink to count {total} (has {self.count})")
+        return self.stamps[min(s for s in self.stamps if s >= total)]
 
 
-def _observe_result(d: defer.Deferred) -> defer.Deferred:
-    """A Deferred with ``d``'s outcome, leaving ``d`` itself untouched."""
-    observer: defer.Deferred = defer.Deferred()
-
-    def fire(result):
-        if isinstance(result, Failure):
-            observer.errback(result)
-        else:
-            observer.callback(result)
-        return None
-
-    d.addBoth(fire)
-    return observer
-
-
-class FsyncCounter:
-    """``perf stat`` attached to the relay, counting fsync(2) tracepoint hits."""
-
-    def __init__(self, reactor, pid: int, workdir: str) -> None:
-        self.reactor = reactor
-        self.out = os.path.join(workdir, "perf.txt")
-        argv = [shutil.which("perf") or "perf", "stat", "-x,", "-o", self.out,
-                "-e", "syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync", "-p", str(pid)]
-        self.child = spawn(reactor, argv)
-        self.pid = pid
-
-    async def attached(self) -> None:
-        """Return once perf holds its counters for every thread of the relay (one fd per
-        event and thread), so that the row's first fsync is counted."""
-        deadline = time.monotonic() + START_DEADLINE
-        while time.monotonic() < deadline and not self.child.exited:
-            with contextlib.suppress(OSError):
-                threads = len(os.listdir(f"/proc/{self.pid}/task"))
-                fds = os.listdir(f"/proc/{self.child.transport.pid}/fd")
-                links = [os.readlink(f"/proc/{self.child.transport.pid}/fd/{fd}") for fd in fds]
-                if sum("perf_event" in link for link in links) >= 2 * threads:
-                    return
-            await task.deferLater(self.reactor, 0.02)
-        raise BenchError("perf stat did not attach to the relay:\n" + "\n".join(
-            self.child.output[-5:]))
-
-    async def count(self) -> int | None:
-        await stop_child(self.reactor, self.child, "INT")
-        total = 0
-        with contextlib.suppress(OSError, ValueError), open(self.out) as f:
-            for line in f:
-                fields = line.split(",")
-                if len(fields) > 2 and fields[2].startswith("syscalls:"):
-                    total += int(fields[0])
-            return total
-        return None
+_INGRESS = """\
+global
+    stats socket {workdir}/admin.sock mode 600 level admin
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend reference
+    bind 127.0.0.1:{port}
+    # The header the egress HAProxy gets is the one hatwist would send for the sink.
+    tcp-request connection set-src ipv4({source})
+    tcp-request connection set-dst ipv4({sink_host})
+    tcp-request connection set-dst-port int({sink_port})
+    default_backend hop
+backend hop
+    server egress {egress} send-proxy-v2
+"""
 
 
-# -- load generators --------------------------------------------------------------------------
+async def start_ingress(reactor, workdir: str, egress: str, sink_port: int) -> tuple[_Child, int]:
+    """The reference's first HAProxy: ``send-proxy-v2`` to the egress (the lab's)."""
+    port = free_port()
+    path = os.path.join(workdir, "ingress.cfg")
+    with open(path, "w") as f:
+        f.write(_INGRESS.format(workdir=workdir, port=port, source=PROXY_SOURCE,
+                                sink_host=SINK_HOST, sink_port=sink_port, egress=egress))
+    child = spawn(reactor, [find_haproxy(), "-db", "-f", path])
+    await wait_until(reactor, lambda: os.path.exists(os.path.join(workdir, "admin.sock"))
+                     or child.exited, START_DEADLINE, "the ingress HAProxy")
+    if child.exited:
+        raise BenchError("ingress HAProxy exited: " + " | ".join(child.output[-5:]))
+    return child, port
 
 
-def body(size: int, label: str) -> bytes:
-    """A message of about ``size`` bytes: a few headers and 78-byte lines, CRLF line ends."""
-    head = (f"From: <{SENDER}>\r\nTo: <bench@bench.test>\r\nSubject: bench {label}\r\n"
-            f"Message-ID: <{label}@sender.bench.test>\r\n\r\n").encode()
-    return head + (b"x" * 76 + b"\r\n") * max(1, (size - len(head)) // 78)
-
-
-async def twisted_generator(reactor, port: int, scenario: Scenario, messages: int,
-                            concurrency: int) -> None:
-    """``concurrency`` sessions, each reused for its share of the messages."""
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=SMTP_TIMEOUT)
-    share, extra = divmod(messages, concurrency)
-
-    async def worker(w: int, count: int) -> None:
-        session = await open_session(
-            endpoint, reactor=reactor, ehlo_hostname="submitter.bench.test", tls=TLSMode.NO,
-            tls_hostname=None, trust_root=None, connect_timeout=SMTP_TIMEOUT,
-            command_timeout=SMTP_TIMEOUT)
-        try:
-            for i in range(count):
-                label = f"w{w}-{i}"
-                envelope = Envelope(SENDER, (f"{label}@{scenario.domain}",))
-                [result] = await session.send(envelope, body(scenario.size, label))
-                if result.kind != "delivered":
-                    raise BenchError(f"relay answered {result}")
-        finally:
-            await session.quit()
-
-    await defer.gatherResults(
-        [defer.ensureDeferred(worker(w, share + (w < extra))) for w in range(concurrency)],
-        consumeErrors=True)
-
-
-async def smtp_source(reactor, port: int, scenario: Scenario, messages: int,
-                      concurrency: int) -> None:
-    """Postfix's load generator: ``-d`` keeps each of the ``-s`` sessions open."""
-    headers = len(body(0, "x")) - 80
-    argv = [shutil.which("smtp-source"), "-d", "-N", "-s", str(concurrency), "-m",
-            str(messages), "-l", str(max(1, scenario.size - headers)), "-M",
-            "submitter.bench.test", "-f", SENDER, "-t", f"r@{scenario.domain}",
-            f"127.0.0.1:{port}"]
+async def smtp_source(reactor, port: int, *, messages: int, sessions: int, size: int,
+                      domain: str, reuse: bool) -> float:
+    """Run ``smtp-source`` to completion; the time it ended."""
+    argv = [SMTP_SOURCE, *(["-d"] if reuse else []), "-s", str(sessions), "-m", str(messages),
+            "-l", str(size), "-M", "submitter.bench.test", "-f", SENDER, "-t",
+            f"r@{domain}", f"127.0.0.1:{port}"]
     child = spawn(reactor, argv)
     try:
-        status = await _observe_result(child.ended).addTimeout(ROW_DEADLINE, reactor)
+        status = await defer.Deferred.fromCoroutine(_ended(child)).addTimeout(
+            ROW_DEADLINE, reactor)
     except defer.TimeoutError:
         await stop_child(reactor, child, "KILL")
         raise BenchError("smtp-source did not finish in time") from None
     if status != 0:
         raise BenchError(f"smtp-source exited {status}: " + " | ".join(child.output[-5:]))
+    return time.monotonic()
 
 
-GENERATORS = {"smtp-source": smtp_source, "twisted": twisted_generator}
+async def _ended(child: _Child) -> int | None:
+    results: list = []
+    await _observe(child.ended.addBoth(lambda r: (results.append(r), r)[1]))
+    return results[0]
 
 
-# -- one row ----------------------------------------------------------------------------------
+# -- the relay --------------------------------------------------------------------------------
+
+
+def config_text(*, listen: int, status: int, spool: str, dns: tuple[str, int], proxy: str,
+                sink_port: int) -> str:
+    return f"""\
+listen = 127.0.0.1:{listen}
+status_listen = 127.0.0.1:{status}
+spool_dir = "{spool}"
+resolver = {dns[0]}:{dns[1]}
+ha_proxy_server = "{proxy}"
+remote_smtp_port = {sink_port}
+tls = no
+ehlo_hostname = relay.bench.test
+retry_interval = 60
+connect_timeout = 5
+smtp_timeout = 30
+shutdown_grace = 2
+ha_proxy_client {{
+  health_check_mode = connect
+  health_check_interval = 2
+  health_check_timeout = 1
+  health_check_success_threshold = 1
+  health_check_failure_threshold = 1
+}}
+binding {{
+  ha_proxy_src_addr = {PROXY_SOURCE}
+}}
+Domain {DIRECT_DOMAIN} {{
+  ha_proxy_bypass = true
+  bind_address = {BYPASS_BIND}
+}}
+"""
+
+
+class Relay:
+    """One ``twistd -n hatwist`` child: its log lines, stamped accepts, and its pid."""
+
+    def __init__(self, reactor, workdir: str, lab: Lab, *, sink_port: int,
+                 proxy: str | None = None, spool: str | None = None) -> None:
+        self.reactor = reactor
+        self.listen, self.status = free_port(), free_port()
+        self.spool = spool or os.path.join(workdir, f"spool-{self.listen}")
+        self.accepted: dict[str, float] = {}
+        self.problems: list[str] = []
+        self.marks: dict[str, float] = {}
+        self.tail: list[str] = []
+        path = os.path.join(workdir, f"hatwist-{self.listen}.conf")
+        with open(path, "w") as f:
+            f.write(config_text(listen=self.listen, status=self.status, spool=self.spool,
+                                dns=lab.dns.address, proxy=proxy or lab.egress.server_text,
+                                sink_port=sink_port))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+        self.started = time.monotonic()
+        self.child = spawn(reactor, [sys.executable, "-c", _LAUNCH.format(config=path)],
+                           on_line=self._line, cwd=str(ROOT), env=env)
+        self.pid = self.child.transport.pid
+
+    def _line(self, line: str, now: float) -> None:
+        self.tail.append(line)
+        del self.tail[:-40]
+        if (m := _ACCEPTED.search(line)) is not None:
+            self.accepted[m.group(1)] = now
+        elif _PROBLEM.search(line):
+            self.problems.append(line)
+        for name, pattern in (("listening", f"starting on {self.listen}"),
+                              ("unplumbed", _UNPLUMBED), ("recovered", _RECOVERED)):
+            if name not in self.marks and (re.search(pattern, line)):
+                self.marks[name] = now
+
+    async def wait_mark(self, name: str, timeout: float = START_DEADLINE) -> float:
+        try:
+            await wait_until(self.reactor, lambda: name in self.marks or self.child.exited,
+                             timeout, f"the relay's {name!r} line")
+        except BenchError as e:
+            raise BenchError(f"{e}; relay log:\n" + "\n".join(self.tail)) from None
+        if name not in self.marks:
+            raise BenchError("relay exited; its log:\n" + "\n".join(self.tail))
+        return self.marks[name]
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    async def stop(self) -> None:
+        await stop_child(self.reactor, self.child)
 
 
 class Lab:
-    """HAProxy, DNS and the sink, shared by every row."""
+    """DNS, the egress HAProxy (the lab's), smtp-sink, the reference's ingress HAProxy, and
+    a recording sink for the latency and source rows."""
 
-    def __init__(self) -> None:
-        self.haproxy: HAProxy | None = None
-        self.dns: DNSServer | None = None
-        self.sink: SMTPSink | None = None
-
-    async def start(self, reactor) -> None:
+    async def start(self, reactor, workdir: str) -> None:
         self.dns = await DNSServer.start(reactor)
         for domain in (PROXY_DOMAIN, DIRECT_DOMAIN):
             self.dns.add_mx(domain, [(10, MX_NAME)])
         self.dns.add_a(MX_NAME, SINK_HOST)
-        self.sink = await SMTPSink.start(reactor, host=SINK_HOST, name=MX_NAME)
-        self.haproxy = HAProxy(reactor)
-        await self.haproxy.start()
+        self.egress = HAProxy(reactor)
+        await self.egress.start()
+        self.sink = SmtpSinkProcess(reactor)
+        await wait_listening(reactor, SINK_HOST, self.sink.port, "smtp-sink")
+        self.ingress, self.ingress_port = await start_ingress(
+            reactor, workdir, self.egress.server_text, self.sink.port)
+        self.recorder = await StampingSink.start(reactor, host=SINK_HOST, name=MX_NAME)
 
-    async def stop(self) -> None:
-        for part in (self.haproxy, self.sink, self.dns):
+    async def stop(self, reactor) -> None:
+        for child in (getattr(self, "ingress", None), getattr(getattr(self, "sink", None),
+                                                             "child", None)):
+            if child is not None:
+                await stop_child(reactor, child)
+        for part in (getattr(self, n, None) for n in ("recorder", "egress", "dns")):
             if part is not None:
                 with contextlib.suppress(Exception):
                     await part.stop()
 
 
-async def run_row(reactor, lab: Lab, scenario: Scenario, *, generator: str, messages: int,
-                  concurrency: int, count_fsyncs: bool, soak: int = 0,
-                  profile: str | None = None) -> list[Result]:
-    """Measure ``scenario`` on a fresh relay (``soak`` more rounds on the same relay);
-    ``profile`` names a file for py-spy's collapsed stacks of the relay over the row."""
-    workdir = tempfile.mkdtemp(prefix="hatwist-bench-")
-    _WORKDIRS.add(workdir)
-    relay = fsyncs = spy = None
-    results = []
+class StampingSink(SMTPSink):
+    """The lab's recording sink, noting when each message's DATA ended."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.arrived: list[float] = []
+
+    def _changed(self) -> None:
+        now = time.monotonic()
+        self.arrived.extend([now] * (len(self.messages) - len(self.arrived)))
+        super()._changed()
+
+
+# -- rows -------------------------------------------------------------------------------------
+
+
+class Row:
+    def __init__(self, name: str, rate: float | None = None, cpu: float | None = None,
+                 p50: float | None = None, p99: float | None = None, note: str = "") -> None:
+        self.name, self.rate, self.cpu, self.p50, self.p99, self.note = (
+            name, rate, cpu, p50, p99, note)
+
+
+async def reference_row(reactor, lab: Lab, args, *, reuse: bool) -> Row:
+    base = lab.sink.count
+    started = time.monotonic()
+    await smtp_source(reactor, lab.ingress_port, messages=args.messages,
+                      sessions=args.sessions, size=args.size, domain=PROXY_DOMAIN, reuse=reuse)
+    done = await lab.sink.wait_for(base + args.messages)
+    return Row(f"reference: smtp-source{' -d' if reuse else ''} -> 2x HAProxy -> smtp-sink",
+               args.messages / (done - started),
+               note="reusing connections" if reuse else "one message per connection")
+
+
+async def relay_row(reactor, lab: Lab, args, workdir: str, *, domain: str, name: str,
+                    profile: str | None = None) -> Row:
+    relay = Relay(reactor, workdir, lab, sink_port=lab.sink.port)
+    spy = None
     try:
-        listen = free_port()
-        config_path = os.path.join(workdir, "hatwist.conf")
-        with open(config_path, "w") as f:
-            f.write(config_text(
-                listen=listen, status=free_port(), spool=os.path.join(workdir, "spool"),
-                dns=lab.dns.address, proxy=lab.haproxy.server_text, sink_port=lab.sink.port,
-                per_connection=scenario.per_connection))
-        relay = Relay(reactor, config_path, listen)
-        await relay.ready()
+        await relay.wait_mark("listening")
         if profile is not None:
             spy = spawn(reactor, [shutil.which("py-spy") or "py-spy", "record", "--format",
-                                  "raw", "--rate", "200", "--threads", "--output", profile,
-                                  "--pid", str(relay.pid)])
-        for _ in range(1 + soak):
-            if count_fsyncs:
-                fsyncs = FsyncCounter(reactor, relay.pid, workdir)
-                await fsyncs.attached()
-            results.append(await _measure(reactor, lab, relay, scenario, generator, messages,
-                                          concurrency, fsyncs))
+                                  "raw", "--rate", "100", "--threads", "--output", profile, "--pid",
+                                  str(relay.pid)])
+        base, cpu_before = lab.sink.count, relay.cpu()
+        started = time.monotonic()
+        submitted = await smtp_source(reactor, relay.listen, messages=args.messages,
+                                      sessions=args.sessions, size=args.size, domain=domain,
+                                      reuse=args.submit_reuse)
+        done = await lab.sink.wait_for(base + args.messages)
+        cpu = relay.cpu() - cpu_before
     finally:
-        for child in (spy, fsyncs and fsyncs.child):
-            if child is not None:
-                await stop_child(reactor, child, "INT")
-        if relay is not None:
-            await relay.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-        _WORKDIRS.discard(workdir)
-    return results
+        if spy is not None:
+            await stop_child(reactor, spy, "INT")
+        await relay.stop()
+    return Row(name, args.messages / (done - started), cpu / args.messages,
+               note=f"accepted at {args.messages / (submitted - started):.0f}/s; "
+                    f"{len(relay.problems)} error lines")
 
 
-async def _measure(reactor, lab: Lab, relay: Relay, scenario: Scenario, generator: str,
-                   messages: int, concurrency: int, fsyncs: FsyncCounter | None) -> Result:
-    sink = lab.sink
-    sink.messages.clear()
-    sink.sessions.clear()
-    relay.accepted.clear()
-    relay.delivered.clear()
-    rss_idle = proc_status(relay.pid)["VmRSS"]
-    cpu_before = cpu_seconds(relay.pid)
-    reactor_before = cpu_seconds(relay.pid, relay.pid)
-    bench_before = time.process_time()
-    dns_before, lines_before = len(lab.dns.queries), relay.lines
-    haproxy_before = cpu_seconds(lab.haproxy.pid) if scenario.route == "proxy" else None
-    started = time.monotonic()
-    await GENERATORS[generator](reactor, relay.listen, scenario, messages, concurrency)
-    submitted = time.monotonic()
+async def fill_spool(reactor, directory: str, count: int, size: int, domain: str) -> float:
+    """Store ``count`` messages through the public Spool API; the seconds it took."""
+    pool = ThreadPool(4, 16, "bench-fill")
+    pool.start()
     try:
-        await sink.wait_for(messages, timeout=ROW_DEADLINE)
-    except defer.TimeoutError:
-        raise BenchError(f"{len(sink.messages)} of {messages} messages reached the sink in "
-                         f"{ROW_DEADLINE:g}s; relay log:\n{relay.tail()}") from None
-    arrived = time.monotonic()
-    deadline = arrived + LOG_TRAIL
-    while len(relay.delivered) < messages and time.monotonic() < deadline:
-        await task.deferLater(reactor, 0.05)
-    memory = proc_status(relay.pid)
-    cpu = cpu_seconds(relay.pid) - cpu_before
-    reactor_cpu = cpu_seconds(relay.pid, relay.pid) - reactor_before
-    bench_cpu = time.process_time() - bench_before
-    haproxy_cpu = (None if haproxy_before is None
-                   else cpu_seconds(lab.haproxy.pid) - haproxy_before)
-    count = await fsyncs.count() if fsyncs is not None else None
-    latencies = sorted(relay.delivered[i] - t for i, t in relay.accepted.items()
-                       if i in relay.delivered)
-    return Result(
-        scenario=scenario, generator=generator, messages=messages, concurrency=concurrency,
-        submit_seconds=submitted - started, deliver_seconds=arrived - started,
-        latencies=tuple(latencies), rss_idle=rss_idle, rss_peak=memory["VmHWM"],
-        rss_after=memory["VmRSS"], cpu=cpu, reactor_cpu=reactor_cpu, haproxy_cpu=haproxy_cpu,
-        bench_cpu=bench_cpu, dns_queries=len(lab.dns.queries) - dns_before,
-        log_lines=relay.lines - lines_before, fsyncs=count,
-        sessions=len(sink.sessions),
-        sources_ok=all(m.peer[0] == scenario.source for m in sink.messages),
-        problems=len(relay.problems),
-    )
+        spool = Spool(directory, reactor=reactor, threadpool=pool)
+        content = body(size, "queued")
+        started = time.monotonic()
+        window = 256
+        pending: set[defer.Deferred] = set()
+        for n in range(count):
+            d = spool.store("default", SENDER, [f"q{n}@{domain}"], content)
+            pending.add(d)
+            d.addBoth(lambda r, d=d: (pending.discard(d), r)[1])
+            if len(pending) >= window:
+                await defer.DeferredList(list(pending), fireOnOneCallback=True,
+                                         fireOnOneErrback=True, consumeErrors=True)
+        await defer.gatherResults(list(pending), consumeErrors=True)
+        return time.monotonic() - started
+    finally:
+        pool.stop()
+
+
+async def delivery_only_row(reactor, lab: Lab, args, workdir: str) -> Row:
+    spool = os.path.join(workdir, "prefilled")
+    fill = await fill_spool(reactor, spool, args.messages, args.size, PROXY_DOMAIN)
+    base = lab.sink.count
+    relay = Relay(reactor, workdir, lab, sink_port=lab.sink.port, spool=spool)
+    try:
+        cpu_before = relay.cpu()
+        done = await lab.sink.wait_for(base + args.messages)
+        first = lab.sink.stamps[min(s for s in lab.sink.stamps if s > base)]
+        cpu = relay.cpu() - cpu_before
+    finally:
+        await relay.stop()
+    return Row(f"delivery-only: {args.messages} pre-filled -> HAProxy -> smtp-sink",
+               (args.messages - 1) / (done - first), cpu / args.messages,
+               note=f"first to last at the sink (incl. start+recovery {done - relay.started:.1f}s);"
+                    f" fill {args.messages / fill:.0f}/s")
+
+
+async def accept_only_row(reactor, lab: Lab, args, workdir: str, idle: list[int]) -> Row:
+    dead = f"127.0.0.1:{free_port()}"
+    relay = Relay(reactor, workdir, lab, sink_port=lab.sink.port, proxy=dead)
+    try:
+        await relay.wait_mark("listening")
+        await relay.wait_mark("unplumbed")
+        idle.append(rss_kib(relay.pid))
+        base, cpu_before = lab.sink.count, relay.cpu()
+        started = time.monotonic()
+        submitted = await smtp_source(reactor, relay.listen, messages=args.messages,
+                                      sessions=args.sessions, size=args.size,
+                                      domain=PROXY_DOMAIN, reuse=args.submit_reuse)
+        cpu = relay.cpu() - cpu_before
+        delivered = lab.sink.count - base
+    finally:
+        await relay.stop()
+    return Row("accept-only: smtp-source -> hatwist (proxy unplumbed)",
+               args.messages / (submitted - started), cpu / args.messages,
+               note=f"{delivered} delivered (must be 0)")
+
+
+async def latency_row(reactor, lab: Lab, args, workdir: str, rate: float) -> Row:
+    """Paced submissions at ``rate``/s over reused sessions to a relay whose MX is the
+    recording sink; then a few bypassed ones for the source check."""
+    recorder = lab.recorder
+    recorder.messages.clear()
+    recorder.arrived.clear()
+    relay = Relay(reactor, workdir, lab, sink_port=recorder.port)
+    try:
+        await relay.wait_mark("listening")
+        count = max(20, int(rate * args.latency_seconds))
+        accepted: dict[str, float] = {}
+        cpu_before = relay.cpu()
+        await paced_submit(reactor, relay.listen, rate, count, PROXY_DOMAIN, "p", accepted)
+        await recorder.wait_until(lambda: len(recorder.messages) >= count, ROW_DEADLINE)
+        cpu = relay.cpu() - cpu_before
+        await paced_submit(reactor, relay.listen, 50.0, 20, DIRECT_DOMAIN, "d", accepted)
+        await recorder.wait_until(lambda: len(recorder.messages) >= count + 20, ROW_DEADLINE)
+    finally:
+        await relay.stop()
+    arrived, peers = {}, {PROXY_DOMAIN: set(), DIRECT_DOMAIN: set()}
+    for message, when in zip(recorder.messages, recorder.arrived, strict=True):
+        label = re.search(rb"Subject: bench (\S+)", message.data).group(1).decode()
+        arrived[label] = when
+        peers[message.rcpt_tos[0].split("@")[1]].add(message.peer[0])
+    latencies = sorted(arrived[k] - accepted[k] for k in accepted if k.startswith("p"))
+    ok = peers == {PROXY_DOMAIN: {PROXY_SOURCE}, DIRECT_DOMAIN: {BYPASS_BIND}}
+    return Row(f"latency at {rate:.0f} msg/s (paced), recording sink",
+               count / (arrived[f"p{count - 1}"] - min(accepted.values())), cpu / count,
+               statistics.median(latencies) * 1e3,
+               latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1e3,
+               note=f"source check {'ok' if ok else 'BAD'}: proxied from "
+                    f"{','.join(sorted(peers[PROXY_DOMAIN]))}, bypassed from "
+                    f"{','.join(sorted(peers[DIRECT_DOMAIN]))}")
+
+
+async def paced_submit(reactor, port: int, rate: float, count: int, domain: str, prefix: str,
+                       accepted: dict[str, float]) -> None:
+    """``count`` messages, one every 1/``rate`` s, each on an idle reused session (a new one
+    when none is idle); ``accepted[label]`` is when its 250 came."""
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=30)
+    idle: list = []
+    opened: list = []
+    started = time.monotonic()
+
+    async def one(n: int) -> None:
+        session = idle.pop() if idle else None
+        if session is None:
+            session = await open_session(
+                endpoint, reactor=reactor, ehlo_hostname="submitter.bench.test",
+                tls=TLSMode.NO, tls_hostname=None, trust_root=None, connect_timeout=30,
+                command_timeout=30)
+            opened.append(session)
+        label = f"{prefix}{n}"
+        [result] = await session.send(Envelope(SENDER, (f"{label}@{domain}",)),
+                                      body(2048, label))
+        if result.kind != "delivered":
+            raise BenchError(f"relay answered {result}")
+        accepted[label] = time.monotonic()
+        idle.append(session)
+
+    running = []
+    for n in range(count):
+        delay = started + n / rate - time.monotonic()
+        if delay > 0:
+            await task.deferLater(reactor, delay)
+        running.append(defer.ensureDeferred(one(n)))
+    await defer.gatherResults(running, consumeErrors=True)
+    for session in opened:
+        with contextlib.suppress(Exception):
+            await session.quit()
+
+
+#: Twisted's Agent over plain TCP warns in readBody; nothing this script can change.
+warnings.filterwarnings("ignore", "Using readBody with a transport", DeprecationWarning)
+
+
+async def http_get(reactor, port: int, path: str) -> bytes:
+    response = await Agent(reactor).request(b"GET", f"http://127.0.0.1:{port}{path}".encode())
+    return await readBody(response)
+
+
+async def queued_row(reactor, lab: Lab, args, workdir: str, idle_rss: int | None) -> Row:
+    spool = os.path.join(workdir, "queued")
+    fill = await fill_spool(reactor, spool, args.queued, 200, PROXY_DOMAIN)
+    relay = Relay(reactor, workdir, lab, sink_port=lab.sink.port,
+                  proxy=f"127.0.0.1:{free_port()}", spool=spool)
+    try:
+        while True:  # start to the first /status answer
+            try:
+                await http_get(reactor, relay.status, "/status")
+                break
+            except Exception as e:
+                if relay.child.exited or time.monotonic() - relay.started > ROW_DEADLINE:
+                    raise BenchError("no /status answer; relay log:\n"
+                                     + "\n".join(relay.tail)) from e
+                await task.deferLater(reactor, 0.02)
+        first_status = time.monotonic() - relay.started
+        recovered = await relay.wait_mark("recovered", ROW_DEADLINE) - relay.started
+        await task.deferLater(reactor, 1.0)
+        rss = rss_kib(relay.pid)
+        times = []
+        for _ in range(10):
+            t = time.monotonic()
+            await http_get(reactor, relay.status, "/status")
+            times.append(time.monotonic() - t)
+    finally:
+        await relay.stop()
+    per = "-" if idle_rss is None else f"{(rss - idle_rss) * 1024 / args.queued:.0f} B"
+    return Row(f"queued: {args.queued} messages behind an unplumbed proxy",
+               note=f"RSS/msg {per} (RSS {rss / 1024:.0f} MiB); /status p50 "
+                    f"{statistics.median(times) * 1e3:.0f} ms; first /status {first_status:.1f}s,"
+                    f" recovered {recovered:.1f}s after start; fill {args.queued / fill:.0f}/s")
+
+
+def body(size: int, label: str) -> bytes:
+    """About ``size`` bytes: a few headers and 78-byte lines, CRLF line ends."""
+    head = (f"From: <{SENDER}>\r\nTo: <bench@bench.test>\r\nSubject: bench {label}\r\n"
+            f"Message-ID: <{label}@sender.bench.test>\r\n\r\n").encode()
+    return head + (b"x" * 76 + b"\r\n") * max(1, (size - len(head)) // 78)
 
 
 # -- the table --------------------------------------------------------------------------------
 
 
-def _pct(values: tuple[float, ...], q: float) -> str:
-    if not values:
-        return "-"
-    return f"{values[min(len(values) - 1, int(q * len(values)))] * 1e3:.0f}"
+NAME_WIDTH = 58
 
 
-def _mb(kib: int) -> str:
-    return f"{kib / 1024:.0f}"
+def print_header() -> None:
+    print(f"{'row':<{NAME_WIDTH}} {'msg/s':>6} {'vs ref':>6} {'cpu us/msg':>10} "
+          f"{'p50 ms':>6} {'p99 ms':>6}  notes", flush=True)
 
 
-def _per(value: float | None, result: Result, scale: float = 1.0, digits: int = 1) -> str:
-    return "-" if value is None else f"{value / result.messages * scale:.{digits}f}"
+def print_row(row: Row, ref: float | None) -> None:
+    """One line of the table; ``ref`` is the first reference row's rate (the 1.00x)."""
 
+    def num(value, fmt, width=6):
+        return ("-" if value is None else format(value, fmt)).rjust(width)
 
-#: Rates and latency, printed as each row finishes.
-SPEED = [
-    ("#", 2, lambda n, r: str(n)),
-    ("generator", 11, lambda n, r: r.generator),
-    ("route", 6, lambda n, r: r.scenario.route),
-    ("per-conn", 8, lambda n, r: str(r.scenario.per_connection or "50*")),
-    ("msgs", 5, lambda n, r: str(r.messages)),
-    ("size", 5, lambda n, r: f"{r.scenario.size // 1024}K"),
-    ("conc", 4, lambda n, r: str(r.concurrency)),
-    ("acc/s", 6, lambda n, r: f"{r.messages / r.submit_seconds:.0f}"),
-    ("del/s", 6, lambda n, r: f"{r.messages / r.deliver_seconds:.0f}"),
-    ("p50 ms", 6, lambda n, r: _pct(r.latencies, 0.50)),
-    ("p95 ms", 6, lambda n, r: _pct(r.latencies, 0.95)),
-    ("p99 ms", 6, lambda n, r: _pct(r.latencies, 0.99)),
-    ("out-sess", 8, lambda n, r: str(r.sessions)),
-    ("src", 3, lambda n, r: "ok" if r.sources_ok else "BAD"),
-    ("errs", 4, lambda n, r: str(r.problems)),
-]
-#: Memory and costs, printed after all rows.
-COSTS = [
-    ("#", 2, lambda n, r: str(n)),
-    ("rss MiB", 7, lambda n, r: _mb(r.rss_idle)),
-    ("peak", 5, lambda n, r: _mb(r.rss_peak)),
-    ("after", 5, lambda n, r: _mb(r.rss_after)),
-    ("cpu s", 6, lambda n, r: f"{r.cpu:.1f}"),
-    ("ms/msg", 6, lambda n, r: _per(r.cpu, r, 1e3, 2)),
-    ("reactor s", 9, lambda n, r: f"{r.reactor_cpu:.1f}"),
-    ("busy", 5, lambda n, r: f"{r.reactor_cpu / r.deliver_seconds:.0%}"),
-    ("haproxy s", 9, lambda n, r: "-" if r.haproxy_cpu is None else f"{r.haproxy_cpu:.1f}"),
-    ("bench s", 7, lambda n, r: f"{r.bench_cpu:.1f}"),
-    ("fsync/msg", 9, lambda n, r: _per(r.fsyncs, r)),
-    ("dns q/msg", 9, lambda n, r: _per(r.dns_queries, r)),
-    ("log/msg", 7, lambda n, r: _per(r.log_lines, r)),
-]
-
-
-def header(columns) -> str:
-    return " ".join(name.rjust(width) for name, width, _ in columns)
-
-
-def format_row(columns, n: int, result: Result) -> str:
-    return " ".join(cell(n, result).rjust(width) for _, width, cell in columns)
-
-
-def print_costs(results: list[Result]) -> None:
-    print("\n" + header(COSTS))
-    for n, result in enumerate(results, 1):
-        print(format_row(COSTS, n, result))
-
-
-# -- main ------------------------------------------------------------------------------------
-
-
-def scenarios(big: int) -> list[Scenario]:
-    return [
-        Scenario("proxy", SMALL),
-        Scenario("direct", SMALL),
-        Scenario("proxy", SMALL, per_connection=1),
-        Scenario("proxy", big),
-        Scenario("direct", big),
-    ]
+    ratio = None if ref is None or row.rate is None else row.rate / ref
+    print(f"{row.name:<{NAME_WIDTH}} {num(row.rate, '.0f')} {num(ratio, '.2f')} "
+          f"{num(None if row.cpu is None else row.cpu * 1e6, '.0f', 10)} "
+          f"{num(row.p50, '.1f')} {num(row.p99, '.1f')}  {row.note}", flush=True)
 
 
 async def main(reactor, args: argparse.Namespace) -> None:
     if find_haproxy() is None or os.geteuid() != 0:
         raise SystemExit("needs root and haproxy (usesrc clientip); see bench/README.rst")
-    generator = args.generator
-    if generator == "auto":
-        generator = "smtp-source" if shutil.which("smtp-source") else "twisted"
-    count_fsyncs = perf_works()
+    for tool in (SMTP_SINK, SMTP_SOURCE):
+        if not os.access(tool, os.X_OK):
+            raise SystemExit(f"needs {tool} (Debian package postfix); see bench/README.rst")
+    workdir = tempfile.mkdtemp(prefix="hatwist-bench-")
+    _WORKDIRS.add(workdir)
     lab = Lab()
+    rows: list[Row] = []
     try:
-        await lab.start(reactor)
-        print(f"relay: twistd hatwist (fresh process and spool per row, spool under "
-              f"{tempfile.gettempdir()}); HAProxy {lab.haproxy.server_text}; sink "
-              f"{SINK_HOST}:{lab.sink.port}; max_connections 10 per domain (default)")
-        print(f"generator: {generator}; each client reuses one connection; "
-              f"fsyncs: {'perf stat' if count_fsyncs else 'not counted (no perf)'}")
-        print("* = default max_messages_per_connection; latency = relay log 'accepted' to "
-              "'delivered'; busy = reactor thread CPU / delivery time\n")
-        print(header(SPEED))
-        results = []
-        rows = [(generator, s) for s in scenarios(args.big)]
-        if generator != "twisted" and args.compare_generators:
-            rows.append(("twisted", Scenario("proxy", SMALL)))
-        for n, (gen, scenario) in enumerate(rows, 1):
-            count = args.messages if scenario.size <= SMALL else args.big_messages
-            profile = None if args.py_spy is None else os.path.join(args.py_spy, f"row{n}.txt")
-            [result] = await run_row(reactor, lab, scenario, generator=gen, messages=count,
-                                     concurrency=args.concurrency, count_fsyncs=count_fsyncs,
-                                     profile=profile)
-            results.append(result)
-            print(format_row(SPEED, n, result), flush=True)
-        print_costs(results)
-        if args.soak:
-            print(f"\nsoak: {args.soak + 1} rounds of row 1 on one relay process\n")
-            print(header(SPEED))
-            rounds = await run_row(reactor, lab, Scenario("proxy", SMALL), generator=generator,
-                                   messages=args.messages, concurrency=args.concurrency,
-                                   count_fsyncs=count_fsyncs, soak=args.soak)
-            for n, result in enumerate(rounds, 1):
-                print(format_row(SPEED, n, result))
-            print_costs(rounds)
+        await lab.start(reactor, workdir)
+        print(f"{args.messages} messages of {args.size} B, {args.sessions} smtp-source sessions; "
+              f"spool under {tempfile.gettempdir()}; hatwist submission "
+              f"{'reusing connections (-d)' if args.submit_reuse else 'one message per connection'}"
+              f"\n", flush=True)
+        print_header()
+
+        reference: list[float] = []
+
+        def add(row: Row) -> None:
+            rows.append(row)
+            print_row(row, reference[0] if reference else None)
+
+        wanted = set(args.rows.split(","))
+        if "ref" in wanted:
+            row = await reference_row(reactor, lab, args, reuse=False)
+            reference.append(row.rate)
+            add(row)
+        if "reuse" in wanted:
+            add(await reference_row(reactor, lab, args, reuse=True))
+        proxied = None
+        if "proxied" in wanted:
+            profile = None
+            if args.py_spy is not None:
+                os.makedirs(args.py_spy, exist_ok=True)
+                profile = os.path.join(args.py_spy, "proxied.txt")
+            proxied = await relay_row(reactor, lab, args, workdir, domain=PROXY_DOMAIN,
+                                      name="hatwist proxied: smtp-source -> hatwist -> HAProxy",
+                                      profile=profile)
+            add(proxied)
+        if "bypassed" in wanted:
+            add(await relay_row(reactor, lab, args, workdir, domain=DIRECT_DOMAIN,
+                                name="hatwist bypassed: smtp-source -> hatwist -> sink"))
+        if "delivery" in wanted:
+            add(await delivery_only_row(reactor, lab, args, workdir))
+        idle: list[int] = []
+        if "accept" in wanted or "queued" in wanted:
+            accept = await accept_only_row(reactor, lab, args, workdir, idle)
+            if "accept" in wanted:
+                add(accept)
+        if "latency" in wanted:
+            rate = args.latency_rate or (proxied.rate / 2 if proxied else None)
+            if rate is None:
+                raise SystemExit("the latency row needs the proxied row or --latency-rate")
+            add(await latency_row(reactor, lab, args, workdir, rate))
+        if "queued" in wanted and args.queued:
+            add(await queued_row(reactor, lab, args, workdir, idle[0] if idle else None))
+        if "ref" in wanted:
+            # The box's other load drifts during a run: the reference again shows how much.
+            row = await reference_row(reactor, lab, args, reuse=False)
+            row.name, row.note = row.name.replace("reference:", "reference again:"), (
+                "one message per connection, at the end: the drift of this run")
+            add(row)
     finally:
-        await lab.stop()
+        await lab.stop(reactor)
+        shutil.rmtree(workdir, ignore_errors=True)
+        _WORKDIRS.discard(workdir)
 
 
-def _parse() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1].strip())
-    parser.add_argument("--messages", type=int, default=2000, help="messages per 2 KiB row")
-    parser.add_argument("--big", type=int, default=65536, help="size of the big rows (bytes)")
-    parser.add_argument("--big-messages", type=int, default=500,
-                        help="messages per big row")
-    parser.add_argument("--concurrency", type=int, default=10, help="concurrent submitters")
-    parser.add_argument("--generator", choices=["auto", "smtp-source", "twisted"],
-                        default="auto")
-    parser.add_argument("--no-compare-generators", dest="compare_generators",
-                        action="store_false",
-                        help="skip the extra Twisted-generator row when smtp-source runs")
-    parser.add_argument("--soak", type=int, default=2,
-                        help="extra rounds of the first row on one relay (memory growth)")
+ROWS = "ref,reuse,proxied,bypassed,delivery,accept,latency,queued"
+
+
+def _parse(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    parser.add_argument("--messages", type=int, default=5000, help="messages per rate row")
+    parser.add_argument("--size", type=int, default=5120, help="message size (bytes)")
+    parser.add_argument("--sessions", type=int, default=20, help="smtp-source -s")
+    parser.add_argument("--submit-reuse", action="store_true",
+                        help="hatwist rows submit with smtp-source -d (reusing connections)")
+    parser.add_argument("--queued", type=int, default=1_000_000,
+                        help="messages queued for the RSS and recovery row (0: skip it)")
+    parser.add_argument("--latency-seconds", type=float, default=10.0,
+                        help="length of the paced latency run")
+    parser.add_argument("--rows", default=ROWS,
+                        help=f"comma-separated rows to run (default: {ROWS}); the ratio is "
+                             "to 'ref', so keep it when comparing")
+    parser.add_argument("--latency-rate", type=float, default=None,
+                        help="pace of the latency row (default: half the proxied row's rate)")
     parser.add_argument("--py-spy", metavar="DIR", default=None,
-                        help="profile the relay of each row with py-spy into DIR/rowN.txt")
-    return parser.parse_args()
+                        help="record the proxied row's relay with py-spy into DIR/proxied.txt")
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""``hatwist status [--url URL]`` (tests: tests/web/test_cli_status.py).
+"""``hatwist status [--url URL | --config FILE]`` (tests: tests/web/test_cli_status.py).
 
 Fetches a running hatwist's /status document and prints it as tables: the proxy servers
 with their plumbed/unplumbed state, the queues with their state (active, backoff,
 waiting_for_proxy, throttled, paused) and next try, and the counters. Exit status 0 when the
-service answered, 1 when it could not be reached or did not answer with a status document.
+service answered, 1 when it could not be reached or did not answer with a status document,
+2 when ``--config`` names a file that is not a valid config (the error is printed as
+``hatwist check-config`` prints it).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from hatwist.web._page import counter_rows
 
 EXIT_OK = 0
 EXIT_UNREACHABLE = 1
+EXIT_BAD_CONFIG = 2
 
 #: ``status_listen``'s default in the config schema.
 DEFAULT_URL = "http://127.0.0.1:8025"
@@ -43,12 +46,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="show a running hatwist's proxy states, queues and counters",
         description=__doc__.split("\n\n")[1].replace("\n", " "),
     )
-    parser.add_argument(
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
         "--url",
         default=DEFAULT_URL,
         help=f"the service's status_listen address as a URL (default {DEFAULT_URL})",
     )
+    where.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="read status_listen from this config file (the one the relay runs with)",
+    )
     parser.set_defaults(run=run)
+
+
+def url_from_config(path: str) -> str:
+    """The status URL of the relay that runs with the config file at ``path``.
+
+    A wildcard ``status_listen`` (``0.0.0.0``, ``::``) is reached on the loopback address
+    of its family: that is where the relay on this host answers.  Raises ConfigError.
+    """
+    from hatwist.config import load_config  # only this path needs the config package
+
+    address = load_config(path).service.status_listen
+    host = address.host
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{address.port}"
 
 
 def status_url(url: str) -> str:
@@ -90,12 +119,23 @@ def fetch(url: str, timeout: float = TIMEOUT) -> dict[str, Any]:
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
-    url = status_url(args.url)
+    if getattr(args, "config", None):
+        from hatwist.config import ConfigError
+
+        try:
+            url = status_url(url_from_config(args.config))
+        except ConfigError as e:
+            print(e, file=err)
+            return EXIT_BAD_CONFIG
+    else:
+        url = status_url(getattr(args, "url", None) or DEFAULT_URL)
     try:
         document = fetch(url)
     except StatusUnavailable as e:
         print(f"hatwist status: {e}", file=err)
-        print("is the service running, and is --url its status_listen address?", file=err)
+        hint = ("is the service running with this config?" if getattr(args, "config", None)
+                else "is the service running, and is --url its status_listen address?")
+        print(hint, file=err)
         return EXIT_UNREACHABLE
     out.write(as_text(document, url))
     return EXIT_OK
@@ -127,7 +167,7 @@ def _queue_rows(document: dict[str, Any]) -> list[list[str]]:
         [
             str(q["binding"]),
             str(q["domain"]),
-            str(q["depth"]),
+            str(q.get("pending", q.get("depth"))),  # "depth": a relay before 0.2
             _format.text(q.get("in_flight")),
             _format.text(q.get("state")),
             _format.until(now, q.get("until")),

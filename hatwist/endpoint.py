@@ -96,6 +96,9 @@ class _HeaderWriter(ProtocolWrapper):
 
 class _HeaderWritingFactory(WrappingFactory):
     protocol = _HeaderWriter
+    #: Quiet: a factory per connection would log "Starting/Stopping factory" for every
+    #: proxied delivery and health check.
+    noisy = False
 
     def __init__(
         self, wrapped: IProtocolFactory, header: bytes, addresses: _Addresses

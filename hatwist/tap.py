@@ -18,11 +18,12 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer, threads
+from twisted.internet import defer, error, threads
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger, globalLogPublisher
@@ -30,6 +31,8 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
 from hatwist import __version__
+from hatwist._descriptors import check_descriptor_limit
+from hatwist._logging import buffer_logs_of
 from hatwist.config import Config, ConfigError, ServerAddress, load_config
 from hatwist.delivery.attempt import DeliveryAgent
 from hatwist.health import HealthChecker, ServerRegistry, make_probe
@@ -37,11 +40,21 @@ from hatwist.inbound import InboundFactory
 from hatwist.mx import MXResolver, build_resolver
 from hatwist.scheduler import Scheduler
 from hatwist.spool import Spool
-from hatwist.web import DeliveryMetrics, StatusSources, make_status_site
+from hatwist.web import DeliveryMetrics, History, StatusSources, make_status_site
 
 __all__ = ["Options", "RelayService", "makeService"]
 
 SPOOL_THREADS = 4
+
+#: twistd's exit status for a config it refuses, the same as ``hatwist check-config``'s.
+EXIT_BAD_CONFIG = 2
+#: Exit status when the relay cannot start (an address it cannot listen on).
+EXIT_CANNOT_START = 2
+
+
+class StartupError(Exception):
+    """The relay cannot start; the message is one line naming the key and the reason,
+    which is all an operator needs (a traceback of twistd's start-up would bury it)."""
 
 
 class Options(usage.Options):
@@ -57,12 +70,21 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        """Load the config; a bad one ends twistd with its error alone on stderr and exit
+        status 2, as ``hatwist check-config`` reports it (twistd's usage text would only
+        hide the one line that says which file, line and key are wrong)."""
+        buffer_logs_of(getattr(self, "parent", None))  # twistd's/twist's, before logging starts
         try:
             self["loaded"] = load_config(self["config"])
         except OSError as error:
-            raise usage.UsageError(f"cannot read config {self['config']}: {error}") from None
+            self._refuse(f"cannot read config {self['config']}: {error}")
         except ConfigError as error:
-            raise usage.UsageError(str(error)) from None
+            self._refuse(str(error))
+
+    @staticmethod
+    def _refuse(message: str) -> None:
+        print(message, file=sys.stderr)
+        raise SystemExit(EXIT_BAD_CONFIG)
 
 
 def server_endpoint(reactor: Any, address: ServerAddress) -> IStreamServerEndpoint:
@@ -100,7 +122,10 @@ class _ListeningService(service.Service):
     def __init__(
         self, endpoint: IStreamServerEndpoint, factory: Any,
         on_stop: Callable[[], defer.Deferred[None]] | None = None,
+        *, name: str = "listen", address: str = "",
     ) -> None:
+        self.name = name
+        self.address = address
         self.endpoint = endpoint
         self.factory = factory
         self.port: IListeningPort | None = None
@@ -128,6 +153,9 @@ class _ListeningService(service.Service):
         self.listening.addErrback(failed.append)
         if failed:  # TCP endpoints report a taken address synchronously
             self.listening = None
+            reason = failed[0].value
+            if isinstance(reason, error.CannotListenError):
+                raise StartupError(f"{self.name} {self.address}: {_why(reason)}")
             failed[0].raiseException()
 
     async def _stop(self) -> None:
@@ -157,8 +185,14 @@ class RelayService(service.MultiService):
         super().__init__()
         self.config = config
         self.reactor = reactor
-        self.hostname = hostname or socket.getfqdn()
+        self.hostname = hostname or config.service.hostname or socket.getfqdn()
         self._previous_hup: Any = None  # SIGHUP's handler before ours, while running
+        #: twistd/twist: a StartupError ends the process with one line (tests that build
+        #: the service in-process turn this off and see the exception).
+        self.exit_on_startup_error = False
+        #: What was bound at start: a reload compares the new file with these, not with
+        #: the previous file (which may already have differed from what runs).
+        self._started_service = config.service
         health = config.health
 
         self.registry = ServerRegistry(
@@ -200,12 +234,20 @@ class RelayService(service.MultiService):
         # Delivery counts come from the agent's one log event per attempt, so the agent
         # knows nothing of metrics; the observer is added while the service runs.
         self.deliveries = DeliveryMetrics()
+        self.history = History()  # the page's last hour, from the same events
         self.status = StatusSources(
-            self.registry, self.scheduler, __version__, reactor, deliveries=self.deliveries
+            self.registry, self.scheduler, __version__, reactor, deliveries=self.deliveries,
+            history=self.history, bindings=lambda: list(self.config.bindings),
         )
-        self.status_site = make_status_site(self.status)
+        self.status_site = make_status_site(
+            self.status,
+            max_connections=config.service.status_max_connections,
+            idle_timeout=config.service.status_idle_timeout,
+            reactor=reactor,
+        )
         self.status_listener = _ListeningService(
-            server_endpoint(reactor, config.service.status_listen), self.status_site
+            server_endpoint(reactor, config.service.status_listen), self.status_site,
+            name="status_listen", address=str(config.service.status_listen),
         )
         self.status_listener.setServiceParent(self)
 
@@ -217,11 +259,12 @@ class RelayService(service.MultiService):
             binding_exists=self._binding_exists,
             on_accepted=self.scheduler.submit,
             reactor=reactor,
-            max_sessions=config.service.max_inbound_connections,
+            **_inbound_limits(config),
         )
         self.listener = _ListeningService(
             server_endpoint(reactor, config.service.listen), self.inbound,
             on_stop=self._drain_inbound,
+            name="listen", address=str(config.service.listen),
         )
         self.listener.setServiceParent(self)
 
@@ -250,11 +293,15 @@ class RelayService(service.MultiService):
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
-        except Exception:
+        except Exception as e:
             # Release whatever did bind, so the caller can report and exit cleanly.
             for listener in (self.status_listener, self.listener):
                 if listener.port is not None:
                     listener.port.stopListening()
+            if isinstance(e, StartupError) and self.exit_on_startup_error:
+                self.log.critical("cannot start: {error}", error=str(e))
+                print(f"hatwist: cannot start: {e}", file=sys.stderr)
+                raise SystemExit(EXIT_CANNOT_START) from None
             raise
 
     def startService(self) -> None:
@@ -267,6 +314,8 @@ class RelayService(service.MultiService):
             servers=len(self.config.proxy_servers),
         )
         globalLogPublisher.addObserver(self.deliveries)
+        globalLogPublisher.addObserver(self.history)
+        check_descriptor_limit(self.config.service, len(self.config.proxy_servers))
         super().startService()
         self._previous_hup = _install_sighup(self.reactor, self.reload)
 
@@ -294,6 +343,7 @@ class RelayService(service.MultiService):
             self.resolver.close()
         finally:
             globalLogPublisher.removeObserver(self.deliveries)
+            globalLogPublisher.removeObserver(self.history)
 
     def reload(self) -> defer.Deferred[bool]:
         """Re-read the config file; apply it if valid. Fires True when applied."""
@@ -312,14 +362,17 @@ class RelayService(service.MultiService):
         return False
 
     def _apply(self, config: Config) -> bool:
-        old = self.config
+        running = self._started_service
         for key in (
-            "listen", "status_listen", "spool_dir", "resolver", "max_deliveries_in_flight"
+            "listen", "status_listen", "spool_dir", "resolver", "max_deliveries_in_flight",
+            "hostname",
         ):
-            if getattr(old.service, key) != getattr(config.service, key):
+            if getattr(running, key) != getattr(config.service, key):
                 self.log.warn(
-                    "config reload: {key} changed; it takes effect at the next restart",
-                    key=key,
+                    "config reload: {key} is {new} in the file but {running} is in use; "
+                    "the new value takes effect at the next restart",
+                    key=key, new=str(getattr(config.service, key)),
+                    running=str(getattr(running, key)),
                 )
         health = config.health
         self.registry.update_servers(
@@ -331,10 +384,24 @@ class RelayService(service.MultiService):
         self.agent.config = config
         self.inbound.relay_from = tuple(config.service.relay_from)
         self.inbound.max_message_size = config.service.max_message_size
-        self.inbound.max_sessions = config.service.max_inbound_connections
+        for name, value in _inbound_limits(config).items():
+            setattr(self.inbound, name, value)
         self.config = config
         self.log.info("config reloaded from {filename}", filename=config.filename)
         return True
+
+
+def _inbound_limits(config: Config) -> dict[str, Any]:
+    """The InboundFactory settings a reload may change, by attribute name."""
+    service = config.service
+    return {
+        "max_sessions": service.max_inbound_connections,
+        "max_sessions_per_ip": service.max_inbound_connections_per_ip,
+        "max_sessions_unlisted": service.max_inbound_connections_unlisted,
+        "idle_timeout": service.inbound_idle_timeout,
+        "junk_command_limit": service.inbound_junk_command_limit,
+        "postmaster_address": service.postmaster_address,
+    }
 
 
 def _install_sighup(reactor: Any, reload: Callable[[], object]) -> Any:
@@ -355,4 +422,13 @@ def makeService(options: Options) -> RelayService:
     """The IServiceMaker entry point used by twistd/twist."""
     from twisted.internet import reactor
 
-    return RelayService(options["loaded"], reactor=reactor)
+    relay = RelayService(options["loaded"], reactor=reactor)
+    relay.exit_on_startup_error = True
+    return relay
+
+
+def _why(failure: error.CannotListenError) -> str:
+    """``address already in use`` from a CannotListenError: the OS's reason, lower case."""
+    cause = failure.socketError
+    text = getattr(cause, "strerror", None) or str(cause)
+    return text[:1].lower() + text[1:]

@@ -1,170 +1,32 @@
-"""Tests for hatwist.inbound: the ESMTP listener, over real loopback sockets."""
+"""Tests for hatwist.inbound: the ESMTP listener's sessions, over real loopback sockets
+(limits and hostile peers: tests.test_inbound_limits; pure syntax: tests.test_inbound_syntax)."""
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
 import smtplib
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, endpoints, protocol, reactor, task, threads
-from twisted.python.threadpool import ThreadPool
+from twisted.internet import reactor, task, threads
 
-from hatwist.inbound import InboundFactory, split_binding
-from hatwist.inbound._syntax import (
-    check_mail_parameters,
-    is_mailbox,
-    parse_path,
-    received_field,
+from hatwist.spool import Spool
+from tests._inbound import (
+    DEADLINE,
+    LIMIT,
+    GatedSpool,
+    RecordingDisk,
+    check_enhanced,
+    message_content,
+    servers_in,
+    spooled,
+    transaction,
 )
-from hatwist.spool import Disk, Spool
-
-DEADLINE = 10
-LIMIT = 10_000
-ENHANCED = re.compile(r"\A\d{3}[ -][245]\.\d{1,3}\.\d{1,3} ")
-EXEMPT = ("220 ", "250-", "354 ")  # RFC 2034: greeting, EHLO answer and go-ahead
-LOCALHOST = ipaddress.ip_network("127.0.0.1/32")
-
-
-class RecordingDisk(Disk):
-    """The real disk, noting each durable step."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-
-    def write(self, path, data):
-        super().write(path, data)
-        self.calls.append(("write", os.path.basename(path)))
-
-    def rename(self, source, destination):
-        super().rename(source, destination)
-        self.calls.append(("rename", os.path.basename(destination)))
-
-    def fsync_dir(self, path):
-        super().fsync_dir(path)
-        self.calls.append(("fsync_dir", os.path.basename(path)))
-
-    def ops(self) -> list[tuple[str, str]]:
-        return list(self.calls)
-
-
-class Client(protocol.Protocol):
-    """Raw SMTP lines: writes what it is told, parses the replies it gets."""
-
-    def __init__(self) -> None:
-        self.received = b""
-        self.lost = defer.Deferred()
-        self._waiting: list[tuple[int, defer.Deferred]] = []
-
-    def replies(self) -> list[str]:
-        out, current = [], []
-        for line in self.received.decode("ascii").split("\r\n")[:-1]:
-            current.append(line)
-            if line[3:4] != "-":
-                out.append("\n".join(current))
-                current = []
-        return out
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-        have = len(self.replies())
-        for wanted, d in list(self._waiting):
-            if have >= wanted:
-                self._waiting.remove((wanted, d))
-                d.callback(self.replies()[:wanted])
-
-    def connectionLost(self, reason) -> None:
-        for _, d in self._waiting:
-            d.errback(reason)
-        self._waiting = []
-        self.lost.callback(None)
-
-    def until(self, count: int) -> defer.Deferred:
-        """Fires with the first C{count} replies (deadline: DEADLINE seconds)."""
-        d = defer.Deferred()
-        self._waiting.append((count, d))
-        self.dataReceived(b"")
-        return d.addTimeout(DEADLINE, reactor)
-
-    async def send(self, data: bytes, count: int) -> list[str]:
-        """Write C{data} in one write; return the C{count} replies that follow."""
-        before = len(self.replies())
-        self.transport.write(data)
-        return (await self.until(before + count))[before:]
 
 
 @pytest.fixture
-def pool():
-    threadpool = ThreadPool(minthreads=1, maxthreads=4, name="test-inbound")
-    threadpool.start()
-    yield threadpool
-    threadpool.stop()
-
-
-class Server:
-    """An InboundFactory listening on 127.0.0.1, with what it handed on."""
-
-    def __init__(self, spool, *, bindings=("default", "b2"), clock=None, relay_from=(LOCALHOST,),
-                 **options):
-        self.spool = spool
-        self.accepted = []
-        self.factory = InboundFactory(
-            spool=spool, relay_from=relay_from, max_message_size=LIMIT,
-            hostname="relay.test", binding_exists=lambda name: name in bindings,
-            on_accepted=self.accepted.append, reactor=clock or reactor, **options,
-        )
-        self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
-        self.clients: list[Client] = []
-
-    async def connect(self, source: str = "127.0.0.1", greeting: str = "220 relay.test ESMTP"
-                      ) -> Client:
-        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port,
-                                                bindAddress=(source, 0))
-        client = await endpoints.connectProtocol(endpoint, Client()).addTimeout(DEADLINE,
-                                                                                reactor)
-        self.clients.append(client)
-        assert (await client.until(1))[0].startswith(greeting)
-        return client
-
-    async def close(self) -> None:
-        for client in self.clients:
-            client.transport.loseConnection()
-            await client.lost.addTimeout(DEADLINE, reactor)
-        await self.port.stopListening()
-
-
-@pytest.fixture
-def server_for(tmp_path, pool):
-    servers = []
-
-    def make(directory=None, **kwargs) -> Server:
-        spool = kwargs.pop("spool", None) or Spool(
-            str(directory or tmp_path / "spool"), reactor=reactor, threadpool=pool,
-            disk=kwargs.pop("disk", None))
-        servers.append(Server(spool, **kwargs))
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        pytest_twisted.blockon(defer.ensureDeferred(server.close()))
-
-
-def transaction(body: bytes, rcpts=("r1@example.net",), sender="s@example.org") -> bytes:
-    lines = [f"MAIL FROM:<{sender}>".encode()] + [f"RCPT TO:<{r}>".encode() for r in rcpts]
-    return b"\r\n".join([*lines, b"DATA", b""])
-
-
-def check_enhanced(replies: list[str]) -> None:
-    for reply in replies:
-        for line in reply.split("\n"):
-            assert line.startswith(EXEMPT) or ENHANCED.match(line), line
-
-
-def spooled(directory) -> list[str]:
-    msg = os.path.join(str(directory), "msg")
-    return sorted(os.listdir(msg)) if os.path.exists(msg) else []
+def server_for(tmp_path):
+    yield from servers_in(tmp_path)
 
 
 BODY = b"Subject: test\r\nX-Binding: b2\r\n\r\nline one\r\n..dot-stuffed\r\n.\r\n"
@@ -192,22 +54,10 @@ async def test_accepted_mail_is_fsynced_in_the_spool_when_250_arrives(server_for
     assert b"X-Binding" not in content
 
 
-class GatedSpool:
-    """A real spool whose store() answer is held until the test releases it."""
-
-    def __init__(self, spool: Spool) -> None:
-        self.spool = spool
-        self.called = defer.Deferred()
-        self.gate = defer.Deferred()
-
-    def store(self, *args):
-        self.called.callback(None)
-        return self.gate.addCallback(lambda _: self.spool.store(*args))
-
-
 @pytest_twisted.ensureDeferred
-async def test_250_waits_for_the_spool(server_for, tmp_path, pool):
-    gated = GatedSpool(Spool(str(tmp_path / "spool"), reactor=reactor, threadpool=pool))
+async def test_250_waits_for_the_spool(server_for, tmp_path):
+    gated = GatedSpool(Spool(str(tmp_path / "spool"), reactor=reactor,
+                             threadpool=server_for.threadpool))
     server = server_for(spool=gated)
     client = await server.connect()
     await client.send(b"EHLO me\r\n" + transaction(b""), 4)
@@ -281,9 +131,13 @@ async def test_body_over_the_limit_is_refused_after_data_and_not_kept(server_for
     [session] = server.factory.sessions
     body = b"Subject: big\r\n\r\n" + (line + b"\r\n") * (2 * LIMIT // len(line) + 1)
     client.transport.write(body)
+    # Nothing to wait for in DATA: a full round trip on another session instead.
+    other = await server.connect()
+    await other.send(b"NOOP\r\n", 1)
+    assert session._data.size > LIMIT
+    assert session._data.kept == 0  # past the limit, nothing of it is held
     replies = await client.send(b".\r\nNOOP\r\n", 2)
     assert replies == ["552 5.3.4 Message size exceeds fixed limit", "250 2.0.0 Ok"]
-    assert session._chunks == []
     assert server.accepted == []
 
 
@@ -303,14 +157,18 @@ async def test_bare_line_ends_in_data_are_refused_and_the_rest_never_runs(
         + b"Subject: smuggled\r\n\r\n.\r\n", 1)
     assert replies == [f"550 5.5.2 Error: bare <{kind}> received"]
     await client.lost.addTimeout(DEADLINE, reactor)
-    assert len(client.replies()) == 6  # 220, EHLO, MAIL, RCPT, 354, 550: nothing smuggled
+    # 220, EHLO, MAIL, RCPT, 354, 550 and the closing 421: nothing smuggled.
+    assert client.replies()[5:] == [f"550 5.5.2 Error: bare <{kind}> received",
+                                    "421 4.7.0 relay.test Error: closing connection"]
     assert server.accepted == []
 
 
 @pytest_twisted.ensureDeferred
 async def test_bare_lf_after_a_command_is_refused(server_for):
     client = await server_for().connect()
-    assert await client.send(b"NOOP\n", 1) == ["550 5.5.2 Error: bare <LF> received"]
+    # RFC 5321 section 3.8 and RFC 7504: a server that closes says so with a 421.
+    assert await client.send(b"NOOP\n", 2) == ["550 5.5.2 Error: bare <LF> received",
+                                               "421 4.7.0 relay.test Error: closing connection"]
     await client.lost.addTimeout(DEADLINE, reactor)
 
 
@@ -318,6 +176,10 @@ async def test_bare_lf_after_a_command_is_refused(server_for):
     (b"Subject: a\r\n", "default"),
     (b"X-Binding: b2\r\nSubject: a\r\n", "b2"),
     (b"Subject: a\r\nx-binding:\r\n  b2\r\n", "b2"),
+    # Canonical from submission on (the config's names are lower case), so B2 and b2
+    # share one throttle window and one connection limit.
+    (b"X-Binding: B2\r\nSubject: a\r\n", "b2"),
+    (b"X-Binding : b2\r\nSubject: a\r\n", "b2"),  # WSP before the colon (RFC 5322 4.5.8)
 ])
 @pytest_twisted.ensureDeferred
 async def test_binding_comes_from_x_binding_which_is_removed(server_for, tmp_path, headers,
@@ -334,14 +196,11 @@ async def test_binding_comes_from_x_binding_which_is_removed(server_for, tmp_pat
     assert content.lower().count(b"x-binding") == 1
 
 
-async def message_content(server: Server, message_id: str) -> bytes:
-    return await server.spool.content(message_id).addTimeout(DEADLINE, reactor)
-
-
 @pytest.mark.parametrize("headers, answer", [
     (b"X-Binding: nope\r\n", '550 5.7.1 Unknown binding "nope"'),
     (b"X-Binding: b2\r\nX-Binding: b2\r\n", "550 5.7.1 Error: more than one X-Binding header"),
     (b"X-Binding:\r\n", "550 5.7.1 Error: empty X-Binding header"),
+    (b"X-Binding: b2 b3\r\n", '550 5.7.1 Error: malformed X-Binding header "b2?b3"'),
 ])
 @pytest_twisted.ensureDeferred
 async def test_unknown_or_ambiguous_binding_is_refused_naming_it(server_for, tmp_path,
@@ -417,59 +276,6 @@ async def test_a_real_client_smtplib_delivers_through_size_and_8bitmime(server_f
     assert content.endswith(b"\r\nSubject: caf\xc3\xa9\r\n\r\nbody\r\n.leading dot\r\n")
 
 
-def test_split_binding_keeps_everything_but_the_field():
-    content = b"A: 1\r\nX-BINDING:\r\n\tb2 \r\nB: 2\r\n\r\nX-Binding: body\r\n"
-    assert split_binding(content) == ("b2", b"A: 1\r\nB: 2\r\n\r\nX-Binding: body\r\n",
-                                      0)
-    assert split_binding(b"no header here\r\nX-Binding: b\r\n") == (
-        None, b"no header here\r\nX-Binding: b\r\n", 0)
-
-
-@pytest.mark.parametrize("argument, parsed", [
-    ("FROM:<a@b.test>", ("a@b.test", [])),
-    ("from: <a@b.test> SIZE=10 BODY=8BITMIME", ("a@b.test", ["SIZE=10", "BODY=8BITMIME"])),
-    ("FROM:<>", ("", [])),
-    ("FROM:<@relay.test,@r2.test:a@b.test>", ("a@b.test", [])),  # source route dropped
-    ("FROM:a@b.test", None),
-    ("FROM:<a b@c.test>", None),
-    ("TO:<a@b.test>", None),
-])
-def test_paths_are_parsed_strictly(argument, parsed):
-    assert parse_path("FROM:", argument) == parsed
-
-
-@pytest.mark.parametrize("params, refusal", [
-    ([], None),
-    (["SIZE=10000", "body=7bit"], None),
-    (["SIZE=10001"], (552, "5.3.4")),
-    (["SIZE=big"], (555, "5.5.4")),
-    (["BODY=BINARYMIME"], (555, "5.5.4")),  # CHUNKING is not offered
-    (["SMTPUTF8"], (555, "5.5.4")),  # nor is SMTPUTF8
-    (["RET=HDRS"], (555, "5.5.4")),  # nor DSN
-])
-def test_mail_accepts_only_the_parameters_ehlo_advertises(params, refusal):
-    found = check_mail_parameters(params, LIMIT)
-    assert (found and (found.code, found.enhanced)) == refusal
-
-
-@pytest.mark.parametrize("address, ok", [
-    ("a@b.test", True), ("a@b@c.test", False), ("@b.test", False), ("a@", False),
-    ("postmaster", False)])
-def test_a_recipient_is_a_local_part_at_a_domain(address, ok):
-    assert is_mailbox(address) is ok
-
-
-@pytest.mark.parametrize("peer, literal", [
-    (ipaddress.ip_address("192.0.2.7"), "[192.0.2.7]"),
-    (ipaddress.ip_address("2001:db8::7"), "[IPv6:2001:db8::7]"),  # RFC 5321 section 4.1.3
-    (None, "[unknown]"),
-])
-def test_received_field_names_the_peer_as_an_address_literal(peer, literal):
-    field = received_field(helo="client.test", peer=peer, hostname="relay.test", date=0)
-    assert field.startswith(f"Received: from client.test ({literal})\r\n".encode())
-    assert field.endswith(b"\t" + b"Thu, 01 Jan 1970 00:00:00 -0000\r\n")
-
-
 @pytest_twisted.ensureDeferred
 async def test_when_idle_fires_once_the_last_session_is_gone_so_shutdown_need_not_poll(
         server_for):
@@ -483,3 +289,49 @@ async def test_when_idle_fires_once_the_last_session_is_gone_so_shutdown_need_no
     await second.send(b"QUIT\r\n", 1)
     await idle.addTimeout(DEADLINE, reactor)
     assert server.factory.sessions == set()
+
+
+@pytest.mark.parametrize("command, answer", [
+    (b"RCPT TO:<a\x00b@example.net>",
+     "501 5.1.3 Bad recipient address syntax: control character in address"),
+    (b"RCPT TO:<a@" + b"l" * 64 + b".example.net>",
+     "501 5.1.3 Bad recipient address syntax: DNS label over 63 octets"),
+    (b"RCPT TO:<" + b"l" * 65 + b"@example.net>",
+     "501 5.1.3 Bad recipient address syntax: local part over 64 octets"),
+    (b"RCPT TO:<a@" + b".".join([b"d" * 60] * 5) + b">",
+     "501 5.1.3 Bad recipient address syntax: domain over 255 octets"),
+])
+@pytest_twisted.ensureDeferred
+async def test_a_recipient_that_could_never_be_delivered_is_refused_at_rcpt(server_for,
+                                                                            command, answer):
+    server = server_for()
+    client = await server.connect()
+    replies = await client.send(b"EHLO me\r\nMAIL FROM:<s@example.org>\r\n" + command
+                                + b"\r\nRCPT TO:<ok@example.net>\r\n", 4)
+    assert replies[2:] == [answer, "250 2.1.5 Ok"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sender_with_a_control_character_is_refused_at_mail(server_for):
+    client = await server_for().connect()
+    replies = await client.send(b"EHLO me\r\nMAIL FROM:<s\x01@example.org>\r\n", 2)
+    assert replies[1] == "501 5.1.7 Bad sender address syntax: control character in address"
+
+
+@pytest.mark.parametrize("options, delivered_to", [
+    ({}, "postmaster@relay.test"),  # like Postfix's null client: @ this host's name
+    ({"postmaster_address": "hostmaster@example.net"}, "hostmaster@example.net"),
+])
+@pytest_twisted.ensureDeferred
+async def test_bare_postmaster_is_accepted_and_relayed_to_postmaster_address(
+        server_for, options, delivered_to):
+    """RFC 5321 section 4.5.1: RCPT TO:<Postmaster> MUST be accepted."""
+    server = server_for(**options)
+    client = await server.connect()
+    replies = await client.send(b"EHLO me\r\nMAIL FROM:<s@example.org>\r\n"
+                                b"RCPT TO:<Postmaster>\r\nDATA\r\n", 4)
+    assert replies[2:] == ["250 2.1.5 Ok", "354 End data with <CR><LF>.<CR><LF>"]
+    [reply] = await client.send(b"Subject: help\r\n\r\nhi\r\n.\r\n", 1)
+    assert reply.startswith("250 2.0.0")
+    [message] = server.accepted
+    assert [r.address for r in message.recipients] == [delivered_to]

@@ -387,3 +387,66 @@ async def test_a_domain_that_cannot_be_written_in_dns_fails_permanently_and_says
     assert (error.code, error.status) == (553, "5.1.3")
     assert "cannot be looked up in DNS" in error.reason
     assert error.domain == domain
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_known_domain_is_answered_at_once_until_its_first_ttl_runs_out():
+    clock = task.Clock()
+    counting = _CountingResolver(ttl=300, negative_ttl=60)
+    resolver = mx.MXResolver(counting, reactor=clock)
+    first = await resolver.resolve("example.test")
+    _kinds(counting)
+    again = resolver.resolve("Example.Test")
+    assert again.called  # no coroutine, no timeout timer: the answer is known
+    assert await again == first and _kinds(counting) == []
+    assert clock.getDelayedCalls() == []
+    clock.advance(60)  # the no-AAAA answer ran out: the whole answer is built again
+    later = resolver.resolve("example.test")
+    assert await later == first and _kinds(counting) == ["AAAA"]
+
+
+class _TwoMX(_CountingResolver):
+    def lookupMailExchange(self, name, timeout=None):
+        answers = [dns.RRHeader(name, dns.MX, dns.IN, 300, _mx(10, f"mx{i}.example.test"))
+                   for i in (1, 2, 3)]
+        return defer.succeed((answers, [], []))
+
+
+@pytest_twisted.ensureDeferred
+async def test_known_answers_still_shuffle_equal_preferences():
+    resolver = mx.MXResolver(_TwoMX(ttl=300), reactor=task.Clock(), rng=random.Random(3))
+    orders = {tuple(h.name for h in await resolver.resolve("example.test")) for _ in range(30)}
+    assert len(orders) > 1
+    assert all(sorted(order) == ["mx1.example.test", "mx2.example.test", "mx3.example.test"]
+               for order in orders)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_with_a_failed_lookup_is_not_kept_whole():
+    clock = task.Clock()
+    counting = _CountingResolver(ttl=300, negative_ttl=300)
+    resolver = mx.MXResolver(counting, reactor=clock)
+    original = counting.lookupIPV6Address
+    counting.lookupIPV6Address = lambda name, timeout=None: defer.fail(
+        dnserror.DNSServerError(name))
+    await resolver.resolve("example.test")
+    counting.lookupIPV6Address = original
+    _kinds(counting)
+    assert await resolver.resolve("example.test")
+    assert _kinds(counting) == ["AAAA"]  # the failure is asked again, the rest is cached
+
+
+class _ManyMX(_CountingResolver):
+    def lookupMailExchange(self, name, timeout=None):
+        answers = [dns.RRHeader(name, dns.MX, dns.IN, 300, _mx(i, f"mx{i}.example.test"))
+                   for i in range(200)]
+        return defer.succeed((answers, [], []))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_domain_with_hundreds_of_mx_hosts_costs_a_bounded_number_of_queries():
+    """Issue 11: 1,000 MX addresses were all looked up (two queries each, at once)."""
+    counting = _ManyMX()
+    hosts = await mx.MXResolver(counting, reactor=task.Clock()).resolve("example.test")
+    assert [h.name for h in hosts] == [f"mx{i}.example.test" for i in range(mx.MAX_MX_HOSTS)]
+    assert len([k for k in _kinds(counting) if k in ("A", "AAAA")]) == 2 * mx.MAX_MX_HOSTS

@@ -8,12 +8,11 @@ import pytest
 import pytest_twisted
 from twisted.application.service import IServiceMaker
 from twisted.internet import defer
-from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.plugin import getPlugins
 from twisted.python import usage
 
-from hatwist.tap import Options, RelayService
+from hatwist.tap import Options, RelayService, StartupError
 
 CONFIG = """\
 listen = 127.0.0.1:0
@@ -46,15 +45,25 @@ def test_options_load_and_validate_the_config(tmp_path):
     assert options["loaded"].filename == str(path)
 
 
-def test_an_invalid_config_is_a_usage_error_naming_file_and_line(tmp_path):
+def test_an_invalid_config_exits_2_with_one_line_naming_file_and_line(tmp_path, capsys):
     path = write_config(tmp_path, CONFIG + "colour = blue\n")
-    with pytest.raises(usage.UsageError, match=rf"{re.escape(str(path))}:10:1: .*colour"):
+    with pytest.raises(SystemExit) as exited:
         Options().parseOptions(["--config", str(path)])
+    assert exited.value.code == 2  # as hatwist check-config
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"{re.escape(str(path))}:10:1: .*colour.*\n", err)
 
 
-def test_a_missing_config_file_is_a_usage_error(tmp_path):
-    with pytest.raises(usage.UsageError, match=r"nope\.conf"):
+def test_a_missing_config_file_exits_2_naming_it(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
         Options().parseOptions(["--config", str(tmp_path / "nope.conf")])
+    assert exited.value.code == 2
+    assert "nope.conf" in capsys.readouterr().err
+
+
+def test_an_unknown_option_is_still_a_usage_error():
+    with pytest.raises(usage.UsageError):
+        Options().parseOptions(["--colour", "blue"])
 
 
 def relay_for(tmp_path, reactor, text=CONFIG):
@@ -89,12 +98,36 @@ def test_a_taken_listen_address_fails_the_start_naming_it(tmp_path, reactor):
         port = squatter.getHost().port
         text = CONFIG.replace("listen = 127.0.0.1:0", f"listen = 127.0.0.1:{port}", 1)
         relay = relay_for(tmp_path, reactor, text)
-        with pytest.raises(CannotListenError, match=str(port)):
+        with pytest.raises(StartupError, match=rf"^listen 127\.0\.0\.1:{port}: "
+                                               "address already in use$"):
             relay.privilegedStartService()
         status_port = relay.status_listener.port
         assert status_port.disconnecting or not status_port.connected  # released, not leaked
     finally:
         squatter.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_compares_listen_with_what_is_bound_not_with_the_last_file(
+    relay, tmp_path, reactor
+):
+    path = tmp_path / "hatwist.conf"
+    path.write_text(path.read_text().replace("listen = 127.0.0.1:0", "listen = 127.0.0.1:2601", 1))
+    warned = []
+    observer = warned.append
+    from twisted.logger import globalLogPublisher
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        assert await relay.reload().addTimeout(5, reactor) is True
+        assert await relay.reload().addTimeout(5, reactor) is True  # same file again
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    listen_warnings = [e for e in warned if e.get("key") == "listen"]
+    # Both reloads still differ from the listener that runs: both say so.
+    assert len(listen_warnings) == 2
+    assert all(e["new"] == "127.0.0.1:2601" and e["running"] == "127.0.0.1:0"
+               for e in listen_warnings)
 
 
 @pytest_twisted.ensureDeferred

@@ -268,6 +268,17 @@ def path(text: str) -> str:
     return text.strip()
 
 
+def mailbox(text: str) -> str:
+    """An address ``local@domain`` (the domain a host name, lower-cased)."""
+    local, at, domain = text.strip().rpartition("@")
+    if not at or not local or not local.isascii() or not local.isprintable() or " " in local:
+        raise ValueError(f"{text!r} is not an address (local@domain)")
+    try:
+        return f"{local}@{hostname(domain)}"
+    except ValueError:
+        raise ValueError(f"{text!r} is not an address (local@domain)") from None
+
+
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 

@@ -218,11 +218,42 @@ KEYS: tuple[Key, ...] = (
     _service("shutdown_grace", "shutdown_grace", c.integer(0), 30, _SECONDS,
              "on stop, time given to sessions in flight before they are cut"),
     _service("max_inbound_connections", "max_inbound_connections", c.integer(1), 100,
-             "whole number >= 1", "submitter sessions at once; more get 421 4.3.2 (each may "
-             "hold a message in memory)"),
+             "whole number >= 1", "submitter sessions at once from peers inside relay_from; more "
+             "get 421 4.3.2 (each may hold a message in memory)"),
     _service("max_deliveries_in_flight", "max_deliveries_in_flight", c.integer(1), 100,
              "whole number >= 1", "delivery attempts at once over all bindings and domains "
              "(max_connections limits each domain)"),
+    _service("max_inbound_connections_per_ip", "max_inbound_connections_per_ip",
+             c.integer(1), 10, _COUNT, "submitter sessions at once from one address; more get "
+             "421 4.7.0"),
+    _service("max_inbound_connections_unlisted", "max_inbound_connections_unlisted",
+             c.integer(1), 5, _COUNT, "sessions at once from all peers outside relay_from, a "
+             "pool of their own apart from max_inbound_connections; more get 421 4.3.2"),
+    _service("inbound_idle_timeout", "inbound_idle_timeout", c.integer(1), 300, _SECONDS,
+             "a session with no command that moves a transaction on (NOOP, RSET, VRFY do not) "
+             "for this long gets 421 4.4.2 and is closed"),
+    _service("inbound_junk_command_limit", "inbound_junk_command_limit", c.integer(1), 100,
+             _COUNT, "NOOP, RSET, VRFY, unknown verbs and repeated EHLO per session (counted "
+             "again after each accepted message); one more gets 421 4.7.0 and is closed"),
+    _service("hostname", "hostname", c.hostname, None, "host name",
+             "this relay's name in the 220 greeting, the EHLO reply, Received: lines, the "
+             "default EHLO name and bounces", default_doc="this host's FQDN"),
+    _service("postmaster_address", "postmaster_address", c.mailbox, None, "address",
+             "where mail to the bare postmaster (RFC 5321 4.5.1) is relayed",
+             default_doc="postmaster@ the hostname"),
+    # -- bounds on hostile MXes and HTTP peers (issue 11) -----------------------------------
+    _delivery("mx_address_limit", "mx_address_limit", c.integer(1), 5, _COUNT,
+              "MX addresses one attempt tries, over all MX hosts, best first (Postfix's "
+              "smtp_mx_address_limit); addresses without a route do not count"),
+    _delivery("attempt_timeout", "attempt_timeout", c.integer(1), 600, _SECONDS,
+              "deadline for one whole delivery attempt: MX lookup, every connect and the "
+              "session; then whatever is in flight is aborted and the message deferred"),
+    _service("status_max_connections", "status_max_connections", c.integer(1), 64,
+             "whole number >= 1", "open connections to status_listen at once; past it a "
+             "new one replaces the longest-idle one, or gets 503 when none is idle"),
+    _service("status_idle_timeout", "status_idle_timeout", c.integer(1), 15, _SECONDS,
+             "a status connection must send a whole request within this long of opening "
+             "or of its last response, or it is closed"),
     _service("redis_url", "redis_url", c.redis_url, None, "redis://host:port/db",
              "share max_connections and outbound_throttle_messages with every hatwist "
              "process using this Redis (rediss:// for TLS); while it is unreachable, each "

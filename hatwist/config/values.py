@@ -135,6 +135,14 @@ class ServiceSettings:
     shutdown_grace: int
     max_inbound_connections: int
     max_deliveries_in_flight: int
+    max_inbound_connections_per_ip: int = 10
+    max_inbound_connections_unlisted: int = 5
+    inbound_idle_timeout: int = 300
+    inbound_junk_command_limit: int = 100
+    hostname: str | None = None  # None: this host's FQDN
+    postmaster_address: str | None = None  # None: postmaster@ the hostname
+    status_max_connections: int = 64
+    status_idle_timeout: int = 15
     redis_url: RedisURL | None = None
     """Where limits are shared fleet-wide (see hatwist.shared); None: per process."""
 
@@ -161,6 +169,8 @@ class DeliverySettings:
     connect_timeout: int
     smtp_timeout: int
     outbound_throttle_messages: Throttle | None = None  # None: no throttle
+    mx_address_limit: int = 5
+    attempt_timeout: int = 600
 
     @property
     def uses_proxy(self) -> bool:

@@ -131,3 +131,16 @@ class UnexpectedReply(SessionError):
     def __init__(self, stage: str, detail: str) -> None:
         super().__init__(f"unexpected reply to {stage}: {detail}")
         self.stage = stage
+
+
+class ReplyTooLarge(UnexpectedReply):
+    """
+    The peer's reply to ``stage`` went past what one reply may hold (too many lines, too
+    many bytes, or one line too long): an MX streaming an endless ``250-`` reply would
+    otherwise grow the relay's memory until the command deadline. A protocol error of
+    that MX, temporary like any session the MX broke; the session is aborted.
+    """
+
+    def __init__(self, stage: str, detail: str) -> None:
+        SessionError.__init__(self, f"reply to {stage} too large: {detail}")
+        self.stage = stage

@@ -24,7 +24,12 @@ TLS-mode detection and the ``transport.startTLS`` switch. What is replaced, and 
   relying on ``clientConnectionLost``, which endpoints never call.
 
 Deadlines are the owner's job (:mod:`hatwist.delivery.client`): this protocol has no
-timer of its own (``timeout = None``, so ``TimeoutMixin`` stays off).
+timer of its own (``timeout = None``, so ``TimeoutMixin`` stays off). Size is this
+protocol's job: the library keeps every line of a multi-line reply until its last line,
+so an MX that streams ``250-`` forever would grow memory until the command deadline;
+here one reply may hold :data:`MAX_REPLY_LINES` lines and :data:`MAX_REPLY_BYTES` bytes,
+and no line may pass :data:`MAX_LINE_LENGTH` bytes (:class:`ReplyTooLarge`, the session
+is aborted).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from hatwist.delivery._errors import (
     ConnectionLostDuringSession,
     GreetingRejected,
     NoGreeting,
+    ReplyTooLarge,
     SessionError,
     TLSFailed,
     TLSUnavailable,
@@ -54,6 +60,14 @@ from hatwist.delivery._values import Envelope, RecipientResult
 
 #: Content is fed to the stuffer and written in slices of this size, one per pull.
 WRITE_CHUNK = 64 * 1024
+
+#: Bounds on one reply (greeting, EHLO, or any later one), continuation lines included.
+#: Postfix keeps a few KB of a reply; real EHLO replies are 10-20 lines under 1 KiB.
+#: RFC 5321 section 4.5.3.1.5 allows 512 octets per reply line; Postfix reads up to its
+#: ``line_length_limit`` (2048). Past any bound the attempt fails with ReplyTooLarge.
+MAX_REPLY_LINES = 100
+MAX_REPLY_BYTES = 8 * 1024
+MAX_LINE_LENGTH = 2048
 
 #: Every reply code reaches the stage's handler, which decides what it means.
 _ANY_CODE = range(0, 1000)
@@ -109,6 +123,8 @@ class SessionProtocol(ESMTPClient):
     debug = False
     #: No per-line idle timer: the owner puts a deadline on every wait (one place for it).
     timeout = None
+    #: LineReceiver calls lineLengthExceeded past this (the library's 16 KiB is too much).
+    MAX_LENGTH = MAX_LINE_LENGTH
 
     def __init__(self, owner: SessionOwner, ehlo_hostname: bytes, policy: TLSPolicy) -> None:
         ESMTPClient.__init__(self, None, policy.creator, ehlo_hostname)
@@ -126,6 +142,9 @@ class SessionProtocol(ESMTPClient):
         self._done = False
         self._message: MessageDelivery | None = None
         self._content = b""
+        #: Lines and bytes of the reply being read so far (reset at its last line).
+        self._reply_lines = 0
+        self._reply_bytes = 0
 
     @property
     def tls_active(self) -> bool:
@@ -147,7 +166,35 @@ class SessionProtocol(ESMTPClient):
     def lineReceived(self, line: bytes):
         if self._done:
             return None
+        # Counted before the library keeps the line: informational ``0xx`` lines too,
+        # which it drops but which would otherwise keep the reader busy forever.
+        self._reply_lines += 1
+        self._reply_bytes += len(line)
+        if self._reply_lines > MAX_REPLY_LINES:
+            self._too_large(f"more than {MAX_REPLY_LINES} lines")
+            return None
+        if self._reply_bytes > MAX_REPLY_BYTES:
+            self._too_large(f"more than {MAX_REPLY_BYTES} bytes")
+            return None
+        if line[3:4] != b"-" and line[0:1] != b"0":
+            self._reply_lines = self._reply_bytes = 0  # its last line: the next reply's own
         return super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A line (or a run of bytes without LF) longer than :data:`MAX_LINE_LENGTH`."""
+        if not self._done:
+            self._too_large(f"a line longer than {MAX_LINE_LENGTH} bytes")
+
+    def _too_large(self, detail: str) -> None:
+        _log.warn(
+            "MX {hostname} sent a reply to {stage} with {detail}: session aborted",
+            hostname=self._policy.hostname,
+            stage=self.stage,
+            detail=detail,
+        )
+        # Whatever else arrived in the same read is not looked at.
+        self.clearLineBuffer()
+        self.fail(ReplyTooLarge(self.stage, detail))
 
     def sendError(self, exc: Exception) -> None:
         """The library's reply reader found a line that is not an SMTP reply."""

@@ -1,6 +1,8 @@
 # -*- test-case-name: tests.delivery.test_client_values -*-
 """
-What goes into one SMTP transaction and what comes out of it, per recipient.
+What goes into one SMTP transaction and what comes out of it, per recipient; and the
+same for one delivery attempt (:class:`OutboundMessage`, :class:`AttemptResult`, which
+:mod:`hatwist.delivery.attempt` exports).
 
 Pure values. Addresses are checked here, once, because they are written into command
 lines verbatim: a CR or LF in an address would end the command early and let the rest
@@ -9,9 +11,13 @@ run as SMTP commands, and ``<``/``>`` would escape the path's brackets.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
 
 import attrs
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 #: What a reply code means for one recipient: 2xx, 4xx and 5xx respectively.
 Kind = Literal["delivered", "temporary", "permanent"]
@@ -84,3 +90,56 @@ class RecipientResult:
         """``"delivered"`` (2xx), ``"temporary"`` (4xx: try again later) or
         ``"permanent"`` (5xx: bounce)."""
         return _KINDS[self.code // 100]
+
+
+@attrs.frozen
+class OutboundMessage:
+    """
+    One message for the recipients of one domain, sent on behalf of ``binding``.
+
+    The content is ``content``, or, when ``load_content`` is set, what it fires with:
+    it is called once per session that is ready to take the message (after its banner,
+    EHLO and STARTTLS), and the bytes are let go of when that session is done with them.
+    A large message then costs memory only while it is being sent, not for the whole walk.
+    """
+
+    id: str
+    binding: str
+    domain: str
+    envelope: Envelope
+    content: bytes = b""
+    load_content: Callable[[], Deferred[bytes] | bytes] | None = attrs.field(
+        default=None, eq=False
+    )
+
+
+@attrs.frozen
+class AttemptResult:
+    """
+    What one attempt did: a result per recipient and where the attempt ended.
+
+    ``route``, ``mx_host`` and ``mx_address`` name the session that answered (or the last
+    one tried; ``None`` when no MX was reached). ``error`` is set when no session answered
+    for the recipients: the reason they all got the same result.
+    """
+
+    message_id: str
+    recipients: tuple[RecipientResult, ...]
+    route: str | None
+    mx_host: str | None
+    mx_address: str | None
+    duration: float
+    error: str | None = None
+    waiting_for_proxy: bool = False
+    """True when every MX address was skipped only because no proxy was plumbed."""
+    no_greeting: tuple[str, ...] = ()
+    """Proxy servers (as configured) that connected but sent no 220 banner in this attempt:
+    an unusable source IP or an unreachable MX behind HAProxy."""
+    tls_skipped: str | None = None
+    """Why the session that answered (or the last one tried) was plaintext although the
+    MX offered STARTTLS: it refused STARTTLS, or STARTTLS failed and ``tls = ifavailable``
+    retried without it. ``None`` when TLS was used, not offered, or not wanted."""
+
+    def addresses(self, kind: str) -> tuple[str, ...]:
+        """The recipients whose result is ``"delivered"``, ``"temporary"`` or ``"permanent"``."""
+        return tuple(r.address for r in self.recipients if r.kind == kind)

@@ -84,6 +84,19 @@ class Walk:
     no_greeting: list[str] = attrs.Factory(list)
     tls_skipped: str | None = None
     """Why the last session tried is plaintext although its peer offered STARTTLS."""
+    addresses_tried: int = 0
+    """MX addresses a route was tried to (``mx_address_limit`` counts these)."""
+    not_tried: str | None = None
+    """Why the walk stopped before the last address: the limit and how many were left."""
+
+    def try_address(self, limit: int, left: int) -> bool:
+        """True when one more address may be tried; else records that ``left`` addresses
+        (this one included) are not tried because of ``mx_address_limit``."""
+        if self.addresses_tried >= limit:
+            self.not_tried = f"mx_address_limit {limit} reached, {left} more not tried"
+            return False
+        self.addresses_tried += 1
+        return True
 
     def reach(self, host: MXHost, address: str, route: Route) -> None:
         """The walk tries ``route`` to ``address`` of ``host`` next."""
@@ -110,12 +123,26 @@ class Walk:
         """The answer when the session just reached broke with the message perhaps taken."""
         return NoAnswer(*NO_SESSION, f"{self.place()}: {why.reason}")
 
+    def timed_out(self, seconds: float, detail: str, domain: str) -> NoAnswer:
+        """The answer when ``attempt_timeout`` cut the walk short (``detail``: how the step
+        in progress ended). Temporary: the MX may answer in time next attempt."""
+        where = f"at {self.place()}" if self.host is not None else f"resolving {domain}"
+        reason = f"attempt deadline of {seconds:g}s passed {where}"
+        if detail:
+            reason += f" ({detail})"
+        if self.failures:
+            reason += "; before: " + "; ".join(self.failures)
+        return NoAnswer(*NO_SESSION, reason)
+
     def give_up(self, domain: str) -> NoAnswer:
         """The answer for every recipient when no session took the message."""
         skipped = list(dict.fromkeys(self.skipped))
         waiting = bool(self.failures or skipped) and self.only_waiting_for_proxy
         if self.failures:
-            reason = f"no MX of {domain} took the message: " + "; ".join(self.failures + skipped)
+            notes = [self.not_tried] if self.not_tried else []
+            reason = f"no MX of {domain} took the message: " + "; ".join(
+                self.failures + skipped + notes
+            )
             return NoAnswer(*NO_SESSION, reason, waiting_for_proxy=waiting)
         return NoAnswer(
             *NO_ROUTE,

@@ -18,6 +18,14 @@ resets or stalls) gets one more session on the same address and route without ST
 before the walk moves on, as with Postfix's ``smtp_tls_security_level = may``: an MX
 with broken TLS would otherwise never get mail. ``required`` never does this.
 
+Bounds a hostile domain cannot raise: at most ``mx_address_limit`` addresses get a
+session attempt (Postfix's ``smtp_mx_address_limit``; addresses without a route do not
+count), and the whole attempt, MX lookup included, ends at ``attempt_timeout``
+(:mod:`hatwist.delivery._deadline`): whatever is in flight then is aborted and every
+recipient gets a temporary 451. A message whose :attr:`OutboundMessage.load_content` is
+set is read only once a session is ready for it, so attempts still walking (waiting for
+connects and banners) hold no content.
+
 Sessions are reused through a :class:`~hatwist.delivery.pool.SessionPool`; each attempt
 emits exactly one structured log event (namespace ``hatwist.delivery.attempt``). What the
 walk records and the answer it gives up with are :mod:`hatwist.delivery._walk`'s; the
@@ -37,9 +45,10 @@ from twisted.logger import Logger, LogLevel
 
 from hatwist.config import Config, DeliverySettings, TLSMode
 from hatwist.config.settings import normalize_domain
+from hatwist.delivery._deadline import AttemptDeadline, DeadlinePassed
 from hatwist.delivery._endpoints import route_endpoint
 from hatwist.delivery._errors import SessionError, may_have_delivered, starttls_failed
-from hatwist.delivery._values import Envelope, RecipientResult
+from hatwist.delivery._values import AttemptResult, OutboundMessage, RecipientResult
 from hatwist.delivery._walk import (
     BAD_CONFIG,
     INTERNAL,
@@ -58,49 +67,6 @@ from hatwist.routing import NoRoute, Route, choose_routes
 ATTEMPT_EVENT = "delivery_attempt"
 
 _log = Logger(namespace="hatwist.delivery.attempt")
-
-
-@attrs.frozen
-class OutboundMessage:
-    """One message for the recipients of one domain, sent on behalf of ``binding``."""
-
-    id: str
-    binding: str
-    domain: str
-    envelope: Envelope
-    content: bytes
-
-
-@attrs.frozen
-class AttemptResult:
-    """
-    What one attempt did: a result per recipient and where the attempt ended.
-
-    ``route``, ``mx_host`` and ``mx_address`` name the session that answered (or the last
-    one tried; ``None`` when no MX was reached). ``error`` is set when no session answered
-    for the recipients: the reason they all got the same result.
-    """
-
-    message_id: str
-    recipients: tuple[RecipientResult, ...]
-    route: str | None
-    mx_host: str | None
-    mx_address: str | None
-    duration: float
-    error: str | None = None
-    waiting_for_proxy: bool = False
-    """True when every MX address was skipped only because no proxy was plumbed."""
-    no_greeting: tuple[str, ...] = ()
-    """Proxy servers (as configured) that connected but sent no 220 banner in this attempt:
-    an unusable source IP or an unreachable MX behind HAProxy."""
-    tls_skipped: str | None = None
-    """Why the session that answered (or the last one tried) was plaintext although the
-    MX offered STARTTLS: it refused STARTTLS, or STARTTLS failed and ``tls = ifavailable``
-    retried without it. ``None`` when TLS was used, not offered, or not wanted."""
-
-    def addresses(self, kind: str) -> tuple[str, ...]:
-        """The recipients whose result is ``"delivered"``, ``"temporary"`` or ``"permanent"``."""
-        return tuple(r.address for r in self.recipients if r.kind == kind)
 
 
 class DeliveryAgent:
@@ -157,13 +123,16 @@ class DeliveryAgent:
     async def _deliver(self, message: OutboundMessage) -> AttemptResult:
         started = self._reactor.seconds()
         walk = Walk()
+        deadline = AttemptDeadline(self._reactor, self._attempt_timeout(message))
         try:
-            outcome = await self._walk(message, walk)
+            outcome = await self._walk(message, walk, deadline)
         except defer.CancelledError:
             raise
         except Exception as e:
             _log.failure("delivery attempt of message {message_id} failed", message_id=message.id)
             outcome = NoAnswer(*INTERNAL, f"internal error: {type(e).__name__}: {e}")
+        finally:
+            deadline.stop()
         waiting_for_proxy = False
         if isinstance(outcome, NoAnswer):
             error, waiting_for_proxy = outcome.reason, outcome.waiting_for_proxy
@@ -188,47 +157,67 @@ class DeliveryAgent:
         self._emit(message, result)
         return result
 
+    def _attempt_timeout(self, message: OutboundMessage) -> float:
+        try:
+            settings = self.config.binding(message.binding).settings_for(message.domain)
+        except KeyError:  # the walk reports the unknown binding at once
+            return attrs.fields(DeliverySettings).attempt_timeout.default
+        return settings.attempt_timeout
+
     async def _walk(
-        self, message: OutboundMessage, walk: Walk
+        self, message: OutboundMessage, walk: Walk, deadline: AttemptDeadline
     ) -> tuple[RecipientResult, ...] | NoAnswer:
         """Per-recipient results from the first session that answered, or why none did."""
+        try:
+            return await self._walk_within(message, walk, deadline)
+        except DeadlinePassed as passed:
+            return walk.timed_out(passed.seconds, passed.detail, message.domain)
+
+    async def _walk_within(
+        self, message: OutboundMessage, walk: Walk, deadline: AttemptDeadline
+    ) -> tuple[RecipientResult, ...] | NoAnswer:
         try:
             settings = self.config.binding(message.binding).settings_for(message.domain)
         except KeyError as e:
             return NoAnswer(*BAD_CONFIG, str(e.args[0] if e.args else e))
         try:
-            hosts = await self._resolver.resolve(message.domain)
+            hosts = await deadline.wait(self._resolver.resolve(message.domain))
         except MXError as e:
             return NoAnswer(e.code, e.status, e.reason)
+        places = [(host, address) for host in hosts for address in host.addresses]
         # Plumbed servers per address family, asked once per attempt (the registry rotates
         # its answer on every call) and for that family's source: a proxy whose path from
         # one source IP fails its health check still carries the other source's mail.
         plumbed: dict[int, list[Any]] = {}
-        for host in hosts:
-            for address in host.addresses:
-                version = ipaddress.ip_address(address).version
-                if settings.uses_proxy and version not in plumbed:
-                    plumbed[version] = list(
-                        self._registry.plumbed(
-                            settings.proxy_servers, source=settings.source_for(version)
-                        )
+        for index, (host, address) in enumerate(places):
+            version = ipaddress.ip_address(address).version
+            if settings.uses_proxy and version not in plumbed:
+                plumbed[version] = list(
+                    self._registry.plumbed(
+                        settings.proxy_servers, source=settings.source_for(version)
                     )
-                routes = choose_routes(
-                    settings, address, plumbed.get(version, []), binding=message.binding
                 )
-                if isinstance(routes, NoRoute):
-                    walk.no_route(routes)
+            routes = choose_routes(
+                settings, address, plumbed.get(version, []), binding=message.binding
+            )
+            if isinstance(routes, NoRoute):
+                walk.no_route(routes)
+                continue
+            if not walk.try_address(settings.mx_address_limit, len(places) - index):
+                break
+            for route in routes:
+                deadline.check()
+                walk.reach(host, address, route)
+                try:
+                    outcome = await self._try(
+                        message, settings, host, address, route, walk, deadline
+                    )
+                except StopWalk as stop:
+                    return walk.stopped(stop)
+                if isinstance(outcome, RouteFailed):
+                    walk.failed(route, outcome)
                     continue
-                for route in routes:
-                    walk.reach(host, address, route)
-                    try:
-                        outcome = await self._try(message, settings, host, address, route, walk)
-                    except StopWalk as stop:
-                        return walk.stopped(stop)
-                    if isinstance(outcome, RouteFailed):
-                        walk.failed(route, outcome)
-                        continue
-                    return outcome
+                return outcome
         return walk.give_up(message.domain)
 
     async def _try(
@@ -239,6 +228,7 @@ class DeliveryAgent:
         address: str,
         route: Route,
         walk: Walk,
+        deadline: AttemptDeadline,
     ) -> tuple[RecipientResult, ...] | RouteFailed:
         """
         The recipients' results over one route, or why this route could not take the
@@ -255,7 +245,7 @@ class DeliveryAgent:
         if pooled is not None:
             walk.tls_skipped = pooled.tls_skipped
             try:
-                return await self._send(pooled, message, settings)
+                return await self._send(pooled, message, settings, deadline)
             except SessionError as e:
                 # An idle session the peer has since dropped (or refused RSET on): open a
                 # fresh one.
@@ -264,18 +254,23 @@ class DeliveryAgent:
                     address=address,
                     error=str(e),
                 )
-        opened = await self._open(settings, host, address, route)
+        opened = await self._open(settings, host, address, route, deadline)
         if isinstance(opened, RouteFailed):
             return opened
         session, walk.tls_skipped = opened
         try:
             pooled = self.pool.adopt(key, session, tls_skipped=walk.tls_skipped)
-            return await self._send(pooled, message, settings)
+            return await self._send(pooled, message, settings, deadline)
         except SessionError as e:
             return RouteFailed(str(e))
 
     async def _open(
-        self, settings: DeliverySettings, host: MXHost, address: str, route: Route
+        self,
+        settings: DeliverySettings,
+        host: MXHost,
+        address: str,
+        route: Route,
+        deadline: AttemptDeadline,
     ) -> tuple[Any, str | None] | RouteFailed:
         """
         A new session over ``route`` and why it is plaintext although the peer offered
@@ -288,8 +283,10 @@ class DeliveryAgent:
         Never under ``required``.
         """
         try:
-            session = await self._connect(settings, host, address, route, settings.tls)
-        except defer.CancelledError:
+            session = await deadline.wait(
+                self._connect(settings, host, address, route, settings.tls)
+            )
+        except (defer.CancelledError, DeadlinePassed):
             raise
         except Exception as e:
             if settings.tls is not TLSMode.IFAVAILABLE or not starttls_failed(e):
@@ -298,8 +295,8 @@ class DeliveryAgent:
         else:
             return session, getattr(session, "tls_skipped", None)
         try:
-            session = await self._connect(settings, host, address, route, TLSMode.NO)
-        except defer.CancelledError:
+            session = await deadline.wait(self._connect(settings, host, address, route, TLSMode.NO))
+        except (defer.CancelledError, DeadlinePassed):
             raise
         except Exception as e:
             failed = route_failed(e, route)
@@ -334,16 +331,31 @@ class DeliveryAgent:
         )
 
     async def _send(
-        self, pooled: PooledSession, message: OutboundMessage, settings: DeliverySettings
+        self,
+        pooled: PooledSession,
+        message: OutboundMessage,
+        settings: DeliverySettings,
+        deadline: AttemptDeadline,
     ) -> tuple[RecipientResult, ...]:
         """
         Send over ``pooled``; give it back to the pool after, or drop it on error.
 
         Raises :class:`StopWalk` for a session that broke when the peer may already hold
-        the message: sending it anywhere else could deliver it twice.
+        the message: sending it anywhere else could deliver it twice. The deadline
+        passing aborts the session (:class:`DeadlinePassed`); if that was during the wait
+        for the final dot's reply, the message may have been delivered, as with any
+        session broken there, and the retry may deliver it twice (RFC 5321 section 6.1).
         """
+        content = message.content
+        if message.load_content is not None:
+            try:
+                content = await deadline.wait(defer.maybeDeferred(message.load_content))
+            except BaseException:
+                # Nothing was said over the session: it can carry the next message.
+                self.pool.release(pooled, max_messages=settings.max_messages_per_connection)
+                raise
         try:
-            results = await pooled.session.send(message.envelope, message.content)
+            results = await deadline.wait(pooled.session.send(message.envelope, content))
         except BaseException as e:
             self.pool.discard(pooled)
             if isinstance(e, SessionError) and may_have_delivered(e):

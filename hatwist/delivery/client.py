@@ -205,9 +205,13 @@ class OutboundSession:
     # -- deadlines ---------------------------------------------------------------------------
 
     def _arm(self, seconds: float) -> None:
-        self._disarm()
+        # Re-armed at every reply: moving the pending call (reset) costs an attribute
+        # write, where cancel + callLater costs two heap operations per reply.
         self._deadline_seconds = seconds
-        self._deadline = self._reactor.callLater(seconds, self._deadline_passed)
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.reset(seconds)
+        else:
+            self._deadline = self._reactor.callLater(seconds, self._deadline_passed)
 
     def _disarm(self) -> None:
         if self._deadline is not None and self._deadline.active():

@@ -18,6 +18,7 @@ from ._errors import (
 from ._interfaces import IHealthProbe, SourceResults
 from ._probes import ConnectProbe, SMTPBannerProbe, make_probe
 from ._registry import (
+    LATENCY_BUCKETS,
     STATE_CHANGE_EVENT,
     ServerRegistry,
     ServerState,
@@ -26,6 +27,7 @@ from ._registry import (
 )
 
 __all__ = [
+    "LATENCY_BUCKETS",
     "STATE_CHANGE_EVENT",
     "BadBanner",
     "CheckTimedOut",

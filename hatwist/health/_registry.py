@@ -19,7 +19,9 @@ the bindings that send from it, not every binding sharing the proxy.
 
 from __future__ import annotations
 
+import bisect
 import enum
+import itertools
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
@@ -41,6 +43,12 @@ class ServerState(enum.Enum):
 
     PLUMBED = "plumbed"
     UNPLUMBED = "unplumbed"
+
+
+#: Upper bounds (seconds) of the check-latency histogram's buckets; the last bucket
+#: (infinity) is implied. A check over health_check_timeout fails, so the top bound only
+#: catches timeouts set above 5 s.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 @attrs.frozen
@@ -66,6 +74,9 @@ class ServerStatus:
     ``last_error`` is the reason of the latest *failed* check and
     ``last_latency`` the duration of the latest *successful* one; both survive
     checks of the other kind, so a flapping server keeps its evidence.
+    ``latency_buckets`` counts the successful checks by duration, cumulatively per
+    upper bound of :data:`LATENCY_BUCKETS` (the last bound is infinity), and
+    ``latency_sum`` adds their durations: a Prometheus histogram, kept in a few ints.
 
     ``paths`` holds one status per source address the smtp-mode check proved
     (``source`` set, ``paths`` empty), in the order the check reported them.
@@ -83,6 +94,8 @@ class ServerStatus:
     state_changes: int
     source: str | None = None
     paths: tuple[ServerStatus, ...] = ()
+    latency_buckets: tuple[int, ...] = ()
+    latency_sum: float = 0.0
 
 
 @attrs.define
@@ -103,10 +116,17 @@ class _Record:
     failures: int = 0
     state_changes: int = 0
     paths: dict[str, _Record] = attrs.Factory(dict)
+    latency_counts: list[int] = attrs.Factory(lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+
+    def observe_latency(self, seconds: float) -> None:
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
 
     def status(self) -> ServerStatus:
         fields = attrs.asdict(self, recurse=False)
         fields["paths"] = tuple(path.status() for path in self.paths.values())
+        fields["latency_buckets"] = tuple(itertools.accumulate(fields.pop("latency_counts")))
         return ServerStatus(**fields)
 
 
@@ -225,6 +245,8 @@ class ServerRegistry:
         record.consecutive_failures = 0
         record.last_check = at
         record.last_latency = latency
+        if latency is not None:
+            record.observe_latency(latency)
         if (
             record.state is ServerState.UNPLUMBED
             and record.consecutive_successes >= self._success_threshold

@@ -15,6 +15,20 @@ Promises:
     and directory fsynced); a L{SpoolWriteError} gives C{452 4.3.1};
   - only peers inside C{relay_from} may name recipients (others get
     C{550 5.7.1} for every RCPT);
+  - every resource a peer can make us spend has a bound it cannot raise: a
+    session stops reading while its replies are not read (so it holds at most
+    about one socket buffer of input and of output), every command line is at
+    most 2,048 octets however it was segmented, junk commands (NOOP, RSET,
+    VRFY, unknown verbs, repeated EHLO) are limited, the idle timer restarts
+    only on commands that move a transaction on, and the connection slots are
+    limited per pool and per address (peers outside C{relay_from} have a small
+    pool of their own, so they never take the slots of those inside it);
+  - a message with a line over 998 octets is refused at end of data with
+    C{550 5.6.0} (never relayed, never silently folded);
+  - an address that could never be delivered (control characters, a local
+    part over 64 octets, a domain over 255, a DNS label over 63) is refused at
+    MAIL or RCPT with C{501}; the bare C{postmaster} (RFC 5321 section 4.5.1)
+    is accepted and delivered to C{postmaster_address};
   - C{SIZE} is enforced at MAIL (declared size) and during DATA (a body past the
     limit is counted and dropped, never buffered, and refused with C{552 5.3.4});
   - a bare LF or bare CR anywhere (command or DATA) is answered as Postfix's
@@ -29,11 +43,20 @@ Promises:
 Stored content is the message exactly as received (dots unstuffed, CRLF line
 ends), minus X-Binding, plus our C{Received:} trace line on top.
 
-Layout: C{_syntax} (paths, parameters, X-Binding: pure) and C{_session} (the
-protocol and its factory).
+Layout: C{_syntax} (paths, parameters, X-Binding: pure), C{_data} (the DATA
+reader: pure), C{_admission} (connection slots: pure), C{_session} (the
+protocol) and C{_factory} (the listening factory).
 """
 
-from ._session import IDLE_TIMEOUT, MAX_SESSIONS, InboundFactory, InboundSession
+from ._factory import (
+    IDLE_TIMEOUT,
+    JUNK_COMMAND_LIMIT,
+    MAX_SESSIONS,
+    MAX_SESSIONS_PER_IP,
+    MAX_SESSIONS_UNLISTED,
+    InboundFactory,
+)
+from ._session import InboundSession
 from ._syntax import BindingHeaderError, split_binding
 
 # Logs (a Logger's namespace is its class's module) and reprs (Twisted's
@@ -42,7 +65,10 @@ InboundFactory.__module__ = InboundSession.__module__ = __name__
 
 __all__ = [
     "IDLE_TIMEOUT",
+    "JUNK_COMMAND_LIMIT",
     "MAX_SESSIONS",
+    "MAX_SESSIONS_PER_IP",
+    "MAX_SESSIONS_UNLISTED",
     "BindingHeaderError",
     "InboundFactory",
     "InboundSession",

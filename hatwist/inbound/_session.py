@@ -1,61 +1,64 @@
 # -*- test-case-name: tests.test_inbound -*-
 """
-One submitter's connection (L{InboundSession}) and the listening factory.
+One submitter's connection (L{InboundSession}).
 
 The promises are listed in L{hatwist.inbound}; the syntax rules (paths,
-parameters, the X-Binding header) live in L{hatwist.inbound._syntax}.
+parameters, the X-Binding header) live in L{hatwist.inbound._syntax}, DATA in
+L{hatwist.inbound._data}, the connection slots in L{hatwist.inbound._admission}.
+
+Memory per session is bounded whatever the peer does: the session is the
+transport's streaming producer, so when our replies are not being read (the
+transport's write buffer is full) it stops reading until they drain; a command
+line longer than C{MAX_COMMAND_LINE} ends the session; DATA keeps at most one
+message of C{max_message_size}.
 """
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import protocol
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from hatwist.spool import SpooledMessage, SpoolWriteError
 
+from ._admission import Peer, peer_of
+from ._data import DataReader, Step, judge_message
 from ._syntax import (
-    BindingHeaderError,
+    Refusal,
+    address_problem,
     check_mail_parameters,
     is_mailbox,
+    is_postmaster,
     parse_path,
     printable,
     received_field,
-    split_binding,
 )
 
-DEFAULT_BINDING = "default"
+if TYPE_CHECKING:
+    from ._factory import InboundFactory
+
 MAX_COMMAND_LINE = 2048
 """RFC 5321 allows 512 octets plus what extensions add; more is abuse."""
 MAX_RECIPIENTS = 1000
 MAX_ERRORS = 20
-MAX_HOPS = 100
-MAX_SESSIONS = 100
-"""Sessions at once: each may buffer a whole message, so this bounds memory."""
-IDLE_TIMEOUT = 300.0
-"""RFC 5321 section 4.5.3.2: at least five minutes between commands."""
-FLUSH_PARTIAL_LINE = 64 * 1024
-"""A DATA line still without its LF is counted (not held) past this many bytes."""
+CLOSE_GRACE = 10.0
+"""Seconds a closing session has to flush its last replies; a peer that reads none
+of them is cut off then, so a session we closed never keeps its slot."""
 
 NOT_IMPLEMENTED = frozenset({"STARTTLS", "AUTH", "BDAT", "EXPN", "ETRN", "TURN", "HELP"})
+JUNK = frozenset({"NOOP", "RSET", "VRFY"})
+"""Commands that move no mail (Postfix's smtpd_junk_command_limit counts NOOP,
+VRFY, ETRN and RSET); unknown and unimplemented verbs and a repeated HELO/EHLO
+count too.  They never restart the idle timer."""
 
 
-def _peer_ip(transport: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    host = getattr(transport.getPeer(), "host", None)
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    # A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d.
-    return ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip
-
-
+@implementer(IPushProducer)
 class InboundSession(protocol.Protocol, TimeoutMixin):
     """One submitter's connection: commands, then DATA, then the spool."""
 
@@ -65,42 +68,78 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
         self.factory = factory
         self.callLater = factory.reactor.callLater  # TimeoutMixin's clock
         self._buffer = b""
-        self._in_data = False
+        self._at = 0  # where the unhandled input starts in _buffer
+        self._data: DataReader | None = None  # set between 354 and the dot line
         self._busy = False  # waiting for the spool: read nothing, answer nothing
+        self._unread = False  # our replies are not being read: read nothing
         self._closing = False
+        self._admitted = False
         self._helo: str | None = None
         self._errors = 0
+        self._junk = 0
+        self._peer: Peer = None
+        self._relay_allowed = False
+        self._abort_call: Any = None
+        self._lost = False
         self._reset()
 
     def _reset(self) -> None:
         self._mail_from: str | None = None
         self._rcpts: list[str] = []
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._midline = False
+        self._data = None
+
+    @property
+    def peer(self) -> Peer:
+        return self._peer
+
+    @property
+    def relay_allowed(self) -> bool:
+        return self._relay_allowed
+
+    @property
+    def waiting_for_reader(self) -> bool:
+        """Whether reading is paused because the peer is not reading our replies."""
+        return self._unread
+
+    @property
+    def pending_input(self) -> int:
+        """Input bytes read from the peer and not handled yet (bounded: we stop
+        reading while they wait)."""
+        return len(self._buffer) - self._at
 
     # -- connection ------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self._peer = _peer_ip(self.transport)
-        if len(self.factory.sessions) >= self.factory.max_sessions:
-            self.log.warn("refused {peer}: {count} sessions open already",
-                          peer=str(self._peer), count=len(self.factory.sessions))
-            return self._close(421, "4.3.2",
-                               f"{self.factory.hostname} Error: too many connections")
-        self.factory.sessions.add(self)
-        self._relay_allowed = self._peer is not None and any(
-            self._peer in net for net in self.factory.relay_from)
+        self._peer = peer_of(self.transport)
+        self._relay_allowed = self.factory.relays_for(self._peer)
+        refused = self.factory.admit(self)
+        hostname = self.factory.hostname
+        if refused is not None:
+            self.log.warn("refused {peer}: {reason}", peer=str(self._peer), reason=refused.text)
+            return self._close(421, refused.enhanced, f"{hostname} Error: {refused.text}")
+        self._admitted = True
+        self.transport.registerProducer(self, True)
         self.setTimeout(self.factory.idle_timeout)
-        self._reply(220, None, f"{self.factory.hostname} ESMTP hatwist")
+        self._reply(220, None, f"{hostname} ESMTP hatwist")
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self.factory.session_ended(self)
+        if self._admitted:
+            self._admitted = False
+            self.factory.session_ended(self)
         self._closing = True
+        self._lost = True
+        self._data = None
         self.setTimeout(None)
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
 
     def timeoutConnection(self) -> None:
         self._close(421, "4.4.2", f"{self.factory.hostname} Error: timeout exceeded")
+
+    def _useful(self) -> None:
+        """The peer moved a transaction on: restart the idle timer.  Nothing else
+        does, so NOOPs cannot keep a session open."""
+        self.resetTimeout()
 
     def _reply(self, code: int, enhanced: str | None, text: str) -> None:
         if not self._closing:
@@ -115,75 +154,108 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
             self._reply(code, enhanced, text)
 
     def _close(self, code: int, enhanced: str, text: str) -> None:
+        """The last reply, then close (RFC 5321 section 3.8: a 421 says why)."""
         self._reply(code, enhanced, text)
         self._closing = True
-        self._buffer = b""
+        self._buffer, self._at = b"", 0
+        self._data = None
+        if self._admitted:
+            # A registered producer would keep the connection open (FileDescriptor).
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
+        if self._abort_call is None and not self._lost:
+            self._abort_call = self.factory.reactor.callLater(
+                CLOSE_GRACE, self.transport.abortConnection)
+
+    def _fatal(self, code: int, enhanced: str, text: str) -> None:
+        """Refuse what was sent, then close with the 421 that says the session ends."""
+        self._reply(code, enhanced, text)
+        self._close(421, "4.7.0", f"{self.factory.hostname} Error: closing connection")
+
+    # -- flow control: IPushProducer, and the spool wait -------------------
+
+    def pauseProducing(self) -> None:
+        """The transport's write buffer is full: the peer is not reading our
+        replies.  Read nothing more until it drains."""
+        self._unread = True
+        self._update_reading()
+
+    def resumeProducing(self) -> None:
+        self._unread = False
+        if getattr(self.transport, "disconnecting", False):
+            # Closed from outside (a shutdown's drain): answer nothing more, and let the
+            # close finish (a registered producer would hold it open).
+            self._closing = True
+            self.transport.unregisterProducer()
+            return
+        self._update_reading()
+        self._process()
+
+    def stopProducing(self) -> None:
+        self._closing = True
+
+    def _update_reading(self) -> None:
+        if self._closing:
+            return
+        if self._busy or self._unread:
+            self.transport.pauseProducing()
+        else:
+            self.transport.resumeProducing()
 
     # -- input -----------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        self.resetTimeout()
         self._buffer += data
         self._process()
 
     def _process(self) -> None:
-        while self._buffer and not (self._busy or self._closing):
-            if self._in_data:
-                if not self._take_data():
+        # Commands are taken at an offset, and the buffer is cut once at the end:
+        # cutting it at every line would copy a pipelined buffer once per command.
+        try:
+            while self._at < len(self._buffer) and not (self._busy or self._closing
+                                                         or self._unread):
+                if self._data is not None:
+                    if not self._take_data(self._data):
+                        return
+                    continue
+                buffer, at = self._buffer, self._at
+                end = buffer.find(b"\n", at, at + MAX_COMMAND_LINE + 2)
+                if end < 0:
+                    if len(buffer) - at > MAX_COMMAND_LINE + 1:
+                        self._line_too_long()
                     return
-                continue
-            end = self._buffer.find(b"\n")
-            if end < 0:
-                if len(self._buffer) > MAX_COMMAND_LINE:
-                    self._close(500, "5.5.2", "Error: line too long")
-                return
-            line, self._buffer = self._buffer[:end + 1], self._buffer[end + 1:]
-            if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
-                return self._bare_newline(line)
-            self._command(line[:-2])
+                line, self._at = buffer[at:end + 1], end + 1
+                if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
+                    return self._bare_newline(line)
+                self._command(line[:-2])
+        finally:
+            self._buffer, self._at = self._buffer[self._at:], 0
+
+    def _line_too_long(self) -> None:
+        self.log.info("command line over {limit} octets from {peer}: closed",
+                      limit=MAX_COMMAND_LINE, peer=str(self._peer))
+        self._fatal(500, "5.5.2", "Error: line too long")
 
     def _bare_newline(self, text: bytes) -> None:
         kind = "CR" if text.count(b"\r") != text.count(b"\r\n") else "LF"
+        self._bare(kind)
+
+    def _bare(self, kind: str) -> None:
         self.log.info("bare {kind} from {peer}: closed", kind=kind, peer=str(self._peer))
-        self._close(550, "5.5.2", f"Error: bare <{kind}> received")
+        self._fatal(550, "5.5.2", f"Error: bare <{kind}> received")
 
-    def _take_data(self) -> bool:
-        """Consume DATA input; return whether progress was made."""
-        buffer = self._buffer
-        probe = (b"xx" if self._midline else b"\r\n") + buffer
-        end = probe.find(b"\r\n.\r\n")
-        if end >= 0:  # the dot line starts at buffer[end]; it is clean by construction
-            if self._take_region(buffer[:end]):
-                self._buffer = buffer[end + 3:]
-                self._end_of_data()
-            return True
-        last_lf = buffer.rfind(b"\n")
-        if last_lf >= 0:
-            region, self._buffer = buffer[:last_lf + 1], buffer[last_lf + 1:]
-            self._take_region(region)
-            self._midline = False
-            return True
-        if len(buffer) > FLUSH_PARTIAL_LINE:  # keep the last byte: it may be a CR
-            region, self._buffer = buffer[:-1], buffer[-1:]
-            self._take_region(region)
-            self._midline = True
-            return True
-        return False
-
-    def _take_region(self, region: bytes) -> bool:
-        """Check and keep one stretch of DATA; False if the session was closed."""
-        pairs = region.count(b"\r\n")
-        if region.count(b"\n") != pairs or region.count(b"\r") != pairs:
-            self._bare_newline(region)
+    def _take_data(self, reader: DataReader) -> bool:
+        """Feed DATA input to the reader; return whether progress was made."""
+        fed = reader.feed(self._buffer[self._at:] if self._at else self._buffer)
+        if fed.step in (Step.BARE_LF, Step.BARE_CR):
+            self._bare(fed.step.value)
             return False
-        prefix = b"xx" if self._midline else b"\r\n"
-        unstuffed = (prefix + region).replace(b"\r\n.", b"\r\n")[2:]
-        self._size += len(unstuffed)
-        if self._size > self.factory.max_message_size:
-            self._chunks = []  # over the limit: count the rest, keep none of it
-        else:
-            self._chunks.append(unstuffed)
+        if not fed.used:
+            return False
+        self._at += fed.used
+        self._useful()
+        if fed.step is Step.END:
+            self._end_of_data(reader)
         return True
 
     # -- commands --------------------------------------------------------
@@ -196,15 +268,28 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
         verb, _, argument = text.partition(" ")
         verb = verb.upper()
         handler = getattr(self, "smtp_" + verb, None) if verb.isalpha() else None
+        junk = verb in JUNK or handler is None or (verb in ("EHLO", "HELO") and bool(self._helo))
+        if junk and self._too_much_junk():
+            return
         if verb in NOT_IMPLEMENTED:
             return self._error(502, "5.5.1", f"Error: {verb} not implemented")
         if handler is None:
             return self._error(500, "5.5.2", "Error: command not recognized")
         handler(argument.strip())
 
+    def _too_much_junk(self) -> bool:
+        self._junk += 1
+        if self._junk <= self.factory.junk_command_limit:
+            return False
+        self.log.info("too many junk commands from {peer}: closed", peer=str(self._peer))
+        self._close(421, "4.7.0", f"{self.factory.hostname} Error: too many junk commands")
+        return True
+
     def smtp_EHLO(self, argument: str, extended: bool = True) -> None:
         if not argument:
             return self._error(501, "5.5.4", "Syntax: EHLO hostname")
+        if self._helo is None:
+            self._useful()
         self._helo = printable(argument, 255)
         self._reset()
         if not extended:
@@ -224,22 +309,32 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
         if self._mail_from is not None:
             return self._error(503, "5.5.1", "Error: nested MAIL command")
         path = parse_path("FROM:", argument)
-        if path is None:
+        if path is None or (path[0] and not is_mailbox(path[0])):
             return self._error(501, "5.1.7", "Bad sender address syntax")
         address, params = path
+        problem = address and address_problem(address)
+        if problem:
+            return self._error(501, "5.1.7", f"Bad sender address syntax: {problem}")
         refusal = check_mail_parameters(params, self.factory.max_message_size)
         if refusal is not None:
             return self._error(refusal.code, refusal.enhanced, refusal.text)
         self._mail_from = address
+        if self._relay_allowed:  # outside relay_from, MAIL leads nowhere
+            self._useful()
         self._reply(250, "2.1.0", "Ok")
 
     def smtp_RCPT(self, argument: str) -> None:
         if self._mail_from is None:
             return self._error(503, "5.5.1", "Error: need MAIL command")
         path = parse_path("TO:", argument)
+        if path is not None and is_postmaster(path[0]):
+            path = (self.factory.postmaster_address, path[1])
         if path is None or not is_mailbox(path[0]):
             return self._error(501, "5.1.3", "Bad recipient address syntax")
         address, params = path
+        problem = address_problem(address)
+        if problem:
+            return self._error(501, "5.1.3", f"Bad recipient address syntax: {problem}")
         if params:
             return self._error(555, "5.5.4", f"Unsupported option: {printable(params[0])}")
         if not self._relay_allowed:
@@ -248,6 +343,7 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
         if len(self._rcpts) >= MAX_RECIPIENTS:
             return self._reply(452, "4.5.3", "Error: too many recipients")
         self._rcpts.append(address)
+        self._useful()
         self._reply(250, "2.1.5", "Ok")
 
     def smtp_DATA(self, argument: str) -> None:
@@ -257,7 +353,8 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
             return self._error(503, "5.5.1", "Error: need MAIL command")
         if not self._rcpts:
             return self._error(554, "5.5.1", "Error: no valid recipients")
-        self._in_data = True
+        self._data = DataReader(self.factory.max_message_size)
+        self._useful()
         self._reply(354, None, "End data with <CR><LF>.<CR><LF>")
 
     def smtp_RSET(self, argument: str) -> None:
@@ -275,28 +372,23 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
 
     # -- end of DATA -----------------------------------------------------
 
-    def _end_of_data(self) -> None:
-        self._in_data = False
-        if self._size > self.factory.max_message_size:
-            return self._refuse(552, "5.3.4", "Message size exceeds fixed limit")
-        content = b"".join(self._chunks)
-        try:
-            binding, content, hops = split_binding(content)
-        except BindingHeaderError as e:
-            return self._refuse(550, "5.7.1", f"Error: {e}")
-        binding = DEFAULT_BINDING if binding is None else binding
-        if hops >= MAX_HOPS:
-            return self._refuse(554, "5.4.6", "Too many hops")
-        if not self.factory.binding_exists(binding):
-            return self._refuse(550, "5.7.1", f'Unknown binding "{printable(binding)}"')
+    def _end_of_data(self, reader: DataReader) -> None:
+        self._data = None
+        verdict = judge_message(reader, self.factory.binding_exists)
+        if isinstance(verdict, Refusal):
+            self.log.info("refused a message from {peer}: {code} {enhanced} {text}",
+                          peer=str(self._peer), code=verdict.code, enhanced=verdict.enhanced,
+                          text=verdict.text)
+            return self._refuse(verdict.code, verdict.enhanced, verdict.text)
         self._busy = True
         self.setTimeout(None)
-        self.transport.pauseProducing()
+        self._update_reading()
         mail_from, rcpts = self._mail_from, tuple(self._rcpts)
-        d = maybeDeferred(self.factory.spool.store, binding, mail_from, rcpts,
-                          received_field(helo=self._helo, peer=self._peer,
-                                         hostname=self.factory.hostname,
-                                         date=self.factory.reactor.seconds()) + content)
+        trace = received_field(helo=self._helo, peer=self._peer,
+                               hostname=self.factory.hostname,
+                               date=self.factory.reactor.seconds())
+        d = maybeDeferred(self.factory.spool.store, verdict.binding, mail_from, rcpts,
+                          trace + verdict.content)
         d.addCallbacks(self._stored, self._not_stored)
         d.addBoth(self._resume)
 
@@ -306,6 +398,7 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
         self._reply(code, enhanced, text)
 
     def _stored(self, message: SpooledMessage) -> None:
+        self._junk = 0  # a session that delivers mail is not idling
         self._reply(250, "2.0.0", f"Ok: queued as {message.id}")
         self.log.info("accepted {id} from {peer}: binding {binding}, {size} bytes, "
                       "{count} recipients", id=message.id, peer=str(self._peer),
@@ -329,58 +422,5 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
         self._reset()
         if not self._closing:
             self.setTimeout(self.factory.idle_timeout)
-            self.transport.resumeProducing()
+            self._update_reading()
             self._process()
-
-
-class InboundFactory(protocol.Factory):
-    """Listen with this: one L{InboundSession} per submitter connection.
-
-    @param spool: has C{store(binding, mail_from, rcpt_to, content)} returning a
-        Deferred that fires once the message is durable (L{hatwist.spool.Spool}).
-    @param relay_from: networks (L{ipaddress.ip_network}) allowed to relay.
-    @param binding_exists: C{name -> bool}, asked for every message.
-    @param on_accepted: called with each L{SpooledMessage} after its 250.
-    @param reactor: L{IReactorTime}, for timeouts and the Received date.
-    @param max_sessions: sessions at once; one more gets C{421 4.3.2} at connect.
-    """
-
-    def __init__(self, *, spool: Any,
-                 relay_from: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
-                 max_message_size: int, hostname: str, binding_exists: Callable[[str], bool],
-                 on_accepted: Callable[[SpooledMessage], object], reactor: Any,
-                 idle_timeout: float = IDLE_TIMEOUT, max_sessions: int = MAX_SESSIONS) -> None:
-        if max_message_size <= 0:
-            raise ValueError("max_message_size must be positive")
-        self.spool = spool
-        self.relay_from = tuple(relay_from)
-        self.max_message_size = max_message_size
-        self.hostname = hostname
-        self.binding_exists = binding_exists
-        self.on_accepted = on_accepted
-        self.reactor = reactor
-        self.idle_timeout = idle_timeout
-        self.max_sessions = max_sessions
-        self.sessions: set[InboundSession] = set()
-        """Open sessions, for a graceful shutdown to wait on (L{when_idle})."""
-        self._idle_waiters: list[Deferred[None]] = []
-
-    def buildProtocol(self, addr: Any) -> InboundSession:
-        return InboundSession(self)
-
-    def when_idle(self) -> Deferred[None]:
-        """Fires once no session is open (at once if none is), so a shutdown can let
-        transactions finish without polling; cancel it to stop waiting."""
-        if not self.sessions:
-            return succeed(None)
-        d: Deferred[None] = Deferred(self._idle_waiters.remove)
-        self._idle_waiters.append(d)
-        return d
-
-    def session_ended(self, session: InboundSession) -> None:
-        """A session's connection is gone (called by the session)."""
-        self.sessions.discard(session)
-        if not self.sessions:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for d in waiters:
-                d.callback(None)

@@ -15,10 +15,19 @@ from email.utils import formatdate
 
 import attrs
 
+from hatwist.config.converters import binding_name
+
 BINDING_HEADER = b"x-binding"
 _PATH = re.compile(r"\A<(?:@[^:<>]*:)?([^<>\s]*)>(?:\s+(.*))?\Z")
 _FIELD_NAME = re.compile(rb"\A[!-9;-~]+\Z")
 _BODY_TYPES = ("7BIT", "8BITMIME")
+_WSP = b" \t"
+MAX_PATH = 256
+"""RFC 5321 section 4.5.3.1.3 (the path, brackets included, is 256 octets)."""
+MAX_LOCAL_PART = 64
+MAX_DOMAIN = 255
+MAX_LABEL = 63
+MAX_BINDING = 64
 
 
 @attrs.frozen
@@ -31,7 +40,8 @@ class Refusal:
 
 
 class BindingHeaderError(ValueError):
-    """The X-Binding header is present but unusable (empty, or more than one)."""
+    """The X-Binding header is present but unusable (empty, malformed, or more
+    than one)."""
 
 
 def printable(text: str, limit: int = 64) -> str:
@@ -53,6 +63,48 @@ def parse_path(keyword: str, argument: str) -> tuple[str, list[str]] | None:
 def is_mailbox(address: str) -> bool:
     """Whether a recipient has exactly one ``@`` with something on either side."""
     return address.count("@") == 1 and "" not in address.split("@")
+
+
+def is_postmaster(address: str) -> bool:
+    """The bare ``postmaster`` that RFC 5321 section 4.5.1 says MUST be accepted
+    (case-insensitively), with no domain."""
+    return address.lower() == "postmaster"
+
+
+def address_problem(address: str) -> str | None:
+    """
+    Why ``local@domain`` can never be delivered, or None.
+
+    Caught here so that a 501 at MAIL/RCPT tells the submitter at once, instead
+    of a 250 followed by failing attempts for days: control characters (NUL
+    included) and the RFC 5321 section 4.5.3.1 sizes (local part 64, domain 255,
+    each DNS label 63 octets, empty labels).  Address literals (``[...]``) are
+    passed on as they are.
+    """
+    if any(c < " " or c == "\x7f" for c in address):
+        return "control character in address"
+    local, _, domain = address.rpartition("@")
+    if len(local) > MAX_LOCAL_PART:
+        return f"local part over {MAX_LOCAL_PART} octets"
+    problem = _literal_problem(domain) if domain.startswith("[") else _domain_problem(domain)
+    if problem is None and len(address) + 2 > MAX_PATH:
+        return f"path over {MAX_PATH} octets"
+    return problem
+
+
+def _literal_problem(domain: str) -> str | None:
+    return None if domain.endswith("]") else "unterminated address literal"
+
+
+def _domain_problem(domain: str) -> str | None:
+    if len(domain) > MAX_DOMAIN:
+        return f"domain over {MAX_DOMAIN} octets"
+    labels = (domain[:-1] if domain.endswith(".") else domain).split(".")
+    if any(len(label) > MAX_LABEL for label in labels):
+        return f"DNS label over {MAX_LABEL} octets"
+    if "" in labels:
+        return "empty DNS label"
+    return None
 
 
 def check_mail_parameters(params: list[str], max_message_size: int) -> Refusal | None:
@@ -104,14 +156,17 @@ def split_binding(content: bytes) -> tuple[str | None, bytes, int]:
     for i, line in enumerate(lines):
         if line[:1] in (b" ", b"\t") and fields:
             fields[-1].append(line)
-        elif b":" in line and _FIELD_NAME.match(line.split(b":", 1)[0]):
-            fields.append([line])
+        elif b":" in line and _FIELD_NAME.match(line.split(b":", 1)[0].rstrip(_WSP)):
+            fields.append([line])  # RFC 5322 section 4.5.8 allows WSP before the colon
+        elif i == 0 and line.startswith(b"From "):
+            fields.append([line])  # an mbox "From " line some submitters leave on top
         else:  # not a header line: the header section ended here
             body_at = i
             break
     values, kept, hops = [], [], 0
     for field in fields:
         name, _, value = field[0].partition(b":")
+        name = name.rstrip(_WSP)
         if name.lower() == BINDING_HEADER:
             values.append(b"".join([value, *field[1:]]).strip())  # RFC 5322 unfolding
             continue
@@ -124,4 +179,19 @@ def split_binding(content: bytes) -> tuple[str | None, bytes, int]:
     if not values[0]:
         raise BindingHeaderError("empty X-Binding header")
     remaining = b"\r\n".join(kept + lines[body_at:])
-    return values[0].decode("latin-1"), remaining + rest, hops
+    return canonical_binding(values[0]), remaining + rest, hops
+
+
+def canonical_binding(value: bytes) -> str:
+    """The binding an X-Binding value names, as the config stores names (lower
+    case), so ``warm`` and ``WARM`` share one throttle window and one limit.
+
+    @raise BindingHeaderError: not a name a config file could define.
+    """
+    text = value.decode("latin-1")
+    try:
+        if len(text) > MAX_BINDING:
+            raise ValueError(text)
+        return binding_name(text)
+    except ValueError:
+        raise BindingHeaderError(f'malformed X-Binding header "{printable(text)}"') from None

@@ -52,6 +52,11 @@ class AnswerCache:
             return None
         return answers
 
+    def expires(self, key: tuple[bytes, int]) -> float | None:
+        """When the live answer for ``key`` runs out, or None when there is none."""
+        entry = self._entries.get(key)
+        return None if entry is None or entry[0] <= self._reactor.seconds() else entry[0]
+
     def put(self, key: tuple[bytes, int], answers: list[dns.RRHeader], seconds: int) -> None:
         if seconds <= 0 or self._size <= 0:
             return

@@ -31,21 +31,34 @@ Promises, in the order they matter:
   ``THROTTLE_RECHECK`` seconds.
 - A message runs out of time at its expiry, even waiting in a held queue or
   behind its throttle.
+- At start the spool is read in batches, one reactor turn each: mail is
+  delivered, accepted and /status answered while a million messages are read.
 - When nothing is pending any more, failed recipients get a DSN (never for a
   null sender), spooled and scheduled like any other message, and only then is
   the original removed: a crash in between can repeat a bounce, never lose one.
 
 Retry times and expiry come from :mod:`hatwist.schedule`; time comes from the
-injected reactor.  Layout: ``_queues`` (queues and turn-taking, no I/O),
-``_outcome`` (what a result does to a message's state, pure), ``_rules``
-(what config and proxy health say about a queue), ``_states`` (why a queue
-waits, for the status faces, pure), ``_bounce`` (the DSN into
-the spool), ``_waits`` (the hold, pause and throttle timers of the queues),
-``_service`` (the :class:`Scheduler`: part timers, attempts and Deferreds).
+injected reactor.  Everything a status face asks (``queue_depths``,
+``queue_states``, ``counters``) costs O(queues), never O(messages): depths are
+kept as messages change, and a queue's next retry is the head of its due heap.
+
+Layout, pure first: ``_queues`` (parts, queues and their turn-taking),
+``_outcome`` (what a result does to a message's state), ``_rules`` (what config
+and proxy health say about a queue), ``_states`` (why a queue waits, for the
+status faces); then ``_ledger`` (the entries, their depths per queue, their
+saves), ``_due`` (one heap per queue and one DelayedCall for the earliest
+part), ``_waits`` (the hold, pause and throttle timers), ``_dispatch`` (takes
+due parts off the board and runs their attempts), ``_record`` (what an
+attempt's results or an expiry do), ``_proxy`` (the reactions to proxy state
+changes), ``_finish`` and ``_bounce`` (the DSN, then the removal),
+``_recovery`` (the start-up read in batches) and ``_service`` (the
+:class:`Scheduler`: the glue).
 """
 
+from ._ledger import SAVE_RETRY_DELAY
 from ._outcome import domain_of
-from ._service import COUNTERS, MAX_IN_FLIGHT, SAVE_RETRY_DELAY, Scheduler
+from ._recovery import RECOVERY_BATCH
+from ._service import COUNTERS, MAX_IN_FLIGHT, Scheduler
 from ._states import (
     ACTIVE,
     BACKOFF,
@@ -67,6 +80,7 @@ __all__ = [
     "MAX_IN_FLIGHT",
     "PAUSED",
     "QUEUE_STATES",
+    "RECOVERY_BATCH",
     "SAVE_RETRY_DELAY",
     "THROTTLED",
     "THROTTLE_RECHECK",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall
@@ -21,16 +22,30 @@ QueueKey = tuple[str, str]
 """(binding, domain)."""
 
 
-@attrs.define(eq=False)
+@attrs.define(eq=False, weakref_slot=False)
 class Part:
-    """One message's pending recipients at one domain: what one attempt sends."""
+    """
+    One message's pending recipients at one domain: what one attempt sends.
 
-    message_id: str
+    A part is current while its entry holds it (``part in entry.parts``); one
+    that was replaced or whose message finished is stale, and whatever still
+    refers to it (a queue's line, the due heap) skips it.  Slots and nothing
+    optional allocated: a million of them wait in a large queue.
+    """
+
+    entry: Any
+    """The scheduler's entry of its message (``hatwist.scheduler._ledger.Entry``)."""
     key: QueueKey
+    """(binding, domain), shared by every part of the queue."""
     due: float
-    timer: IDelayedCall | None = None
     failed_at: float | None = None
     """When its last attempt ended in a temporary failure (None: none since)."""
+    heap_seq: int | None = None
+    """Its live entry in the due heap while it waits there (None: not waiting)."""
+
+    @property
+    def message_id(self) -> str:
+        return self.entry.message.id
 
 
 @attrs.define(eq=False)
@@ -54,6 +69,9 @@ class Queue:
     throttle_noted: bool = False
     """Its throttle wait was logged; a queue logs that once, until it drains."""
     unthrottle: IDelayedCall | None = None
+    oldest: float = float("inf")
+    """No part in ``ready`` was received before this (a lower bound): a queue
+    that waits need not look for expired parts before it could hold one."""
 
 
 class Board:
@@ -90,7 +108,11 @@ class Board:
             queue.ready.appendleft(part)
         else:
             queue.ready.append(part)
-        self.refresh(queue)
+        received_at = part.entry.message.received_at
+        if received_at < queue.oldest:
+            queue.oldest = received_at
+        if queue.key not in self._startable:  # one more part cannot make it unstartable
+            self.refresh(queue)
         return queue
 
     def refresh(self, queue: Queue) -> None:
@@ -111,6 +133,18 @@ class Board:
             idle = not queue.ready and not queue.in_flight
             if idle and not queue.held and not queue.throttled:  # no timer left behind
                 del self._queues[queue.key]
+
+    def sweep(self, queue: Queue, keep: Callable[[Part], bool]) -> None:
+        """Keep only the parts of ``queue``'s line that ``keep`` says to (one pass,
+        in order), and make ``queue.oldest`` exact again."""
+        kept: deque[Part] = deque()
+        oldest = float("inf")
+        for part in queue.ready:
+            if keep(part):
+                kept.append(part)
+                oldest = min(oldest, part.entry.message.received_at)
+        queue.ready, queue.oldest = kept, oldest
+        self.refresh(queue)
 
     def next(self) -> tuple[Queue, Part] | None:
         """The next queue in line and its first part (taken off the queue), or

@@ -1,17 +1,24 @@
-# -*- test-case-name: tests.test_scheduler -*-
+# -*- test-case-name: tests.test_scheduler_states -*-
 """
 Why a queue is not moving: one :class:`QueueState` per (binding, domain), for operators.
 
 Depth alone cannot tell a queue that is busy from one that waits for a proxy, a throttle
 window or its messages' retry times; the state says which, and ``until`` when it next
-tries.  Pure: :func:`queue_state` decides from facts the scheduler gathers in one pass.
+tries.  Pure: :func:`queue_state` decides from facts, :func:`queue_states` gathers them
+in constant work per queue (no walk over messages).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import attrs
 
-from ._queues import Queue, QueueKey
+from hatwist.spool import PENDING
+
+from ._outcome import domain_of
+from ._queues import Board, Queue, QueueKey
 
 #: Attempts are running, or could start now (perhaps after other queues' turns).
 ACTIVE = "active"
@@ -85,3 +92,46 @@ def queue_state(
         if queue.ready or queue.in_flight:
             return state(ACTIVE, None)
     return state(BACKOFF, next_retry, retry_reason)
+
+
+def queue_states(
+    depths: dict[QueueKey, int],
+    *,
+    board: Board,
+    due: Any,
+    throttle_state: Callable[[Queue], tuple[str | None, float | None]],
+) -> list[QueueState]:
+    """
+    The state of every queue in ``depths`` (pending recipients per queue), sorted.
+
+    :param due: the scheduler's ``DueHeap``: a queue's first retry is its head.
+    :param throttle_state: a throttled queue's throttle text and next allowed start.
+    """
+    states = []
+    for key, depth in sorted(depths.items()):
+        queue = board.get(key)
+        retry = due.head(key)
+        throttle = throttled_until = None
+        if queue is not None and queue.throttled:
+            throttle, throttled_until = throttle_state(queue)
+        states.append(queue_state(
+            key,
+            depth=depth,
+            queue=queue,
+            next_retry=None if retry is None else retry.due,
+            retry_reason=None if retry is None else last_reply(retry.entry.message, key[1]),
+            throttle=throttle,
+            throttled_until=throttled_until,
+        ))
+    return states
+
+
+def last_reply(message: Any, domain: str) -> str | None:
+    """The last reply one of the message's pending recipients at ``domain`` got."""
+    for recipient in message.recipients:
+        if recipient.status == PENDING and recipient.reason and (
+            domain_of(recipient.address) == domain
+        ):
+            code = f"{recipient.code} " if recipient.code else ""
+            return code + recipient.reason
+    return None

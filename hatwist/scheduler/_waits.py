@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_scheduler -*-
+# -*- test-case-name: tests.test_scheduler_proxy -*-
 """
 Why a queue starts nothing for a while, and when it may run again.
 

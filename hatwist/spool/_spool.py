@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -118,3 +119,23 @@ class Spool:
         # Ids with an operation queued or running are this process's own work in
         # progress, not debris (read from the pool thread: membership only).
         return self._in_thread(self._files.recover, self._locks).addCallback(report)
+
+    def recover_batches(self, on_batch: Callable[[list[SpooledMessage]], object], *,
+                        batch_size: int = 10_000) -> Deferred[int]:
+        """At start-up: every valid message, oldest first, handed to C{on_batch} in
+        lists of at most C{batch_size}; fires with how many there were.
+
+        C{on_batch} runs in the reactor thread, one reactor turn per batch, so the
+        reactor answers in between. (This layout reads the whole listing in one go,
+        like L{recover}; the batches only spare the reactor one long turn.)
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size!r}")
+
+        def feed(messages: list[SpooledMessage], start: int = 0) -> Deferred[int] | int:
+            if start >= len(messages):
+                return len(messages)
+            on_batch(messages[start:start + batch_size])
+            return deferLater(self._reactor, 0, feed, messages, start + batch_size)
+
+        return self.recover().addCallback(feed)

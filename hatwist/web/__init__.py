@@ -9,6 +9,7 @@ The service builds a :class:`StatusSources` from its registry, scheduler and a
 """
 
 from ._deliveries import DELIVERY_EVENT, DeliveryMetrics
+from ._history import History
 from ._metrics import StatusCollector, metrics_registry, render_metrics
 from ._page import REFRESH_SECONDS, render_page
 from ._resource import make_status_root, make_status_site
@@ -18,6 +19,7 @@ __all__ = [
     "DELIVERY_EVENT",
     "REFRESH_SECONDS",
     "DeliveryMetrics",
+    "History",
     "StatusCollector",
     "StatusSources",
     "make_status_root",

@@ -12,7 +12,15 @@ Queue states are exported as a count of queues per binding and state,
 with mail queued, rather than a 0/1 series per queue and state: bindings are few and
 come from the config, domains are many and come from senders, so its cardinality stays
 bounded, and an alert reads directly (``hatwist_queues{state="waiting_for_proxy"} > 0``).
-Which domains wait, and until when, is in /status and ``hatwist status``.
+Which domains wait, and until when, is in /status and ``hatwist status``.  For the same
+reason the queue depth is per binding (``hatwist_queue_depth{binding}``), and the
+``route`` label of ``hatwist_deliveries_total`` is the route's kind (``proxy``,
+``direct``, ``none``), never the free text of the attempt log.
+
+Every per-binding series is present from the start for each configured binding, with
+0 until something happens, and so is ``hatwist_proxy_no_greeting_total`` for each
+(binding, proxy server): ``rate()`` and ``increase()`` alerts need a series to exist
+before the first event (Prometheus' own advice for counters with labels).
 """
 
 from __future__ import annotations
@@ -21,13 +29,30 @@ from collections import Counter
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from hatwist.health import LATENCY_BUCKETS
 from hatwist.scheduler import QUEUE_STATES
 
+from ._deliveries import NO_ROUTE, RESULTS
 from ._status import StatusSources, proxy_views, queue_states, scheduler_counters
+
+#: The values of the ``route`` label: what kind of route an attempt took.
+ROUTE_KINDS = ("proxy", "direct", NO_ROUTE)
+
+
+def route_kind(route: str) -> str:
+    """``proxy`` for ``"proxy SERVER from SRC"``, ``direct``, or ``none``: a bounded label
+    (the server and source are already in the attempt log and in the proxy series)."""
+    kind = route.split(" ", 1)[0]
+    return kind if kind in ROUTE_KINDS else NO_ROUTE
 
 #: Help text of the scheduler's counters, exported as ``hatwist_scheduler_<name>_total``.
 #: A counter the scheduler adds later is exported with a generic help text.
@@ -54,14 +79,21 @@ class StatusCollector(Collector):
         info.add_metric([sources.version], 1)
         yield info
 
+        bindings = sorted(set(sources.bindings()))
         deliveries = CounterMetricFamily(
             "hatwist_deliveries",
-            "Recipients per delivery attempt, by binding, route and result "
-            "(delivered 2xx, temporary 4xx, permanent 5xx).",
+            "Recipients per delivery attempt, by binding, route kind (proxy, direct, none) "
+            "and result (delivered 2xx, temporary 4xx, permanent 5xx).",
             labels=["binding", "route", "result"],
         )
-        for (binding, route, result), count in sorted(sources.deliveries.results().items()):
-            deliveries.add_metric([binding, route, result], count)
+        results: Counter[tuple[str, str, str]] = Counter({
+            (binding, route, result): 0
+            for binding in bindings for route in ROUTE_KINDS for result in RESULTS.values()
+        })
+        for (binding, route, result), count in sources.deliveries.results().items():
+            results[(binding, route_kind(route), result)] += count
+        for key, count in sorted(results.items()):
+            deliveries.add_metric(list(key), count)
         yield deliveries
 
         no_greeting = CounterMetricFamily(
@@ -70,7 +102,11 @@ class StatusCollector(Collector):
             "(an unusable source IP or unreachable MX behind HAProxy).",
             labels=["binding", "server"],
         )
-        for (binding, server), count in sorted(sources.deliveries.no_greeting().items()):
+        servers = [proxy.server for proxy in proxy_views(sources)]
+        sessions: Counter[tuple[str, str]] = Counter(
+            {(binding, server): 0 for binding in bindings for server in servers})
+        sessions.update(sources.deliveries.no_greeting())
+        for (binding, server), count in sorted(sessions.items()):
             no_greeting.add_metric([binding, server], count)
         yield no_greeting
 
@@ -80,12 +116,14 @@ class StatusCollector(Collector):
             "(refused, or the handshake failed and tls = ifavailable retried without it).",
             labels=["binding"],
         )
-        for binding, count in sorted(sources.deliveries.tls_skipped().items()):
+        skipped: Counter[str] = Counter(dict.fromkeys(bindings, 0))
+        skipped.update(sources.deliveries.tls_skipped())
+        for binding, count in sorted(skipped.items()):
             tls_skipped.add_metric([binding], count)
         yield tls_skipped
 
         yield from self._proxies()
-        yield from self._queues()
+        yield from self._queues(bindings)
 
     def _proxies(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -93,9 +131,9 @@ class StatusCollector(Collector):
             "1 when the proxy server is plumbed, 0 when unplumbed.",
             labels=["server"],
         )
-        latency = GaugeMetricFamily(
+        latency = HistogramMetricFamily(
             "hatwist_proxy_check_latency_seconds",
-            "Duration of the latest successful health check.",
+            "Durations of the successful health checks.",
             labels=["server"],
         )
         last_check = GaugeMetricFamily(
@@ -123,8 +161,10 @@ class StatusCollector(Collector):
         for proxy in proxy_views(self._sources):
             labels = [proxy.server]
             up.add_metric(labels, 1 if proxy.state == "plumbed" else 0)
-            if proxy.last_latency is not None:
-                latency.add_metric(labels, proxy.last_latency)
+            if proxy.latency_buckets:
+                bounds = [repr(float(b)) for b in LATENCY_BUCKETS] + ["+Inf"]
+                latency.add_metric(labels, list(zip(bounds, proxy.latency_buckets, strict=True)),
+                                   proxy.latency_sum)
             if proxy.last_check is not None:
                 last_check.add_metric(labels, proxy.last_check)
             checks.add_metric(labels, proxy.checks)
@@ -134,11 +174,11 @@ class StatusCollector(Collector):
                 source_up.add_metric([proxy.server, path.source], int(path.state == "plumbed"))
         yield from (up, source_up, latency, last_check, checks, failures, changes)
 
-    def _queues(self) -> Iterator[Metric]:
+    def _queues(self, bindings: list[str]) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
             "hatwist_queue_depth",
-            "Pending recipients per binding and domain.",
-            labels=["binding", "domain"],
+            "Pending recipients per binding (per domain: /status and hatwist status).",
+            labels=["binding"],
         )
         per_state = GaugeMetricFamily(
             "hatwist_queues",
@@ -146,11 +186,14 @@ class StatusCollector(Collector):
             "(waiting for retry times), waiting_for_proxy, throttled, paused.",
             labels=["binding", "state"],
         )
-        counts: dict[str, Counter[str]] = {}
+        counts: dict[str, Counter[str]] = {binding: Counter() for binding in bindings}
+        depths: Counter[str] = Counter(dict.fromkeys(bindings, 0))
         for queue in queue_states(self._sources):
-            depth.add_metric([queue.binding, queue.domain], queue.depth)
+            depths[queue.binding] += queue.depth
             counts.setdefault(queue.binding, Counter())[queue.state] += 1
-        for binding, count in counts.items():
+        for binding, total in sorted(depths.items()):
+            depth.add_metric([binding], total)
+        for binding, count in sorted(counts.items()):
             for state in (*QUEUE_STATES, *sorted(count.keys() - set(QUEUE_STATES))):
                 per_state.add_metric([binding, state], count[state])
         yield depth

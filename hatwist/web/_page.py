@@ -16,6 +16,7 @@ from html import escape
 from typing import Any
 
 from . import _format
+from ._charts import deliveries_chart, plumbed_strip
 
 #: Seconds between reloads (``<meta http-equiv="refresh">``).
 REFRESH_SECONDS = 5
@@ -35,7 +36,12 @@ td.state.unplumbed { background: #cf222e; }
 td.state.active { background: #1a7f37; }
 td.state.backoff, td.state.throttled { background: #9a6700; }
 td.state.waiting_for_proxy, td.state.paused { background: #cf222e; }
-td.error { color: #cf222e; white-space: normal; }
+td.error, td.reason { white-space: normal; max-width: 36em; overflow-wrap: anywhere; }
+td.error { color: #cf222e; }
+td.history { padding: .25em .4em; }
+figure { margin: 0 0 1em; }
+figcaption { color: #555; margin-bottom: .2em; }
+.legend span { display: inline-block; width: .8em; height: .8em; margin: 0 .3em 0 1em; }
 td.empty { color: #777; font-style: italic; }
 """
 
@@ -51,6 +57,7 @@ _PROXY_COLUMNS = (
     "no greeting",
     "sources",
     "last error",
+    "last hour",
 )
 
 
@@ -74,8 +81,13 @@ def _table(table_id: str, columns: Sequence[str], rows: Iterable[str], empty: st
     ]
 
 
-def _proxy_row(proxy: dict[str, Any], now: float) -> str:
+def _proxy_row(proxy: dict[str, Any], now: float, history: dict[str, Any] | None) -> str:
     server, state = proxy["server"], proxy["state"]
+    strip = ""
+    if history is not None:
+        start = history["deliveries"]["start"]
+        changes = history["proxies"].get(server, [])
+        strip = plumbed_strip(server, changes, state, min(start, now), now)
     cells = [
         _cell(server, "server"),
         _cell(state, f"state {state}"),
@@ -88,6 +100,7 @@ def _proxy_row(proxy: dict[str, Any], now: float) -> str:
         _cell(proxy.get("no_greeting", 0), "number"),
         _cell(_format.sources(proxy.get("sources", ())), "sources"),
         _cell(proxy["last_error"], "error" if proxy["last_error"] else None),
+        f'<td class="history">{strip}</td>',
     ]
     return f'<tr data-server="{escape(server)}" data-state="{escape(state)}">{"".join(cells)}</tr>'
 
@@ -95,7 +108,7 @@ def _proxy_row(proxy: dict[str, Any], now: float) -> str:
 _QUEUE_COLUMNS = (
     "binding",
     "domain",
-    "pending recipients",
+    "pending",
     "in flight",
     "state",
     "next try",
@@ -108,7 +121,7 @@ def _queue_row(queue: dict[str, Any], now: float) -> str:
     cells = [
         _cell(queue["binding"]),
         _cell(queue["domain"]),
-        _cell(queue["depth"], "number"),
+        _cell(queue["pending"], "number"),
         _cell(queue["in_flight"], "number"),
         _cell(state, f"state {state}"),
         _cell(_format.until(now, queue["until"])),
@@ -134,19 +147,80 @@ def counter_rows(deliveries: dict[str, Any], no_greeting: int) -> list[tuple[str
     return rows
 
 
-def _summary(proxies: list[dict[str, Any]]) -> str:
+#: Queue states that need an operator's eye, worst first (after an unplumbed proxy).
+_WORRYING = (
+    ("paused", "paused"),
+    ("waiting_for_proxy", "waiting for a proxy"),
+    ("backoff", "backing off"),
+    ("throttled", "throttled"),
+)
+
+
+def _problems(document: dict[str, Any]) -> list[str]:
+    """What is wrong, worst first: unplumbed proxies, then queues by state."""
+    problems = []
+    unplumbed = sum(p["state"] != "plumbed" for p in document["proxies"])
+    if unplumbed:
+        problems.append(f"{unplumbed} proxy server{'s' if unplumbed > 1 else ''} unplumbed")
+    for state, words in _WORRYING:
+        count = sum(q["state"] == state for q in document["queues"])
+        if count:
+            problems.append(f"{count} queue{'s' if count > 1 else ''} {words}")
+    return problems
+
+
+def headline(document: dict[str, Any]) -> str:
+    """The page title: the worst state of the relay, so a tab or a wallboard says it."""
+    problems = _problems(document)
+    if problems:
+        return f"hatwist: {problems[0]}"
+    if not document["proxies"]:
+        return "hatwist: ok"
+    return "hatwist: all plumbed, queues active" if document["queues"] else \
+        "hatwist: all plumbed, nothing queued"
+
+
+def _summary(document: dict[str, Any]) -> str:
+    proxies = document["proxies"]
     if not proxies:
-        return "no proxy servers configured"
-    plumbed = sum(p["state"] == "plumbed" for p in proxies)
-    return f"{plumbed} of {len(proxies)} proxy servers plumbed"
+        parts = ["no proxy servers configured"]
+    else:
+        plumbed = sum(p["state"] == "plumbed" for p in proxies)
+        parts = [f"{plumbed} of {len(proxies)} proxy servers plumbed"]
+    queues = document["queues"]
+    parts.append(f"{len(queues)} queue{'' if len(queues) == 1 else 's'} with mail")
+    parts += _problems(document)[1 if any(p["state"] != "plumbed" for p in proxies) else 0:]
+    return " \u00b7 ".join(parts)
+
+
+def _charts(history: dict[str, Any] | None) -> list[str]:
+    if history is None:
+        return []
+    deliveries = history["deliveries"]
+    legend = "".join(f'<span style="background:{colour}"></span>{kind}'
+                     for kind, colour in (("delivered", "#1a7f37"), ("deferred", "#9a6700"),
+                                          ("bounced", "#cf222e")))
+    lines = ["<h2>Last hour</h2>",
+             f'<p class="legend">recipients per minute, by binding:{legend}</p>']
+    if not deliveries["bindings"]:
+        lines.append('<p class="summary">no delivery attempts in the last hour</p>')
+    for binding, series in deliveries["bindings"].items():
+        total = {kind: sum(counts) for kind, counts in series.items()}
+        caption = (f"binding {binding}: {total.get('delivered', 0)} delivered, "
+                   f"{total.get('deferred', 0)} deferred, {total.get('bounced', 0)} bounced")
+        lines += [f'<figure data-binding="{escape(binding)}">',
+                  f"<figcaption>{escape(caption)}</figcaption>",
+                  deliveries_chart(binding, series, deliveries["start"]),
+                  "</figure>"]
+    return lines
 
 
 def render_page(document: dict[str, Any], refresh: int = REFRESH_SECONDS) -> str:
     """The whole page for one /status document."""
     now = document["now"]
     proxies = document["proxies"]
-    unplumbed = sum(p["state"] != "plumbed" for p in proxies)
-    title = f"hatwist: {unplumbed} unplumbed" if unplumbed else "hatwist: all plumbed"
+    history = document.get("history")
+    title = headline(document)
     counters = counter_rows(document["deliveries"], document["no_greeting"])
     lines = [
         "<!DOCTYPE html>",
@@ -159,13 +233,13 @@ def render_page(document: dict[str, Any], refresh: int = REFRESH_SECONDS) -> str
         "</head>",
         "<body>",
         f"<h1>hatwist {escape(str(document['version']))}</h1>",
-        f'<p class="summary">{escape(_summary(proxies))} &middot; as of '
+        f'<p class="summary">{escape(_summary(document))} &middot; as of '
         f"{escape(_format.utc(now))} &middot; refreshes every {int(refresh)} s</p>",
         "<h2>Proxy servers</h2>",
         *_table(
             "proxies",
             _PROXY_COLUMNS,
-            (_proxy_row(p, now) for p in proxies),
+            (_proxy_row(p, now, history) for p in proxies),
             "no proxy servers configured",
         ),
         "<h2>Queues</h2>",
@@ -175,6 +249,7 @@ def render_page(document: dict[str, Any], refresh: int = REFRESH_SECONDS) -> str
             (_queue_row(q, now) for q in document["queues"]),
             "no mail queued",
         ),
+        *_charts(history),
         "<h2>Counters</h2>",
         *_table(
             "counters",

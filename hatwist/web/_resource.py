@@ -10,11 +10,13 @@ and the page may load nothing from anywhere (Content-Security-Policy).
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from ._limits import LimitedSite
 from ._metrics import metrics_registry, render_metrics
 from ._page import render_page
 from ._status import StatusSources, status_document
@@ -86,9 +88,9 @@ def make_status_root(sources: StatusSources) -> Resource:
     return root
 
 
-class _StatusSite(Site):
+class _StatusSite(LimitedSite):
     """
-    A ``Site`` without an access log.
+    A ``Site`` without an access log, within the status port's bounds (:mod:`._limits`).
 
     twisted.web writes one line per request to the process log unless told otherwise;
     with Prometheus scraping and the page reloading itself every few seconds, those
@@ -99,9 +101,21 @@ class _StatusSite(Site):
         pass
 
 
-def make_status_site(sources: StatusSources) -> Site:
-    """The ``Site`` to listen with on ``status_listen`` (no access log, no tracebacks)."""
-    site = _StatusSite(make_status_root(sources))
+def make_status_site(
+    sources: StatusSources,
+    *,
+    max_connections: int = 64,
+    idle_timeout: float = 15,
+    reactor: Any = None,
+) -> Site:
+    """The ``Site`` to listen with on ``status_listen`` (no access log, no tracebacks),
+    with at most ``max_connections`` connections and ``idle_timeout`` per request."""
+    site = _StatusSite(
+        make_status_root(sources),
+        max_connections=max_connections,
+        idle_timeout=idle_timeout,
+        reactor=reactor,
+    )
     site.displayTracebacks = False
     site.noisy = False
     return site

@@ -10,6 +10,7 @@ objects alike, and the three faces cannot disagree about what they saw.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import attrs
@@ -18,6 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from hatwist.scheduler import QueueState
 
 from ._deliveries import DeliveryMetrics
+from ._history import History
 
 
 class ProxyRegistry(Protocol):
@@ -49,6 +51,12 @@ class StatusSources:
     version: str
     clock: IReactorTime
     deliveries: DeliveryMetrics = attrs.field(factory=DeliveryMetrics)
+    history: History | None = None
+    """The last hour per minute, for the page's charts (None: the page draws none)."""
+    bindings: Callable[[], Iterable[str]] = attrs.field(default=lambda: ())
+    """The configured binding names (asked at each scrape, so a reload shows): /metrics
+    exports every per-binding series for each of them from the start, zeros included,
+    so an alert on a rate has a series to read before the first event."""
 
 
 @attrs.frozen
@@ -87,6 +95,9 @@ class ProxyView:
     state_changes: int
     no_greeting: int
     sources: tuple[SourceView, ...] = ()
+    latency_buckets: tuple[int, ...] = ()
+    """Successful checks, cumulatively per bound of ``hatwist.health.LATENCY_BUCKETS``."""
+    latency_sum: float = 0.0
 
 
 def proxy_views(sources: StatusSources) -> list[ProxyView]:
@@ -113,6 +124,8 @@ def proxy_views(sources: StatusSources) -> list[ProxyView]:
                 state_changes=status.state_changes,
                 no_greeting=no_greeting[server],
                 sources=tuple(_source_view(path) for path in getattr(status, "paths", ())),
+                latency_buckets=tuple(getattr(status, "latency_buckets", ())),
+                latency_sum=getattr(status, "latency_sum", 0.0),
             )
         )
     return views
@@ -147,6 +160,7 @@ def scheduler_counters(sources: StatusSources) -> dict[str, int]:
 
 def _proxy_json(proxy: ProxyView) -> dict[str, Any]:
     document = attrs.asdict(proxy, recurse=False)
+    del document["latency_buckets"], document["latency_sum"]  # /metrics has them
     document["sources"] = [attrs.asdict(path) for path in proxy.sources]
     return document
 
@@ -162,7 +176,8 @@ def status_document(sources: StatusSources) -> dict[str, Any]:
     of an unusable source IP or an unreachable MX. ``deliveries.tls_skipped`` counts
     attempts whose session went in plaintext although the MX offered STARTTLS.
 
-    Each of ``queues`` has ``binding``, ``domain``, ``depth`` (pending recipients),
+    Each of ``queues`` has ``binding``, ``domain``, ``pending`` (pending recipients: the
+    one word the page, ``hatwist status`` and this document use for it),
     ``in_flight``, ``state`` (one of ``hatwist.scheduler.QUEUE_STATES``), ``until`` (Unix
     time of its next try, or null) and ``reason`` (why it waits, or null).
     """
@@ -180,7 +195,27 @@ def status_document(sources: StatusSources) -> dict[str, Any]:
         "version": sources.version,
         "now": sources.clock.seconds(),
         "proxies": [_proxy_json(p) for p in proxies],
-        "queues": [attrs.asdict(queue) for queue in queue_states(sources)],
+        "queues": [_queue_json(queue) for queue in queue_states(sources)],
         "deliveries": deliveries,
         "no_greeting": sum(sources.deliveries.no_greeting().values()),
+        **_history_json(sources),
     }
+
+
+def _queue_json(queue: QueueState) -> dict[str, Any]:
+    document = attrs.asdict(queue)
+    document["pending"] = document.pop("depth")
+    return document
+
+
+def _history_json(sources: StatusSources) -> dict[str, Any]:
+    """``history``: per binding, recipients per minute of the last hour by result, and per
+    proxy server its state changes in that hour (see :class:`History`)."""
+    if sources.history is None:
+        return {}
+    now = sources.clock.seconds()
+    return {"history": {
+        "deliveries": sources.history.deliveries(now),
+        "proxies": {server: [list(change) for change in changes]
+                    for server, changes in sources.history.proxy_changes(now).items()},
+    }}

@@ -465,3 +465,26 @@ async def test_cancelling_an_smtp_probe_still_reports_the_sources_that_answered(
         await settle(reactor, factory)
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_checks_log_nothing_of_their_own_connections(reactor):
+    """An idle relay checks every few seconds; connectProtocol's factory logged
+    'Starting factory' and 'Stopping factory' for each check (half of an idle log)."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    factory = FakeProxyFactory(greet)
+    port, server = await listen(reactor, factory)
+    seen: list[str] = []
+    observer = lambda event: seen.append(formatEvent(event))  # noqa: E731
+    globalLogPublisher.addObserver(observer)
+    try:
+        assert await outcome(reactor, ConnectProbe(reactor, timeout=DEADLINE).check(server)) \
+            is None
+        assert await outcome(reactor, banner_probe(reactor).check(server)) is None
+        await settle(reactor, factory)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+        await port.stopListening()
+    assert len(factory.sessions) == 2
+    assert not [line for line in seen if "factory" in line.lower()], seen

@@ -98,7 +98,7 @@ def test_tables_are_aligned_and_name_each_state():
             {
                 "binding": "b1",
                 "domain": "example.test",
-                "depth": 12,
+                "pending": 12,
                 "in_flight": 0,
                 "state": "waiting_for_proxy",
                 "until": 1005.0,
@@ -107,7 +107,7 @@ def test_tables_are_aligned_and_name_each_state():
             {
                 "binding": "b2",
                 "domain": "long-domain-name.example.test",
-                "depth": 1,
+                "pending": 1,
                 "in_flight": 1,
                 "state": "active",
                 "until": None,
@@ -145,11 +145,12 @@ def run_in_thread(reactor, url: str):
     return d, out, err
 
 
-def run_command(reactor, url: str, env: dict[str, str]):
-    """``python -m hatwist.cli status --url URL`` from this checkout: (out, err, code)."""
+def run_command(reactor, url: str, env: dict[str, str], *, option: str = "--url"):
+    """``python -m hatwist.cli status --url URL`` (or ``--config FILE``) from this
+    checkout: (out, err, code)."""
     d = utils.getProcessOutputAndValue(
         sys.executable,
-        ["-m", "hatwist.cli", "status", "--url", url],
+        ["-m", "hatwist.cli", "status", option, url],
         env={**env, "PYTHONPATH": str(ROOT)},
         path=str(ROOT),
     )
@@ -193,6 +194,54 @@ async def test_hatwist_command_prints_status_in_a_subprocess(reactor):
         await site.close()
     assert code == 0, err.decode()
     assert lines_starting(out.decode(), "127.0.0.1:5000")[0].split()[1] == "UNPLUMBED"
+
+
+@pytest_twisted.ensureDeferred
+async def test_config_option_finds_a_non_default_status_listen(reactor, tmp_path):
+    reg = registry(V4)
+    unplumb(reg, V4, at=1.0, error="refused")
+    site = Served(reactor, sources(reg))
+    port = site.url.rsplit(":", 1)[1]
+    assert port != "8025"
+    config = tmp_path / "hatwist.conf"
+    config.write_text(f"status_listen = 127.0.0.1:{port}\n")
+    try:
+        out, err, code = await run_command(reactor, str(config), {**os.environ},
+                                           option="--config")
+    finally:
+        await site.close()
+    assert code == 0, err.decode()
+    assert f"http://127.0.0.1:{port}/status" in out.decode().splitlines()[0]
+    assert lines_starting(out.decode(), "127.0.0.1:5000")[0].split()[1] == "UNPLUMBED"
+
+
+@pytest.mark.parametrize(("listen", "url"), [
+    ("0.0.0.0:9001", "http://127.0.0.1:9001"),
+    ("[::]:9001", "http://[::1]:9001"),
+    ("[::1]:9002", "http://[::1]:9002"),
+    ("127.0.0.5:9003", "http://127.0.0.5:9003"),
+])
+def test_config_status_listen_becomes_a_reachable_url(tmp_path, listen, url):
+    config = tmp_path / "hatwist.conf"
+    config.write_text(f"status_listen = {listen}\n")
+    assert _cli_status.url_from_config(str(config)) == url
+
+
+def test_config_option_with_an_invalid_file_exits_2_naming_file_and_line(tmp_path):
+    config = tmp_path / "bad.conf"
+    config.write_text("status_listen = 127.0.0.1:8025\nno_such_key = 1\n")
+    out, err = io.StringIO(), io.StringIO()
+    args = argparse.Namespace(url=_cli_status.DEFAULT_URL, config=str(config))
+    assert _cli_status.run(args, out, err) == _cli_status.EXIT_BAD_CONFIG == 2
+    assert f"{config}:2" in err.getvalue() and "no_such_key" in err.getvalue()
+    assert out.getvalue() == ""
+
+
+def test_url_and_config_together_are_refused():
+    from hatwist.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["status", "--url", "http://x:1", "--config", "f"])
 
 
 @pytest_twisted.ensureDeferred

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import prometheus_client
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
@@ -48,9 +49,17 @@ def test_check_latency_counts_and_timestamps_per_server():
     reg.record_failure(V6, at=120.0, error="timeout")
     samples = scrape(metrics_registry(sources(reg)))
     v4, v6 = labels(server="127.0.0.1:5000"), labels(server="[0::1]:5001")
-    assert samples[("hatwist_proxy_check_latency_seconds", v4)] == 0.5
-    # No successful check yet: no latency sample at all rather than a fake zero.
-    assert ("hatwist_proxy_check_latency_seconds", v6) not in samples
+    # A histogram of the successful checks' durations.
+    bucket = "hatwist_proxy_check_latency_seconds_bucket"
+    assert samples[(bucket, labels(server="127.0.0.1:5000", le="0.1"))] == 0
+    assert samples[(bucket, labels(server="127.0.0.1:5000", le="0.25"))] == 1
+    assert samples[(bucket, labels(server="127.0.0.1:5000", le="0.5"))] == 2
+    assert samples[(bucket, labels(server="127.0.0.1:5000", le="+Inf"))] == 2
+    assert samples[("hatwist_proxy_check_latency_seconds_count", v4)] == 2
+    assert samples[("hatwist_proxy_check_latency_seconds_sum", v4)] == 0.75
+    # No successful check yet: the series is there, at zero (alerts can read it).
+    assert samples[("hatwist_proxy_check_latency_seconds_count", v6)] == 0
+    assert samples[(bucket, labels(server="[0::1]:5001", le="+Inf"))] == 0
     assert samples[("hatwist_proxy_checks_total", v4)] == 2
     assert samples[("hatwist_proxy_checks_total", v6)] == 1
     assert samples[("hatwist_proxy_check_failures_total", v4)] == 0
@@ -64,10 +73,14 @@ def test_deliveries_by_binding_route_and_result():
     deliveries(attempt_event("b1", route, {"a@x.test": 250, "b@x.test": 250}))
     deliveries(attempt_event("b2", "direct", {"a@x.test": 550}))
     samples = scrape(metrics_registry(sources(registry(), deliveries=deliveries)))
+    # The route label is the route's kind: bounded, no free text with spaces.
     assert (
-        samples[("hatwist_deliveries_total", labels(binding="b1", route=route, result="delivered"))]
+        samples[("hatwist_deliveries_total", labels(binding="b1", route="proxy",
+                                                     result="delivered"))]
         == 2
     )
+    assert not any(" " in dict(key)["route"] for name, key in samples
+                   if name == "hatwist_deliveries_total")
     assert (
         samples[
             ("hatwist_deliveries_total", labels(binding="b2", route="direct", result="permanent"))
@@ -99,7 +112,7 @@ def test_tls_skipped_by_binding():
 def test_queue_depth_and_scheduler_counters():
     scheduler = FakeScheduler({("b1", "example.test"): 3}, {"delivered": 7, "bounced": 1})
     samples = scrape(metrics_registry(sources(registry(), scheduler)))
-    assert samples[("hatwist_queue_depth", labels(binding="b1", domain="example.test"))] == 3
+    assert samples[("hatwist_queue_depth", labels(binding="b1"))] == 3
     assert samples[("hatwist_scheduler_delivered_total", labels())] == 7
     assert samples[("hatwist_scheduler_bounced_total", labels())] == 1
     scheduler.depths.clear()
@@ -107,6 +120,31 @@ def test_queue_depth_and_scheduler_counters():
         name == "hatwist_queue_depth"
         for name, _ in scrape(metrics_registry(sources(registry(), scheduler)))
     )
+
+
+def test_queue_depth_is_per_binding_whatever_the_number_of_domains():
+    depths = {("b1", f"d{i}.test"): 2 for i in range(50)} | {("b2", "x.test"): 1}
+    scheduler = FakeScheduler(depths)
+    samples = scrape(metrics_registry(sources(registry(), scheduler)))
+    depth = {key: v for (name, key), v in samples.items() if name == "hatwist_queue_depth"}
+    assert depth == {labels(binding="b1"): 100, labels(binding="b2"): 1}
+
+
+def test_every_series_of_a_configured_binding_is_there_with_zero_from_the_start():
+    src = attrs.evolve(sources(registry(V4, V6)), bindings=lambda: ["b1", "default"])
+    samples = scrape(metrics_registry(src))
+    for binding in ("b1", "default"):
+        for route in ("proxy", "direct", "none"):
+            for result in ("delivered", "temporary", "permanent"):
+                key = labels(binding=binding, route=route, result=result)
+                assert samples[("hatwist_deliveries_total", key)] == 0
+        for server in ("127.0.0.1:5000", "[0::1]:5001"):
+            key = labels(binding=binding, server=server)
+            assert samples[("hatwist_proxy_no_greeting_total", key)] == 0
+        assert samples[("hatwist_tls_skipped_total", labels(binding=binding))] == 0
+        assert samples[("hatwist_queue_depth", labels(binding=binding))] == 0
+        for state in QUEUE_STATES:
+            assert samples[("hatwist_queues", labels(binding=binding, state=state))] == 0
 
 
 def test_version_info():

@@ -33,11 +33,38 @@ def test_each_proxy_row_shows_its_state_visibly_and_as_data():
     }
 
 
-def test_title_counts_unplumbed_servers():
+def title(html: str) -> str:
+    return re.search(r"<title>(.*)</title>", html).group(1)
+
+
+def test_title_names_the_worst_state_of_proxies_and_queues():
     reg = registry(V4, V6)
-    assert "<title>hatwist: all plumbed</title>" in page(reg)
+    assert title(page(reg)) == "hatwist: all plumbed, nothing queued"
+    key = ("b1", "a.test")
+    states = {
+        ("b1", "p.test"): QueueState("b1", "p.test", 1, 0, "paused", 9.0, "no MX answered"),
+        ("b1", "w.test"): QueueState("b1", "w.test", 1, 0, "waiting_for_proxy", 9.0),
+        ("b1", "x.test"): QueueState("b1", "x.test", 1, 0, "backoff", 9.0, "451"),
+        key: QueueState(*key, 1, 0, "active", None),
+    }
+    scheduler = FakeScheduler(dict.fromkeys(states, 1), states=states)
+    # A paused queue is worse than one waiting for a proxy or backing off; the title no
+    # longer says "all plumbed" while a queue is paused.
+    assert title(page(reg, scheduler)) == "hatwist: 1 queue paused"
     unplumb(reg, V4, at=1.0, error="refused")
-    assert "<title>hatwist: 1 unplumbed</title>" in page(reg)
+    html = page(reg, scheduler)
+    assert title(html) == "hatwist: 1 proxy server unplumbed"
+    summary = re.search(r'<p class="summary">(.*?) &middot;', html).group(1)
+    assert "1 queue paused" in summary and "1 queue waiting for a proxy" in summary
+    assert "1 queue backing off" in summary
+    only_active = FakeScheduler({key: 1}, states={key: states[key]})
+    assert title(page(registry(V4), only_active)) == "hatwist: all plumbed, queues active"
+
+
+def test_one_word_for_pending_recipients_on_the_page():
+    html = page(registry(V4), FakeScheduler({("b1", "a.test"): 4}))
+    assert "<th>pending</th>" in html
+    assert "pending recipients" not in html and "depth" not in html
 
 
 def test_refreshes_itself():
@@ -146,3 +173,7 @@ def test_a_waiting_queue_shows_its_state_next_try_and_reason_escaped():
 )
 def test_until_reads_for_a_person(then, expected):
     assert _format.until(1000.0, then) == expected
+
+
+def test_long_reasons_wrap_instead_of_widening_the_table():
+    assert re.search(r"td\.error, td\.reason \{ white-space: normal;", page(registry()))

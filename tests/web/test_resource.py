@@ -34,7 +34,7 @@ async def test_status_json_follows_the_registry(reactor):
             {
                 "binding": "b1",
                 "domain": "example.test",
-                "depth": 2,
+                "pending": 2,
                 "in_flight": 0,
                 "state": "active",
                 "until": None,

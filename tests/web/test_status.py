@@ -79,7 +79,7 @@ def test_queues_per_binding_and_domain_sorted():
         depths={("b2", "a.test"): 1, ("b1", "z.test"): 4, ("b1", "a.test"): 2}
     )
     queues = status_document(sources(registry(), scheduler))["queues"]
-    assert [(q["binding"], q["domain"], q["depth"]) for q in queues] == [
+    assert [(q["binding"], q["domain"], q["pending"]) for q in queues] == [
         ("b1", "a.test", 2),
         ("b1", "z.test", 4),
         ("b2", "a.test", 1),
@@ -94,7 +94,7 @@ def test_each_queue_says_its_state_until_when_and_why():
         {
             "binding": "b1",
             "domain": "a.test",
-            "depth": 3,
+            "pending": 3,
             "in_flight": 0,
             "state": "waiting_for_proxy",
             "until": 1_800_000_005.0,
@@ -115,7 +115,7 @@ def test_queue_states_of_the_real_scheduler_reach_the_document():
         src = StatusSources(registry=None, scheduler=world.scheduler, version="t",
                             clock=world.clock)
         [queue] = status_document(src)["queues"]
-        assert (queue["binding"], queue["state"], queue["depth"]) == (
+        assert (queue["binding"], queue["state"], queue["pending"]) == (
             "proxied", "waiting_for_proxy", 1,
         )
         assert queue["until"] == world.clock.seconds() + 5

@@ -1,0 +1,183 @@
+# -*- test-case-name: tests.test_scheduler -*-
+"""
+The dispatcher of attempts: takes due parts off the board in turn and runs them.
+
+Before a part starts, the last checks: is it still current, has its message run
+out of time, does its route have a plumbed proxy, does its queue's outbound
+throttle allow a start now (a message counts when its attempt starts).  Then
+the content is read from the spool and handed to the agent; whatever comes
+back -- a result, a failure, a cancellation at shutdown -- goes to the
+scheduler's :meth:`Host.record`.  At most ``max_in_flight`` attempts run at
+once over all queues; nothing here ever lets an exception stop the loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from hatwist.delivery import Envelope
+from hatwist.delivery.attempt import OutboundMessage
+from hatwist.throttle import Throttles
+
+from ._ledger import Entry, Ledger
+from ._outcome import pending_at
+from ._queues import Board, Part, Queue, QueueKey
+from ._rules import Rules
+
+
+class Host(Protocol):
+    """What the dispatcher asks of the scheduler."""
+
+    log: Logger
+
+    def expired(self, part: Part) -> bool: ...
+
+    def hold(self, part: Part, entry: Entry, reason: str) -> None: ...
+
+    def throttle_wait(self, part: Part, queue: Queue, throttle: str, wait: float) -> None: ...
+
+    def record(
+        self, entry: Entry, part: Part, queue: Queue, outcome: Any, recipients: tuple[str, ...]
+    ) -> defer.Deferred | None: ...
+
+    def retry_later(self, part: Part) -> None: ...
+
+    def decision_for(self, part: Part, outcome: str, **fields: Any) -> None: ...
+
+
+class Dispatcher:
+    """
+    :param host: the scheduler (see :class:`Host`).
+    :param throttles: the outbound throttles' start times (they outlive a stop).
+    """
+
+    def __init__(
+        self,
+        *,
+        host: Host,
+        board: Board,
+        ledger: Ledger,
+        rules: Rules,
+        throttles: Throttles[QueueKey],
+        spool: Any,
+        agent: Any,
+        reactor: Any,
+        max_in_flight: int,
+    ) -> None:
+        self._host = host
+        self._board = board
+        self._ledger = ledger
+        self._rules = rules
+        self._throttles = throttles
+        self._spool = spool
+        self._agent = agent
+        self._reactor = reactor
+        self._max_in_flight = max_in_flight
+        self._in_flight: dict[Part, defer.Deferred] = {}
+        self._running = 0  # attempts whose outcome is not in yet (saving is not counted)
+        self._pumping = False
+        self.active = False
+        """Whether attempts may start (the service runs and is not stopping)."""
+        self.stopping = False
+
+    def __len__(self) -> int:
+        """Attempts running now."""
+        return len(self._in_flight)
+
+    def running(self) -> list[defer.Deferred]:
+        return list(self._in_flight.values())
+
+    def cancel_all(self) -> None:
+        for d in list(self._in_flight.values()):
+            d.cancel()
+
+    def pump(self) -> None:
+        """Start attempts, one per startable queue in turn, until none can start."""
+        if self._pumping:
+            return  # the loop below picks up whatever changed
+        self._pumping = True
+        try:
+            while self.active and not self.stopping and self._running < self._max_in_flight:
+                taken = self._board.next()
+                if taken is None:
+                    break
+                queue, part = taken
+                try:
+                    self._start(part, queue)
+                except Exception:
+                    # Never let one message stop the loop: log it, try it again later.
+                    self._host.log.failure("message {message_id}: starting an attempt failed",
+                                           message_id=part.message_id)
+                    self._host.retry_later(part)
+                self._board.refresh(queue)  # back at the end of the line, if still startable
+        finally:
+            self._pumping = False
+
+    def _start(self, part: Part, queue: Queue) -> None:
+        entry = self._ledger.current(part)
+        if entry is None or self._host.expired(part):
+            return
+        why = self._rules.no_plumbed_proxy(part.key)
+        if why is not None:
+            self._host.hold(part, entry, why)
+            return
+        # The last check before the start: a message counts when its attempt starts.
+        now, throttle = self._reactor.seconds(), self._rules.throttle(part.key)
+        allowed_at = self._throttles.next_start(part.key, throttle, now)
+        if allowed_at > now:
+            self._host.throttle_wait(part, queue, str(throttle), allowed_at - now)
+            return
+        self._throttles.record(part.key, throttle, now)
+        domain = part.key[1]
+        recipients = tuple(r.address for r in pending_at(entry.message, domain))
+        queue.in_flight += 1
+        self._running += 1
+        queue.waiting = False
+        d = defer.maybeDeferred(self._spool.content, entry.message.id)
+        d.addCallback(self._deliver, entry, domain, recipients)
+        self._in_flight[part] = d
+        d.addBoth(self._attempted, part, queue, recipients)
+        d.addBoth(self._settled, part)
+
+    def _deliver(
+        self, content: bytes, entry: Entry, domain: str, recipients: tuple[str, ...]
+    ) -> defer.Deferred:
+        message = entry.message
+        outbound = OutboundMessage(
+            id=message.id,
+            binding=message.binding,
+            domain=domain,
+            envelope=Envelope(mail_from=message.mail_from, rcpt_to=recipients),
+            content=content,
+        )
+        return self._agent.deliver(outbound)
+
+    def _settled(self, _: object, part: Part) -> None:
+        self._in_flight.pop(part, None)
+
+    def _attempted(
+        self, outcome: Any, part: Part, queue: Queue, recipients: tuple[str, ...]
+    ) -> defer.Deferred | None:
+        queue.in_flight -= 1
+        self._running -= 1
+        try:
+            cancelled = isinstance(outcome, Failure) and outcome.check(defer.CancelledError)
+            if cancelled and self.stopping:
+                self._host.decision_for(part, "cancelled at shutdown, left spooled")
+                return None
+            entry = self._ledger.get(part.message_id)
+            if entry is not part.entry:
+                return None
+            return self._host.record(entry, part, queue, outcome, recipients)
+        except Exception:
+            # Never let bookkeeping kill the loop: keep the part and try it later.
+            self._host.log.failure("scheduler: recording an attempt failed; retrying later")
+            self._host.retry_later(part)
+            return None
+        finally:
+            self._board.refresh(queue)
+            self.pump()

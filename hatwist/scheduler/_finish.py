@@ -1,0 +1,117 @@
+# -*- test-case-name: tests.test_scheduler -*-
+"""
+The end of a message: nothing is pending any more, so its failed recipients get
+a DSN (once, never for a null sender), and only then is it removed.
+
+A crash between the two can repeat a bounce, never lose one.  A bounce or
+removal that fails is tried again one ``FALLBACK_POLICY.retry_interval`` later;
+the message stays in the ledger (and the spool) meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from hatwist.spool import MessageNotFound, SpooledMessage
+
+from ._bounce import needs_bounce, spool_bounce
+from ._ledger import Entry, Ledger
+from ._rules import FALLBACK_POLICY
+
+
+class Finisher:
+    """
+    :param submit: takes charge of a spooled DSN (the scheduler's ``submit``).
+    :param decision: logs one decision ``(message, domain, outcome)``.
+    :param forgotten: told of every message that left the ledger.
+    :param track: keeps a Deferred until it fires (the scheduler's stop waits).
+    """
+
+    def __init__(
+        self,
+        *,
+        spool: Any,
+        ledger: Ledger,
+        reactor: Any,
+        reporting_mta: str,
+        counters: Counter[str],
+        log: Callable[[], Logger],
+        submit: Callable[[SpooledMessage], None],
+        decision: Callable[[SpooledMessage, str, str], None],
+        forgotten: Callable[[str], None],
+        track: Callable[[defer.Deferred], None],
+    ) -> None:
+        self._spool = spool
+        self._ledger = ledger
+        self._reactor = reactor
+        self._reporting_mta = reporting_mta
+        self._counters = counters
+        self._log = log
+        self._submit = submit
+        self._decision = decision
+        self._forgotten = forgotten
+        self._track = track
+        self._retries: dict[Entry, IDelayedCall] = {}
+        self.stopping = False
+
+    def finish(self, entry: Entry) -> None:
+        """Nothing pending: bounce the failed recipients (once), then remove the message."""
+        if entry.finishing:
+            return
+        entry.finishing = True
+        message = entry.message
+        d = defer.succeed(None)
+        if needs_bounce(message) and not entry.bounced:
+            d.addCallback(lambda _: self._bounce(entry))
+        d.addCallback(lambda _: self._spool.remove(message.id))
+        d.addErrback(lambda f: None if f.check(MessageNotFound) else f)
+        d.addCallbacks(self._removed, self._failed, callbackArgs=(entry,), errbackArgs=(entry,))
+        self._track(d)
+
+    def forget(self, entry: Entry) -> None:
+        """``entry`` leaves the ledger (removed, or gone from the spool)."""
+        self._ledger.forget(entry)
+        self._forgotten(entry.message.id)
+        call = self._retries.pop(entry, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def timers(self) -> list[IDelayedCall]:
+        return list(self._retries.values())
+
+    def _bounce(self, entry: Entry) -> defer.Deferred:
+        message = entry.message
+
+        def spooled(notice: SpooledMessage) -> None:
+            entry.bounced = True
+            self._counters["dsns"] += 1
+            self._decision(message, "", f"DSN {notice.id} spooled to <{message.mail_from}>")
+            self._submit(notice)
+
+        now = self._reactor.seconds()
+        d = spool_bounce(self._spool, message, reporting_mta=self._reporting_mta, now=now)
+        return d.addCallback(spooled)
+
+    def _removed(self, _: object, entry: Entry) -> None:
+        self.forget(entry)
+        self._decision(entry.message, "", "removed")
+
+    def _failed(self, failure: Failure, entry: Entry) -> None:
+        self._counters["errors"] += 1
+        self._log().failure("message {message_id}: bounce or removal failed; retrying later",
+                            failure, message_id=entry.message.id)
+        entry.finishing = False
+        if not self.stopping:
+            self._retries[entry] = self._reactor.callLater(
+                FALLBACK_POLICY.retry_interval, self._again, entry)
+
+    def _again(self, entry: Entry) -> None:
+        self._retries.pop(entry, None)
+        self.finish(entry)

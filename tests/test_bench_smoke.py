@@ -1,0 +1,65 @@
+"""bench/bench_relay.py runs end to end with a tiny N and prints its one table.
+
+Not a benchmark: no rate is asserted, only that every row was measured (the reference
+through both HAProxies, hatwist proxied and bypassed, delivery-only, accept-only with
+nothing delivered, latency with the source check passing, queued) and that the script
+cleaned up after itself. Needs root (``usesrc clientip``), HAProxy and Postfix's
+smtp-source/smtp-sink.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.rig.needs import require_haproxy
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = ["reference: smtp-source ->", "reference: smtp-source -d ->", "hatwist proxied:",
+        "hatwist bypassed:", "delivery-only:", "accept-only:", "latency at", "queued: 30 ",
+        "reference again: smtp-source ->"]
+
+
+@pytest.fixture
+def short_tmpdir():
+    """A TMPDIR short enough for HAProxy's admin socket path (at most 97 bytes)."""
+    path = tempfile.mkdtemp(prefix="hb-", dir="/tmp")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_bench_relay_measures_every_row_with_a_tiny_n(short_tmpdir):
+    require_haproxy()
+    if os.geteuid() != 0:
+        pytest.skip("bench_relay needs root (HAProxy's usesrc clientip)")
+    if not all(os.access(f"/usr/sbin/{t}", os.X_OK) for t in ("smtp-source", "smtp-sink")):
+        pytest.skip("bench_relay needs Postfix's smtp-source and smtp-sink")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=short_tmpdir)
+    done = subprocess.run(
+        [sys.executable, "bench/bench_relay.py", "--messages", "40", "--sessions", "4",
+         "--queued", "30", "--latency-seconds", "1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    for name in ROWS:
+        [row] = [line for line in lines if line.startswith(name)]
+        if not name.startswith("queued"):
+            assert re.search(r"\s\d+\s+\d+\.\d\d\s", row), row  # a rate and its ratio
+    [accept] = [line for line in lines if line.startswith("accept-only:")]
+    assert "0 delivered (must be 0)" in accept
+    [latency] = [line for line in lines if line.startswith("latency at")]
+    assert "source check ok: proxied from 127.0.0.9, bypassed from 127.0.0.30" in latency
+    [queued] = [line for line in lines if line.startswith("queued:")]
+    assert re.search(r"RSS/msg -?\d+ B", queued) and "recovered" in queued
+    assert os.listdir(short_tmpdir) == []  # work directory removed
