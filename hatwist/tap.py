@@ -39,6 +39,7 @@ from hatwist.health import HealthChecker, ServerRegistry, make_probe
 from hatwist.inbound import InboundFactory
 from hatwist.mx import MXResolver, build_resolver
 from hatwist.scheduler import Scheduler
+from hatwist.shared import RedisLimits
 from hatwist.spool import Spool
 from hatwist.web import DeliveryMetrics, History, StatusSources, make_status_site
 
@@ -220,6 +221,12 @@ class RelayService(service.MultiService):
             default_ehlo_hostname=self.hostname,
         )
         self.spool = Spool(config.service.spool_dir, reactor=reactor, threadpool=self.threadpool)
+        # With redis_url, limits are the fleet's: started before the scheduler and stopped
+        # after it (children stop last started first), so its leases are given back.
+        self.limits: RedisLimits | None = None
+        if config.service.redis_url is not None:
+            self.limits = RedisLimits(config.service.redis_url.url, reactor=reactor)
+            self.limits.setServiceParent(self)
         self.scheduler = Scheduler(
             spool=self.spool,
             agent=self.agent,
@@ -228,6 +235,7 @@ class RelayService(service.MultiService):
             reactor=reactor,
             reporting_mta=self.hostname,
             max_in_flight=config.service.max_deliveries_in_flight,
+            limits=self.limits,
         )
         self.scheduler.setServiceParent(self)
 
@@ -365,7 +373,7 @@ class RelayService(service.MultiService):
         running = self._started_service
         for key in (
             "listen", "status_listen", "spool_dir", "resolver", "max_deliveries_in_flight",
-            "hostname",
+            "hostname", "redis_url",
         ):
             if getattr(running, key) != getattr(config.service, key):
                 self.log.warn(

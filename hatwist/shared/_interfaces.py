@@ -27,3 +27,7 @@ class ILimits(Interface):
 
     def finish(lease):
         """The attempt holding ``lease`` ended: its slot is free again."""
+
+    def next_start(key, throttle, now):
+        """When one more start of ``key`` may come, as far as known here (``now``
+        when at once or unknown): what status pages show for a throttled queue."""

@@ -40,6 +40,10 @@ class LocalLimits:
             return Decision.refuse(Refusal.THROTTLE, allowed_at - now)
         return Decision.grant(self.take(key, throttle, now))
 
+    def next_start(self, key: QueueKey, throttle: Throttle | None, now: float) -> float:
+        """When the throttle of ``key`` allows one more start (for status pages)."""
+        return self._throttles.next_start(key, throttle, now)
+
     def take(self, key: QueueKey, throttle: Throttle | None, now: float,
              lease_id: str | None = None) -> Lease:  # fmt: skip
         """Count a start decided elsewhere (by Redis), so that this process's own

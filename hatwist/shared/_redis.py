@@ -189,6 +189,19 @@ class RedisLimits(service.Service):
         d.addBoth(self._decided, key, throttle, max_connections, lease_id)
         return d
 
+    def next_start(self, key: QueueKey, throttle: Throttle | None, now: float) -> float:
+        """When ``key`` may start again as far as this node knows (for status pages):
+        the time Redis last gave, or this node's own window while Redis is away."""
+        closed = self._closed_until.get(key)
+        if closed is not None and closed > now:
+            return closed
+        if self.up:
+            return now
+        share = divided_throttle(throttle, self._nodes)
+        if share == 0:
+            return now + self._heartbeat
+        return self._local.next_start(key, share, now)  # type: ignore[arg-type]
+
     def finish(self, lease: Lease) -> None:
         self._local.finish(lease)
         if self._leases.pop(lease.id, None) is None or not self.up:
