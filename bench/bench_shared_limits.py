@@ -16,12 +16,20 @@ for the same cores).  Latency is from the question to the Decision in the reacto
 the rate.  Queues are spread over 100 domains; the throttle, when on, is set
 high enough that every start is granted (the full script path runs).
 
-Run: ``PYTHONPATH=. python3 bench/bench_shared_limits.py [--starts 4000]``.
+``--end-to-end N`` adds the relay's view: bench_relay.py's proxied 2 KiB row (a
+``twistd hatwist`` process, the real HAProxy lab, N messages) run twice in one lab,
+with an always-open throttle (so every start runs the whole check), without and
+with ``redis_url``; the rate, the relay's CPU per message and the difference.
+Needs root and HAProxy like bench_relay.py.
+
+Run: ``PYTHONPATH=. python3 bench/bench_shared_limits.py [--starts 4000]
+[--end-to-end 2000]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -91,6 +99,49 @@ async def bench_redis(reactor, url: str, starts: int, throttle: Throttle | None,
                server_cpu)  # fmt: skip
 
 
+async def end_to_end(reactor, url: str, messages: int, rounds: int) -> None:
+    """bench_relay's first row, without and with redis_url, alternating ``rounds`` times."""
+    import bench_relay  # bench/ is on sys.path when this runs as a script
+
+    plain = bench_relay.config_text
+    shared: dict[str, bool] = {"on": False}
+
+    def config_text(**kwargs):
+        text = plain(**kwargs) + f'outbound_throttle_messages = "{BIG}"\n'
+        return text + (f'redis_url = "{url}"\n' if shared["on"] else "")
+
+    bench_relay.config_text = config_text
+    lab = bench_relay.Lab()
+    results: dict[bool, list] = {False: [], True: []}
+    try:
+        await lab.start(reactor)
+        for _ in range(rounds):
+            for on in (False, True):
+                shared["on"] = on
+                [result] = await bench_relay.run_row(
+                    reactor, lab, bench_relay.Scenario("proxy", 2048), generator="twisted"
+                    if not shutil.which("smtp-source") else "smtp-source", messages=messages,
+                    concurrency=10, count_fsyncs=False,
+                )  # fmt: skip
+                results[on].append(result)
+    finally:
+        await lab.stop()
+        bench_relay.config_text = plain
+    print(f"\nend to end: {messages} proxied 2 KiB messages per row, 10 clients, throttle "
+          f"on, {rounds} rounds alternating")  # fmt: skip
+    print(f"{'limits':8} {'msg/s':>8} {'cpu ms/msg':>11} {'reactor ms/msg':>15}")
+    summary = {}
+    for on in (False, True):
+        rate = statistics.median(r.messages / r.deliver_seconds for r in results[on])
+        cpu = statistics.median(r.cpu / r.messages * 1e3 for r in results[on])
+        busy = statistics.median(r.reactor_cpu / r.messages * 1e3 for r in results[on])
+        summary[on] = (rate, cpu)
+        print(f"{'redis' if on else 'local':8} {rate:>8.0f} {cpu:>11.3f} {busy:>15.3f}")
+    (local_rate, local_cpu), (redis_rate, redis_cpu_) = summary[False], summary[True]
+    print(f"redis against local: rate {100 * (redis_rate / local_rate - 1):+.1f}%, "
+          f"cpu per message {100 * (redis_cpu_ / local_cpu - 1):+.1f}% (medians)")
+
+
 async def main(reactor, args) -> None:
     with tempfile.TemporaryDirectory() as directory:
         server = RedisServer(Path(directory)).start()
@@ -101,8 +152,17 @@ async def main(reactor, args) -> None:
                 for in_flight in args.in_flight:
                     rows.append(await bench_redis(reactor, server.url, args.starts, throttle,
                                                   in_flight))  # fmt: skip
+            if args.end_to_end:
+                print_table(rows)
+                rows = []
+                await end_to_end(reactor, server.url, args.end_to_end, args.rounds)
         finally:
             server.stop()
+    if rows:
+        print_table(rows)
+
+
+def print_table(rows) -> None:
     print(f"{'limits':8} {'throttle':8} {'in flight':>9} {'starts/s':>10} {'p50 us':>9} "
           f"{'p99 us':>9} {'cpu us':>8} {'redis us':>8}")  # fmt: skip
     for name, throttle, in_flight, rate, p50, p99, cpu, rcpu in rows:
@@ -113,6 +173,8 @@ async def main(reactor, args) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--starts", type=int, default=4000)
+    parser.add_argument("--end-to-end", type=int, default=0, metavar="MESSAGES")
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--in-flight", type=lambda s: [int(x) for x in s.split(",")],
                         default=[1, 16, 64])  # fmt: skip
     task.react(lambda reactor: defer.ensureDeferred(main(reactor, parser.parse_args())))

@@ -155,8 +155,10 @@ class RedisLimits(service.Service):
         super().stopService()
         if self._beats.running:
             self._beats.stop()
-        leases = list(self._leases.values())
-        d = self._call(self._goodbye, leases) if self.up else defer.succeed(None)
+        releases = self._batch.take_releases()
+        releases += [(redis_key(self._prefix, "slots", lease.key), lease.id)
+                     for lease in self._leases.values()]  # fmt: skip
+        d = self._call(self._goodbye, releases) if self.up else defer.succeed(None)
         d.addErrback(lambda f: None)  # the leases and the registration expire anyway
         d.addBoth(lambda _: self._pool.stop())
         return d
@@ -296,11 +298,11 @@ class RedisLimits(service.Service):
             count = self._beat_script(self._client, keys, head + [lease.id for lease in batch])
         return int(count)
 
-    def _goodbye(self, leases: list[Lease]) -> None:
+    def _goodbye(self, releases: list[tuple[str, str]]) -> None:
         """In a pool thread, at stop: give back what this node holds, unregister it."""
         pipe = self._client.pipeline(transaction=False)
-        for lease in leases:
-            pipe.zrem(redis_key(self._prefix, "slots", lease.key), lease.id)
+        for key, lease_id in releases:
+            pipe.zrem(key, lease_id)
         pipe.zrem(f"{self._prefix}:nodes", self.node_id)
         pipe.execute()
 

@@ -286,6 +286,12 @@ async def test_questions_waiting_for_redis_are_bounded(reactor, nodes):
 async def test_nodes_are_counted_by_their_heartbeats_and_leave_at_stop(reactor, nodes):
     a, b, c = nodes.start("a"), nodes.start("b"), nodes.start("c")
     await until(reactor, lambda: a.nodes == 3)
+    # b gives one slot back just before it stops, and holds another: both are free after
+    # the stop, long before their lease would expire
+    given_back, held = await ask(b, max_connections=2), await ask(b, max_connections=2)
+    assert held.granted
+    b.finish(given_back.lease)
     await b.stopService()
+    assert [(await ask(a, max_connections=2)).granted for _ in range(3)] == [True, True, False]
     await c.stopService()
     await until(reactor, lambda: a.nodes == 1)
