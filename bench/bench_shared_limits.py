@@ -17,9 +17,11 @@ the rate.  Queues are spread over 100 domains; the throttle, when on, is set
 high enough that every start is granted (the full script path runs).
 
 ``--end-to-end N`` adds the relay's view: bench_relay.py's proxied 2 KiB row (a
-``twistd hatwist`` process, the real HAProxy lab, N messages) run twice in one lab,
-with an always-open throttle (so every start runs the whole check), without and
-with ``redis_url``; the rate, the relay's CPU per message and the difference.
+``twistd hatwist`` process, the real HAProxy lab, N messages) without and with
+``redis_url``, with no throttle (slots only: a slot given back is reused for
+the next start of the queue without asking Redis) and with an always-open
+throttle (every start asks Redis); the rate, the relay's CPU per message and
+the difference.
 Needs root and HAProxy like bench_relay.py.
 
 Run: ``PYTHONPATH=. python3 bench/bench_shared_limits.py [--starts 4000]
@@ -100,46 +102,52 @@ async def bench_redis(reactor, url: str, starts: int, throttle: Throttle | None,
 
 
 async def end_to_end(reactor, url: str, messages: int, rounds: int) -> None:
-    """bench_relay's first row, without and with redis_url, alternating ``rounds`` times."""
+    """bench_relay's first row, without and with redis_url, throttle off and on,
+    alternating ``rounds`` times in one lab."""
     import bench_relay  # bench/ is on sys.path when this runs as a script
 
     plain = bench_relay.config_text
-    shared: dict[str, bool] = {"on": False}
+    mode = {"redis": False, "throttle": False}
 
     def config_text(**kwargs):
-        text = plain(**kwargs) + f'outbound_throttle_messages = "{BIG}"\n'
-        return text + (f'redis_url = "{url}"\n' if shared["on"] else "")
+        text = plain(**kwargs)
+        if mode["throttle"]:
+            text += f'outbound_throttle_messages = "{BIG}"\n'
+        return text + (f'redis_url = "{url}"\n' if mode["redis"] else "")
 
     bench_relay.config_text = config_text
+    generator = "smtp-source" if shutil.which("smtp-source") else "twisted"
     lab = bench_relay.Lab()
-    results: dict[bool, list] = {False: [], True: []}
+    results: dict[tuple[bool, bool], list] = {}
     try:
         await lab.start(reactor)
         for _ in range(rounds):
-            for on in (False, True):
-                shared["on"] = on
-                [result] = await bench_relay.run_row(
-                    reactor, lab, bench_relay.Scenario("proxy", 2048), generator="twisted"
-                    if not shutil.which("smtp-source") else "smtp-source", messages=messages,
-                    concurrency=10, count_fsyncs=False,
-                )  # fmt: skip
-                results[on].append(result)
+            for throttle in (False, True):
+                for shared in (False, True):
+                    mode.update(redis=shared, throttle=throttle)
+                    [result] = await bench_relay.run_row(
+                        reactor, lab, bench_relay.Scenario("proxy", 2048), generator=generator,
+                        messages=messages, concurrency=10, count_fsyncs=False,
+                    )
+                    results.setdefault((throttle, shared), []).append(result)
     finally:
         await lab.stop()
         bench_relay.config_text = plain
-    print(f"\nend to end: {messages} proxied 2 KiB messages per row, 10 clients, throttle "
-          f"on, {rounds} rounds alternating")  # fmt: skip
-    print(f"{'limits':8} {'msg/s':>8} {'cpu ms/msg':>11} {'reactor ms/msg':>15}")
-    summary = {}
-    for on in (False, True):
-        rate = statistics.median(r.messages / r.deliver_seconds for r in results[on])
-        cpu = statistics.median(r.cpu / r.messages * 1e3 for r in results[on])
-        busy = statistics.median(r.reactor_cpu / r.messages * 1e3 for r in results[on])
-        summary[on] = (rate, cpu)
-        print(f"{'redis' if on else 'local':8} {rate:>8.0f} {cpu:>11.3f} {busy:>15.3f}")
-    (local_rate, local_cpu), (redis_rate, redis_cpu_) = summary[False], summary[True]
-    print(f"redis against local: rate {100 * (redis_rate / local_rate - 1):+.1f}%, "
-          f"cpu per message {100 * (redis_cpu_ / local_cpu - 1):+.1f}% (medians)")
+    print(f"\nend to end: {messages} proxied 2 KiB messages per row ({generator}, 10 clients), "
+          f"{rounds} rounds alternating; medians")  # fmt: skip
+    print(f"{'limits':8} {'throttle':8} {'msg/s':>8} {'cpu ms/msg':>11} {'reactor ms/msg':>15} "
+          f"{'vs local':>9}")  # fmt: skip
+    for throttle in (False, True):
+        local_rate = None
+        for shared in (False, True):
+            rows = results[(throttle, shared)]
+            rate = statistics.median(r.messages / r.deliver_seconds for r in rows)
+            cpu = statistics.median(r.cpu / r.messages * 1e3 for r in rows)
+            busy = statistics.median(r.reactor_cpu / r.messages * 1e3 for r in rows)
+            versus = "" if local_rate is None else f"{100 * (rate / local_rate - 1):+.1f}%"
+            local_rate = local_rate or rate
+            print(f"{'redis' if shared else 'local':8} {'on' if throttle else 'off':8} "
+                  f"{rate:>8.0f} {cpu:>11.3f} {busy:>15.3f} {versus:>9}")  # fmt: skip
 
 
 async def main(reactor, args) -> None:

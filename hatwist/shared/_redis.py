@@ -43,6 +43,7 @@ from zope.interface import implementer
 from hatwist.config.values import Throttle, redacted_url
 
 from ._batch import Batcher
+from ._idle import LINGER, IdleLeases
 from ._interfaces import ILimits
 from ._journal import Journal
 from ._local import LocalLimits
@@ -106,6 +107,7 @@ class RedisLimits(service.Service):
         timeout: float = TIMEOUT,
         max_pending: int = MAX_PENDING,
         slot_poll: float = SLOT_POLL,
+        linger: float = LINGER,
         client: redis.Redis | None = None,
     ) -> None:
         if reactor is None:
@@ -131,7 +133,9 @@ class RedisLimits(service.Service):
         self._local = LocalLimits(lease_prefix=f"{self.node_id}:alone")
         self._journal = Journal()  # this node's starts that still count, for a replay
         self._ids = (f"{self.node_id}:{n}" for n in itertools.count(1))
-        self._leases: dict[str, Lease] = {}  # live leases, renewed by the heartbeat
+        self._leases: dict[str, Lease] = {}  # live leases (idle ones too), renewed by beats
+        self._idle = IdleLeases(linger)  # given back a moment ago, kept for reuse
+        self._idle_sweep: Any = None
         self._closed_until: dict[QueueKey, float] = {}  # Redis's last "full until"
         self._nodes = 1
         self.up = True
@@ -155,6 +159,9 @@ class RedisLimits(service.Service):
         super().stopService()
         if self._beats.running:
             self._beats.stop()
+        if self._idle_sweep is not None and self._idle_sweep.active():
+            self._idle_sweep.cancel()
+        self._idle.take_all()  # still in _leases: released with the rest
         releases = self._batch.take_releases()
         releases += [(redis_key(self._prefix, "slots", lease.key), lease.id)
                      for lease in self._leases.values()]  # fmt: skip
@@ -177,6 +184,12 @@ class RedisLimits(service.Service):
             return Decision.refuse(Refusal.BUSY, BUSY_WAIT)  # a start now could miss the replay
         if not self.up:
             return self._alone(key, throttle, max_connections, now)
+        idle = self._idle.take(key)
+        if idle is not None:
+            if throttle is None and self._local.in_flight(key) < max_connections:
+                # the slot never left this node: no question for Redis
+                return Decision.grant(self._local.take(key, None, now, idle.id))
+            self._release(idle)  # travels just before the question below
         if self._pending >= self._max_pending:
             return Decision.refuse(Refusal.BUSY, BUSY_WAIT)
         lease_id = next(self._ids)
@@ -206,10 +219,30 @@ class RedisLimits(service.Service):
 
     def finish(self, lease: Lease) -> None:
         self._local.finish(lease)
-        if self._leases.pop(lease.id, None) is None or not self.up:
-            return  # not shared, or Redis is away: the lease expires there by itself
-        if self._pending >= self._max_pending:
-            return  # same: under this much load, expiry frees the slot in lease_ttl
+        if lease.id not in self._leases:
+            return
+        if not self.up or not self.running:
+            del self._leases[lease.id]  # Redis is away: the lease expires there by itself
+            return
+        now = self._reactor.seconds()
+        self._idle.add(lease, now)
+        if self._idle_sweep is None or not self._idle_sweep.active():
+            self._idle_sweep = self._reactor.callLater(self._idle.linger, self._sweep_idle)
+
+    def _sweep_idle(self) -> None:
+        self._idle_sweep = None
+        for lease in self._idle.expired(self._reactor.seconds()):
+            self._release(lease)
+        due = self._idle.next_expiry()
+        if due is not None:
+            delay = max(0.0, due - self._reactor.seconds())
+            self._idle_sweep = self._reactor.callLater(delay, self._sweep_idle)
+
+    def _release(self, lease: Lease) -> None:
+        """Give a slot back to the fleet for real (a ZREM riding with the next batch)."""
+        self._leases.pop(lease.id, None)
+        if not self.up or self._pending >= self._max_pending:
+            return  # the lease expires in Redis by itself, within lease_ttl
         key = redis_key(self._prefix, "slots", lease.key)
         self._pending += 1
         self._batch.zrem(key, lease.id).addBoth(self._answered).addErrback(self._failed)
@@ -353,6 +386,8 @@ class RedisLimits(service.Service):
         if self.up:
             self.up = False
             self._down_since = self._reactor.seconds()
+            for lease in self._idle.take_all():  # Redis lets them expire
+                self._leases.pop(lease.id, None)
             _log.warn(
                 "shared limits: Redis {url} does not answer ({error}); until it does, this "
                 "node delivers under its share of each limit: the configured values divided "

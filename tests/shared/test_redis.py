@@ -156,16 +156,34 @@ async def test_the_window_survives_a_restart_of_the_limiter(nodes):
 
 
 @pytest_twisted.ensureDeferred
-async def test_slots_are_fleet_wide_and_given_back_at_finish(nodes):
-    a, b = nodes.start("a"), nodes.start("b")
+async def test_slots_are_fleet_wide_and_given_back_after_a_linger(reactor, nodes):
+    a, b = nodes.start("a", linger=0.3), nodes.start("b")
     held = [await ask(a, max_connections=3), await ask(b, max_connections=3),
             await ask(a, max_connections=3)]  # fmt: skip
     assert all(d.granted for d in held)
     refused = await ask(b, max_connections=3)
     assert refused.refusal is Refusal.SLOTS and refused.wait > 0
     a.finish(held[0].lease)
-    await until(nodes.reactor, lambda: a._pending == 0)
-    assert (await ask(b, max_connections=3)).granted
+    given_back = reactor.seconds()
+    while not (await ask(b, max_connections=3)).granted:
+        await sleep(reactor, 0.02)
+    assert 0.25 < reactor.seconds() - given_back < 1.0  # a kept it idle for its linger
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unthrottled_start_takes_back_a_lingering_slot_without_asking(nodes):
+    a = nodes.start("a")
+    first = await ask(a, max_connections=1)
+    a.finish(first.lease)
+    again = a.start(KEY, None, 1, 0.0)  # no Deferred: Redis is not asked
+    assert not isinstance(again, defer.Deferred) and again.lease == first.lease
+    a.finish(again.lease)
+    # a throttled start must ask Redis (the window is the fleet's); the idle slot is
+    # released in the same pipeline, just before, so the question finds it free
+    throttled = a.start(KEY, Throttle(5, 60), 1, 0.0)
+    assert isinstance(throttled, defer.Deferred)
+    decision = await throttled
+    assert decision.granted and decision.lease != first.lease
 
 
 @pytest_twisted.ensureDeferred
