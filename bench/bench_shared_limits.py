@@ -11,21 +11,22 @@ its thread pool and the reactor, with ``in flight`` questions outstanding at onc
 
 ``cpu us`` is this process's CPU time per start (reactor and pool threads: what a
 relay pays), ``redis us`` redis-server's (``INFO cpu``; on a small box it competes
-for the same cores).  Latency is from the question to the Decision in the reactor; the release
-(``finish``, a ZREM for Redis) runs after and is not in the latency but is in
-the rate.  Queues are spread over 100 domains; the throttle, when on, is set
-high enough that every start is granted (the full script path runs).
+for the same cores).  Latency is from the question to the Decision in the reactor;
+the release (``finish``, a ZREM for Redis) runs after and is not in the latency but
+is in the rate.  Queues are spread over 100 domains; the throttle, when on, is set
+high enough that every start is granted (the full script path runs), and slots do
+not linger (every start asks Redis).
 
-``--end-to-end N`` adds the relay's view: bench_relay.py's proxied 2 KiB row (a
-``twistd hatwist`` process, the real HAProxy lab, N messages) without and with
-``redis_url``, with no throttle (slots only: a slot given back is reused for
-the next start of the queue without asking Redis) and with an always-open
-throttle (every start asks Redis); the rate, the relay's CPU per message and
-the difference.
-Needs root and HAProxy like bench_relay.py.
+``--end-to-end N`` adds the relay's view: bench_relay.py's proxied row (smtp-source
+-> a ``twistd hatwist`` process -> the egress HAProxy -> smtp-sink, N messages of
+5120 B) without and with ``redis_url``, with no throttle (slots only: a slot given
+back lingers and is taken back by the next start of its queue without asking
+Redis) and with an always-open throttle (every start asks Redis); the rate, the
+relay's CPU per message and the difference against the local row above it.  Needs
+root, HAProxy and Postfix's smtp-source/smtp-sink, like bench_relay.py.
 
 Run: ``PYTHONPATH=. python3 bench/bench_shared_limits.py [--starts 4000]
-[--end-to-end 2000]``.
+[--end-to-end 5000] [--rounds 2]``.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def bench_local(starts: int, throttle: Throttle | None):
 
 
 async def bench_redis(reactor, url: str, starts: int, throttle: Throttle | None, in_flight: int):
-    limits = RedisLimits(url, reactor=reactor, node_id=f"bench{in_flight}{bool(throttle)}")
+    limits = RedisLimits(url, reactor=reactor, node_id=f"bench{in_flight}{bool(throttle)}",
+                         linger=0.0)
     limits.startService()
     latencies: list[float] = []
     counter = iter(range(starts))
@@ -102,52 +104,56 @@ async def bench_redis(reactor, url: str, starts: int, throttle: Throttle | None,
 
 
 async def end_to_end(reactor, url: str, messages: int, rounds: int) -> None:
-    """bench_relay's first row, without and with redis_url, throttle off and on,
+    """bench_relay's proxied row, without and with redis_url, throttle off and on,
     alternating ``rounds`` times in one lab."""
+    import argparse as _argparse
+
     import bench_relay  # bench/ is on sys.path when this runs as a script
 
     plain = bench_relay.config_text
     mode = {"redis": False, "throttle": False}
 
     def config_text(**kwargs):
-        text = plain(**kwargs)
+        # 20 smtp-source sessions from 127.0.0.1: above max_inbound_connections_per_ip's 10
+        text = plain(**kwargs) + "max_inbound_connections_per_ip = 100\n"
         if mode["throttle"]:
             text += f'outbound_throttle_messages = "{BIG}"\n'
         return text + (f'redis_url = "{url}"\n' if mode["redis"] else "")
 
+    args = _argparse.Namespace(messages=messages, sessions=20, size=5120, submit_reuse=False)
     bench_relay.config_text = config_text
-    generator = "smtp-source" if shutil.which("smtp-source") else "twisted"
+    workdir = tempfile.mkdtemp(prefix="hatwist-bench-shared-")
     lab = bench_relay.Lab()
     results: dict[tuple[bool, bool], list] = {}
     try:
-        await lab.start(reactor)
+        await lab.start(reactor, workdir)
         for _ in range(rounds):
             for throttle in (False, True):
                 for shared in (False, True):
                     mode.update(redis=shared, throttle=throttle)
-                    [result] = await bench_relay.run_row(
-                        reactor, lab, bench_relay.Scenario("proxy", 2048), generator=generator,
-                        messages=messages, concurrency=10, count_fsyncs=False,
+                    row = await bench_relay.relay_row(
+                        reactor, lab, args, workdir, domain=bench_relay.PROXY_DOMAIN,
+                        name="proxied",
                     )
-                    results.setdefault((throttle, shared), []).append(result)
+                    results.setdefault((throttle, shared), []).append(row)
     finally:
-        await lab.stop()
+        await lab.stop(reactor)
         bench_relay.config_text = plain
-    print(f"\nend to end: {messages} proxied 2 KiB messages per row ({generator}, 10 clients), "
-          f"{rounds} rounds alternating; medians")  # fmt: skip
-    print(f"{'limits':8} {'throttle':8} {'msg/s':>8} {'cpu ms/msg':>11} {'reactor ms/msg':>15} "
-          f"{'vs local':>9}")  # fmt: skip
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\nend to end: bench_relay's proxied row ({messages} messages of 5120 B, "
+          f"smtp-source, 20 sessions), {rounds} rounds alternating; medians")  # fmt: skip
+    print(f"{'limits':8} {'throttle':8} {'msg/s':>8} {'cpu us/msg':>11} {'rate':>8} {'cpu':>8}")
     for throttle in (False, True):
-        local_rate = None
+        local = None
         for shared in (False, True):
             rows = results[(throttle, shared)]
-            rate = statistics.median(r.messages / r.deliver_seconds for r in rows)
-            cpu = statistics.median(r.cpu / r.messages * 1e3 for r in rows)
-            busy = statistics.median(r.reactor_cpu / r.messages * 1e3 for r in rows)
-            versus = "" if local_rate is None else f"{100 * (rate / local_rate - 1):+.1f}%"
-            local_rate = local_rate or rate
+            rate = statistics.median(r.rate for r in rows)
+            cpu = statistics.median(r.cpu for r in rows) * 1e6
+            versus = ("", "") if local is None else (
+                f"{100 * (rate / local[0] - 1):+.1f}%", f"{100 * (cpu / local[1] - 1):+.1f}%")
+            local = local or (rate, cpu)
             print(f"{'redis' if shared else 'local':8} {'on' if throttle else 'off':8} "
-                  f"{rate:>8.0f} {cpu:>11.3f} {busy:>15.3f} {versus:>9}")  # fmt: skip
+                  f"{rate:>8.0f} {cpu:>11.0f} {versus[0]:>8} {versus[1]:>8}")  # fmt: skip
 
 
 async def main(reactor, args) -> None:
