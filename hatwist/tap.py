@@ -39,6 +39,7 @@ from hatwist.health import HealthChecker, ServerRegistry, make_probe
 from hatwist.inbound import InboundFactory
 from hatwist.mx import MXResolver, build_resolver
 from hatwist.scheduler import Scheduler
+from hatwist.shared import RedisLimits
 from hatwist.spool import Spool, SpoolService
 from hatwist.web import DeliveryMetrics, History, StatusSources, make_status_site
 
@@ -206,6 +207,12 @@ class RelayService(service.MultiService):
             config, self.registry, self.resolver, reactor=reactor,
             default_ehlo_hostname=self.hostname,
         )
+        # With redis_url, limits are the fleet's: started before the scheduler and stopped
+        # after it (children stop last started first), so its leases are given back.
+        self.limits: RedisLimits | None = None
+        if config.service.redis_url is not None:
+            self.limits = RedisLimits(config.service.redis_url.url, reactor=reactor)
+            self.limits.setServiceParent(self)
         self.scheduler = Scheduler(
             spool=self.spool,
             agent=self.agent,
@@ -214,6 +221,7 @@ class RelayService(service.MultiService):
             reactor=reactor,
             reporting_mta=self.hostname,
             max_in_flight=config.service.max_deliveries_in_flight,
+            limits=self.limits,
         )
         self.scheduler.setServiceParent(self)
 
@@ -351,7 +359,7 @@ class RelayService(service.MultiService):
         running = self._started_service
         for key in (
             "listen", "status_listen", "spool_dir", "resolver", "max_deliveries_in_flight",
-            "hostname",
+            "hostname", "redis_url",
         ):
             if getattr(running, key) != getattr(config.service, key):
                 self.log.warn(
