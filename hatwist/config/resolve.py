@@ -133,13 +133,17 @@ class _Loader:
         settings = ServiceSettings(**values)
         if settings.workers > 1:
             where = origins.get("workers")
+            divided = ("max_deliveries_in_flight and the max_inbound_connections limits are "
+                       "divided" if settings.redis_url is not None else
+                       "no shared limits: max_connections, outbound_throttle_messages, "
+                       "max_deliveries_in_flight and the max_inbound_connections limits are "
+                       "divided")
+            shared = (" (max_connections and outbound_throttle_messages are shared through "
+                      "redis_url)" if settings.redis_url is not None else "")
             self.warnings.append(ConfigWarning(
                 self.filename, where.line if where is not None else None,
-                f"workers = {settings.workers} and no shared limits: max_connections, "
-                f"outbound_throttle_messages, max_deliveries_in_flight and the "
-                f"max_inbound_connections limits are divided among the {settings.workers} "
-                f"workers "
-                f"(each gets 1/{settings.workers}, at least 1)"))
+                f"workers = {settings.workers} and {divided} among the {settings.workers} "
+                f"workers (each gets 1/{settings.workers}, at least 1){shared}"))
         if self._refused("listen", "status_listen"):
             return settings
         if settings.listen == settings.status_listen and settings.listen.port != 0:

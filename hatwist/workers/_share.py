@@ -36,7 +36,8 @@ def status_socket(spool_dir: str, worker: int) -> str:
 def worker_config(config: Config, worker: int, workers: int) -> Config:
     """The config worker ``worker`` of ``workers`` runs with: its own spool partition,
     its share of the process-wide limits, and ``limit_share`` for the scheduler's
-    per-queue limits (read by ``hatwist.scheduler``'s Rules)."""
+    per-queue limits (read by ``hatwist.scheduler``'s Rules; 1 with ``redis_url``, whose
+    limits are shared instead)."""
     if not 1 <= worker <= workers:
         raise ValueError(f"worker must be in 1..{workers}, not {worker!r}")
     service = config.service
@@ -49,6 +50,8 @@ def worker_config(config: Config, worker: int, workers: int) -> Config:
         max_inbound_connections_unlisted=share_count(
             service.max_inbound_connections_unlisted, workers),
         max_deliveries_in_flight=share_count(service.max_deliveries_in_flight, workers),
-        limit_share=workers,
+        # With redis_url the per-queue limits hold fleet-wide in Redis (each worker is a
+        # node there, and its degraded local share divides by the nodes it last saw).
+        limit_share=1 if service.redis_url is not None else workers,
         worker=worker,
     ))

@@ -33,6 +33,7 @@ from twisted.internet import defer, error, protocol, threads
 from twisted.logger import Logger
 
 from hatwist.config import Config, ConfigError, load_config
+from hatwist.spool._db import DATABASE as SINGLE_RELAY_SPOOL
 
 from ._endpoints import listening_socket
 from ._log import WORKER_ENV
@@ -226,6 +227,11 @@ class Supervisor(service.MultiService):
 
     def _warn_orphan_partitions(self) -> None:
         spool_dir = self.config.service.spool_dir
+        if os.path.exists(os.path.join(spool_dir, SINGLE_RELAY_SPOOL)):
+            self.log.warn(
+                "{spool_dir} holds a single relay's spool ({name}): no worker delivers its "
+                "mail (each uses spool_dir/worker-N); run once with workers = 1 to drain it",
+                spool_dir=spool_dir, name=SINGLE_RELAY_SPOOL)
         with contextlib.suppress(OSError):
             for name in sorted(os.listdir(spool_dir)):
                 number = name.removeprefix("worker-")

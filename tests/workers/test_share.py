@@ -99,3 +99,16 @@ def test_scheduler_rules_give_a_worker_its_share_of_the_queue_limits():
     worker = Rules(lambda: worker_config(config, 1, 2), registry=None)
     assert worker.max_connections(key) == 5
     assert worker.throttle(key) == Throttle(1, 120)
+
+
+def test_with_redis_url_the_queue_limits_are_shared_not_divided(tmp_path, capsys):
+    config = parse_config('workers = 2\nredis_url = "redis://127.0.0.1:6379/0"\n'
+                          "max_deliveries_in_flight = 10\n")
+    mine = worker_config(config, 1, 2)
+    assert mine.service.limit_share == 1  # Redis holds max_connections and throttles
+    assert mine.service.max_deliveries_in_flight == 5  # this process's own bound still
+    path = tmp_path / "hatwist.conf"
+    path.write_text('workers = 2\nredis_url = "redis://127.0.0.1:6379/0"\n')
+    assert main(["check-config", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "shared through redis_url" in err and "no shared limits" not in err

@@ -130,3 +130,26 @@ def test_a_restart_pending_at_stop_is_cancelled(supervised):
     assert stopped.called
     reactor.advance(MAX_BACKOFF)
     assert len(reactor.processes) == 2
+
+
+def test_a_single_relays_spool_left_in_spool_dir_is_named_at_start(tmp_path):
+    from twisted.logger import globalLogPublisher
+
+    from hatwist.spool._db import DATABASE
+
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / DATABASE).write_bytes(b"")
+    (tmp_path / "spool" / "worker-3").mkdir()
+    config = parse_config(f'workers = 2\nspool_dir = "{tmp_path}/spool"\nlisten = 127.0.0.1:0\n')
+    supervisor = Supervisor(config, reactor=ProcessReactor(), argv_for=lambda n: ["w"],
+                            cwd=str(tmp_path))
+    seen = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        supervisor._warn_orphan_partitions()
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    texts = [e["log_format"] for e in seen
+             if str(e.get("log_namespace")).startswith("hatwist.workers")]
+    assert any("single relay's spool" in t for t in texts)
+    assert any("belongs to worker {n}" in t for t in texts)
