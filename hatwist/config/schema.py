@@ -254,6 +254,10 @@ KEYS: tuple[Key, ...] = (
     _service("status_idle_timeout", "status_idle_timeout", c.integer(1), 15, _SECONDS,
              "a status connection must send a whole request within this long of opening "
              "or of its last response, or it is closed"),
+    # -- queue management (issue 15) ----------------------------------------------------------
+    _service("control_socket", "control_socket", c.socket_path, None, "path",
+             "UNIX socket (mode 0600) where the relay answers hatwist queue",
+             default_doc="spool_dir/control.sock"),
 )  # fmt: skip
 
 KEYS_BY_NAME: Mapping[str, Key] = {key.name: key for key in KEYS}

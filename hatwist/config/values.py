@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import os
 from typing import Union
 
 import attrs
@@ -121,6 +122,10 @@ def probe_target(
     return target if target.ip_version in (None, family) else None
 
 
+#: The control socket's file name in spool_dir when ``control_socket`` is not set.
+CONTROL_SOCKET_NAME = "control.sock"
+
+
 @attrs.frozen
 class ServiceSettings:
     """Process-wide settings: where hatwist listens, spools and whom it relays for."""
@@ -142,6 +147,14 @@ class ServiceSettings:
     postmaster_address: str | None = None  # None: postmaster@ the hostname
     status_max_connections: int = 64
     status_idle_timeout: int = 15
+    control_socket: str | None = None  # None: control.sock in spool_dir
+
+    @property
+    def control_socket_path(self) -> str:
+        """Where the control socket lives (``hatwist queue`` finds it the same way)."""
+        if self.control_socket is not None:
+            return self.control_socket
+        return os.path.join(self.spool_dir, CONTROL_SOCKET_NAME)
 
 
 @attrs.frozen
