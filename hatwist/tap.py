@@ -34,6 +34,7 @@ from hatwist import __version__
 from hatwist._descriptors import check_descriptor_limit
 from hatwist._logging import buffer_logs_of
 from hatwist.config import Config, ConfigError, ServerAddress, load_config
+from hatwist.control import ControlError, ControlService, QueueHandler
 from hatwist.delivery.attempt import DeliveryAgent
 from hatwist.health import HealthChecker, ServerRegistry, make_probe
 from hatwist.inbound import InboundFactory
@@ -230,6 +231,10 @@ class RelayService(service.MultiService):
             max_in_flight=config.service.max_deliveries_in_flight,
         )
         self.scheduler.setServiceParent(self)
+        # hatwist queue: the control socket, as the running user, once the scheduler runs.
+        self.control = ControlService(config.service.control_socket_path,
+                                      QueueHandler(self.scheduler), reactor=reactor)
+        self.control.setServiceParent(self)
 
         # Delivery counts come from the agent's one log event per attempt, so the agent
         # knows nothing of metrics; the observer is added while the service runs.
@@ -316,7 +321,14 @@ class RelayService(service.MultiService):
         globalLogPublisher.addObserver(self.deliveries)
         globalLogPublisher.addObserver(self.history)
         check_descriptor_limit(self.config.service, len(self.config.proxy_servers))
-        super().startService()
+        try:
+            super().startService()
+        except ControlError as e:  # one line naming the key, like a taken listen address
+            if not self.exit_on_startup_error:
+                raise
+            self.log.critical("cannot start: {error}", error=str(e))
+            print(f"hatwist: cannot start: {e}", file=sys.stderr)
+            raise SystemExit(EXIT_CANNOT_START) from None
         self._previous_hup = _install_sighup(self.reactor, self.reload)
 
     def stopService(self) -> defer.Deferred[None]:
@@ -365,7 +377,7 @@ class RelayService(service.MultiService):
         running = self._started_service
         for key in (
             "listen", "status_listen", "spool_dir", "resolver", "max_deliveries_in_flight",
-            "hostname",
+            "hostname", "control_socket",
         ):
             if getattr(running, key) != getattr(config.service, key):
                 self.log.warn(

@@ -177,6 +177,7 @@ class ControlService(service.Service):
     """Listens on the control socket while running; the socket is removed at stop."""
 
     name = "control_socket"
+    log = Logger()
 
     def __init__(self, path: str, handler: Any, *, reactor: Any) -> None:
         self.path = path
@@ -194,6 +195,8 @@ class ControlService(service.Service):
                                                 backlog=self.factory.max_connections)
         except Exception as e:
             raise ControlError(f"control_socket {self.path}: {_reason(e)}") from None
+        self.log.info("control socket {path} listening (mode 0600): hatwist queue",
+                      path=self.path)
 
     def stopService(self) -> Any:
         super().stopService()
