@@ -180,3 +180,24 @@ async def test_not_running_is_one_exact_line_and_the_socket_is_mode_0600(rig):
     await relay.stop()
     assert not os.path.exists(socket_path), "removed at stop"
     assert (await queue(rig, "list"))[0] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hold_outlives_a_restart_of_the_relay(rig):
+    relay = await started(rig)
+    await rig.haproxy.stop()
+    await relay.wait_for_log("-> unplumbed", since=0, timeout=DEADLINE)
+    message_id = await rig.send("restart-held@t")
+    await waiting_for_proxy(rig, relay, message_id)
+    assert (await queue(rig, "hold", message_id))[0] == 0
+    await relay.stop()
+
+    await rig.haproxy.start()
+    relay = await answering(rig, await rig.relay().start())
+    rows, _ = await listed(rig, "--state", "held")
+    assert [r["id"] for r in rows] == [message_id], "still held after the restart"
+    await rig.send("restart-free@t")
+    await rig.sink.wait_until(lambda: "restart-free@t" in rig.delivered(), timeout=DEADLINE)
+    assert "restart-held@t" not in rig.delivered()
+    assert (await queue(rig, "release", message_id))[0] == 0
+    await rig.sink.wait_until(lambda: "restart-held@t" in rig.delivered(), timeout=DEADLINE)
