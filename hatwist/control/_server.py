@@ -9,8 +9,9 @@ the peer (``SO_PEERCRED``), so a deleted message says who deleted it.
 
 A hostile or broken client is bounded: at most :data:`MAX_CONNECTIONS` at once
 (one more gets an error line and is closed), one request line of at most
-``MAX_REQUEST`` bytes, and :data:`IDLE_TIMEOUT` seconds to send it.  One
-request per connection; the relay closes it after the answer.
+``MAX_REQUEST`` bytes, :data:`IDLE_TIMEOUT` seconds to send it, and
+:data:`DRAIN_TIMEOUT` seconds to read the answer.  One request per connection;
+the relay closes it after the answer.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from ._protocol import MAX_REQUEST, Request, RequestError, encode, error_line, p
 MAX_CONNECTIONS = 8
 #: Seconds a connection may take to send its request line.
 IDLE_TIMEOUT = 10.0
+#: Seconds an answer may take to be read by the client before the connection is
+#: cut (a client that never reads would otherwise keep its answer in memory).
+DRAIN_TIMEOUT = 60.0
 #: The socket's permissions: the relay's user only.
 SOCKET_MODE = 0o600
 
@@ -63,6 +67,8 @@ class ControlProtocol(LineOnlyReceiver, TimeoutMixin):
     MAX_LENGTH = MAX_REQUEST
     factory: ControlFactory
 
+    _drain: Any = None
+
     def connectionMade(self) -> None:
         self._answered = False
         if not self.factory.admit(self):
@@ -75,6 +81,8 @@ class ControlProtocol(LineOnlyReceiver, TimeoutMixin):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.setTimeout(None)
+        if self._drain is not None and self._drain.active():
+            self._drain.cancel()
         self.factory.leave(self)
 
     def timeoutConnection(self) -> None:
@@ -107,6 +115,8 @@ class ControlProtocol(LineOnlyReceiver, TimeoutMixin):
         if self.transport is not None and self.connected:
             self.transport.write(last)
             self.transport.loseConnection()
+            self._drain = self.factory.reactor.callLater(
+                self.factory.drain_timeout, self.transport.abortConnection)
 
 
 class ControlFactory(protocol.Factory):
@@ -120,11 +130,13 @@ class ControlFactory(protocol.Factory):
     log = Logger()
 
     def __init__(self, handler: Any, *, reactor: Any, max_connections: int = MAX_CONNECTIONS,
-                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT,
+                 drain_timeout: float = DRAIN_TIMEOUT) -> None:
         self._handler = handler
         self.reactor = reactor
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
+        self.drain_timeout = drain_timeout
         self.clients: set[ControlProtocol] = set()
 
     def buildProtocol(self, addr: Any) -> ControlProtocol:

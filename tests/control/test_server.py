@@ -13,7 +13,7 @@ import stat
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, threads
+from twisted.internet import defer, task, threads
 
 from hatwist.control import ControlError, ControlService
 from hatwist.control._server import MAX_CONNECTIONS, clear_stale_socket
@@ -24,11 +24,13 @@ DEADLINE = 10.0
 class Recorder:
     def __init__(self):
         self.requests = []
+        self.rows = 1
 
     def handle(self, request, uid, write):
         self.requests.append((request, uid))
         if request.command == "list":
-            write(b'{"message":{"id":"x"}}\n')
+            for _ in range(self.rows):
+                write(b'{"message":{"id":"x"}}\n')
         return {"ok": True, "command": request.command}
 
 
@@ -138,3 +140,22 @@ def test_a_stale_socket_is_replaced_but_a_live_one_or_a_file_is_refused(tmp_path
         pass
     with pytest.raises(ControlError, match="exists and is not a socket"):
         clear_stale_socket(path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_never_reads_its_answer_is_cut_after_the_drain_timeout(
+        control, reactor):
+    control.factory.drain_timeout = 0.3
+    control.handler.rows = 200_000  # about 5 MB: more than the socket buffers hold
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(control.path)
+    try:
+        client.sendall(b'{"command":"list"}\n')
+        deadline = reactor.seconds() + DEADLINE
+        while not control.handler.requests and reactor.seconds() < deadline:
+            await threads.deferToThread(lambda: None)
+        assert control.factory.clients, "answering"
+        await task.deferLater(reactor, 1.0, lambda: None)
+        assert not control.factory.clients, "cut while its answer was still unread"
+    finally:
+        client.close()
