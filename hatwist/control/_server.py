@@ -39,6 +39,8 @@ IDLE_TIMEOUT = 10.0
 #: Seconds an answer may take to be read by the client before the connection is
 #: cut (a client that never reads would otherwise keep its answer in memory).
 DRAIN_TIMEOUT = 60.0
+#: Seconds a refused connection is kept to read its request (see ``_refuse``).
+REFUSED_LINGER = 1.0
 #: The socket's permissions: the relay's user only.
 SOCKET_MODE = 0o600
 
@@ -72,12 +74,30 @@ class ControlProtocol(LineOnlyReceiver, TimeoutMixin):
     def connectionMade(self) -> None:
         self._answered = False
         if not self.factory.admit(self):
-            self.transport.write(error_line(
-                f"too many control connections (at most {self.factory.max_connections}); "
-                "try again"))
-            self.transport.loseConnection()
+            self._refuse()
             return
         self.setTimeout(self.factory.idle_timeout)
+
+    def _refuse(self) -> None:
+        """One connection too many: say so, and let the client read it.  Closing with
+        its request unread would reset the connection and lose the line, so write,
+        half-close, and read (and drop) for up to :data:`REFUSED_LINGER` seconds --
+        as many lingering at once as may be served, the rest closed at once."""
+        self._answered = True
+        self.transport.write(error_line(
+            f"too many control connections (at most {self.factory.max_connections}); "
+            "try again"))
+        if not self.factory.linger(self):
+            self.transport.loseConnection()
+            return
+        self.transport.loseWriteConnection()
+        self._drain = self.factory.reactor.callLater(REFUSED_LINGER,
+                                                     self.transport.abortConnection)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._answered and self not in self.factory.clients:
+            return  # refused: its request is read and dropped
+        super().dataReceived(data)
 
     def connectionLost(self, reason: Any = None) -> None:
         self.setTimeout(None)
@@ -138,6 +158,7 @@ class ControlFactory(protocol.Factory):
         self.idle_timeout = idle_timeout
         self.drain_timeout = drain_timeout
         self.clients: set[ControlProtocol] = set()
+        self.refused: set[ControlProtocol] = set()
 
     def buildProtocol(self, addr: Any) -> ControlProtocol:
         p = ControlProtocol()
@@ -151,8 +172,16 @@ class ControlFactory(protocol.Factory):
         self.clients.add(client)
         return True
 
+    def linger(self, client: ControlProtocol) -> bool:
+        """Whether a refused ``client`` may stay to read its request (bounded)."""
+        if len(self.refused) >= self.max_connections:
+            return False
+        self.refused.add(client)
+        return True
+
     def leave(self, client: ControlProtocol) -> None:
         self.clients.discard(client)
+        self.refused.discard(client)
 
     def handle(self, request: Request, uid: int | None, write: Any) -> Any:
         return self._handler.handle(request, uid, write)
