@@ -303,6 +303,10 @@ retry_interval = 60
 connect_timeout = 5
 smtp_timeout = 30
 shutdown_grace = 2
+# The load comes from one address (smtp-source on loopback), with more sessions than the
+# default per-address share of max_inbound_connections.
+max_inbound_connections_per_ip = 1000
+max_inbound_connections = 1000
 ha_proxy_client {{
   health_check_mode = connect
   health_check_interval = 2
