@@ -59,6 +59,10 @@ class SpooledMessage:
     next_attempt_at: float
     size: int
     """Length of the content in bytes, checked against the file at recovery."""
+    held_at: float | None = None
+    """When the operator held it (``hatwist queue hold``); None: not held."""
+    held_for: float = 0.0
+    """Seconds it spent held before its last release: its expiry is that much later."""
 
     def pending(self) -> tuple[RecipientState, ...]:
         """The recipients still waiting for delivery."""
@@ -87,6 +91,11 @@ def encode(message: SpooledMessage) -> bytes:
         ],
         "version": FORMAT_VERSION,
     }
+    # Written only when set, so the state of mail never held stays as it was.
+    if message.held_at is not None:
+        body["held_at"] = message.held_at
+    if message.held_for:
+        body["held_for"] = message.held_for
     return _ENCODER.encode(body).encode("utf-8")
 
 
@@ -140,7 +149,8 @@ def _check(message: SpooledMessage) -> None:
     _types(
         (message.id, str), (message.binding, str), (message.mail_from, str),
         (message.received_at, (int, float)), (message.next_attempt_at, (int, float)),
-        (message.attempts, int), (message.size, int),
+        (message.attempts, int), (message.size, int), (message.held_for, (int, float)),
+        (message.held_at, (int, float, type(None))),
     )
     if not ID_PATTERN.match(message.id):
         raise CorruptEntry(f"bad message id {message.id!r}")
