@@ -29,9 +29,10 @@ from ._dispatch import Dispatcher
 from ._due import DueHeap
 from ._finish import Finisher
 from ._ledger import Entry, Ledger
-from ._operations import Listing, Operations
+from ._operations import Operations
 from ._outcome import expiry_start, note_wait
 from ._proxy import ProxyWatch
+from ._queue_view import Listing, QueueView
 from ._queues import Board, Part, Queue, QueueKey
 from ._record import Recorder
 from ._recovery import Recovery
@@ -132,12 +133,14 @@ class Scheduler(Service):
         )
         self._recovery = Recovery(self._spool, take=self._take, pump=self._pump,
                                   log=lambda: self.log)
+        self._view = QueueView(ledger=self._ledger, board=self._board, due=self._due,
+                               dispatch=self._dispatch, rules=self._rules,
+                               states=self.queue_states)
         self._operations = Operations(
             ledger=self._ledger, board=self._board, due=self._due, dispatch=self._dispatch,
-            waits=self._waits, finisher=self._finisher, rules=self._rules, spool=self._spool,
+            waits=self._waits, finisher=self._finisher, spool=self._spool,
             counters=self._counters, reactor=self._reactor, log=lambda: self.log,
-            states=self.queue_states, schedule=self._schedule, pump=self._pump,
-            decision=self._decision,
+            schedule=self._schedule, pump=self._pump, decision=self._decision,
         )
         self._stopping = False
         self._unsubscribe: Callable[[], None] | None = None
@@ -238,12 +241,12 @@ class Scheduler(Service):
     ) -> Listing:
         """The first ``limit`` queued messages matching the filters (``state``: a
         queue state, or ``held``), and how many match in all."""
-        return self._operations.list(binding=binding, domain=domain, state=state, limit=limit)
+        return self._view.list(binding=binding, domain=domain, state=state, limit=limit)
 
     def show_message(self, message_id: str) -> dict[str, Any] | None:
         """Envelope, every recipient's state, last reply, attempts and next try of
         one queued message (None: not queued)."""
-        return self._operations.show(message_id)
+        return self._view.show(message_id)
 
     def flush_queues(
         self, *, binding: str | None = None, domain: str | None = None, uid: int | None = None
@@ -260,7 +263,7 @@ class Scheduler(Service):
         (id, outcome) pairs once their spool writes are done."""
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}")
-        selected = self._operations.select(ids, binding, domain, state)
+        selected = self._view.select(ids, binding, domain, state)
         return defer.maybeDeferred(getattr(self._operations, action), selected, uid=uid)
 
     def _throttle_state(self, queue: Queue) -> tuple[str | None, float | None]:
