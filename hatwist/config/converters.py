@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from hatwist.config.values import IPNetwork, ServerAddress, Throttle
+from hatwist.config.values import IPNetwork, ServerAddress, SubmitterPolicy, Throttle
 
 _E = TypeVar("_E", bound=enum.Enum)
 
@@ -276,3 +276,34 @@ def mailbox(text: str) -> str:
         return f"{local}@{hostname(domain)}"
     except ValueError:
         raise ValueError(f"{text!r} is not an address (local@domain)") from None
+
+
+_USER = re.compile(r"[!-~]{1,64}\Z")
+
+
+def submitters(text: str) -> SubmitterPolicy:
+    """``allowed_submitters``: CIDRs and ``user:NAME`` entries (at least one)."""
+    items = split_list(text)
+    if not items:
+        raise ValueError("expected CIDRs and/or user:NAME entries, e.g. 10.0.0.0/8 user:alice")
+    nets: list[IPNetwork] = []
+    users: list[str] = []
+    for item in items:
+        if item[:5].lower() == "user:":
+            name = item[5:]
+            if not _USER.match(name) or ":" in name:
+                raise ValueError(f"{item!r} does not name a user (user:NAME)")
+            users.append(name)
+            continue
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(
+                f"{item!r} is neither a network in CIDR form nor user:NAME") from None
+    return SubmitterPolicy(tuple(nets), tuple(dict.fromkeys(users)))
+
+
+def file_path(text: str) -> str:
+    if not text.strip():
+        raise ValueError("expected a file path, not an empty value")
+    return text.strip()
