@@ -70,7 +70,7 @@ class Spool:
         return lock.run(self._in_thread, f, *args).addBoth(forget)
 
     def store(self, binding: str, mail_from: str, rcpt_to: Sequence[str],
-              content: bytes) -> Deferred[SpooledMessage]:
+              content: bytes, *, smtputf8: bool = False) -> Deferred[SpooledMessage]:
         """Spool a new message; fires with it once durable, or fails with
         L{SpoolWriteError} having left nothing behind."""
         if not rcpt_to:
@@ -79,7 +79,7 @@ class Spool:
         message = SpooledMessage(
             id=self._new_id(now), binding=binding, mail_from=mail_from,
             recipients=new_recipients(rcpt_to), received_at=now, attempts=0,
-            next_attempt_at=now, size=len(content),
+            next_attempt_at=now, size=len(content), smtputf8=smtputf8,
         )
         return self._in_order(message.id, self._files.store, message, content).addCallback(
             lambda _: message)

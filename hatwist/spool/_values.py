@@ -59,6 +59,9 @@ class SpooledMessage:
     next_attempt_at: float
     size: int
     """Length of the content in bytes, checked against the file at recovery."""
+    smtputf8: bool = False
+    """Submitted with MAIL FROM:<...> SMTPUTF8 (RFC 6531): delivered only to an MX
+    that offers SMTPUTF8.  Defaulted, so state files written before it still load."""
 
     def pending(self) -> tuple[RecipientState, ...]:
         """The recipients still waiting for delivery."""
@@ -105,7 +108,7 @@ def _check(message: SpooledMessage) -> None:
     _types(
         (message.id, str), (message.binding, str), (message.mail_from, str),
         (message.received_at, (int, float)), (message.next_attempt_at, (int, float)),
-        (message.attempts, int), (message.size, int),
+        (message.attempts, int), (message.size, int), (message.smtputf8, bool),
     )
     if not ID_PATTERN.match(message.id):
         raise CorruptEntry(f"bad message id {message.id!r}")
