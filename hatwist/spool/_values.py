@@ -108,8 +108,10 @@ def _check(message: SpooledMessage) -> None:
     _types(
         (message.id, str), (message.binding, str), (message.mail_from, str),
         (message.received_at, (int, float)), (message.next_attempt_at, (int, float)),
-        (message.attempts, int), (message.size, int), (message.smtputf8, bool),
+        (message.attempts, int), (message.size, int),
     )
+    if not isinstance(message.smtputf8, bool):
+        raise CorruptEntry(f"field has the wrong type: {message.smtputf8!r}")
     if not ID_PATTERN.match(message.id):
         raise CorruptEntry(f"bad message id {message.id!r}")
     if not message.recipients:
