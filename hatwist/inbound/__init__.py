@@ -48,6 +48,7 @@ reader: pure), C{_admission} (connection slots: pure), C{_session} (the
 protocol) and C{_factory} (the listening factory).
 """
 
+from ._credentials import Credentials, CredentialsError, load_credentials
 from ._factory import (
     IDLE_TIMEOUT,
     JUNK_COMMAND_LIMIT,
@@ -70,7 +71,10 @@ __all__ = [
     "MAX_SESSIONS_PER_IP",
     "MAX_SESSIONS_UNLISTED",
     "BindingHeaderError",
+    "Credentials",
+    "CredentialsError",
     "InboundFactory",
     "InboundSession",
+    "load_credentials",
     "split_binding",
 ]
