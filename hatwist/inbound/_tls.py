@@ -35,7 +35,6 @@ class ServerTLS:
     options: ssl.CertificateOptions = attrs.field(eq=False, repr=False)
     cert_path: str
     key_path: str
-    subject: str
 
 
 def _read(path: str, key: str) -> bytes:
@@ -75,5 +74,4 @@ def load_server_tls(cert_path: str, key_path: str) -> ServerTLS:
         raise ListenerTLSError(
             f"listen_tls_key {key_path} does not match listen_tls_cert {cert_path}: {e}"
         ) from e
-    subject = chain[0].get_subject().CN or ""
-    return ServerTLS(options, cert_path, key_path, subject)
+    return ServerTLS(options, cert_path, key_path)
