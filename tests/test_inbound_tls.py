@@ -46,8 +46,8 @@ def client_context() -> ssl.SSLContext:
     return ssl.create_default_context(cadata=shared_ca().cert_pem.decode("ascii"))
 
 
-def in_thread(f, *args):
-    return threads.deferToThread(f, *args).addTimeout(DEADLINE, reactor)
+def in_thread(f, *args, **kwargs):
+    return threads.deferToThread(f, *args, **kwargs).addTimeout(DEADLINE, reactor)
 
 
 def smtp(port: int) -> smtplib.SMTP:

@@ -102,7 +102,7 @@ class InboundFactory(protocol.Factory):
         self.tls_required = tls_required
         self.users = users
         self.binding_permits = binding_permits or (lambda binding, peer, user: True)
-        self.login_throttle = login_throttle or LoginThrottle()
+        self.login_throttle = LoginThrottle() if login_throttle is None else login_throttle
         self.max_waiting_checks = max_waiting_checks
         self._checks = DeferredSemaphore(max_password_checks)
         self.sessions: set[InboundSession] = set()
