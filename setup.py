@@ -26,6 +26,7 @@ setup(
         "zope.interface>=6.0",
         "prometheus-client==0.26.0",  # /metrics
         "cryptography>=42",  # the demo lab's certificates (already a pyOpenSSL dependency)
+        "bcrypt==5.0.0",  # SMTP AUTH: the users file's hashes (maintained; passlib is not)
     ],
     extras_require={
         "test": [
