@@ -54,7 +54,8 @@ Layout: C{_syntax} (paths, parameters, X-Binding: pure), C{_data} (the DATA
 reader: pure), C{_admission} (connection slots: pure), C{_auth} (users file,
 SASL, failed-login throttle: pure but for the bcrypt check), C{_tls} (the
 certificate), C{_credentials} (both, loaded together), C{_secure} (STARTTLS and
-AUTH commands), C{_session} (the protocol) and C{_factory} (the listening factory).
+AUTH commands), C{_handoff} (end of DATA to the spool), C{_session} (the protocol)
+and C{_factory} (the listening factory).
 """
 
 from ._credentials import Credentials, CredentialsError, load_credentials

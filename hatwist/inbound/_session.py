@@ -18,27 +18,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import protocol
-from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from hatwist.spool import SpooledMessage, SpoolWriteError
-
 from ._admission import Peer, peer_of
-from ._data import Accepted, DataReader, Step, judge_message
+from ._data import DataReader, Step
+from ._handoff import SpoolHandoff
 from ._secure import SecureCommands
 from ._syntax import (
-    Refusal,
     address_problem,
     check_mail_parameters,
     is_mailbox,
     is_postmaster,
     parse_path,
     printable,
-    received_field,
     wants_smtputf8,
 )
 
@@ -61,7 +57,7 @@ count too.  They never restart the idle timer."""
 
 
 @implementer(IPushProducer)
-class InboundSession(SecureCommands, protocol.Protocol, TimeoutMixin):
+class InboundSession(SecureCommands, SpoolHandoff, protocol.Protocol, TimeoutMixin):
     """One submitter's connection: commands, then DATA, then the spool."""
 
     log = Logger()
@@ -397,68 +393,6 @@ class InboundSession(SecureCommands, protocol.Protocol, TimeoutMixin):
 
     def smtp_QUIT(self, argument: str) -> None:
         self._close(221, "2.0.0", "Bye")
-
-    # -- end of DATA -----------------------------------------------------
-
-    def _end_of_data(self, reader: DataReader) -> None:
-        self._data = None
-        verdict = judge_message(reader, self.factory.binding_exists)
-        if isinstance(verdict, Accepted) and not self.factory.binding_permits(
-                verdict.binding, self._peer, self._user):
-            who = f"user {printable(self._user)}" if self._user else str(self._peer)
-            verdict = Refusal(550, "5.7.1", f'Error: binding "{verdict.binding}" may not be '
-                              f"used by {who}")
-        if isinstance(verdict, Refusal):
-            self.log.info("refused a message from {peer}: {code} {enhanced} {text}",
-                          peer=str(self._peer), code=verdict.code, enhanced=verdict.enhanced,
-                          text=verdict.text)
-            return self._refuse(verdict.code, verdict.enhanced, verdict.text)
-        self._busy = True
-        self.setTimeout(None)
-        self._update_reading()
-        mail_from, rcpts = self._mail_from, tuple(self._rcpts)
-        trace = received_field(helo=self._helo, peer=self._peer,
-                               hostname=self.factory.hostname,
-                               date=self.factory.reactor.seconds(), protocol=self._protocol)
-        # Only a message that needs it carries the flag, so a spool without the
-        # field (and test doubles) keep working for every other message.
-        flags = {"smtputf8": True} if self._smtputf8 else {}
-        d = maybeDeferred(self.factory.spool.store, verdict.binding, mail_from, rcpts,
-                          trace + verdict.content, **flags)
-        d.addCallbacks(self._stored, self._not_stored)
-        d.addBoth(self._resume)
-
-    @property
-    def _protocol(self) -> str:
-        """The Received: ``with`` keyword: RFC 3848 (ESMTPS/ESMTPSA), RFC 6531 (UTF8)."""
-        name = ("UTF8SMTP" if self._smtputf8 else "ESMTP") + ("S" if self._tls_active else "")
-        return name + ("A" if self._user is not None else "")
-
-    def _refuse(self, code: int, enhanced: str, text: str) -> None:
-        """Refuse the message just received; the session goes on, ready for MAIL."""
-        self._reset()
-        self._reply(code, enhanced, text)
-
-    def _stored(self, message: SpooledMessage) -> None:
-        self._junk = 0  # a session that delivers mail is not idling
-        self._reply(250, "2.0.0", f"Ok: queued as {message.id}")
-        self.log.info("accepted {id} from {peer}{user}: binding {binding}, {size} bytes, "
-                      "{count} recipients", id=message.id, peer=str(self._peer),
-                      user=f" (user {printable(self._user)})" if self._user else "",
-                      binding=message.binding, size=message.size,
-                      count=len(message.recipients))
-        try:  # spooled is spooled: hand it on even if the client is gone
-            self.factory.on_accepted(message)
-        except Exception:
-            self.log.failure("on_accepted failed for {id}", id=message.id)
-
-    def _not_stored(self, failure: Failure) -> None:
-        if failure.check(SpoolWriteError):
-            self.log.error("spool write failed: {error}", error=failure.value)
-            self._reply(452, "4.3.1", "Insufficient system storage")
-        else:
-            self.log.failure("spool store failed", failure)
-            self._reply(451, "4.3.0", "Local error in processing")
 
     def _resume(self, _: object) -> None:
         self._busy = False
