@@ -12,9 +12,11 @@ sink sees the binding's source address. "Other hosts" are other loopback address
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import smtplib
+import ssl
 import tempfile
 from pathlib import Path
 
@@ -115,7 +117,6 @@ async def test_swaks_tls_auth_from_another_host_relays_and_the_password_is_never
     await relay.stop()
     logs = "\n".join(relay.logs)
     assert "authenticated alice from 127.0.0.77" in logs
-    import base64
     secrets = [PASSWORD, "wrong-" + PASSWORD]
     secrets += [base64.b64encode(f"\0alice\0{p}".encode()).decode() for p in secrets]
     for secret in secrets:
@@ -150,15 +151,23 @@ async def test_without_auth_another_host_may_not_relay_and_binding_policy_names_
 # -- SIGHUP: the users file is re-read; a bad one keeps the old --------------------------------
 
 
-def _login(port: int, password: str) -> int:
-    with smtplib.SMTP("127.0.0.1", port, local_hostname=CLIENT_NAME, timeout=SMTP_TIMEOUT,
-                      source_address=(OUTSIDER, 0)) as client:
-        client.ehlo()
-        import ssl
+def _tls_session(port: int) -> smtplib.SMTP:
+    client = smtplib.SMTP("127.0.0.1", port, local_hostname=CLIENT_NAME, timeout=SMTP_TIMEOUT,
+                          source_address=(OUTSIDER, 0))
+    client.ehlo()
+    client.starttls(context=ssl.create_default_context(
+        cadata=shared_ca().cert_pem.decode("ascii")))
+    client.ehlo()
+    return client
 
-        client.starttls(context=ssl.create_default_context(
-            cadata=shared_ca().cert_pem.decode("ascii")))
-        client.ehlo()
+
+def _served_certificate(port: int) -> bytes:
+    with _tls_session(port) as client:
+        return client.sock.getpeercert(binary_form=True)
+
+
+def _login(port: int, password: str) -> int:
+    with _tls_session(port) as client:
         try:
             return client.login("alice", password)[0]
         except smtplib.SMTPAuthenticationError as e:
@@ -179,12 +188,18 @@ async def test_sighup_rereads_the_users_file_and_keeps_the_old_one_when_it_is_ba
     assert f"{users}:2: the hash of 'bob' is not a bcrypt hash" in refused
     assert await threads.deferToThread(_login, rig.listen, PASSWORD) == 235  # old file kept
 
+    # A good users file and a renewed certificate: both taken on the next SIGHUP.
     since = relay.mark()
     users.write_text(f"alice:{_hash(NEW_PASSWORD)}\n")
+    renewed = shared_ca().issue("relay.test", ips=("127.0.0.1",))
+    (Path(rig.directory) / "cert.pem").write_bytes(renewed.cert_pem)
+    (Path(rig.directory) / "key.pem").write_bytes(renewed.key_pem)
     relay.signal("HUP")
     await relay.wait_for_log("config reloaded", since=since, timeout=DEADLINE)
     assert await threads.deferToThread(_login, rig.listen, NEW_PASSWORD) == 235
     assert await threads.deferToThread(_login, rig.listen, PASSWORD) == 535
+    served = await threads.deferToThread(_served_certificate, rig.listen)
+    assert served == ssl.PEM_cert_to_DER_cert(renewed.cert_pem.decode("ascii"))
     await relay.stop()
 
 
