@@ -203,3 +203,21 @@ async def test_a_utf8_address_without_the_smtputf8_parameter_gets_553_5_6_7(serv
     assert replies[3].startswith("553 5.6.7")
     assert replies[4].startswith("500 5.5.2")  # 8-bit text only inside addresses
     await defer.succeed(None)
+
+
+def test_state_files_written_before_the_smtputf8_flag_still_load():
+    import json
+
+    from hatwist.spool._values import SpooledMessage, decode, encode, new_recipients
+
+    message = SpooledMessage(id="00000000000001-0000000001", binding="default",
+                             mail_from="s@example.org", recipients=new_recipients(["r@x.test"]),
+                             received_at=0.0, attempts=0, next_attempt_at=0.0, size=1,
+                             smtputf8=True)
+    assert decode(encode(message)).smtputf8 is True
+    old = json.loads(encode(message))
+    del old["smtputf8"]
+    assert decode(json.dumps(old).encode()).smtputf8 is False
+    old["smtputf8"] = "yes"
+    with pytest.raises(Exception, match="wrong type"):
+        decode(json.dumps(old).encode())
