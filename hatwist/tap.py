@@ -192,6 +192,11 @@ class RelayService(service.MultiService):
         #: the previous file (which may already have differed from what runs).
         self._started_service = config.service
         health = config.health
+        try:  # first, so that an unusable file leaves nothing half-built behind
+            credentials = load_credentials(config.service)
+        except CredentialsError as e:
+            raise StartupError(str(e)) from None
+        self._credentials = credentials
 
         self.registry = ServerRegistry(
             config.proxy_servers,
@@ -244,11 +249,6 @@ class RelayService(service.MultiService):
         )
         self.status_listener.setServiceParent(self)
 
-        try:
-            credentials = load_credentials(config.service)
-        except CredentialsError as e:
-            raise StartupError(str(e)) from None
-        self._credentials = credentials
         self.inbound = InboundFactory(
             spool=self.spool,
             relay_from=config.service.relay_from,

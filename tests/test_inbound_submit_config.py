@@ -58,3 +58,22 @@ def test_check_config_shows_who_may_submit_through_which_binding(tmp_path, capsy
     submitters = json.loads(capsys.readouterr().out)["submitters"]
     assert submitters["starttls"] == "required"
     assert submitters["bindings"]["blue"].startswith("only 192.0.2.0/24, user alice")
+
+
+def test_an_unusable_users_file_or_certificate_stops_the_relay_with_one_line(tmp_path):
+    from twisted.internet import reactor
+
+    from hatwist.tap import RelayService, StartupError
+    from tests.rig.certs import shared_ca
+
+    cert = shared_ca().issue("relay.test")
+    (tmp_path / "c.pem").write_bytes(cert.cert_pem)
+    (tmp_path / "k.pem").write_bytes(cert.key_pem)
+    (tmp_path / "users").write_text("alice:$6$salt$hash\n")
+    text = (f'listen_tls_cert = "{tmp_path}/c.pem"\nlisten_tls_key = "{tmp_path}/k.pem"\n'
+            f'auth_users_file = "{tmp_path}/users"\nspool_dir = "{tmp_path}/spool"\n')
+    with pytest.raises(StartupError, match=rf"\A{tmp_path}/users:1: SHA-512-crypt"):
+        RelayService(parse_config(text), reactor=reactor)
+    (tmp_path / "k.pem").write_bytes(shared_ca().issue("other.test").key_pem)
+    with pytest.raises(StartupError, match="does not match listen_tls_cert"):
+        RelayService(parse_config(text), reactor=reactor)
