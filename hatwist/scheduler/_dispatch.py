@@ -218,7 +218,8 @@ class Dispatcher:
             id=message.id,
             binding=message.binding,
             domain=domain,
-            envelope=Envelope(mail_from=message.mail_from, rcpt_to=recipients),
+            envelope=Envelope(mail_from=message.mail_from, rcpt_to=recipients,
+                              smtputf8=message.smtputf8),
             content=content,
         )
         return self._agent.deliver(outbound)
