@@ -34,9 +34,11 @@ from hatwist import __version__
 from hatwist._descriptors import check_descriptor_limit
 from hatwist._logging import buffer_logs_of
 from hatwist.config import Config, ConfigError, ServerAddress, load_config
+from hatwist.config.values import ListenTLSMode
+from hatwist.control import ControlError, ControlService, QueueHandler
 from hatwist.delivery.attempt import DeliveryAgent
 from hatwist.health import HealthChecker, ServerRegistry, make_probe
-from hatwist.inbound import InboundFactory
+from hatwist.inbound import Credentials, CredentialsError, InboundFactory, load_credentials
 from hatwist.inbound._proxied import ProxiedInboundFactory
 from hatwist.mx import MXResolver, build_resolver
 from hatwist.scheduler import Scheduler
@@ -194,6 +196,11 @@ class RelayService(service.MultiService):
         #: the previous file (which may already have differed from what runs).
         self._started_service = config.service
         health = config.health
+        try:  # first, so that an unusable file leaves nothing half-built behind
+            credentials = load_credentials(config.service)
+        except CredentialsError as e:
+            raise StartupError(str(e)) from None
+        self._credentials = credentials
 
         self.registry = ServerRegistry(
             config.proxy_servers,
@@ -239,6 +246,10 @@ class RelayService(service.MultiService):
             limits=self.limits,
         )
         self.scheduler.setServiceParent(self)
+        # hatwist queue: the control socket, as the running user, once the scheduler runs.
+        self.control = ControlService(config.service.control_socket_path,
+                                      QueueHandler(self.scheduler), reactor=reactor)
+        self.control.setServiceParent(self)
 
         # Delivery counts come from the agent's one log event per attempt, so the agent
         # knows nothing of metrics; the observer is added while the service runs.
@@ -269,7 +280,9 @@ class RelayService(service.MultiService):
             binding_exists=self._binding_exists,
             on_accepted=self.scheduler.submit,
             reactor=reactor,
+            binding_permits=self._binding_permits,
             **_inbound_limits(config),
+            **_inbound_security(config, credentials),
         )
         listening: Any = self.inbound
         if config.service.listen_proxy_protocol:  # behind a balancer: a PROXY header first
@@ -295,6 +308,14 @@ class RelayService(service.MultiService):
         except KeyError:
             return False
         return True
+
+    def _binding_permits(self, name: str, peer: Any, user: str | None) -> bool:
+        """allowed_submitters of binding ``name``: no key lets anyone who may relay."""
+        try:
+            policy = self.config.binding(name).base_settings.allowed_submitters
+        except KeyError:
+            return False
+        return policy is None or policy.permits(peer, user)
 
     async def _drain_inbound(self) -> None:
         """Let submitters in the middle of a transaction finish, within the grace period."""
@@ -332,7 +353,14 @@ class RelayService(service.MultiService):
         globalLogPublisher.addObserver(self.deliveries)
         globalLogPublisher.addObserver(self.history)
         check_descriptor_limit(self.config.service, len(self.config.proxy_servers))
-        super().startService()
+        try:
+            super().startService()
+        except ControlError as e:  # one line naming the key, like a taken listen address
+            if not self.exit_on_startup_error:
+                raise
+            self.log.critical("cannot start: {error}", error=str(e))
+            print(f"hatwist: cannot start: {e}", file=sys.stderr)
+            raise SystemExit(EXIT_CANNOT_START) from None
         self._previous_hup = _install_sighup(self.reactor, self.reload)
 
     def stopService(self) -> defer.Deferred[None]:
@@ -364,15 +392,22 @@ class RelayService(service.MultiService):
     def reload(self) -> defer.Deferred[bool]:
         """Re-read the config file; apply it if valid. Fires True when applied."""
         filename = self.config.filename
-        d = threads.deferToThread(load_config, filename)
-        d.addCallback(self._prepare)
-        d.addCallbacks(self._apply, self._reload_failed, errbackArgs=(filename,))
+        d = threads.deferToThread(_load_with_credentials, filename)
+        d.addCallback(lambda loaded: (self._prepare(loaded[0]), loaded[1]))
+        d.addCallbacks(self._apply_loaded, self._reload_failed, errbackArgs=(filename,))
         return d
+
+    def _apply_loaded(self, loaded: tuple[Config, Credentials]) -> bool:
+        config, credentials = loaded
+        self._credentials = credentials
+        for name, value in _inbound_security(config, credentials).items():
+            setattr(self.inbound, name, value)
+        return self._apply(config)
 
     def _reload_failed(self, failure: Any, filename: str) -> bool:
         self.log.error(
             "config reload refused, keeping the running config: {error}",
-            error=str(failure.value) if failure.check(ConfigError, OSError)
+            error=str(failure.value) if failure.check(ConfigError, OSError, CredentialsError)
             else failure.getTraceback(),
             filename=filename,
         )
@@ -382,7 +417,7 @@ class RelayService(service.MultiService):
         running = self._started_service
         for key in (
             "listen", "status_listen", "spool_dir", "resolver", "max_deliveries_in_flight",
-            "hostname", "redis_url",
+            "hostname", "redis_url", "control_socket",
             "workers", "listen_proxy_protocol",
         ):
             if getattr(running, key) != getattr(config.service, key):
@@ -422,6 +457,23 @@ def _inbound_limits(config: Config) -> dict[str, Any]:
     }
 
 
+def _inbound_security(config: Config, credentials: Credentials) -> dict[str, Any]:
+    """The listener's TLS context, TLS policy and AUTH users, by attribute name."""
+    return {
+        "tls": credentials.tls,
+        "tls_required": config.service.inbound_tls is ListenTLSMode.REQUIRED,
+        "users": credentials.users,
+    }
+
+
+def _load_with_credentials(filename: str) -> tuple[Config, Credentials]:
+    """A reload's blocking part (in a thread): the config file, then the certificate,
+    key and users file it names; any error refuses the whole reload, so the relay keeps
+    running with the old config, certificate and users."""
+    config = load_config(filename)
+    return config, load_credentials(config.service)
+
+
 def _install_sighup(reactor: Any, reload: Callable[[], object]) -> Any:
     """Route SIGHUP to ``reload`` in the reactor thread; returns the previous handler."""
     if not hasattr(signal, "SIGHUP"):
@@ -447,12 +499,16 @@ def makeService(options: Options) -> service.IService:
         from hatwist.workers._main import make_supervisor
 
         return make_supervisor(config, reactor, options["config"])
-    if spec is not None:
-        from hatwist.workers._main import make_worker
+    try:
+        if spec is not None:
+            from hatwist.workers._main import make_worker
 
-        relay = make_worker(config, reactor, spec, RelayService)
-    else:
-        relay = RelayService(config, reactor=reactor)
+            relay = make_worker(config, reactor, spec, RelayService)
+        else:
+            relay = RelayService(config, reactor=reactor)
+    except StartupError as e:  # e.g. an unusable listen_tls_cert or auth_users_file
+        print(f"hatwist: cannot start: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_CANNOT_START) from None
     relay.exit_on_startup_error = True
     return relay
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import os
 from typing import Union
 from urllib.parse import urlsplit, urlunsplit
 
@@ -26,6 +27,13 @@ class TLSMode(enum.Enum):
     IFAVAILABLE = "ifavailable"
     REQUIRED = "required"
     NO = "no"
+
+
+class ListenTLSMode(enum.Enum):
+    """STARTTLS policy on the inbound listener (``listen_tls``)."""
+
+    OPTIONAL = "optional"  # offered; plaintext submission still works
+    REQUIRED = "required"  # MAIL and AUTH are refused (530 5.7.0) before STARTTLS
 
 
 class HealthCheckMode(enum.Enum):
@@ -125,6 +133,34 @@ def probe_target(
     return target if target.ip_version in (None, family) else None
 
 
+#: The control socket's file name in spool_dir when ``control_socket`` is not set.
+CONTROL_SOCKET_NAME = "control.sock"
+
+
+@attrs.frozen
+class SubmitterPolicy:
+    """Who may name a binding (``allowed_submitters``): client networks and user names.
+
+    A submitter matches when its address is inside one of ``networks`` or it logged in
+    (SMTP AUTH) as one of ``users``; either is enough.
+    """
+
+    networks: tuple[IPNetwork, ...] = ()
+    users: tuple[str, ...] = ()
+
+    def permits(
+        self, peer: ipaddress.IPv4Address | ipaddress.IPv6Address | None, user: str | None
+    ) -> bool:
+        if user is not None and user in self.users:
+            return True
+        return peer is not None and any(
+            peer.version == net.version and peer in net for net in self.networks
+        )
+
+    def __str__(self) -> str:
+        return " ".join([*(str(n) for n in self.networks), *(f"user:{u}" for u in self.users)])
+
+
 @attrs.frozen
 class ServiceSettings:
     """Process-wide settings: where hatwist listens, spools and whom it relays for."""
@@ -148,6 +184,12 @@ class ServiceSettings:
     status_idle_timeout: int = 15
     redis_url: RedisURL | None = None
     """Where limits are shared fleet-wide (see hatwist.shared); None: per process."""
+    listen_tls_cert: str | None = None  # PEM certificate (chain) for inbound STARTTLS
+    listen_tls_key: str | None = None  # PEM private key of listen_tls_cert
+    listen_tls: ListenTLSMode | None = None  # None: optional when a certificate is set
+    auth_users_file: str | None = None  # user:bcrypt-hash lines for SMTP AUTH
+    control_socket: str | None = None  # None: control.sock in spool_dir
+
     workers: int = 1
     listen_proxy_protocol: bool = False
     listen_proxy_from: tuple[IPNetwork, ...] = ()
@@ -157,6 +199,20 @@ class ServiceSettings:
     max_connections and outbound_throttle_messages by it (hatwist.workers.share)."""
     worker: int = attrs.field(default=0, metadata={NOT_A_KEY: True})
     """This process's worker number (1..workers); 0 when it is the only process."""
+
+    @property
+    def inbound_tls(self) -> ListenTLSMode | None:
+        """The effective STARTTLS policy of the listener; None when it offers no TLS."""
+        if self.listen_tls_cert is None:
+            return None
+        return self.listen_tls or ListenTLSMode.OPTIONAL
+
+    @property
+    def control_socket_path(self) -> str:
+        """Where the control socket lives (``hatwist queue`` finds it the same way)."""
+        if self.control_socket is not None:
+            return self.control_socket
+        return os.path.join(self.spool_dir, CONTROL_SOCKET_NAME)
 
 
 @attrs.frozen
@@ -183,6 +239,7 @@ class DeliverySettings:
     outbound_throttle_messages: Throttle | None = None  # None: no throttle
     mx_address_limit: int = 5
     attempt_timeout: int = 600
+    allowed_submitters: SubmitterPolicy | None = None  # None: whoever may relay
 
     @property
     def uses_proxy(self) -> bool:

@@ -51,8 +51,10 @@ part), ``_waits`` (the hold, pause and throttle timers), ``_dispatch`` (takes
 due parts off the board and runs their attempts), ``_record`` (what an
 attempt's results or an expiry do), ``_proxy`` (the reactions to proxy state
 changes), ``_finish`` and ``_bounce`` (the DSN, then the removal),
-``_recovery`` (the start-up read in batches) and ``_service`` (the
-:class:`Scheduler`: the glue).
+``_recovery`` (the start-up read in batches), ``_queue_view`` and
+``_operations`` (what ``hatwist queue`` reads and does: list, show, flush,
+hold, release, delete, bounce) and ``_service`` (the :class:`Scheduler`: the
+glue).
 """
 
 from ._ledger import SAVE_RETRY_DELAY

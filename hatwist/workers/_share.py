@@ -53,5 +53,15 @@ def worker_config(config: Config, worker: int, workers: int) -> Config:
         # With redis_url the per-queue limits hold fleet-wide in Redis (each worker is a
         # node there, and its degraded local share divides by the nodes it last saw).
         limit_share=1 if service.redis_url is not None else workers,
+        control_socket=_own_socket(getattr(service, "control_socket", None), worker),
         worker=worker,
     ))
+
+
+def _own_socket(path: str | None, worker: int) -> str | None:
+    """A configured ``control_socket`` made this worker's own (``DIR/worker-N-NAME``);
+    unset, each worker's is in its partition already."""
+    if path is None:
+        return None
+    head, name = os.path.split(path)
+    return os.path.join(head, f"{PARTITION_PREFIX}{worker}-{name}")

@@ -112,3 +112,13 @@ def test_with_redis_url_the_queue_limits_are_shared_not_divided(tmp_path, capsys
     assert main(["check-config", str(path)]) == 0
     err = capsys.readouterr().err
     assert "shared through redis_url" in err and "no shared limits" not in err
+
+
+def test_each_worker_gets_its_own_control_socket():
+    config = parse_config('spool_dir = "/var/spool/x"\nworkers = 2\n')
+    assert worker_config(config, 2, 2).service.control_socket_path == (
+        "/var/spool/x/worker-2/control.sock")
+    config = parse_config('spool_dir = "/var/spool/x"\nworkers = 2\n'
+                          'control_socket = "/run/hatwist/control.sock"\n')
+    assert worker_config(config, 1, 2).service.control_socket_path == (
+        "/run/hatwist/worker-1-control.sock")
