@@ -254,6 +254,11 @@ KEYS: tuple[Key, ...] = (
     _service("status_idle_timeout", "status_idle_timeout", c.integer(1), 15, _SECONDS,
              "a status connection must send a whole request within this long of opening "
              "or of its last response, or it is closed"),
+    # -- what senders are told (issue 12) ---------------------------------------------------
+    _delivery("delay_warning_time", "delay_warning_time", c.integer(0), 0, _SECONDS,
+              "after this long in the queue the sender gets one \"delayed\" DSN listing the "
+              "recipients still pending (Postfix's name); 0 sends none",
+              default_doc="0 (off)"),
 )  # fmt: skip
 
 KEYS_BY_NAME: Mapping[str, Key] = {key.name: key for key in KEYS}

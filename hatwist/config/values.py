@@ -168,6 +168,7 @@ class DeliverySettings:
     outbound_throttle_messages: Throttle | None = None  # None: no throttle
     mx_address_limit: int = 5
     attempt_timeout: int = 600
+    delay_warning_time: int = 0  # 0: no "delayed" DSN
 
     @property
     def uses_proxy(self) -> bool:

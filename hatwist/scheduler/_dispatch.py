@@ -4,8 +4,11 @@ The dispatcher of attempts: takes due parts off the board in turn and runs them.
 
 Before a part starts, the last checks: is it still current, has its message run
 out of time, does its route have a plumbed proxy, does its queue's outbound
-throttle allow a start now (a message counts when its attempt starts).  Then
-the content is read from the spool and handed to the agent; whatever comes
+throttle allow a start now (a message counts when its attempt starts; one that
+the agent held for want of a plumbed proxy gives its start back).  Then the
+content is read from the spool and handed to the agent -- or, for a message
+over :data:`LOAD_CONTENT_ABOVE`, a loader the agent calls once a session is
+ready for it; whatever comes
 back -- a result, a failure, a cancellation at shutdown -- goes to the
 scheduler's :meth:`Host.record`.  At most ``max_in_flight`` attempts run at
 once over all queues; nothing here ever lets an exception stop the loop.
@@ -21,12 +24,41 @@ from twisted.python.failure import Failure
 
 from hatwist.delivery import Envelope
 from hatwist.delivery.attempt import OutboundMessage
+from hatwist.spool import MessageNotFound
 from hatwist.throttle import Throttles
 
 from ._ledger import Entry, Ledger
 from ._outcome import pending_at
 from ._queues import Board, Part, Queue, QueueKey
 from ._rules import Rules
+
+#: Messages larger than this (bytes) are read from the spool by the session that
+#: sends them (``OutboundMessage.load_content``) rather than before the attempt,
+#: so a thousand attempts still connecting do not hold a thousand large bodies.
+LOAD_CONTENT_ABOVE = 256 * 1024
+
+
+class _Loader:
+    """``load_content`` for one attempt: reads the spool, and remembers whether the
+    message was gone, which the agent's result cannot say."""
+
+    def __init__(self, spool: Any, message_id: str) -> None:
+        self._spool = spool
+        self._id = message_id
+        self.gone: Failure | None = None
+
+    def __call__(self) -> defer.Deferred:
+        d = defer.maybeDeferred(self._spool.content, self._id)
+        return d.addErrback(self._failed)
+
+    def _failed(self, failure: Failure) -> Failure:
+        if failure.check(MessageNotFound):
+            self.gone = failure
+        return failure
+
+    def check(self, result: Any) -> Any:
+        """The agent's result, or the spool's MessageNotFound if the read found none."""
+        return result if self.gone is None else self.gone
 
 
 class Host(Protocol):
@@ -137,34 +169,50 @@ class Dispatcher:
         queue.in_flight += 1
         self._running += 1
         queue.waiting = False
-        d = defer.maybeDeferred(self._spool.content, entry.message.id)
-        d.addCallback(self._deliver, entry, domain, recipients)
+        if entry.message.size > LOAD_CONTENT_ABOVE:
+            # Read per session, once one is ready for it: an attempt still waiting
+            # for connects and banners holds none of it.
+            d = defer.maybeDeferred(self._deliver, None, entry, domain, recipients)
+        else:
+            d = defer.maybeDeferred(self._spool.content, entry.message.id)
+            d.addCallback(self._deliver, entry, domain, recipients)
         self._in_flight[part] = d
-        d.addBoth(self._attempted, part, queue, recipients)
+        d.addBoth(self._attempted, part, queue, recipients, now)
         d.addBoth(self._settled, part)
 
     def _deliver(
-        self, content: bytes, entry: Entry, domain: str, recipients: tuple[str, ...]
+        self, content: bytes | None, entry: Entry, domain: str, recipients: tuple[str, ...]
     ) -> defer.Deferred:
         message = entry.message
+        envelope = Envelope(mail_from=message.mail_from, rcpt_to=recipients)
+        if content is not None:
+            outbound = OutboundMessage(
+                id=message.id, binding=message.binding, domain=domain, envelope=envelope,
+                content=content,
+            )
+            return self._agent.deliver(outbound)
+        loader = _Loader(self._spool, message.id)
         outbound = OutboundMessage(
-            id=message.id,
-            binding=message.binding,
-            domain=domain,
-            envelope=Envelope(mail_from=message.mail_from, rcpt_to=recipients),
-            content=content,
+            id=message.id, binding=message.binding, domain=domain, envelope=envelope,
+            load_content=loader,
         )
-        return self._agent.deliver(outbound)
+        # The agent turns a failed read into a temporary failure of its own; a message
+        # removed from the spool meanwhile must be forgotten, not retried until expiry.
+        return self._agent.deliver(outbound).addCallback(loader.check)
 
     def _settled(self, _: object, part: Part) -> None:
         self._in_flight.pop(part, None)
 
     def _attempted(
-        self, outcome: Any, part: Part, queue: Queue, recipients: tuple[str, ...]
+        self, outcome: Any, part: Part, queue: Queue, recipients: tuple[str, ...],
+        started: float,
     ) -> defer.Deferred | None:
         queue.in_flight -= 1
         self._running -= 1
         try:
+            if getattr(outcome, "waiting_for_proxy", False):
+                # It never reached an MX (no plumbed proxy for its family): no start.
+                self._throttles.give_back(part.key, started)
             cancelled = isinstance(outcome, Failure) and outcome.check(defer.CancelledError)
             if cancelled and self.stopping:
                 self._host.decision_for(part, "cancelled at shutdown, left spooled")

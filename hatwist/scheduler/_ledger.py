@@ -45,8 +45,6 @@ class Entry:
     """The parts still to deliver, one per domain (a tuple: most messages have one)."""
     finishing: bool = False
     """Its bounce and removal are under way: nothing else may write it down."""
-    bounced: bool = False
-    """Its DSN is spooled: a retried removal must not bounce it again."""
 
     def part(self, domain: str) -> Part | None:
         """The current part for ``domain``, if any."""

@@ -23,6 +23,7 @@ from hatwist.spool import MessageNotFound
 
 from ._finish import Finisher
 from ._ledger import Entry, Ledger
+from ._notices import Notices
 from ._outcome import apply_results, expire, pending_at, reason_of, results_of, summary
 from ._proxy import ProxyWatch
 from ._queues import Part, Queue
@@ -47,6 +48,7 @@ class Recorder:
         waits: Waits,
         proxy: ProxyWatch,
         finisher: Finisher,
+        notices: Notices,
         counters: Counter[str],
         reactor: Any,
         log: Callable[[], Logger],
@@ -61,6 +63,7 @@ class Recorder:
         self._waits = waits
         self._proxy = proxy
         self._finisher = finisher
+        self._notices = notices
         self._counters = counters
         self._reactor = reactor
         self._log = log
@@ -139,6 +142,10 @@ class Recorder:
             self._schedule(part)
         if not entry.parts:
             self._finisher.finish(entry)
+        else:
+            # The end of a pass: its failures are bounced now, not days later when
+            # the message's other recipients are done (and a delay warning may be due).
+            self._notices.after_pass(entry, part.key)
         return d
 
     def expire(self, entry: Entry, part: Part) -> None:

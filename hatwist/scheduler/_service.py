@@ -29,6 +29,7 @@ from ._dispatch import Dispatcher
 from ._due import DueHeap
 from ._finish import Finisher
 from ._ledger import Entry, Ledger
+from ._notices import Notices
 from ._outcome import note_wait
 from ._proxy import ProxyWatch
 from ._queues import Board, Part, Queue, QueueKey
@@ -48,7 +49,7 @@ MAX_IN_FLIGHT = 100
 #: ``bounced`` count recipients (``bounced``: failed for good, expiry
 #: included); ``attempts`` counts attempts made, ``waiting`` attempts held back
 #: for want of a plumbed proxy, ``errors`` failures inside hatwist, ``dsns``
-#: bounce messages spooled.
+#: notices spooled to senders (bounces and "delayed" warnings).
 COUNTERS = ("delivered", "deferred", "bounced", "attempts", "waiting", "errors", "dsns")
 
 
@@ -110,15 +111,20 @@ class Scheduler(Service):
             board=self._board, ledger=self._ledger, due=self._due, rules=self._rules,
             waits=self._waits, reactor=self._reactor, hold=self.hold, pump=self._pump,
         )
-        self._finisher = Finisher(
-            spool=self._spool, ledger=self._ledger, reactor=self._reactor,
+        self._notices = Notices(
+            spool=self._spool, ledger=self._ledger, rules=self._rules, reactor=self._reactor,
             reporting_mta=self._reporting_mta, counters=self._counters, log=lambda: self.log,
-            submit=self.submit, decision=self._decision, forgotten=self._forgotten,
-            track=self._track,
+            submit=self.submit, track=self._track,
+        )
+        self._finisher = Finisher(
+            spool=self._spool, ledger=self._ledger, notices=self._notices,
+            reactor=self._reactor, counters=self._counters, log=lambda: self.log,
+            forgotten=self._forgotten, track=self._track,
         )
         self._recorder = Recorder(
             ledger=self._ledger, rules=self._rules, waits=self._waits, proxy=self._proxy,
-            finisher=self._finisher, counters=self._counters, reactor=self._reactor,
+            finisher=self._finisher, notices=self._notices, counters=self._counters,
+            reactor=self._reactor,
             log=lambda: self.log, schedule=self._schedule, hold=self.hold, pause=self._pause,
             decision_for=self.decision_for, track=self._track,
         )
@@ -233,8 +239,11 @@ class Scheduler(Service):
         entry = self._ledger.add(message)
         if not entry.parts:
             self._finisher.finish(entry)
+            return True
         for part in entry.parts:
             self._schedule(part)
+        # A notice a crash kept from being sent (or marked sent) is owed still.
+        self._notices.after_pass(entry, entry.parts[0].key)
         return True
 
     def _schedule(self, part: Part) -> None:

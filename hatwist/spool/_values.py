@@ -43,6 +43,8 @@ class RecipientState:
     reason: str | None = None
     """The last reply text (or local reason) for this recipient, if any."""
     attempts: int = 0
+    bounced: bool = False
+    """A DSN reporting this failed recipient is spooled (so it is not reported twice)."""
 
 
 @attrs.frozen
@@ -59,6 +61,8 @@ class SpooledMessage:
     next_attempt_at: float
     size: int
     """Length of the content in bytes, checked against the file at recovery."""
+    delay_warned: bool = False
+    """A "delayed" DSN (``delay_warning_time``) is spooled for it: one per message."""
 
     def pending(self) -> tuple[RecipientState, ...]:
         """The recipients still waiting for delivery."""
@@ -73,6 +77,13 @@ def make_message_id(micros: int, entropy: int) -> str:
 def encode(message: SpooledMessage) -> bytes:
     """The JSON state file for C{message}."""
     body = attrs.asdict(message, recurse=True)
+    # The scheduler's DSN marks are written only when set: a state without them reads
+    # as it always did.
+    if not body["delay_warned"]:
+        del body["delay_warned"]
+    for r in body["recipients"]:
+        if not r["bounced"]:
+            del r["bounced"]
     body["version"] = FORMAT_VERSION
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
@@ -114,6 +125,9 @@ def _check(message: SpooledMessage) -> None:
     for r in message.recipients:
         _types((r.address, str), (r.attempts, int), (r.code, (int, type(None))),
                (r.reason, (str, type(None))))
+    if not all(type(flag) is bool
+               for flag in (message.delay_warned, *(r.bounced for r in message.recipients))):
+        raise CorruptEntry("a DSN mark (bounced, delay_warned) is not true or false")
 
 
 def _types(*pairs: tuple[object, type | tuple[type, ...]]) -> None:
