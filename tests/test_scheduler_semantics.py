@@ -167,7 +167,7 @@ def test_a_reload_re_times_waiting_backoffs_to_the_new_retry_interval(world):
     assert len(world.agent.calls) == 2
     world.clock.advance(0.1)
     assert len(world.agent.calls) == 3
-    assert world.spool.messages[message.id].next_attempt_at == START + 10 + 60
+    assert world.agent.times == [START, START + 10, START + 10 + 60]
 
 
 def test_a_permanent_reply_with_a_recipient_result_never_pauses(world):

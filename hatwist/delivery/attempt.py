@@ -112,7 +112,9 @@ class DeliveryAgent:
         Try to deliver ``message`` once; always fires with an :class:`AttemptResult`.
 
         Cancelling it (service shutdown) aborts the session in progress and fails it with
-        ``CancelledError``: no result is reported for an attempt that was cut short.
+        ``CancelledError`` at once: no further MX is tried (the abort looks like a lost
+        connection, which :class:`AttemptDeadline` tells apart) and no result is
+        reported for an attempt that was cut short.
         """
         return defer.Deferred.fromCoroutine(self._deliver(message))
 
@@ -153,6 +155,7 @@ class DeliveryAgent:
             waiting_for_proxy=waiting_for_proxy,
             no_greeting=tuple(walk.no_greeting),
             tls_skipped=walk.tls_skipped,
+            mx_reached=walk.reached,
         )
         self._emit(message, result)
         return result
@@ -243,7 +246,7 @@ class DeliveryAgent:
         )
         pooled = self.pool.take(key)
         if pooled is not None:
-            walk.tls_skipped = pooled.tls_skipped
+            walk.tls_skipped, walk.reached = pooled.tls_skipped, True
             try:
                 return await self._send(pooled, message, settings, deadline)
             except SessionError as e:
@@ -258,6 +261,7 @@ class DeliveryAgent:
         if isinstance(opened, RouteFailed):
             return opened
         session, walk.tls_skipped = opened
+        walk.reached = True
         try:
             pooled = self.pool.adopt(key, session, tls_skipped=walk.tls_skipped)
             return await self._send(pooled, message, settings, deadline)

@@ -99,6 +99,29 @@ class DueHeap:
             return None
         return heap[0][2]
 
+    def retime(self, due_of: Callable[[Part], float]) -> None:
+        """
+        Give every waiting part the due time ``due_of(part)`` (a reload changed the
+        retry interval), keeping the order of parts due together: one pass over
+        the heaps, O(n), then one timer for the earliest.
+        """
+        self._top, self._top_at = [], {}
+        for key, heap in list(self._heaps.items()):
+            items = []
+            for _, seq, part in heap:
+                if part.heap_seq == seq:
+                    part.due = due_of(part)
+                    items.append((part.due, seq, part))
+            if not items:
+                del self._heaps[key]
+                continue
+            heapq.heapify(items)
+            self._heaps[key] = items
+            self._top_at[key] = items[0][0]
+            self._top.append((items[0][0], key))
+        heapq.heapify(self._top)
+        self._arm()
+
     def stop(self) -> None:
         """Cancel the timer; nothing is handed out any more."""
         self._stopped = True

@@ -31,6 +31,16 @@ from ._rules import Rules
 from ._waits import Waits
 
 
+def unreached(outcome: Any) -> bool:
+    """
+    Whether an attempt found its destination unreachable: no MX of the domain gave
+    a TCP session and a greeting (or its MX lookup failed).  A session that greeted
+    and then broke -- mid-transaction, after the final dot, at the attempt deadline
+    -- says the destination answers: one message's trouble must not pause the queue.
+    """
+    return bool(getattr(outcome, "error", None)) and not getattr(outcome, "mx_reached", False)
+
+
 class Recorder:
     """
     :param schedule: puts a part back on the board or in the due heap.
@@ -114,7 +124,7 @@ class Recorder:
         still = pending_at(entry.message, part.key[1])
         if counts["delivered"] and queue.paused:
             self._waits.release(queue)  # the destination answers again
-        elif still and not counts["delivered"] and getattr(outcome, "error", None):
+        elif still and not counts["delivered"] and unreached(outcome):
             self._pause(queue, part, outcome.error)
         outcome_text = summary(results)
         if not still:

@@ -30,7 +30,7 @@ from ._due import DueHeap
 from ._finish import Finisher
 from ._ledger import Entry, Ledger
 from ._notices import Notices
-from ._outcome import note_wait
+from ._outcome import note_wait, pending_at
 from ._proxy import ProxyWatch
 from ._queues import Board, Part, Queue, QueueKey
 from ._record import Recorder
@@ -195,6 +195,33 @@ class Scheduler(Service):
             return
         if self._take(message):
             self._pump()
+
+    def config_changed(self) -> None:
+        """
+        The config was reloaded: re-time what waits by ``retry_interval`` -- running
+        pauses, and the backoff of every part that failed since the start -- to the
+        new interval, so a shorter one takes effect now, not after the old waits.
+        (A part read from the spool keeps the time it was given until its next try.)
+        """
+        if self._stopping:
+            return
+        self._waits.retime_pauses()
+        now = self._now()
+
+        def due_of(part: Part) -> float:
+            entry = self._ledger.current(part)
+            if entry is None or part.failed_at is None:
+                return part.due
+            still = pending_at(entry.message, part.key[1])
+            if not still:
+                return part.due
+            due = self._rules.policy(part.key).retry_at(
+                attempts=max(r.attempts for r in still),
+                received_at=entry.message.received_at, now=part.failed_at,
+            )
+            return max(due, now)
+
+        self._due.retime(due_of)
 
     def queue_depths(self) -> dict[QueueKey, int]:
         """Pending recipients per (binding, domain), for /status and /metrics: O(queues)."""

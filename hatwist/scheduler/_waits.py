@@ -84,16 +84,35 @@ class Waits:
             return None
         delay = self._rules.policy(part.key).retry_interval
         queue.held = queue.paused = True
+        queue.paused_at = self._reactor.seconds()
         queue.reason = reason
         queue.release = self._reactor.callLater(delay, self.release, queue)
         return delay
+
+    def retime_pauses(self) -> None:
+        """
+        A reload may have changed ``retry_interval``: every running pause ends one
+        new interval after it began (at once if that is past), so a shorter interval
+        shortens it.
+        """
+        now = self._reactor.seconds()
+        for queue in self._board:
+            if not queue.paused or queue.paused_at is None:
+                continue
+            if queue.release is None or not queue.release.active():
+                continue
+            ends = queue.paused_at + self._rules.policy(queue.key).retry_interval
+            if ends <= now:
+                self.release(queue)
+            else:
+                queue.release.reset(ends - now)
 
     def release(self, queue: Queue) -> None:
         """End a hold or pause now (a proxy came back, the destination answers)."""
         cancel(queue.release)
         queue.release = None
         queue.held = queue.paused = False
-        queue.reason = None
+        queue.paused_at = queue.reason = None
         self._resume(queue)
 
     def throttle(self, part: Part, queue: Queue, wait: float) -> bool:
