@@ -170,3 +170,33 @@ async def test_a_refused_recipient_is_bounced_while_another_is_still_retried(
     busy, bad = saved[message.id].recipients
     assert (busy.status, busy.bounced) == (PENDING, False)
     assert (bad.status, bad.bounced) == (FAILED, True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delay_warning_reaches_the_sender_once_while_delivery_goes_on(
+    reactor, smtp_sink, dns_server, relay_for
+):
+    smtp_sink.recipient_replies["busy@dest.test"] = (452, "4.2.2 mailbox full")
+    mx(dns_server, "dest.test", "127.0.0.20")
+    mx(dns_server, "src.test", "127.0.0.20")
+    text = config_text(smtp_sink.port).replace("retry_interval = 900", "retry_interval = 1")
+    relay = relay_for(text + "delay_warning_time = 1\n")
+    message = await relay.send("sender@src.test", ["busy@dest.test"])
+    # The first pass ends before a second has passed; the retry a second later is the
+    # first pass to end after delay_warning_time.
+    await smtp_sink.wait_until(
+        lambda: any(m.mail_from == "" for m in smtp_sink.messages), timeout=DEADLINE)
+    [warning] = [m for m in smtp_sink.messages if m.mail_from == ""]
+    report = delivery_status(parse(warning.data))
+    assert "Action: delayed" in report and "Final-Recipient: rfc822; busy@dest.test" in report
+    assert "Status: 4.2.2" in report
+
+    def tries():
+        return sum(s.rcpt_tos.count("busy@dest.test") for s in smtp_sink.sessions)
+
+    seen = tries()
+    await smtp_sink.wait_until(lambda: tries() >= seen + 2, timeout=DEADLINE)
+    await relay.stop()
+    assert [m.mail_from for m in smtp_sink.messages] == [""]  # still one warning
+    saved = {m.id: m for m in await relay.spool.recover().addTimeout(DEADLINE, reactor)}
+    assert saved[message.id].delay_warned is True
