@@ -25,7 +25,7 @@ import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from hatwist.dsn import DELAYED, FAILED
+from hatwist.dsn import DELAYED, FAILED, should_bounce
 from hatwist.spool import SpooledMessage
 
 from ._bounce import (
@@ -97,7 +97,12 @@ class Notices:
 
     def _owes(self, entry: Entry, key: QueueKey) -> bool:
         message = entry.message
-        return bool(unreported_failures(message)) or owes_delay_warning(
+        if unreported_failures(message):
+            return True
+        # The cheap answers first: this runs for every message taken at recovery.
+        if message.delay_warned or not should_bounce(message.mail_from):
+            return False
+        return owes_delay_warning(
             message, self._rules.delay_warning_time(key), self._reactor.seconds())
 
     def _serial(self, entry: Entry, step: Callable[[object], Any]) -> defer.Deferred:
