@@ -91,6 +91,8 @@ class Notices:
         (after any notice still under way).  Marks the entry's state in memory
         only: the message is removed next.
         """
+        if entry not in self._busy and not unreported_failures(entry.message):
+            return defer.succeed(None)  # most messages: delivered, nothing owed
         return self._serial(entry, lambda _: self._bounce(entry))
 
     # -- inside ----------------------------------------------------------------
