@@ -26,6 +26,7 @@ setup(
         "zope.interface>=6.0",
         "prometheus-client==0.26.0",  # /metrics
         "cryptography>=42",  # the demo lab's certificates (already a pyOpenSSL dependency)
+        "redis==6.4.0",  # redis_url: limits shared through Redis (hatwist/shared)
     ],
     extras_require={
         "test": [

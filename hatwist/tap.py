@@ -39,7 +39,8 @@ from hatwist.health import HealthChecker, ServerRegistry, make_probe
 from hatwist.inbound import InboundFactory
 from hatwist.mx import MXResolver, build_resolver
 from hatwist.scheduler import Scheduler
-from hatwist.spool import Spool
+from hatwist.shared import RedisLimits
+from hatwist.spool import Spool, SpoolService
 from hatwist.web import DeliveryMetrics, History, StatusSources, make_status_site
 
 __all__ = ["Options", "RelayService", "makeService"]
@@ -92,22 +93,6 @@ def server_endpoint(reactor: Any, address: ServerAddress) -> IStreamServerEndpoi
     if address.ip_version == 6:
         return TCP6ServerEndpoint(reactor, address.port, interface=address.host)
     return TCP4ServerEndpoint(reactor, address.port, interface=address.host)
-
-
-class _ThreadPoolService(service.Service):
-    """Owns the threads that do the spool's blocking file I/O and fsyncs."""
-
-    def __init__(self, pool: ThreadPool) -> None:
-        self.pool = pool
-
-    def startService(self) -> None:
-        super().startService()
-        self.pool.start()
-
-    def stopService(self) -> defer.Deferred[None]:
-        super().stopService()
-        # ThreadPool.stop joins its threads: a blocking call kept off the reactor thread.
-        return threads.deferToThread(self.pool.stop)
 
 
 class _ListeningService(service.Service):
@@ -200,8 +185,11 @@ class RelayService(service.MultiService):
             success_threshold=health.success_threshold,
             failure_threshold=health.failure_threshold,
         )
+        # The spool's read threads; its writer is its own thread.  First child: the spool
+        # is locked and open before anything recovers from it or writes to it.
         self.threadpool = ThreadPool(minthreads=1, maxthreads=SPOOL_THREADS, name="hatwist-spool")
-        _ThreadPoolService(self.threadpool).setServiceParent(self)
+        self.spool = Spool(config.service.spool_dir, reactor=reactor, threadpool=self.threadpool)
+        SpoolService(self.spool, self.threadpool).setServiceParent(self)
 
         self.checker = HealthChecker(
             self.registry, health, self._probe(config), reactor=reactor
@@ -219,7 +207,12 @@ class RelayService(service.MultiService):
             config, self.registry, self.resolver, reactor=reactor,
             default_ehlo_hostname=self.hostname,
         )
-        self.spool = Spool(config.service.spool_dir, reactor=reactor, threadpool=self.threadpool)
+        # With redis_url, limits are the fleet's: started before the scheduler and stopped
+        # after it (children stop last started first), so its leases are given back.
+        self.limits: RedisLimits | None = None
+        if config.service.redis_url is not None:
+            self.limits = RedisLimits(config.service.redis_url.url, reactor=reactor)
+            self.limits.setServiceParent(self)
         self.scheduler = Scheduler(
             spool=self.spool,
             agent=self.agent,
@@ -228,6 +221,7 @@ class RelayService(service.MultiService):
             reactor=reactor,
             reporting_mta=self.hostname,
             max_in_flight=config.service.max_deliveries_in_flight,
+            limits=self.limits,
         )
         self.scheduler.setServiceParent(self)
 
@@ -365,7 +359,7 @@ class RelayService(service.MultiService):
         running = self._started_service
         for key in (
             "listen", "status_listen", "spool_dir", "resolver", "max_deliveries_in_flight",
-            "hostname",
+            "hostname", "redis_url",
         ):
             if getattr(running, key) != getattr(config.service, key):
                 self.log.warn(

@@ -4,7 +4,6 @@ L{InboundFactory} listening on 127.0.0.1 over a real spool, both on real sockets
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 
 import pytest_twisted
@@ -12,35 +11,14 @@ from twisted.internet import defer, endpoints, protocol, reactor
 from twisted.python.threadpool import ThreadPool
 
 from hatwist.inbound import InboundFactory
-from hatwist.spool import Disk, Spool
+from hatwist.spool import Spool
+from hatwist.spool._inspect import spooled_contents, spooled_ids
 
 DEADLINE = 10
 LIMIT = 10_000
 ENHANCED = re.compile(r"\A\d{3}[ -][245]\.\d{1,3}\.\d{1,3} ")
 EXEMPT = ("220 ", "250-", "354 ")  # RFC 2034: greeting, EHLO answer and go-ahead
 LOCALHOST = ipaddress.ip_network("127.0.0.1/32")
-
-
-class RecordingDisk(Disk):
-    """The real disk, noting each durable step."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-
-    def write(self, path, data):
-        super().write(path, data)
-        self.calls.append(("write", os.path.basename(path)))
-
-    def rename(self, source, destination):
-        super().rename(source, destination)
-        self.calls.append(("rename", os.path.basename(destination)))
-
-    def fsync_dir(self, path):
-        super().fsync_dir(path)
-        self.calls.append(("fsync_dir", os.path.basename(path)))
-
-    def ops(self) -> list[tuple[str, str]]:
-        return list(self.calls)
 
 
 class Client(protocol.Protocol):
@@ -142,8 +120,7 @@ def servers_in(base):
 
     def make(directory=None, **kwargs) -> Server:
         spool = kwargs.pop("spool", None) or Spool(
-            str(directory or base / "spool"), reactor=reactor, threadpool=threadpool,
-            disk=kwargs.pop("disk", None))
+            str(directory or base / "spool"), reactor=reactor, threadpool=threadpool)
         servers.append(Server(spool, **kwargs))
         return servers[-1]
 
@@ -153,6 +130,8 @@ def servers_in(base):
     finally:
         for server in servers:
             pytest_twisted.blockon(defer.ensureDeferred(server.close()))
+            if isinstance(server.spool, Spool):  # its files must not hold a tmpfs mount
+                pytest_twisted.blockon(server.spool.close())
         threadpool.stop()
 
 
@@ -168,8 +147,12 @@ def check_enhanced(replies: list[str]) -> None:
 
 
 def spooled(directory) -> list[str]:
-    msg = os.path.join(str(directory), "msg")
-    return sorted(os.listdir(msg)) if os.path.exists(msg) else []
+    """Ids committed in the spool, read on a connection of its own."""
+    return spooled_ids(str(directory))
+
+
+def spooled_content(directory, message_id: str) -> bytes:
+    return spooled_contents(str(directory))[message_id]
 
 
 async def message_content(server: Server, message_id: str) -> bytes:

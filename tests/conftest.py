@@ -30,17 +30,23 @@ def reactor():
 
 @pytest.fixture
 def tiny_tmpfs(tmp_path):
-    """A real 64 KiB tmpfs to fill up (a full disk); skips where mounting is refused."""
+    """A real 128 KiB tmpfs to fill up (a full disk); skips where mounting is refused.
+
+    Room for an empty SQLite spool (database, WAL and its 32 KiB shared-memory file)
+    and a few small messages, not for one of 100 KB."""
     mountpoint = tmp_path / "tiny"
     mountpoint.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs",
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs",
                               str(mountpoint)], capture_output=True)
     if mounted.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:
         yield mountpoint
     finally:
-        subprocess.run(["umount", str(mountpoint)], check=True)
+        if subprocess.run(["umount", str(mountpoint)]).returncode:
+            # Still busy (a fixture torn down after this one holds a file open):
+            # detach now, freed when the last file closes.
+            subprocess.run(["umount", "-l", str(mountpoint)], check=True)
 
 
 @pytest_twisted.async_yield_fixture

@@ -67,6 +67,10 @@ class Relay:
             await self.scheduler.stopService().addTimeout(DEADLINE, self.reactor)
         await self.agent.close()
 
+    async def close(self):
+        await self.stop()
+        await self.spool.close().addTimeout(DEADLINE, self.reactor)
+
 
 @pytest_twisted.async_yield_fixture
 async def relay_for(reactor, tmp_path, dns_server):
@@ -81,7 +85,7 @@ async def relay_for(reactor, tmp_path, dns_server):
         yield make
     finally:
         for relay in made:
-            await relay.stop()
+            await relay.close()
 
 
 def mx(dns_server, domain, *addresses):

@@ -1,127 +1,149 @@
-"""Tests for hatwist.spool: durability, atomic state, recovery, write failures."""
+"""Tests for hatwist.spool: durability, group commit, ordering, write failures.
+
+Recovery: tests/test_spool_recovery.py; the old-layout import: tests/test_spool_import.py;
+the lock and an unusable spool: tests/test_spool_open.py; helpers: tests/test_spool_helpers.py.
+"""
 
 from __future__ import annotations
 
 import errno
 import json
 import os
+import sqlite3
 import threading
 
 import attrs
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
-from twisted.logger import globalLogPublisher
-from twisted.python.threadpool import ThreadPool
+from twisted.internet import defer, reactor, task, threads
 
 from hatwist.spool import (
     DELIVERED,
     PENDING,
-    Disk,
+    Limits,
     MessageNotFound,
     RecipientState,
     Spool,
     SpoolWriteError,
 )
+from hatwist.spool._db import DATABASE
 from hatwist.spool._errors import CorruptEntry
+from hatwist.spool._inspect import spooled_contents, spooled_ids
 from hatwist.spool._values import ID_PATTERN, SpooledMessage, decode, encode
+from tests import test_spool_helpers as kit
+from tests.test_spool_helpers import CONTENT, GatedDatabase, deadline
 
-DEADLINE = 10
-CONTENT = b"Subject: hi\r\n\r\nbody\r\n"
-
-
-class RecordingDisk(Disk):
-    """The real disk, recording every call with its thread, and failing on demand."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, threading.Thread]] = []
-        self.fail_on: tuple[str, str] | None = None  # (operation, path fragment)
-        self.error = OSError(errno.EIO, "Input/output error")
-
-    def _note(self, op: str, path: str) -> None:
-        self.calls.append((op, path, threading.current_thread()))
-        if self.fail_on and self.fail_on[0] == op and self.fail_on[1] in path:
-            raise self.error
-
-    def write(self, path, data):
-        self._note("write", path)
-        super().write(path, data)
-
-    def fsync_dir(self, path):
-        self._note("fsync_dir", path)
-        super().fsync_dir(path)
-
-    def rename(self, source, destination):
-        self._note("rename", destination)
-        super().rename(source, destination)
-
-    def ops(self) -> list[tuple[str, str]]:
-        return [(op, os.path.basename(path)) for op, path, _ in self.calls]
-
-
-@pytest.fixture
-def pool():
-    threadpool = ThreadPool(minthreads=1, maxthreads=4, name="test-spool")
-    threadpool.start()
-    yield threadpool
-    threadpool.stop()
-
-
-def deadline(d: defer.Deferred) -> defer.Deferred:
-    return d.addTimeout(DEADLINE, reactor)
-
-
-def listing(directory, sub: str) -> list[str]:
-    return sorted(os.listdir(os.path.join(str(directory), sub)))
+pool, spools = kit.pool, kit.spools  # fixtures
 
 
 @pytest_twisted.ensureDeferred
-async def test_store_fsyncs_content_state_and_directory_before_firing(tmp_path, pool):
-    disk = RecordingDisk()
-    spool = Spool(str(tmp_path), reactor=reactor, threadpool=pool, disk=disk)
-    message = await deadline(spool.store("b1", "a@example.com", ["x@example.net"], CONTENT))
-    assert disk.ops()[-5:] == [
-        ("write", f"{message.id}.0.eml"), ("write", f"{message.id}.1.json"),
-        ("rename", f"{message.id}.eml"), ("rename", f"{message.id}.json"),
-        ("fsync_dir", "msg"),
-    ]
-    assert listing(tmp_path, "msg") == [f"{message.id}.eml", f"{message.id}.json"]
-    assert listing(tmp_path, "tmp") == []
-    assert (tmp_path / "msg" / f"{message.id}.eml").read_bytes() == CONTENT
+async def test_store_fires_only_once_its_transaction_committed(tmp_path, spools):
+    spool = spools(tmp_path, database=GatedDatabase)
+    gate = spool._database
+    gate.close_gate()
+    stored = spool.store("b1", "a@example.com", ["x@example.net"], CONTENT)
+    await deadline(threads.deferToThread(gate.entered.wait, 10))
+    await task.deferLater(reactor, 0.05)
+    assert not stored.called
+    assert spooled_ids(str(tmp_path)) == []
+    gate.open_gate()
+    message = await deadline(stored)
+    # Another connection (what a restarted relay would open) sees the commit.
+    assert spooled_ids(str(tmp_path)) == [message.id]
+    assert spooled_contents(str(tmp_path)) == {message.id: CONTENT}
     assert message.recipients == (RecipientState("x@example.net"),)
-    assert (message.binding, message.mail_from) == ("b1", "a@example.com")
-    assert message.size == len(CONTENT)
+    assert (message.binding, message.mail_from, message.size) == ("b1", "a@example.com",
+                                                                   len(CONTENT))
 
 
 @pytest_twisted.ensureDeferred
-async def test_file_io_never_runs_in_the_reactor_thread(tmp_path, pool):
-    disk = RecordingDisk()
-    spool = Spool(str(tmp_path), reactor=reactor, threadpool=pool, disk=disk)
+async def test_the_database_is_wal_with_full_synchronous_commits(tmp_path, spools):
+    spool = spools(tmp_path)
+    await deadline(spool.store("b", "", ["x@example.net"], CONTENT))
+    writer = spool._database._writer
+    assert writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    with sqlite3.connect(str(tmp_path / DATABASE)) as other:
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert os.stat(tmp_path / DATABASE).st_mode & 0o077 == 0  # mail is private
+
+
+@pytest_twisted.ensureDeferred
+async def test_stores_asked_for_during_a_commit_share_the_next_transaction(tmp_path, spools):
+    spool = spools(tmp_path, database=GatedDatabase)
+    gate = spool._database
+    gate.close_gate()
+    first = spool.store("b", "", ["x@example.net"], CONTENT)
+    await deadline(threads.deferToThread(gate.entered.wait, 10))
+    rest = [spool.store("b", "", [f"{i}@example.net"], CONTENT) for i in range(50)]
+    gate.open_gate()
+    await deadline(defer.gatherResults([first, *rest]))
+    assert gate.batches == [1, 50]
+    assert len(spooled_ids(str(tmp_path))) == 51
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_transaction_takes_at_most_the_batch_limit(tmp_path, spools):
+    spool = spools(tmp_path, database=GatedDatabase, limits=Limits(batch_operations=10))
+    gate = spool._database
+    gate.close_gate()
+    first = spool.store("b", "", ["x@example.net"], CONTENT)
+    await deadline(threads.deferToThread(gate.entered.wait, 10))
+    rest = [spool.store("b", "", [f"{i}@example.net"], CONTENT) for i in range(34)]
+    gate.open_gate()
+    await deadline(defer.gatherResults([first, *rest]))
+    assert gate.batches == [1, 10, 10, 10, 4]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_write_queue_refuses_at_once_and_keeps_what_it_holds(tmp_path, spools):
+    spool = spools(tmp_path, database=GatedDatabase, limits=Limits(queue_operations=5))
+    gate = spool._database
+    gate.close_gate()
+    first = spool.store("b", "", ["x@example.net"], CONTENT)
+    await deadline(threads.deferToThread(gate.entered.wait, 10))
+    queued = [spool.store("b", "", [f"{i}@example.net"], CONTENT) for i in range(4)]
+    with pytest.raises(SpoolWriteError) as caught:
+        await deadline(spool.store("b", "", ["late@example.net"], CONTENT))
+    assert caught.value.errno == errno.EAGAIN
+    gate.open_gate()
+    stored = await deadline(defer.gatherResults([first, *queued]))
+    assert spooled_ids(str(tmp_path)) == [m.id for m in stored]
+
+
+@pytest_twisted.ensureDeferred
+async def test_database_work_never_runs_in_the_reactor_thread(tmp_path, spools):
+    spool = spools(tmp_path, database=GatedDatabase)
     message = await deadline(spool.store("b", "", ["x@example.net"], CONTENT))
     await deadline(spool.update(attrs.evolve(message, attempts=1)))
+    assert await deadline(spool.content(message.id)) == CONTENT
     await deadline(spool.recover())
     await deadline(spool.remove(message.id))
-    assert disk.calls
-    assert all(thread is not threading.main_thread() for _, _, thread in disk.calls)
+    threads_seen = spool._database.threads
+    assert {"commit", "reader"} <= {what for what, _ in threads_seen}
+    assert all(thread is not threading.main_thread() for _, thread in threads_seen)
 
 
 @pytest_twisted.ensureDeferred
-async def test_recover_returns_stored_messages_oldest_first_with_content(tmp_path, pool):
-    spool = Spool(str(tmp_path), reactor=reactor, threadpool=pool)
+async def test_recover_after_a_restart_returns_messages_oldest_first_with_content(
+        tmp_path, spools):
+    spool = spools(tmp_path)
     first = await deadline(spool.store("b", "a@x.example", ["1@y.example"], b"one\r\n"))
     second = await deadline(spool.store("b", "a@x.example", ["2@y.example", "3@y.example"],
                                         b"two\r\n"))
-    restarted = Spool(str(tmp_path), reactor=reactor, threadpool=pool)
+    await deadline(spool.close())
+    restarted = spools(tmp_path)
     assert await deadline(restarted.recover()) == [first, second]
     assert await deadline(restarted.content(second.id)) == b"two\r\n"
+    third = await deadline(restarted.store("b", "", ["4@y.example"], b"3\r\n"))
+    assert third.id > second.id
 
 
-def test_ids_are_unique_file_safe_and_sort_by_time():
+def test_ids_are_unique_sortable_and_keep_increasing_when_the_clock_steps_back():
     clock = task.Clock()
     clock.advance(1_700_000_000.5)
     spool = Spool("/nonexistent", reactor=clock, threadpool=None)
     ids = [spool._new_id(clock.seconds()) for _ in range(1000)]
-    clock.advance(-10)  # the wall clock steps back: ids still increase
+    clock.advance(-10)
     ids.append(spool._new_id(clock.seconds()))
     clock.advance(3600)
     ids.append(spool._new_id(clock.seconds()))
@@ -131,9 +153,8 @@ def test_ids_are_unique_file_safe_and_sort_by_time():
 
 
 @pytest_twisted.ensureDeferred
-async def test_update_replaces_state_atomically(tmp_path, pool):
-    disk = RecordingDisk()
-    spool = Spool(str(tmp_path), reactor=reactor, threadpool=pool, disk=disk)
+async def test_update_replaces_the_state_and_leaves_the_content(tmp_path, spools):
+    spool = spools(tmp_path)
     message = await deadline(spool.store("b", "a@x.example", ["1@y.example", "2@y.example"],
                                          CONTENT))
     changed = attrs.evolve(
@@ -141,216 +162,145 @@ async def test_update_replaces_state_atomically(tmp_path, pool):
         recipients=(RecipientState("1@y.example", DELIVERED, 250, "2.0.0 ok", 1),
                     RecipientState("2@y.example", PENDING, 451, "4.7.1 later", 1)),
     )
-    del disk.calls[:]
     await deadline(spool.update(changed))
-    assert disk.ops() == [("write", f"{message.id}.2.json"), ("rename", f"{message.id}.json"),
-                          ("fsync_dir", "msg")]
-    assert await deadline(Spool(str(tmp_path), reactor=reactor, threadpool=pool).recover()) == [
-        changed]
-    assert changed.pending() == (changed.recipients[1],)
-    assert listing(tmp_path, "tmp") == []
+    await deadline(spool.close())
+    restarted = spools(tmp_path)
+    assert await deadline(restarted.recover()) == [changed]
+    assert await deadline(restarted.content(message.id)) == CONTENT
 
 
 @pytest_twisted.ensureDeferred
-async def test_removed_message_is_gone_for_every_operation(tmp_path, pool):
-    spool = Spool(str(tmp_path), reactor=reactor, threadpool=pool)
+async def test_a_removed_message_is_gone_for_every_operation(tmp_path, spools):
+    spool = spools(tmp_path)
     message = await deadline(spool.store("b", "a@x.example", ["1@y.example"], CONTENT))
     await deadline(spool.remove(message.id))
-    assert listing(tmp_path, "msg") == []
     for attempt in (spool.remove(message.id), spool.content(message.id),
                     spool.update(message)):
         with pytest.raises(MessageNotFound):
             await deadline(attempt)
-    assert listing(tmp_path, "msg") == []  # the update did not resurrect a state file
-
-
-class ManualPool:
-    """A thread pool whose jobs run only when the test says so."""
-
-    def __init__(self) -> None:
-        self.jobs: list = []
-
-    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
-        self.jobs.append((on_result, f, args, kwargs))
-
-    def run_next(self) -> None:
-        on_result, f, args, kwargs = self.jobs.pop(0)
-        on_result(True, f(*args, **kwargs))
-
-
-class ImmediateReactor(task.Clock):
-    def callFromThread(self, f, *args, **kwargs):
-        f(*args, **kwargs)
-
-
-def test_updates_of_one_message_land_in_the_order_they_were_asked(tmp_path):
-    pool, clock = ManualPool(), ImmediateReactor()
-    spool = Spool(str(tmp_path), reactor=clock, threadpool=pool)
-    stored = spool.store("b", "", ["1@y.example"], CONTENT)
-    pool.run_next()
-    message = stored.result
-    done = []
-    spool.update(attrs.evolve(message, attempts=1)).addCallback(lambda _: done.append(1))
-    spool.update(attrs.evolve(message, attempts=2)).addCallback(lambda _: done.append(2))
-    spool.store("b", "", ["2@y.example"], CONTENT).addCallback(lambda _: done.append("other"))
-    assert len(pool.jobs) == 2  # the second update waits; another message does not
-    pool.jobs.reverse()  # let the other message's job run first
-    pool.run_next()
-    pool.run_next()
-    assert len(pool.jobs) == 1 and done == ["other", 1]
-    pool.run_next()
-    assert done == ["other", 1, 2]
-    recovered = spool.recover()
-    pool.run_next()
-    assert [m.attempts for m in recovered.result] == [2, 0]
-    assert spool._locks == {}
-
-
-class InterleavingDisk(Disk):
-    """Runs ``between`` once, just after a store moved its content into msg/."""
-
-    def __init__(self, between) -> None:
-        self.between = between
-
-    def rename(self, source, destination):
-        super().rename(source, destination)
-        if destination.endswith(".eml") and self.between:
-            between, self.between = self.between, None
-            between()
-
-
-def test_recovery_running_while_a_message_is_stored_neither_breaks_nor_sets_it_aside(
-        tmp_path):
-    """The listener may accept mail while start-up recovery reads the spool: recovery
-    must not take a store in progress for crash debris (its tmp/ file deleted, its
-    content without state moved to corrupt/): that message already got, or is about
-    to get, its 250."""
-    pool, clock = ManualPool(), ImmediateReactor()
-    disk = InterleavingDisk(lambda: pool.run_next())  # the recovery job, mid-store
-    spool = Spool(str(tmp_path), reactor=clock, threadpool=pool, disk=disk)
-    stored = spool.store("b", "a@x.example", ["1@y.example"], CONTENT)
-    recovered = spool.recover()
-    pool.run_next()  # the store, which lets recovery run in the middle
-    message = stored.result  # raises if the store failed
-    assert recovered.result == []  # in progress: the listener hands it on, not recovery
-    assert listing(tmp_path, "corrupt") == []
-    assert listing(tmp_path, "msg") == [f"{message.id}.eml", f"{message.id}.json"]
-    again = Spool(str(tmp_path), reactor=clock, threadpool=pool).recover()
-    pool.run_next()
-    assert again.result == [message]
-
-
-class ListingDisk(Disk):
-    """Runs ``after`` once, just after recovery listed msg/."""
-
-    def __init__(self, after) -> None:
-        self.after = after
-
-    def listdir(self, path):
-        names = super().listdir(path)
-        if path.endswith("msg") and self.after:
-            after, self.after = self.after, None
-            after()
-        return names
-
-
-def test_message_finished_while_recovery_reads_is_skipped_not_reported_corrupt(tmp_path):
-    pool, clock = ManualPool(), ImmediateReactor()
-    spool = Spool(str(tmp_path), reactor=clock, threadpool=pool)
-    stored = spool.store("b", "a@x.example", ["1@y.example"], CONTENT)
-    pool.run_next()
-    message = stored.result
-    gone = Spool(str(tmp_path), reactor=clock, threadpool=pool,
-                 disk=ListingDisk(lambda: Spool(str(tmp_path), reactor=clock, threadpool=pool)
-                                  ._files.remove(message.id)))
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        recovered = gone.recover()
-        pool.run_next()
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-    assert recovered.result == []
-    assert listing(tmp_path, "corrupt") == []
-    assert not [e for e in events if "set aside" in e.get("log_format", "")]
-
-
-@pytest.mark.parametrize("operation, fragment", [
-    ("write", ".eml"), ("write", ".json"), ("rename", ".eml"), ("rename", ".json"),
-    ("fsync_dir", "msg"),
-])
-@pytest_twisted.ensureDeferred
-async def test_write_error_at_any_step_leaves_nothing_behind(tmp_path, pool, operation,
-                                                             fragment):
-    disk = RecordingDisk()
-    spool = Spool(str(tmp_path), reactor=reactor, threadpool=pool, disk=disk)
-    await deadline(spool.recover())  # create the directories first
-    disk.fail_on = (operation, fragment)
-    with pytest.raises(SpoolWriteError) as caught:
-        await deadline(spool.store("b", "a@x.example", ["1@y.example"], CONTENT))
-    assert caught.value.errno == errno.EIO
-    assert listing(tmp_path, "msg") == listing(tmp_path, "tmp") == []
-
-
-@pytest.mark.parametrize("operation, directory", [("write", "tmp"), ("rename", "msg")])
-@pytest_twisted.ensureDeferred
-async def test_failed_update_keeps_the_old_state_and_names_the_failing_file(
-        tmp_path, pool, operation, directory):
-    disk = RecordingDisk()
-    spool = Spool(str(tmp_path), reactor=reactor, threadpool=pool, disk=disk)
-    message = await deadline(spool.store("b", "a@x.example", ["1@y.example"], CONTENT))
-    disk.fail_on = (operation, ".json")
-    with pytest.raises(SpoolWriteError) as caught:
-        await deadline(spool.update(attrs.evolve(message, attempts=5)))
-    assert os.path.dirname(caught.value.path) == str(tmp_path / directory)
-    assert listing(tmp_path, "tmp") == []
-    assert await deadline(spool.recover()) == [message]
+    assert spooled_ids(str(tmp_path)) == []  # the update did not resurrect it
 
 
 @pytest_twisted.ensureDeferred
-async def test_full_disk_fails_the_store_and_leaves_nothing_half_written(tiny_tmpfs, pool):
-    spool = Spool(str(tiny_tmpfs / "spool"), reactor=reactor, threadpool=pool)
-    small = await deadline(spool.store("b", "a@x.example", ["1@y.example"], CONTENT))
+async def test_updates_of_one_message_land_and_answer_in_the_order_asked(tmp_path, spools):
+    spool = spools(tmp_path, database=GatedDatabase, limits=Limits(batch_operations=7))
+    message = await deadline(spool.store("b", "", ["1@y.example"], CONTENT))
+    gate = spool._database
+    gate.close_gate()
+    answered = []
+    updates = [spool.update(attrs.evolve(message, attempts=n)).addCallback(
+        lambda _, n=n: answered.append(n)) for n in range(1, 31)]
+    gate.open_gate()
+    await deadline(defer.gatherResults(updates))
+    assert answered == list(range(1, 31))
+    assert len(gate.batches) > 2  # spread over several transactions, still in order
+    [saved] = await deadline(spool.recover())
+    assert saved.attempts == 30
+
+
+@pytest_twisted.ensureDeferred
+async def test_content_asked_for_after_a_removal_waits_for_it(tmp_path, spools):
+    spool = spools(tmp_path, database=GatedDatabase)
+    message = await deadline(spool.store("b", "", ["1@y.example"], CONTENT))
+    gate = spool._database
+    gate.close_gate()
+    removed = spool.remove(message.id)
+    read = spool.content(message.id)
+    await task.deferLater(reactor, 0.05)
+    assert not read.called
+    gate.open_gate()
+    await deadline(removed)
+    with pytest.raises(MessageNotFound):
+        await deadline(read)
+
+
+@pytest.mark.parametrize("errorname, code", [("SQLITE_IOERR_WRITE", errno.EIO),
+                                             ("SQLITE_FULL", errno.ENOSPC)])
+@pytest_twisted.ensureDeferred
+async def test_a_failed_commit_writes_nothing_and_says_why(tmp_path, spools, errorname, code):
+    spool = spools(tmp_path, database=GatedDatabase)
+    kept = await deadline(spool.store("b", "", ["1@y.example"], CONTENT))
+    spool._database.fail_next(errorname)
     with pytest.raises(SpoolWriteError) as caught:
-        await deadline(spool.store("b", "a@x.example", ["1@y.example"], b"x" * 100_000))
+        await deadline(spool.store("b", "", ["2@y.example"], CONTENT))
+    assert caught.value.errno == code
+    assert spooled_ids(str(tmp_path)) == [kept.id]
+    spool._database.fail_next(errorname)
+    with pytest.raises(SpoolWriteError):
+        await deadline(spool.update(attrs.evolve(kept, attempts=9)))
+    assert await deadline(spool.recover()) == [kept]  # the old state, whole
+    await deadline(spool.update(attrs.evolve(kept, attempts=9)))  # and it works again
+    assert [m.attempts for m in await deadline(spool.recover())] == [9]
+
+
+def _fill(path) -> None:
+    """Write zeros to ``path`` until the file system is full."""
+    with open(path, "wb", buffering=0) as f:
+        while True:
+            try:
+                f.write(bytes(4096))
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    return
+                raise
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_disk_fails_the_store_leaves_nothing_and_it_works_once_space_is_back(
+        tiny_tmpfs, spools):
+    directory = tiny_tmpfs / "spool"
+    spool = spools(directory)
+    first = await deadline(spool.store("b", "a@x.example", ["1@y.example"], CONTENT))
+    _fill(tiny_tmpfs / "filler")
+    with pytest.raises(SpoolWriteError) as caught:
+        await deadline(spool.store("b", "a@x.example", ["2@y.example"], CONTENT))
     assert caught.value.errno == errno.ENOSPC
-    assert listing(tiny_tmpfs / "spool", "tmp") == []
-    assert listing(tiny_tmpfs / "spool", "msg") == [f"{small.id}.eml", f"{small.id}.json"]
-    # The space came back: the spool still works.
-    await deadline(spool.store("b", "a@x.example", ["2@y.example"], CONTENT))
+    message = await deadline(spool.store("b", "a@x.example", ["3@y.example"], b"x" * 100_000)
+                             ).addErrback(lambda f: f.value)
+    assert isinstance(message, SpoolWriteError)
+    assert spooled_ids(str(directory)) == [first.id]
+    os.unlink(tiny_tmpfs / "filler")
+    again = await deadline(spool.store("b", "a@x.example", ["4@y.example"], CONTENT))
+    assert spooled_ids(str(directory)) == [first.id, again.id]
 
 
 @pytest_twisted.ensureDeferred
-async def test_recovery_sets_aside_corrupt_and_half_written_files_and_logs_them(
-        tmp_path, pool):
-    spool = Spool(str(tmp_path), reactor=reactor, threadpool=pool)
-    good = await deadline(spool.store("b", "a@x.example", ["1@y.example"], CONTENT))
-    bad_json = await deadline(spool.store("b", "a@x.example", ["1@y.example"], CONTENT))
-    short = await deadline(spool.store("b", "a@x.example", ["1@y.example"], CONTENT))
-    orphan = await deadline(spool.store("b", "a@x.example", ["1@y.example"], CONTENT))
-    msg = tmp_path / "msg"
-    (msg / f"{bad_json.id}.json").write_bytes(b'{"version": 1, "id": ')
-    (msg / f"{short.id}.eml").write_bytes(b"trunc")
-    (msg / f"{orphan.id}.json").unlink()
-    (msg / "stray.txt").write_bytes(b"?")
-    (tmp_path / "tmp" / "debris.json").write_bytes(b"half")
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        recovered = await deadline(Spool(str(tmp_path), reactor=reactor,
-                                         threadpool=pool).recover())
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-    assert recovered == [good]
-    assert listing(tmp_path, "msg") == [f"{good.id}.eml", f"{good.id}.json"]
-    assert listing(tmp_path, "tmp") == []
-    assert listing(tmp_path, "corrupt") == sorted([
-        f"{bad_json.id}.eml", f"{bad_json.id}.json", f"{short.id}.eml", f"{short.id}.json",
-        f"{orphan.id}.eml", "stray.txt"])
-    logged = {e.get("name"): e.get("reason") for e in events if "reason" in e}
-    assert "missing" in logged[f"{orphan.id}.eml"]
-    assert "5 bytes" in logged[f"{short.id}.eml"]
-    assert "unreadable" in logged[f"{bad_json.id}.json"]
+async def test_one_message_too_big_for_the_disk_does_not_fail_the_others_beside_it(
+        tiny_tmpfs, spools):
+    directory = tiny_tmpfs / "spool"
+    spool = spools(directory, database=GatedDatabase)
+    gate = spool._database
+    await deadline(spool.recover())  # opened
+    gate.close_gate()
+    first = spool.store("b", "", ["0@y.example"], CONTENT)
+    await deadline(threads.deferToThread(gate.entered.wait, 10))
+    big = spool.store("b", "", ["1@y.example"], b"x" * 100_000)
+    small = spool.store("b", "", ["2@y.example"], CONTENT)
+    gate.open_gate()
+    await deadline(first)
+    with pytest.raises(SpoolWriteError):
+        await deadline(big)
+    stored = await deadline(small)
+    assert stored.id in spooled_ids(str(directory))
+
+
+@pytest_twisted.ensureDeferred
+async def test_recovered_messages_share_repeated_strings(tmp_path, spools):
+    spool = spools(tmp_path)
+    for n in range(3):
+        message = await deadline(spool.store("warm", "news@x.example", [f"{n}@y.example"],
+                                             CONTENT))
+        await deadline(spool.update(attrs.evolve(message, recipients=(
+            RecipientState(f"{n}@y.example", PENDING, 451, "4.7.1 try later", 1),))))
+    one = await deadline(spool.store("".join(["wa", "rm"]), "", ["x@y.example"], CONTENT))
+    two = await deadline(spool.store("".join(["wa", "rm"]), "", ["x@y.example"], CONTENT))
+    assert one.binding is two.binding  # stored ones share it too
+    await deadline(spool.close())
+    a, b, c, *_ = await deadline(spools(tmp_path).recover())
+    assert a.binding is b.binding is c.binding
+    assert a.mail_from is b.mail_from is c.mail_from
+    ra, rb = a.recipients[0], b.recipients[0]
+    assert ra.reason is rb.reason and ra.code is rb.code and ra.status is PENDING
 
 
 @pytest.mark.parametrize("mangle", [
@@ -370,3 +320,15 @@ def test_decode_refuses_anything_encode_would_not_write(mangle):
     mangle(body)
     with pytest.raises(CorruptEntry):
         decode(json.dumps(body).encode())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_spool_closed_and_opened_again_reads_and_writes(tmp_path, spools):
+    spool = spools(tmp_path)
+    message = await deadline(spool.store("b", "", ["1@y.example"], CONTENT))
+    assert await deadline(spool.content(message.id)) == CONTENT
+    await deadline(spool.close())
+    spool.open()
+    assert await deadline(spool.content(message.id)) == CONTENT
+    await deadline(spool.remove(message.id))
+    assert await deadline(spool.recover()) == []

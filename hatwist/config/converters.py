@@ -12,8 +12,9 @@ import ipaddress
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
-from hatwist.config.values import IPNetwork, ServerAddress, Throttle
+from hatwist.config.values import IPNetwork, RedisURL, ServerAddress, Throttle
 
 _E = TypeVar("_E", bound=enum.Enum)
 
@@ -276,3 +277,38 @@ def mailbox(text: str) -> str:
         return f"{local}@{hostname(domain)}"
     except ValueError:
         raise ValueError(f"{text!r} is not an address (local@domain)") from None
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def redis_url(text: str) -> RedisURL | None:
+    """``redis://host[:port][/db]``, ``rediss://`` (TLS) or ``unix:///path``; empty is none.
+
+    Checked here so a typo fails ``check-config`` at its line, not the first delivery.
+    """
+    word = text.strip()
+    if not word:
+        return None
+    shown = re.sub(r"(//[^/@]*?:)[^/@]*@", r"\1***@", word)  # never echo a password
+    try:
+        parts = urlsplit(word)
+        port = parts.port
+    except ValueError as e:
+        raise ValueError(f"not a Redis URL ({e}): {shown!r}") from None
+    if parts.scheme not in _REDIS_SCHEMES:
+        raise ValueError(
+            f"expected redis://host:port/db, rediss://... (TLS) or unix:///path, not {shown!r}"
+        )
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"a unix:// Redis URL needs a socket path: {shown!r}")
+        return RedisURL(word)
+    if not parts.hostname:
+        raise ValueError(f"a {parts.scheme}:// URL needs a host: {shown!r}")
+    if port == 0:
+        raise ValueError(f"port must be 1-65535, not 0: {shown!r}")
+    database = parts.path.lstrip("/")
+    if database and not (database.isascii() and database.isdigit()):
+        raise ValueError(f"the database after the host must be a number, not {database!r}")
+    return RedisURL(word)

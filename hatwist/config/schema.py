@@ -254,6 +254,10 @@ KEYS: tuple[Key, ...] = (
     _service("status_idle_timeout", "status_idle_timeout", c.integer(1), 15, _SECONDS,
              "a status connection must send a whole request within this long of opening "
              "or of its last response, or it is closed"),
+    _service("redis_url", "redis_url", c.redis_url, None, "redis://host:port/db",
+             "share max_connections and outbound_throttle_messages with every hatwist "
+             "process using this Redis (rediss:// for TLS); while it is unreachable, each "
+             "runs under its share of them", default_doc="limits are per process"),
     # -- what senders are told (issue 12) ---------------------------------------------------
     _delivery("delay_warning_time", "delay_warning_time", c.integer(0), 0, _SECONDS,
               "after this long in the queue the sender gets one \"delayed\" DSN listing the "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from typing import Union
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
@@ -142,6 +143,8 @@ class ServiceSettings:
     postmaster_address: str | None = None  # None: postmaster@ the hostname
     status_max_connections: int = 64
     status_idle_timeout: int = 15
+    redis_url: RedisURL | None = None
+    """Where limits are shared fleet-wide (see hatwist.shared); None: per process."""
 
 
 @attrs.frozen
@@ -178,3 +181,30 @@ class DeliverySettings:
     def source_for(self, ip_version: int) -> str | None:
         """The PROXY header source address for a destination of this IP version."""
         return self.src_ipv4 if ip_version == 4 else self.src_ipv6
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without its password, for log lines, check-config and status pages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username or ''}:***@{host}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+@attrs.frozen(repr=False)
+class RedisURL:
+    """The ``redis_url`` as configured: ``url`` connects, ``str()`` hides the password."""
+
+    url: str
+
+    def __str__(self) -> str:
+        return redacted_url(self.url)
+
+    def __repr__(self) -> str:
+        return f"RedisURL({str(self)!r})"

@@ -4,9 +4,14 @@ The dispatcher of attempts: takes due parts off the board in turn and runs them.
 
 Before a part starts, the last checks: is it still current, has its message run
 out of time, does its route have a plumbed proxy, does its queue's outbound
-throttle allow a start now (a message counts when its attempt starts; one that
-the agent held for want of a plumbed proxy gives its start back).  Then the
-content is read from the spool and handed to the agent -- or, for a message
+throttle and its connection slots allow a start now (a message counts when its
+attempt starts; one the agent held for want of a plumbed proxy gives its
+throttle start back).  That last question goes to the scheduler's limits
+(:class:`hatwist.shared.ILimits`): local ones answer at once, shared ones
+(Redis) later, through a Deferred; meanwhile the part holds a place of its
+queue's ``max_connections`` and of ``max_in_flight`` here, so a late answer
+never lets two attempts start for one slot and never stops the loop.  Then
+the content is read from the spool and handed to the agent -- or, for a message
 over :data:`LOAD_CONTENT_ABOVE`, a loader the agent calls once a session is
 ready for it; whatever comes
 back -- a result, a failure, a cancellation at shutdown -- goes to the
@@ -22,15 +27,19 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from hatwist.config.values import Throttle
 from hatwist.delivery import Envelope
 from hatwist.delivery.attempt import OutboundMessage
+from hatwist.shared import Decision, ILimits, Lease, Refusal
 from hatwist.spool import MessageNotFound
-from hatwist.throttle import Throttles
 
 from ._ledger import Entry, Ledger
 from ._outcome import pending_at
-from ._queues import Board, Part, Queue, QueueKey
+from ._queues import Board, Part, Queue
 from ._rules import Rules
+
+#: Seconds before a queue refused a slot without a hint asks again.
+SLOT_RETRY = 1.0
 
 #: Messages larger than this (bytes) are read from the spool by the session that
 #: sends them (``OutboundMessage.load_content``) rather than before the attempt,
@@ -72,6 +81,8 @@ class Host(Protocol):
 
     def throttle_wait(self, part: Part, queue: Queue, throttle: str, wait: float) -> None: ...
 
+    def slot_wait(self, part: Part, queue: Queue, wait: float) -> None: ...
+
     def record(
         self, entry: Entry, part: Part, queue: Queue, outcome: Any, recipients: tuple[str, ...]
     ) -> defer.Deferred | None: ...
@@ -84,7 +95,8 @@ class Host(Protocol):
 class Dispatcher:
     """
     :param host: the scheduler (see :class:`Host`).
-    :param throttles: the outbound throttles' start times (they outlive a stop).
+    :param limits: ``max_connections`` and the outbound throttles, asked before
+        every start (they outlive a stop; shared ones answer through a Deferred).
     """
 
     def __init__(
@@ -94,7 +106,7 @@ class Dispatcher:
         board: Board,
         ledger: Ledger,
         rules: Rules,
-        throttles: Throttles[QueueKey],
+        limits: ILimits,
         spool: Any,
         agent: Any,
         reactor: Any,
@@ -104,7 +116,7 @@ class Dispatcher:
         self._board = board
         self._ledger = ledger
         self._rules = rules
-        self._throttles = throttles
+        self._limits = limits
         self._spool = spool
         self._agent = agent
         self._reactor = reactor
@@ -159,11 +171,52 @@ class Dispatcher:
             return
         # The last check before the start: a message counts when its attempt starts.
         now, throttle = self._reactor.seconds(), self._rules.throttle(part.key)
-        allowed_at = self._throttles.next_start(part.key, throttle, now)
-        if allowed_at > now:
-            self._host.throttle_wait(part, queue, str(throttle), allowed_at - now)
+        answer = self._limits.start(part.key, throttle, self._rules.max_connections(part.key),
+                                    now)  # fmt: skip
+        if isinstance(answer, defer.Deferred):
+            queue.in_flight += 1  # the place is held while the answer travels
+            self._running += 1
+            answer.addBoth(self._answered, part, queue, throttle)
             return
-        self._throttles.record(part.key, throttle, now)
+        self._decided(answer, part, queue, entry, throttle)
+
+    def _answered(self, decision: Decision | Failure, part: Part, queue: Queue,
+                  throttle: Throttle | None) -> None:  # fmt: skip
+        queue.in_flight -= 1
+        self._running -= 1
+        try:
+            entry = self._ledger.current(part)
+            if isinstance(decision, Failure):
+                # ILimits promises an answer; a bug must still not lose the message.
+                self._host.log.failure("message {message_id}: asking the limits failed",
+                                       decision, message_id=part.message_id)  # fmt: skip
+                if self.active and entry is not None:
+                    self._host.retry_later(part)
+                return
+            live = self.active and not self.stopping and self._board.is_live(queue)
+            if not live or entry is None:
+                # stopped, or the message changed meanwhile: not ours to start any more
+                if decision.lease is not None:
+                    self._limits.finish(decision.lease)
+                return
+            self._decided(decision, part, queue, entry, throttle)
+        except Exception:
+            self._host.log.failure("message {message_id}: starting an attempt failed",
+                                   message_id=part.message_id)  # fmt: skip
+            self._host.retry_later(part)
+        finally:
+            self._board.refresh(queue)
+            self.pump()
+
+    def _decided(self, decision: Decision, part: Part, queue: Queue, entry: Entry,
+                 throttle: Throttle | None) -> None:  # fmt: skip
+        if decision.lease is None:
+            if decision.refusal is Refusal.THROTTLE:
+                self._host.throttle_wait(part, queue, str(throttle), decision.wait or 0.0)
+            else:  # no slot free in the fleet, or too many questions waiting
+                wait = SLOT_RETRY if decision.wait is None else decision.wait
+                self._host.slot_wait(part, queue, wait)
+            return
         domain = part.key[1]
         recipients = tuple(r.address for r in pending_at(entry.message, domain))
         queue.in_flight += 1
@@ -177,7 +230,7 @@ class Dispatcher:
             d = defer.maybeDeferred(self._spool.content, entry.message.id)
             d.addCallback(self._deliver, entry, domain, recipients)
         self._in_flight[part] = d
-        d.addBoth(self._attempted, part, queue, recipients, now)
+        d.addBoth(self._attempted, part, queue, recipients, decision.lease)
         d.addBoth(self._settled, part)
 
     def _deliver(
@@ -204,15 +257,15 @@ class Dispatcher:
         self._in_flight.pop(part, None)
 
     def _attempted(
-        self, outcome: Any, part: Part, queue: Queue, recipients: tuple[str, ...],
-        started: float,
+        self, outcome: Any, part: Part, queue: Queue, recipients: tuple[str, ...], lease: Lease
     ) -> defer.Deferred | None:
         queue.in_flight -= 1
         self._running -= 1
+        if getattr(outcome, "waiting_for_proxy", False):
+            # It never reached an MX (no plumbed proxy for its family): no start.
+            self._limits.unstart(lease)
+        self._limits.finish(lease)
         try:
-            if getattr(outcome, "waiting_for_proxy", False):
-                # It never reached an MX (no plumbed proxy for its family): no start.
-                self._throttles.give_back(part.key, started)
             cancelled = isinstance(outcome, Failure) and outcome.check(defer.CancelledError)
             if cancelled and self.stopping:
                 self._host.decision_for(part, "cancelled at shutdown, left spooled")

@@ -22,8 +22,8 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from hatwist.health import StateChange
+from hatwist.shared import LocalLimits
 from hatwist.spool import SpooledMessage
-from hatwist.throttle import Throttles
 
 from ._dispatch import Dispatcher
 from ._due import DueHeap
@@ -66,6 +66,9 @@ class Scheduler(Service):
     :param reactor: ``IReactorTime``.
     :param reporting_mta: this host's name, for DSNs.
     :param max_in_flight: attempts running at once, over all queues.
+    :param limits: :class:`hatwist.shared.ILimits` for ``max_connections`` and the
+        outbound throttles; :class:`~hatwist.shared.LocalLimits` (this process's own
+        counts) by default, :class:`~hatwist.shared.RedisLimits` with ``redis_url``.
     """
 
     log = Logger()
@@ -80,6 +83,7 @@ class Scheduler(Service):
         reactor: Any,
         reporting_mta: str,
         max_in_flight: int = MAX_IN_FLIGHT,
+        limits: Any = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight!r}")
@@ -92,7 +96,7 @@ class Scheduler(Service):
         self._max_in_flight = max_in_flight
         self._counters: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
         # Outlives a stop and start: the starts already made still count.
-        self._throttles: Throttles[QueueKey] = Throttles()
+        self._limits = LocalLimits() if limits is None else limits
         self._reset()
 
     def _reset(self) -> None:
@@ -104,7 +108,7 @@ class Scheduler(Service):
         self._due = DueHeap(self._reactor, self._on_due)
         self._dispatch = Dispatcher(
             host=self, board=self._board, ledger=self._ledger, rules=self._rules,
-            throttles=self._throttles, spool=self._spool, agent=self._agent,
+            limits=self._limits, spool=self._spool, agent=self._agent,
             reactor=self._reactor, max_in_flight=self._max_in_flight,
         )
         self._proxy = ProxyWatch(
@@ -252,7 +256,7 @@ class Scheduler(Service):
         """A throttled queue's throttle, and its next allowed start by the current
         config (after a reload that opened the window: when the queue looks again)."""
         throttle, now = self._rules.throttle(queue.key), self._now()
-        allowed_at = self._throttles.next_start(queue.key, throttle, now)
+        allowed_at = self._limits.next_start(queue.key, throttle, now)
         if allowed_at <= now and queue.unthrottle is not None and queue.unthrottle.active():
             allowed_at = queue.unthrottle.getTime()
         return (None if throttle is None else str(throttle)), allowed_at
@@ -325,6 +329,14 @@ class Scheduler(Service):
                 "reached; its queue waits {wait:.0f}s for the next start",
                 binding=part.key[0], domain=part.key[1], throttle=throttle, wait=wait,
             )
+
+    def slot_wait(self, part: Part, queue: Queue, wait: float) -> None:
+        """
+        Shared limits found every ``max_connections`` slot of the queue taken in
+        the fleet (or too busy to answer): the queue starts nothing for ``wait``
+        seconds, then asks again.  Not logged: slots come free all the time.
+        """
+        self._waits.throttle(part, queue, wait)
 
     def _resume(self, queue: Queue) -> None:
         """Start a queue again after a wait (throttle, proxy hold, pause)."""

@@ -8,6 +8,9 @@ treats L{MessageNotFound} as "someone else already finished this message".
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+
 
 class SpoolError(Exception):
     """A spool operation failed."""
@@ -26,6 +29,12 @@ class SpoolWriteError(SpoolError):
         self.errno = error.errno
 
 
+class SpoolUnavailable(SpoolError):
+    """The spool cannot be used at all: another process holds it, or it cannot be
+    created or written.  Raised by L{hatwist.spool.Spool.open} at start, so the
+    relay stops with this one line instead of answering every message 452."""
+
+
 class MessageNotFound(SpoolError, KeyError):
     """No spooled message has this id (it was removed, or never stored)."""
 
@@ -36,3 +45,25 @@ class MessageNotFound(SpoolError, KeyError):
 class CorruptEntry(SpoolError):
     """A spool file cannot be read back as a message.  Recovery moves it aside;
     it never reaches a caller of the public API."""
+
+
+#: SQLite's primary result codes that mean the same as an errno, so a caller (and
+#: the 452 path) sees one kind of error whichever layer failed.
+_SQLITE_ERRNO = {
+    "SQLITE_FULL": errno.ENOSPC,
+    "SQLITE_IOERR": errno.EIO,
+    "SQLITE_READONLY": errno.EROFS,
+    "SQLITE_CANTOPEN": errno.EACCES,
+    "SQLITE_PERM": errno.EACCES,
+    "SQLITE_NOMEM": errno.ENOMEM,
+    "SQLITE_BUSY": errno.EBUSY,
+    "SQLITE_LOCKED": errno.EBUSY,
+}
+
+
+def as_os_error(error: sqlite3.Error) -> OSError:
+    """An C{OSError} with the errno that best says why SQLite failed."""
+    name = (getattr(error, "sqlite_errorname", None) or "").split("_")
+    primary = "_".join(name[:2])
+    code = _SQLITE_ERRNO.get(primary, errno.EIO)
+    return OSError(code, f"{error} ({getattr(error, 'sqlite_errorname', 'sqlite')})")

@@ -74,27 +74,57 @@ def make_message_id(micros: int, entropy: int) -> str:
     return f"{micros:014x}-{entropy & 0xFFFFFFFFFF:010x}"
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def encode(message: SpooledMessage) -> bytes:
-    """The JSON state file for C{message}."""
-    body = attrs.asdict(message, recurse=True)
+    """The JSON state of C{message} (the old layout's state file, the database's
+    state column: one format, so the import copies it unchanged)."""
+    body = {
+        "attempts": message.attempts, "binding": message.binding, "id": message.id,
+        "mail_from": message.mail_from, "next_attempt_at": message.next_attempt_at,
+        "received_at": message.received_at, "size": message.size,
+        "recipients": [
+            {"address": r.address, "attempts": r.attempts, "code": r.code,
+             "reason": r.reason, "status": r.status, **_BOUNCED[r.bounced]}
+            for r in message.recipients
+        ],
+        "version": FORMAT_VERSION,
+    }
     # The scheduler's DSN marks are written only when set: a state without them reads
     # as it always did.
-    if not body["delay_warned"]:
-        del body["delay_warned"]
-    for r in body["recipients"]:
-        if not r["bounced"]:
-            del r["bounced"]
-    body["version"] = FORMAT_VERSION
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    if message.delay_warned:
+        body["delay_warned"] = True
+    return _ENCODER.encode(body).encode("utf-8")
 
 
-def decode(data: bytes) -> SpooledMessage:
-    """Read a state file written by L{encode}; raise L{CorruptEntry} otherwise."""
+_BOUNCED: dict[bool, dict[str, bool]] = {False: {}, True: {"bounced": True}}
+
+
+class Strings(dict):
+    """One copy of each repeated string or number (binding, sender, reply text and
+    code) across the messages of one recovery: a million queued messages share
+    them instead of each holding its own."""
+
+    def share(self, value: object) -> object:
+        if value is None:
+            return None
+        return self.setdefault(value, value)
+
+
+_STATUS = {s: s for s in STATUSES}
+
+
+def decode(data: bytes, strings: Strings | None = None) -> SpooledMessage:
+    """Read state written by L{encode}; raise L{CorruptEntry} otherwise."""
+    share = (strings if strings is not None else Strings()).share
     try:
-        body = json.loads(data.decode("utf-8"))
+        body = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
         if body.pop("version") != FORMAT_VERSION:
             raise CorruptEntry("unknown state file version")
-        recipients = tuple(_recipient(r) for r in body.pop("recipients"))
+        recipients = tuple(_recipient(r, share) for r in body.pop("recipients"))
+        body["binding"] = share(body["binding"])
+        body["mail_from"] = share(body["mail_from"])
         message = SpooledMessage(recipients=recipients, **body)
     except CorruptEntry:
         raise
@@ -104,11 +134,16 @@ def decode(data: bytes) -> SpooledMessage:
     return message
 
 
-def _recipient(body: dict) -> RecipientState:
-    state = RecipientState(**body)
-    if state.status not in STATUSES:
-        raise CorruptEntry(f"unknown recipient status {state.status!r}")
-    return state
+def _recipient(body: dict, share) -> RecipientState:
+    status = _STATUS.get(body.get("status"))  # type: ignore[arg-type]
+    if status is None:
+        raise CorruptEntry(f"unknown recipient status {body.get('status')!r}")
+    body["status"] = status
+    body["reason"] = share(body.get("reason"))
+    code = body.get("code")
+    if type(code) is int:
+        body["code"] = share(code)
+    return RecipientState(**body)
 
 
 def _check(message: SpooledMessage) -> None:

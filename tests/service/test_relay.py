@@ -24,6 +24,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol, threads, utils
 
+from hatwist.spool._inspect import spooled_contents, spooled_ids
 from tests.rig.haproxy import free_port
 from tests.service._relay import (
     STOP_DEADLINE,
@@ -100,18 +101,12 @@ class Rig:
         return await self.relay().start()
 
     def spooled(self) -> list[str]:
-        """Ids of the messages in the spool (state files in msg/)."""
-        msg = os.path.join(self.spool_dir, "msg")
-        return sorted(n[: -len(".json")] for n in os.listdir(msg) if n.endswith(".json"))
+        """Ids of the messages committed in the spool."""
+        return spooled_ids(self.spool_dir)
 
     def spooled_message_ids(self) -> set[str]:
         """Message-IDs of the spooled messages' content (blocking: run it in a thread)."""
-        found = set()
-        for spool_id in self.spooled():
-            path = os.path.join(self.spool_dir, "msg", spool_id + ".eml")
-            with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
-                found.add(message_id_of(f.read()))
-        return found
+        return {message_id_of(data) for data in spooled_contents(self.spool_dir).values()}
 
     def submit(self, rcpts, message, mail_from=SENDER, **kwargs):
         return submit(self.reactor, self.listen, mail_from, rcpts, message, **kwargs)
@@ -434,15 +429,17 @@ def fill(path: str) -> int:
 async def test_full_disk_gives_452_431_leaves_nothing_and_mail_flows_once_space_is_freed(
     rig, tiny_spool
 ):
-    await rig.start_relay()
+    relay = await rig.start_relay()
+    # The listener binds before the spool opens: fill the disk only once the spool is
+    # open, or the relay rightly refuses to start on a full disk.
+    await relay.wait_for_log(f"spool {rig.spool_dir} open", since=0, timeout=DEADLINE)
     filler = str(tiny_spool / "filler")
     assert await threads.deferToThread(fill, filler) > 0
 
     full = await rig.submit(["a@dest.test"], make_message("full-1@t"))
     assert full.data is not None and full.data[0] == 452, full
     assert full.data[1].startswith("4.3.1"), full
-    for sub in ("msg", "tmp"):
-        assert os.listdir(os.path.join(rig.spool_dir, sub)) == [], f"debris in {sub}/"
+    assert rig.spooled() == [], "a message half-written"
 
     os.unlink(filler)
     await rig.send("later-1@t")

@@ -1,26 +1,25 @@
-# -*- test-case-name: tests.test_spool -*-
+# -*- test-case-name: tests.test_spool_import -*-
 """
-The spool directory on disk, and the blocking steps of each spool operation.
+The spool's old file layout (hatwist before the SQLite spool): read once to
+import it, and still writable so tests and the benchmark can make one the way
+the old code did.
 
 Layout::
 
     spool_dir/
-      tmp/      files being written.  Anything here at recovery that no operation
-                of this process owns is debris of a crash and is deleted: nothing
-                in tmp/ was ever acknowledged.
-      msg/      <id>.eml   the content, exactly as received (CRLF lines, dots
-                           unstuffed), written once.
+      tmp/      files being written; nothing here was ever acknowledged.
+      msg/      <id>.eml   the content, exactly as received, written once.
                 <id>.json  envelope and per-recipient state, replaced whole.
-      corrupt/  files recovery could not use, moved aside under their own names.
+      corrupt/  files that could not be used, moved aside under their own names.
 
-A message exists once C{msg/<id>.json} exists: it is renamed into place after
-the content, and C{msg/} is fsynced before L{store} returns, so a message that
-got its 250 survives a crash.  Every change of state is write to tmp/, fsync,
-rename over the old file, fsync C{msg/}.  A C{.eml} without its C{.json} (a crash
-in the middle of L{store} or L{remove}) is never delivered: recovery moves it to
-corrupt/.
+A message existed once C{msg/<id>.json} existed: it was renamed into place after
+the content, and C{msg/} fsynced before the 250.  L{import_old_layout} copies
+every valid message into the database (same id, same state), commits, and only
+then deletes its files, so a crash mid-import repeats it without duplicates
+(L{SpoolDatabase.insert_imported} keeps rows already there).
 
-All methods block; L{hatwist.spool.Spool} runs them in a thread pool.
+All functions block; the spool runs them in its C{open()} step, before any
+other operation.
 """
 
 from __future__ import annotations
@@ -28,13 +27,17 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-from collections.abc import Callable, Container
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import attrs
 
 from ._disk import Disk
 from ._errors import CorruptEntry, MessageNotFound, SpoolWriteError
 from ._values import ID_PATTERN, SpooledMessage, decode, encode
+
+if TYPE_CHECKING:
+    from ._db import SpoolDatabase
 
 CONTENT_SUFFIX = ".eml"
 STATE_SUFFIX = ".json"
@@ -49,7 +52,8 @@ class Problem:
 
 
 class SpoolDirectory:
-    """Blocking operations on one spool directory."""
+    """The old code's blocking operations on one spool directory (the import reads
+    with L{_load}; tests and the benchmark write old spools with L{store})."""
 
     def __init__(self, directory: str, disk: Disk) -> None:
         self.root = directory
@@ -156,41 +160,6 @@ class SpoolDirectory:
         except FileNotFoundError:
             raise MessageNotFound(message_id) from None
 
-    def recover(
-        self, busy: Container[str] = frozenset()
-    ) -> tuple[list[SpooledMessage], list[Problem]]:
-        """Every valid message, oldest first; everything else moved to corrupt/.
-
-        ``busy`` holds the ids this process is working on right now (the
-        listener accepts mail while recovery runs): their files are skipped,
-        since a store in progress looks exactly like crash debris.
-        """
-        self.prepare()
-        for name in self._disk.listdir(self.tmp):
-            if name.partition(".")[0] not in busy:
-                self._disk.discard(os.path.join(self.tmp, name))
-        groups: dict[str, set[str]] = {}
-        for name in self._disk.listdir(self.msg):
-            stem, dot, _suffix = name.rpartition(".")
-            stem = stem if dot else name
-            if stem not in busy:
-                groups.setdefault(stem, set()).add(name)
-        messages, problems = [], []
-        for stem, names in sorted(groups.items()):
-            try:
-                messages.append(self._load(stem, names))
-            except FileNotFoundError:
-                continue  # finished and removed since the listing: nothing to recover
-            except (CorruptEntry, OSError) as e:
-                for name in sorted(names):
-                    problems.append(Problem(name, self._move_aside(name, str(e))))
-        if problems:
-            # Best effort: if the moves are lost in a crash, the next recovery redoes them.
-            with contextlib.suppress(OSError):
-                self._disk.fsync_dir(self.corrupt)
-                self._disk.fsync_dir(self.msg)
-        return messages, problems
-
     def _load(self, stem: str, names: set[str]) -> SpooledMessage:
         content, state = stem + CONTENT_SUFFIX, stem + STATE_SUFFIX
         if names != {content, state}:
@@ -217,3 +186,95 @@ class SpoolDirectory:
         except OSError as e:
             return f"{reason}; could not move it to corrupt/: {e.strerror or e}"
         return f"{reason}; moved to {os.path.relpath(target, self.root)}"
+
+
+#: Messages (and content bytes) per import transaction.
+IMPORT_BATCH = 1_000
+IMPORT_BATCH_BYTES = 16 * 1024 * 1024
+
+
+@attrs.frozen
+class ImportReport:
+    """What L{import_old_layout} did, for the one log line that says so."""
+
+    imported: int
+    """Messages now in the database (new rows, or kept from a crashed import)."""
+    set_aside: tuple[Problem, ...]
+    """Files that could not be decoded, moved to corrupt/."""
+    debris: int
+    """Files deleted that were never acknowledged or belonged to a finished
+    message: tmp/ files and contents without a state file."""
+
+
+def has_old_layout(directory: str, disk: Disk) -> bool:
+    return any(disk.exists(os.path.join(directory, sub)) for sub in ("msg", "tmp"))
+
+
+def import_old_layout(directory: str, database: SpoolDatabase, disk: Disk) -> ImportReport:
+    """Move every valid message of the old layout under C{directory} into
+    C{database}, durably; then delete its files and the emptied tmp/ and msg/.
+
+    Only what really cannot be decoded is set aside (moved to corrupt/).  Any
+    other C{OSError} (EMFILE, EIO, EACCES) is raised: the import stops with
+    every file still in place, and the next start repeats it.  A content file
+    without its state file is deleted, not set aside: the old code wrote the
+    state last and removed it first, so such a file is a store that never got
+    its 250, or the rest of a message already delivered.
+    """
+    old = SpoolDirectory(directory, disk)
+    debris = 0
+    if disk.exists(old.tmp):
+        for name in disk.listdir(old.tmp):
+            disk.unlink(os.path.join(old.tmp, name))
+            debris += 1
+    groups: dict[str, set[str]] = {}
+    if disk.exists(old.msg):
+        for name in disk.listdir(old.msg):
+            stem, dot, _suffix = name.rpartition(".")
+            groups.setdefault(stem if dot else name, set()).add(name)
+    imported, problems = 0, []
+    batch: list[tuple[SpooledMessage, bytes]] = []
+    batch_bytes = 0
+
+    def flush() -> None:
+        nonlocal imported, batch, batch_bytes
+        if not batch:
+            return
+        database.insert_imported(batch)  # committed: now the files may go
+        for message, _ in batch:
+            disk.unlink(os.path.join(old.msg, message.id + STATE_SUFFIX))
+            disk.unlink(os.path.join(old.msg, message.id + CONTENT_SUFFIX))
+        disk.fsync_dir(old.msg)
+        imported += len(batch)
+        batch, batch_bytes = [], 0
+
+    for stem, names in sorted(groups.items()):
+        if names == {stem + CONTENT_SUFFIX}:
+            disk.unlink(os.path.join(old.msg, stem + CONTENT_SUFFIX))
+            debris += 1
+            continue
+        try:
+            message = old._load(stem, names)
+            content = disk.read(os.path.join(old.msg, stem + CONTENT_SUFFIX))
+            if len(content) != message.size:
+                raise CorruptEntry(f"content is {len(content)} bytes, state says "
+                                   f"{message.size}")
+        except CorruptEntry as e:
+            disk.makedir(old.corrupt)
+            for name in sorted(names):
+                problems.append(Problem(name, old._move_aside(name, str(e))))
+            continue
+        batch.append((message, content))
+        batch_bytes += len(content)
+        if len(batch) >= IMPORT_BATCH or batch_bytes >= IMPORT_BATCH_BYTES:
+            flush()
+    flush()
+    if problems:
+        disk.fsync_dir(old.corrupt)
+    for sub in (old.tmp, old.msg):
+        # Best effort: a file that could not be moved aside keeps msg/, and the
+        # next start looks at it again.
+        with contextlib.suppress(OSError):
+            os.rmdir(sub)
+    disk.fsync_dir(directory)
+    return ImportReport(imported, tuple(problems), debris)

@@ -1,0 +1,194 @@
+"""
+The cost of one attempt start's limit check: shared through Redis against local.
+
+Every start asks its limits once (a connection slot and a place in the throttle
+window, together) and gives the slot back at the end.  ``local`` rows are
+:class:`hatwist.shared.LocalLimits` (what a relay without ``redis_url`` does);
+``redis`` rows are :class:`hatwist.shared.RedisLimits` against a real
+redis-server this script starts on a free loopback port (no persistence), through
+its thread pool and the reactor, with ``in flight`` questions outstanding at once
+(one: the latency of a single start; more: the rate a busy scheduler sees).
+
+``cpu us`` is this process's CPU time per start (reactor and pool threads: what a
+relay pays), ``redis us`` redis-server's (``INFO cpu``; on a small box it competes
+for the same cores).  Latency is from the question to the Decision in the reactor;
+the release (``finish``, a ZREM for Redis) runs after and is not in the latency but
+is in the rate.  Queues are spread over 100 domains; the throttle, when on, is set
+high enough that every start is granted (the full script path runs), and slots do
+not linger (every start asks Redis).
+
+``--end-to-end N`` adds the relay's view: bench_relay.py's proxied row (smtp-source
+-> a ``twistd hatwist`` process -> the egress HAProxy -> smtp-sink, N messages of
+5120 B) without and with ``redis_url``, with no throttle (slots only: a slot given
+back lingers and is taken back by the next start of its queue without asking
+Redis) and with an always-open throttle (every start asks Redis); the rate, the
+relay's CPU per message and the difference against the local row above it.  Needs
+root, HAProxy and Postfix's smtp-source/smtp-sink, like bench_relay.py.
+
+Run: ``PYTHONPATH=. python3 bench/bench_shared_limits.py [--starts 4000]
+[--end-to-end 5000] [--rounds 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+from twisted.internet import defer, task
+
+from hatwist.config.values import Throttle
+from hatwist.shared import LocalLimits, RedisLimits
+from tests.shared.redis_server import RedisServer
+
+DOMAINS = [("default", f"d{i}.bench.test") for i in range(100)]
+BIG = Throttle(10**9, 3600)
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def row(name: str, throttle: str, in_flight: int, elapsed: float, latencies: list[float],
+        cpu: float, redis_cpu: float = 0.0):  # fmt: skip
+    n = len(latencies)
+    return (name, throttle, in_flight, n / elapsed, statistics.median(latencies) * 1e6,
+            percentile(latencies, 0.99) * 1e6, cpu / n * 1e6, redis_cpu / n * 1e6)  # fmt: skip
+
+
+def redis_cpu(url: str) -> float:
+    info = redis.Redis.from_url(url).info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def bench_local(starts: int, throttle: Throttle | None):
+    limits, latencies = LocalLimits(), []
+    begin, cpu = time.perf_counter(), time.process_time()
+    for i in range(starts):
+        t0 = time.perf_counter()
+        decision = limits.start(DOMAINS[i % 100], throttle, 10, t0)
+        latencies.append(time.perf_counter() - t0)
+        limits.finish(decision.lease)
+    return row("local", "on" if throttle else "off", 1, time.perf_counter() - begin, latencies,
+               time.process_time() - cpu)  # fmt: skip
+
+
+async def bench_redis(reactor, url: str, starts: int, throttle: Throttle | None, in_flight: int):
+    limits = RedisLimits(url, reactor=reactor, node_id=f"bench{in_flight}{bool(throttle)}",
+                         linger=0.0)
+    limits.startService()
+    latencies: list[float] = []
+    counter = iter(range(starts))
+
+    async def worker():
+        for i in counter:
+            t0 = time.perf_counter()
+            decision = await defer.maybeDeferred(limits.start, DOMAINS[i % 100], throttle,
+                                                 10**6, reactor.seconds())  # fmt: skip
+            latencies.append(time.perf_counter() - t0)
+            assert decision.granted, decision
+            limits.finish(decision.lease)
+
+    begin, cpu, server_cpu = time.perf_counter(), time.process_time(), redis_cpu(url)
+    await defer.gatherResults([defer.ensureDeferred(worker()) for _ in range(in_flight)])
+    elapsed, cpu = time.perf_counter() - begin, time.process_time() - cpu
+    server_cpu = redis_cpu(url) - server_cpu
+    await limits.stopService()
+    return row("redis", "on" if throttle else "off", in_flight, elapsed, latencies, cpu,
+               server_cpu)  # fmt: skip
+
+
+async def end_to_end(reactor, url: str, messages: int, rounds: int) -> None:
+    """bench_relay's proxied row, without and with redis_url, throttle off and on,
+    alternating ``rounds`` times in one lab."""
+    import argparse as _argparse
+
+    import bench_relay  # bench/ is on sys.path when this runs as a script
+
+    plain = bench_relay.config_text
+    mode = {"redis": False, "throttle": False}
+
+    def config_text(**kwargs):
+        # 20 smtp-source sessions from 127.0.0.1: above max_inbound_connections_per_ip's 10
+        text = plain(**kwargs) + "max_inbound_connections_per_ip = 100\n"
+        if mode["throttle"]:
+            text += f'outbound_throttle_messages = "{BIG}"\n'
+        return text + (f'redis_url = "{url}"\n' if mode["redis"] else "")
+
+    args = _argparse.Namespace(messages=messages, sessions=20, size=5120, submit_reuse=False)
+    bench_relay.config_text = config_text
+    workdir = tempfile.mkdtemp(prefix="hatwist-bench-shared-")
+    lab = bench_relay.Lab()
+    results: dict[tuple[bool, bool], list] = {}
+    try:
+        await lab.start(reactor, workdir)
+        for _ in range(rounds):
+            for throttle in (False, True):
+                for shared in (False, True):
+                    mode.update(redis=shared, throttle=throttle)
+                    row = await bench_relay.relay_row(
+                        reactor, lab, args, workdir, domain=bench_relay.PROXY_DOMAIN,
+                        name="proxied",
+                    )
+                    results.setdefault((throttle, shared), []).append(row)
+    finally:
+        await lab.stop(reactor)
+        bench_relay.config_text = plain
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\nend to end: bench_relay's proxied row ({messages} messages of 5120 B, "
+          f"smtp-source, 20 sessions), {rounds} rounds alternating; medians")  # fmt: skip
+    print(f"{'limits':8} {'throttle':8} {'msg/s':>8} {'cpu us/msg':>11} {'rate':>8} {'cpu':>8}")
+    for throttle in (False, True):
+        local = None
+        for shared in (False, True):
+            rows = results[(throttle, shared)]
+            rate = statistics.median(r.rate for r in rows)
+            cpu = statistics.median(r.cpu for r in rows) * 1e6
+            versus = ("", "") if local is None else (
+                f"{100 * (rate / local[0] - 1):+.1f}%", f"{100 * (cpu / local[1] - 1):+.1f}%")
+            local = local or (rate, cpu)
+            print(f"{'redis' if shared else 'local':8} {'on' if throttle else 'off':8} "
+                  f"{rate:>8.0f} {cpu:>11.0f} {versus[0]:>8} {versus[1]:>8}")  # fmt: skip
+
+
+async def main(reactor, args) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        server = RedisServer(Path(directory)).start()
+        try:
+            rows = []
+            for throttle in (None, BIG):
+                rows.append(bench_local(args.starts, throttle))
+                for in_flight in args.in_flight:
+                    rows.append(await bench_redis(reactor, server.url, args.starts, throttle,
+                                                  in_flight))  # fmt: skip
+            if args.end_to_end:
+                print_table(rows)
+                rows = []
+                await end_to_end(reactor, server.url, args.end_to_end, args.rounds)
+        finally:
+            server.stop()
+    if rows:
+        print_table(rows)
+
+
+def print_table(rows) -> None:
+    print(f"{'limits':8} {'throttle':8} {'in flight':>9} {'starts/s':>10} {'p50 us':>9} "
+          f"{'p99 us':>9} {'cpu us':>8} {'redis us':>8}")  # fmt: skip
+    for name, throttle, in_flight, rate, p50, p99, cpu, rcpu in rows:
+        print(f"{name:8} {throttle:8} {in_flight:>9} {rate:>10.0f} {p50:>9.1f} {p99:>9.1f} "
+              f"{cpu:>8.1f} {rcpu:>8.1f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--starts", type=int, default=4000)
+    parser.add_argument("--end-to-end", type=int, default=0, metavar="MESSAGES")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--in-flight", type=lambda s: [int(x) for x in s.split(",")],
+                        default=[1, 16, 64])  # fmt: skip
+    task.react(lambda reactor: defer.ensureDeferred(main(reactor, parser.parse_args())))

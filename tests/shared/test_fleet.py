@@ -1,0 +1,74 @@
+"""Two real ``twistd hatwist`` relays sharing one real redis-server: the end-to-end proof.
+
+Both relays deliver through the same real HAProxy to the same recording sink, each with
+its own spool and ports, with ``redis_url`` pointing at a redis-server the test started on
+loopback.  Under a fleet-wide ``outbound_throttle_messages = 4/3600`` the sink receives
+exactly 4 messages in total, whichever relay the mail was submitted to; without Redis the
+same two relays would send 4 each.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task
+
+from tests.rig.haproxy import free_port
+from tests.service._relay import Relay, config_text, make_message, submit
+
+pytestmark = pytest.mark.integration
+
+SINK_HOST = "127.0.0.20"
+SOURCE = "127.0.0.9"
+SENDER = "sender@src.test"
+
+
+async def start_relay(reactor, tmp_path, name, dns, sink, haproxy, extra):
+    directory = tmp_path / name
+    directory.mkdir()
+    listen = free_port()
+    text = config_text(
+        listen=listen, status_listen=free_port(), spool_dir=str(directory / "spool"),
+        resolver=dns.address, proxy=haproxy.server_text, smtp_port=sink.port,
+        bindings={"default": SOURCE}, extra=extra,
+    )  # fmt: skip
+    path = os.path.join(directory, "hatwist.conf")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return await Relay(reactor, path, listen).start()
+
+
+async def send_many(reactor, relay, prefix, count):
+    for i in range(count):
+        sent = await submit(reactor, relay.listen_port, SENDER, ["a@dest.test"],
+                            make_message(f"{prefix}-{i}@t"))  # fmt: skip
+        assert sent.accepted, f"{sent}\n{relay.tail()}"
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_relays_sharing_redis_start_exactly_the_fleets_throttle(
+    reactor, tmp_path, dns_server, smtp_sink, haproxy, redis_server
+):
+    dns_server.add_mx("dest.test", [(10, "mx.dest.test")])
+    dns_server.add_a("mx.dest.test", SINK_HOST)
+    extra = f'redis_url = "{redis_server.url}"\noutbound_throttle_messages = "4/3600"\n'
+    relays = []
+    try:
+        for name in ("one", "two"):
+            relays.append(await start_relay(reactor, tmp_path, name, dns_server, smtp_sink,
+                                            haproxy, extra))  # fmt: skip
+        await defer.gatherResults(
+            [defer.ensureDeferred(send_many(reactor, r, n, 6))
+             for r, n in zip(relays, ("one", "two"), strict=True)]
+        )  # fmt: skip
+        # each relay says its queue waits for the window once the fleet used it up
+        for relay in relays:
+            await relay.wait_for_log("outbound_throttle_messages 4/3600 reached", 20, since=0)
+        await task.deferLater(reactor, 2.0, lambda: None)  # nothing more trickles out
+        assert len(smtp_sink.messages) == 4, [r.tail() for r in relays]
+        assert all(m.peer[0] == SOURCE for m in smtp_sink.messages)
+    finally:
+        for relay in relays:
+            await relay.stop()
