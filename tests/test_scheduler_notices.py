@@ -210,3 +210,17 @@ def test_a_message_delivered_after_its_warning_is_removed_with_no_bounce(warned)
     w.agent.answer(retry, 250)
     assert message.id in w.spool.removed
     assert w.spool.stored == [warning]
+
+
+def test_a_message_waiting_for_a_proxy_gets_its_delay_warning_too(warned):
+    w = warned
+    w.proxy(up=False)
+    message = w.submit(binding="proxied")
+    w.clock.advance(95)  # re-checked every health-check interval (5 s)
+    assert w.spool.stored == []
+    w.clock.advance(5)
+    [notice] = w.spool.stored
+    report = delivery_status(parse(w.spool.contents[notice.id]))
+    assert "Action: delayed" in report and "bob@dst.test" in report
+    assert w.agent.calls == []  # still no attempt for the message itself
+    assert w.spool.messages[message.id].delay_warned is True

@@ -365,6 +365,8 @@ class Scheduler(Service):
         self._counters["waiting"] += 1
         # Remember why, for an expiry DSN, without counting an attempt.
         self._ledger.change(entry, note_wait(entry.message, part.key[1], reason), recount=False)
+        # No pass ends while it waits: its delay warning is looked at here instead.
+        self._notices.after_pass(entry, part.key)
         if self._waits.hold(part, reason):  # when the wait begins, not at every re-check
             self.decision_for(part, "waiting for a plumbed proxy", reason=reason)
 
