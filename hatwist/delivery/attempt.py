@@ -246,9 +246,12 @@ class DeliveryAgent:
         )
         pooled = self.pool.take(key)
         if pooled is not None:
-            walk.tls_skipped, walk.reached = pooled.tls_skipped, True
+            walk.tls_skipped = pooled.tls_skipped
             try:
-                return await self._send(pooled, message, settings, deadline)
+                results = await self._send(pooled, message, settings, deadline)
+            except (StopWalk, DeadlinePassed):
+                walk.reached = True  # broken after the dot, or stuck mid-session: it is there
+                raise
             except SessionError as e:
                 # An idle session the peer has since dropped (or refused RSET on): open a
                 # fresh one.
@@ -257,6 +260,9 @@ class DeliveryAgent:
                     address=address,
                     error=str(e),
                 )
+            else:
+                walk.reached = True
+                return results
         opened = await self._open(settings, host, address, route, deadline)
         if isinstance(opened, RouteFailed):
             return opened
