@@ -81,6 +81,7 @@ async def one_run(reactor, messages: int, size: int, threshold: float) -> tuple[
         tracemalloc.stop()
         in_flight = scheduler.in_flight()
         await scheduler.stopService()
+        await spool.close()
         return in_flight, held
 
 
