@@ -224,3 +224,29 @@ def test_a_message_waiting_for_a_proxy_gets_its_delay_warning_too(warned):
     assert "Action: delayed" in report and "bob@dst.test" in report
     assert w.agent.calls == []  # still no attempt for the message itself
     assert w.spool.messages[message.id].delay_warned is True
+
+
+def test_two_passes_ending_together_report_each_failure_once(world):
+    """The first pass's DSN is still being stored when the second pass ends the message:
+    the final bounce waits for it and lists only what it did not."""
+    message = world.submit(rcpt_to=("bob@dst.test", "eve@other.test"))
+    held = []
+    store = world.spool.store
+
+    def slow_store(*args):
+        d = defer.Deferred()
+        held.append((d, args))
+        return d
+
+    world.spool.store = slow_store
+    by_domain = {o.domain: i for i, (o, _) in enumerate(world.agent.calls)}
+    world.agent.answer(by_domain["dst.test"], 550, "5.1.1 no bob")
+    world.agent.answer(by_domain["other.test"], 550, "5.1.1 no eve")
+    assert len(held) == 1  # the final bounce waits for the first pass's
+    world.spool.store = store
+    d, args = held[0]
+    store(*args).chainDeferred(d)
+    first, second = reports(world)
+    assert "bob@dst.test" in first and "eve@other.test" not in first
+    assert "eve@other.test" in second and "bob@dst.test" not in second
+    assert message.id in world.spool.removed
