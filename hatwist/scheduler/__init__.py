@@ -59,8 +59,8 @@ due parts off the board and runs their attempts), ``_record`` (what an
 attempt's results or an expiry do), ``_proxy`` (the reactions to proxy state
 changes), ``_bounce`` and ``_notices`` (what a sender is owed, and the DSNs
 at the end of each pass), ``_finish`` (the last bounce, then the removal),
-``_recovery`` (the start-up read in batches) and ``_service`` (the
-:class:`Scheduler`: the glue).
+``_retime`` (a reload's new due times), ``_recovery`` (the start-up read in
+batches) and ``_service`` (the :class:`Scheduler`: the glue).
 """
 
 from ._ledger import SAVE_RETRY_DELAY

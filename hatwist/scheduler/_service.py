@@ -30,11 +30,12 @@ from ._due import DueHeap
 from ._finish import Finisher
 from ._ledger import Entry, Ledger
 from ._notices import Notices
-from ._outcome import note_wait, pending_at
+from ._outcome import note_wait
 from ._proxy import ProxyWatch
 from ._queues import Board, Part, Queue, QueueKey
 from ._record import Recorder
 from ._recovery import Recovery
+from ._retime import retimed_due
 from ._rules import Rules
 from ._states import QueueState, queue_states
 from ._waits import Waits
@@ -210,22 +211,9 @@ class Scheduler(Service):
         if self._stopping:
             return
         self._waits.retime_pauses()
-        now = self._now()
-
-        def due_of(part: Part) -> float:
-            entry = self._ledger.current(part)
-            if entry is None or part.failed_at is None:
-                return part.due
-            still = pending_at(entry.message, part.key[1])
-            if not still:
-                return part.due
-            due = self._rules.policy(part.key).retry_at(
-                attempts=max(r.attempts for r in still),
-                received_at=entry.message.received_at, now=part.failed_at,
-            )
-            return max(due, now)
-
-        self._due.retime(due_of)
+        now, ledger, policy = self._now(), self._ledger, self._rules.policy
+        self._due.retime(
+            lambda part: retimed_due(part, ledger.current(part), policy(part.key), now))
 
     def queue_depths(self) -> dict[QueueKey, int]:
         """Pending recipients per (binding, domain), for /status and /metrics: O(queues)."""
