@@ -99,14 +99,18 @@ class DueHeap:
             return None
         return heap[0][2]
 
-    def retime(self, due_of: Callable[[Part], float]) -> None:
+    def retime(
+        self, due_of: Callable[[Part], float], changed: Callable[[QueueKey], bool]
+    ) -> None:
         """
-        Give every waiting part the due time ``due_of(part)`` (a reload changed the
-        retry interval), keeping the order of parts due together: one pass over
-        the heaps, O(n), then one timer for the earliest.
+        Give every waiting part of each queue ``changed(key)`` names the due time
+        ``due_of(part)`` (a reload changed its retry interval), keeping the order of
+        parts due together: one pass over those queues' heaps, then one timer for
+        the earliest.  The other queues are not touched.
         """
-        self._top, self._top_at = [], {}
         for key, heap in list(self._heaps.items()):
+            if not changed(key):
+                continue
             items = []
             for _, seq, part in heap:
                 if part.heap_seq == seq:
@@ -114,12 +118,13 @@ class DueHeap:
                     items.append((part.due, seq, part))
             if not items:
                 del self._heaps[key]
+                self._top_at.pop(key, None)
                 continue
             heapq.heapify(items)
             self._heaps[key] = items
+            # Entries of the old time in _top are superseded: _top_at says which counts.
             self._top_at[key] = items[0][0]
-            self._top.append((items[0][0], key))
-        heapq.heapify(self._top)
+            heapq.heappush(self._top, (items[0][0], key))
         self._arm()
 
     def stop(self) -> None:

@@ -92,6 +92,8 @@ class Scheduler(Service):
         self._agent = agent
         self._registry = registry
         self._rules = Rules(config_provider, registry)
+        self._config_provider = config_provider
+        self._config_seen = config_provider()  # what config_changed compares with
         self._reactor = reactor
         self._reporting_mta = reporting_mta
         self._max_in_flight = max_in_flight
@@ -207,13 +209,21 @@ class Scheduler(Service):
         pauses, and the backoff of every part that failed since the start -- to the
         new interval, so a shorter one takes effect now, not after the old waits.
         (A part read from the spool keeps the time it was given until its next try.)
+        Only queues whose retry policy changed are touched: O(their waiting parts).
         """
+        seen, self._config_seen = self._config_seen, self._config_provider()
+        before = Rules(lambda: seen, self._registry)
         if self._stopping:
             return
-        self._waits.retime_pauses()
         now, ledger, policy = self._now(), self._ledger, self._rules.policy
+
+        def changed(key: QueueKey) -> bool:  # most reloads change no queue's policy
+            return before.policy(key) != policy(key)
+
+        self._waits.retime_pauses(changed)
         self._due.retime(
-            lambda part: retimed_due(part, ledger.current(part), policy(part.key), now))
+            lambda part: retimed_due(part, ledger.current(part), policy(part.key), now),
+            changed)
 
     def queue_depths(self) -> dict[QueueKey, int]:
         """Pending recipients per (binding, domain), for /status and /metrics: O(queues)."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
 
-from ._queues import Board, Part, Queue
+from ._queues import Board, Part, Queue, QueueKey
 from ._rules import Rules
 
 #: Longest wait, in seconds, before a queue waiting for its outbound throttle looks
@@ -89,15 +89,16 @@ class Waits:
         queue.release = self._reactor.callLater(delay, self.release, queue)
         return delay
 
-    def retime_pauses(self) -> None:
+    def retime_pauses(self, changed: Callable[[QueueKey], bool]) -> None:
         """
-        A reload may have changed ``retry_interval``: every running pause ends one
+        A reload changed the ``retry_interval`` of the queues ``changed`` names:
+        each of their running pauses ends one
         new interval after it began (at once if that is past), so a shorter interval
         shortens it.
         """
         now = self._reactor.seconds()
         for queue in self._board:
-            if not queue.paused or queue.paused_at is None:
+            if not queue.paused or queue.paused_at is None or not changed(queue.key):
                 continue
             if queue.release is None or not queue.release.active():
                 continue
