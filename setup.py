@@ -27,6 +27,7 @@ setup(
         "prometheus-client==0.26.0",  # /metrics
         "cryptography>=42",  # the demo lab's certificates (already a pyOpenSSL dependency)
         "redis==6.4.0",  # redis_url: limits shared through Redis (hatwist/shared)
+        "bcrypt==5.0.0",  # SMTP AUTH: the users file's hashes (maintained; passlib is not)
     ],
     extras_require={
         "test": [

@@ -112,6 +112,7 @@ def as_json(config: Config) -> dict[str, Any]:
             {"server": str(server), "sources": list(config.sources_for(server))}
             for server in config.proxy_servers
         ],
+        "submitters": submitters(config),
         "bindings": {
             name: {
                 "group": binding.group,
@@ -120,6 +121,30 @@ def as_json(config: Config) -> dict[str, Any]:
             }
             for name, binding in config.bindings.items()
         },
+    }
+
+
+def submitters(config: Config) -> dict[str, Any]:
+    """Who may submit, and through which binding: the effective policy in words."""
+    service = config.service
+    tls = service.inbound_tls
+    auth = service.auth_users_file is not None
+    relay = " ".join(str(n) for n in service.relay_from)
+    anyone = f"clients in relay_from ({relay})" + (" and logged-in users" if auth else "")
+    per_binding = {}
+    for name, binding in config.bindings.items():
+        policy = binding.base_settings.allowed_submitters
+        if policy is None:
+            per_binding[name] = f"any client allowed to relay: {anyone}"
+        else:
+            who = [*(str(n) for n in policy.networks), *(f"user {u}" for u in policy.users)]
+            per_binding[name] = "only " + ", ".join(who) + " (and only if allowed to relay)"
+    return {
+        "starttls": "off" if tls is None else tls.value,
+        "auth": ("PLAIN LOGIN over TLS, users from " + str(service.auth_users_file)) if auth
+        else "off",
+        "relay": anyone,
+        "bindings": per_binding,
     }
 
 
@@ -144,6 +169,13 @@ def as_text(config: Config) -> str:
         )
     else:
         lines.append("  (none: every binding delivers directly)")
+    policy = submitters(config)
+    lines += ["", "submitters"]
+    lines += text_table(["who", "may"], [
+        ["STARTTLS", policy["starttls"]], ["AUTH", policy["auth"]],
+        ["relaying", policy["relay"]],
+        *([f"binding {name}", who] for name, who in policy["bindings"].items()),
+    ])
     for name, binding in config.bindings.items():
         group = f" (binding_group {binding.group})" if binding.group else ""
         domains = binding.domain_overrides()

@@ -34,9 +34,10 @@ from hatwist import __version__
 from hatwist._descriptors import check_descriptor_limit
 from hatwist._logging import buffer_logs_of
 from hatwist.config import Config, ConfigError, ServerAddress, load_config
+from hatwist.config.values import ListenTLSMode
 from hatwist.delivery.attempt import DeliveryAgent
 from hatwist.health import HealthChecker, ServerRegistry, make_probe
-from hatwist.inbound import InboundFactory
+from hatwist.inbound import Credentials, CredentialsError, InboundFactory, load_credentials
 from hatwist.mx import MXResolver, build_resolver
 from hatwist.scheduler import Scheduler
 from hatwist.shared import RedisLimits
@@ -179,6 +180,11 @@ class RelayService(service.MultiService):
         #: the previous file (which may already have differed from what runs).
         self._started_service = config.service
         health = config.health
+        try:  # first, so that an unusable file leaves nothing half-built behind
+            credentials = load_credentials(config.service)
+        except CredentialsError as e:
+            raise StartupError(str(e)) from None
+        self._credentials = credentials
 
         self.registry = ServerRegistry(
             config.proxy_servers,
@@ -253,7 +259,9 @@ class RelayService(service.MultiService):
             binding_exists=self._binding_exists,
             on_accepted=self.scheduler.submit,
             reactor=reactor,
+            binding_permits=self._binding_permits,
             **_inbound_limits(config),
+            **_inbound_security(config, credentials),
         )
         self.listener = _ListeningService(
             server_endpoint(reactor, config.service.listen), self.inbound,
@@ -273,6 +281,14 @@ class RelayService(service.MultiService):
         except KeyError:
             return False
         return True
+
+    def _binding_permits(self, name: str, peer: Any, user: str | None) -> bool:
+        """allowed_submitters of binding ``name``: no key lets anyone who may relay."""
+        try:
+            policy = self.config.binding(name).base_settings.allowed_submitters
+        except KeyError:
+            return False
+        return policy is None or policy.permits(peer, user)
 
     async def _drain_inbound(self) -> None:
         """Let submitters in the middle of a transaction finish, within the grace period."""
@@ -342,14 +358,21 @@ class RelayService(service.MultiService):
     def reload(self) -> defer.Deferred[bool]:
         """Re-read the config file; apply it if valid. Fires True when applied."""
         filename = self.config.filename
-        d = threads.deferToThread(load_config, filename)
-        d.addCallbacks(self._apply, self._reload_failed, errbackArgs=(filename,))
+        d = threads.deferToThread(_load_with_credentials, filename)
+        d.addCallbacks(self._apply_loaded, self._reload_failed, errbackArgs=(filename,))
         return d
+
+    def _apply_loaded(self, loaded: tuple[Config, Credentials]) -> bool:
+        config, credentials = loaded
+        self._credentials = credentials
+        for name, value in _inbound_security(config, credentials).items():
+            setattr(self.inbound, name, value)
+        return self._apply(config)
 
     def _reload_failed(self, failure: Any, filename: str) -> bool:
         self.log.error(
             "config reload refused, keeping the running config: {error}",
-            error=str(failure.value) if failure.check(ConfigError, OSError)
+            error=str(failure.value) if failure.check(ConfigError, OSError, CredentialsError)
             else failure.getTraceback(),
             filename=filename,
         )
@@ -399,6 +422,23 @@ def _inbound_limits(config: Config) -> dict[str, Any]:
     }
 
 
+def _inbound_security(config: Config, credentials: Credentials) -> dict[str, Any]:
+    """The listener's TLS context, TLS policy and AUTH users, by attribute name."""
+    return {
+        "tls": credentials.tls,
+        "tls_required": config.service.inbound_tls is ListenTLSMode.REQUIRED,
+        "users": credentials.users,
+    }
+
+
+def _load_with_credentials(filename: str) -> tuple[Config, Credentials]:
+    """A reload's blocking part (in a thread): the config file, then the certificate,
+    key and users file it names; any error refuses the whole reload, so the relay keeps
+    running with the old config, certificate and users."""
+    config = load_config(filename)
+    return config, load_credentials(config.service)
+
+
 def _install_sighup(reactor: Any, reload: Callable[[], object]) -> Any:
     """Route SIGHUP to ``reload`` in the reactor thread; returns the previous handler."""
     if not hasattr(signal, "SIGHUP"):
@@ -417,7 +457,11 @@ def makeService(options: Options) -> RelayService:
     """The IServiceMaker entry point used by twistd/twist."""
     from twisted.internet import reactor
 
-    relay = RelayService(options["loaded"], reactor=reactor)
+    try:
+        relay = RelayService(options["loaded"], reactor=reactor)
+    except StartupError as e:  # e.g. an unusable listen_tls_cert or auth_users_file
+        print(f"hatwist: cannot start: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_CANNOT_START) from None
     relay.exit_on_startup_error = True
     return relay
 

@@ -92,7 +92,7 @@ async def test_pipelined_commands_in_one_write_get_replies_in_order(server_for):
         b"RCPT TO:<a@example.net>\r\nRCPT TO:<not-an-address>\r\nRCPT TO:<b@example.net>\r\n"
         b"DATA\r\n", 6)
     assert first[0].split("\n") == ["250-relay.test", "250-PIPELINING", f"250-SIZE {LIMIT}",
-                                    "250-8BITMIME", "250 ENHANCEDSTATUSCODES"]
+                                    "250-8BITMIME", "250-ENHANCEDSTATUSCODES", "250 SMTPUTF8"]
     assert [r[:9] for r in first[1:]] == ["250 2.1.0", "250 2.1.5", "501 5.1.3", "250 2.1.5",
                                           "354 End d"]
     # End of data, a whole second transaction and QUIT, all in one write.

@@ -117,7 +117,7 @@ async def test_a_client_that_never_reads_replies_costs_a_bounded_buffer_and_lose
     hostile.transport.resumeProducing()
     ehlo = b"250-relay.test\r\n250-PIPELINING\r\n250-SIZE 10000\r\n250-8BITMIME\r\n"
     expected = len(b"220 relay.test ESMTP hatwist\r\n") + lines * len(
-        ehlo + b"250 ENHANCEDSTATUSCODES\r\n")
+        ehlo + b"250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n")
     await eventually(lambda: hostile.received >= expected, f"{lines} EHLO replies")
     assert hostile.received == expected
     hostile.transport.loseConnection()

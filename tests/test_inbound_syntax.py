@@ -46,7 +46,8 @@ def test_paths_are_parsed_strictly(argument, parsed):
     (["SIZE=10001"], (552, "5.3.4")),
     (["SIZE=big"], (555, "5.5.4")),
     (["BODY=BINARYMIME"], (555, "5.5.4")),  # CHUNKING is not offered
-    (["SMTPUTF8"], (555, "5.5.4")),  # nor is SMTPUTF8
+    (["SMTPUTF8"], None),  # RFC 6531, advertised
+    (["SMTPUTF8=yes"], (555, "5.5.4")),  # it takes no value
     (["RET=HDRS"], (555, "5.5.4")),  # nor DSN
 ])
 def test_mail_accepts_only_the_parameters_ehlo_advertises(params, refusal):

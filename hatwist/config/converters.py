@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from hatwist.config.values import IPNetwork, RedisURL, ServerAddress, Throttle
+from hatwist.config.values import IPNetwork, RedisURL, ServerAddress, SubmitterPolicy, Throttle
 
 _E = TypeVar("_E", bound=enum.Enum)
 
@@ -312,3 +312,34 @@ def redis_url(text: str) -> RedisURL | None:
     if database and not (database.isascii() and database.isdigit()):
         raise ValueError(f"the database after the host must be a number, not {database!r}")
     return RedisURL(word)
+
+
+_USER = re.compile(r"[!-~]{1,64}\Z")
+
+
+def submitters(text: str) -> SubmitterPolicy:
+    """``allowed_submitters``: CIDRs and ``user:NAME`` entries (at least one)."""
+    items = split_list(text)
+    if not items:
+        raise ValueError("expected CIDRs and/or user:NAME entries, e.g. 10.0.0.0/8 user:alice")
+    nets: list[IPNetwork] = []
+    users: list[str] = []
+    for item in items:
+        if item[:5].lower() == "user:":
+            name = item[5:]
+            if not _USER.match(name) or ":" in name:
+                raise ValueError(f"{item!r} does not name a user (user:NAME)")
+            users.append(name)
+            continue
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(
+                f"{item!r} is neither a network in CIDR form nor user:NAME") from None
+    return SubmitterPolicy(tuple(nets), tuple(dict.fromkeys(users)))
+
+
+def file_path(text: str) -> str:
+    if not text.strip():
+        raise ValueError("expected a file path, not an empty value")
+    return text.strip()

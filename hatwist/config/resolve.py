@@ -131,6 +131,7 @@ class _Loader:
     def service(self, layer: Layer) -> ServiceSettings:
         values, origins = _first_set([layer], schema.Section.SERVICE)
         settings = ServiceSettings(**values)
+        self.check_listener_tls(settings, origins)
         if self._refused("listen", "status_listen"):
             return settings
         if settings.listen == settings.status_listen and settings.listen.port != 0:
@@ -143,6 +144,29 @@ class _Loader:
                 where.value_column,
             )
         return settings
+
+    def check_listener_tls(
+        self, settings: ServiceSettings, origins: Mapping[str, Setting | None]
+    ) -> None:
+        """STARTTLS needs both halves of the key pair; AUTH and ``required`` need TLS."""
+        if self._refused("listen_tls_cert", "listen_tls_key"):
+            return
+        has_cert = settings.listen_tls_cert is not None
+        needs = [
+            ("listen_tls_key", settings.listen_tls_key is not None and not has_cert,
+             "listen_tls_key is set without listen_tls_cert"),
+            ("listen_tls_cert", has_cert and settings.listen_tls_key is None,
+             "listen_tls_cert needs listen_tls_key (the certificate's private key)"),
+            ("listen_tls", settings.listen_tls is not None and not has_cert,
+             "listen_tls needs listen_tls_cert and listen_tls_key"),
+            ("auth_users_file", settings.auth_users_file is not None and not has_cert,
+             "auth_users_file needs listen_tls_cert and listen_tls_key: AUTH is offered "
+             "only over TLS"),
+        ]
+        for key, wrong, message in needs:
+            where = origins.get(key) or origins.get("listen_tls_cert")
+            if wrong and where is not None:
+                self.report(InconsistentSettingsError, message, where.line, where.value_column)
 
     def health(self, layer: Layer) -> HealthSettings:
         values, origins = _first_set([layer], schema.Section.HEALTH)

@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 
 from hatwist.config import converters as c
-from hatwist.config.values import HealthCheckMode, TLSMode
+from hatwist.config.values import HealthCheckMode, ListenTLSMode, TLSMode
 
 
 class Section(enum.Enum):
@@ -39,6 +39,7 @@ DEFAULT_BINDING = "default"
 _DELIVERY_SCOPES = frozenset({GLOBAL, GROUP, BINDING, DOMAIN})
 _GLOBAL_ONLY = frozenset({GLOBAL})
 _MODULE_ONLY = frozenset({MODULE})
+_BINDING_ONLY = frozenset({GROUP, BINDING})
 
 
 class NameRule(enum.Enum):
@@ -258,6 +259,24 @@ KEYS: tuple[Key, ...] = (
              "share max_connections and outbound_throttle_messages with every hatwist "
              "process using this Redis (rediss:// for TLS); while it is unreachable, each "
              "runs under its share of them", default_doc="limits are per process"),
+    # -- submitters from other hosts: STARTTLS and AUTH on the listener ----------------------
+    _service("listen_tls_cert", "listen_tls_cert", c.file_path, None, "path",
+             "PEM certificate (leaf first, then its chain) offered with STARTTLS on the "
+             "listener; re-read on SIGHUP", default_doc="no STARTTLS"),
+    _service("listen_tls_key", "listen_tls_key", c.file_path, None, "path",
+             "PEM private key of listen_tls_cert; re-read on SIGHUP",
+             default_doc="none (needed with listen_tls_cert)"),
+    _service("listen_tls", "listen_tls", c.choice(ListenTLSMode), None, "optional or required",
+             "optional: STARTTLS offered (TLS 1.2 or later); required: MAIL and AUTH get "
+             "530 5.7.0 before STARTTLS", default_doc="optional when listen_tls_cert is set"),
+    _service("auth_users_file", "auth_users_file", c.file_path, None, "path",
+             "user:bcrypt-hash lines; SMTP AUTH PLAIN and LOGIN over TLS against them lets a "
+             "client relay from any network; re-read on SIGHUP (a bad file keeps the old one)",
+             default_doc="no AUTH"),
+    Key("allowed_submitters", Section.DELIVERY, "allowed_submitters", _BINDING_ONLY,
+        c.submitters, None, "CIDR and user:NAME list",
+        "who may name this binding (X-Binding): clients from these networks or logged in as "
+        "these users; others get 550 5.7.1", default_doc="any client allowed to relay"),
     # -- what senders are told (issue 12) ---------------------------------------------------
     _delivery("delay_warning_time", "delay_warning_time", c.integer(0), 0, _SECONDS,
               "after this long in the queue the sender gets one \"delayed\" DSN listing the "
@@ -287,4 +306,6 @@ def where_allowed(key: Key) -> str:
         return "it is only allowed at the top level"
     if key.scopes == _MODULE_ONLY:
         return f"it belongs in the {MODULE} {{ ... }} block"
+    if key.scopes == _BINDING_ONLY:
+        return "it is only allowed in binding and binding_group scopes"
     return "it is allowed at the top level and in binding_group, binding and domain scopes"

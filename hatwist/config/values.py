@@ -25,6 +25,13 @@ class TLSMode(enum.Enum):
     NO = "no"
 
 
+class ListenTLSMode(enum.Enum):
+    """STARTTLS policy on the inbound listener (``listen_tls``)."""
+
+    OPTIONAL = "optional"  # offered; plaintext submission still works
+    REQUIRED = "required"  # MAIL and AUTH are refused (530 5.7.0) before STARTTLS
+
+
 class HealthCheckMode(enum.Enum):
     """How a proxy server is probed: a TCP connect, or a PROXY header plus the 220 banner."""
 
@@ -123,6 +130,30 @@ def probe_target(
 
 
 @attrs.frozen
+class SubmitterPolicy:
+    """Who may name a binding (``allowed_submitters``): client networks and user names.
+
+    A submitter matches when its address is inside one of ``networks`` or it logged in
+    (SMTP AUTH) as one of ``users``; either is enough.
+    """
+
+    networks: tuple[IPNetwork, ...] = ()
+    users: tuple[str, ...] = ()
+
+    def permits(
+        self, peer: ipaddress.IPv4Address | ipaddress.IPv6Address | None, user: str | None
+    ) -> bool:
+        if user is not None and user in self.users:
+            return True
+        return peer is not None and any(
+            peer.version == net.version and peer in net for net in self.networks
+        )
+
+    def __str__(self) -> str:
+        return " ".join([*(str(n) for n in self.networks), *(f"user:{u}" for u in self.users)])
+
+
+@attrs.frozen
 class ServiceSettings:
     """Process-wide settings: where hatwist listens, spools and whom it relays for."""
 
@@ -145,6 +176,17 @@ class ServiceSettings:
     status_idle_timeout: int = 15
     redis_url: RedisURL | None = None
     """Where limits are shared fleet-wide (see hatwist.shared); None: per process."""
+    listen_tls_cert: str | None = None  # PEM certificate (chain) for inbound STARTTLS
+    listen_tls_key: str | None = None  # PEM private key of listen_tls_cert
+    listen_tls: ListenTLSMode | None = None  # None: optional when a certificate is set
+    auth_users_file: str | None = None  # user:bcrypt-hash lines for SMTP AUTH
+
+    @property
+    def inbound_tls(self) -> ListenTLSMode | None:
+        """The effective STARTTLS policy of the listener; None when it offers no TLS."""
+        if self.listen_tls_cert is None:
+            return None
+        return self.listen_tls or ListenTLSMode.OPTIONAL
 
 
 @attrs.frozen
@@ -171,6 +213,7 @@ class DeliverySettings:
     outbound_throttle_messages: Throttle | None = None  # None: no throttle
     mx_address_limit: int = 5
     attempt_timeout: int = 600
+    allowed_submitters: SubmitterPolicy | None = None  # None: whoever may relay
     delay_warning_time: int = 0  # 0: no "delayed" DSN
 
     @property

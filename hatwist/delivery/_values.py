@@ -60,11 +60,14 @@ class Envelope:
 
     mail_from: str = attrs.field(validator=_check_sender)
     rcpt_to: tuple[str, ...] = attrs.field(converter=tuple, validator=_check_recipients)
+    smtputf8: bool = False
+    """Submitted with SMTPUTF8 (UTF-8 headers may need it even with ASCII addresses)."""
 
     @property
     def needs_smtputf8(self) -> bool:
-        """True when an address is not ASCII, so the peer must offer SMTPUTF8 (RFC 6531)."""
-        return not all(a.isascii() for a in (self.mail_from, *self.rcpt_to))
+        """True when the submitter asked for SMTPUTF8 or an address is not ASCII, so the
+        peer must offer SMTPUTF8 (RFC 6531)."""
+        return self.smtputf8 or not all(a.isascii() for a in (self.mail_from, *self.rcpt_to))
 
 
 def _check_code(instance: object, attribute: attrs.Attribute, value: int) -> None:

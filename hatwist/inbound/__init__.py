@@ -13,8 +13,15 @@ may pipeline as RFC 2920 allows.
 Promises:
   - a 250 for a message is sent only after L{Spool.store} fired (content, state
     and directory fsynced); a L{SpoolWriteError} gives C{452 4.3.1};
-  - only peers inside C{relay_from} may name recipients (others get
-    C{550 5.7.1} for every RCPT);
+  - only peers inside C{relay_from}, or clients that logged in with SMTP AUTH
+    (PLAIN or LOGIN, only over STARTTLS, L{hatwist.inbound._secure}), may name
+    recipients (others get C{550 5.7.1} for every RCPT);
+  - STARTTLS (TLS 1.2+) discards whatever was pipelined after it in plaintext;
+    with C{listen_tls = required} MAIL before it gets C{530 5.7.0};
+  - a binding whose C{allowed_submitters} does not list the submitter (by
+    address or user) refuses its message with C{550 5.7.1} naming the binding;
+  - SMTPUTF8 is advertised; a UTF-8 address needs MAIL's C{SMTPUTF8} parameter
+    (else C{553 5.6.7}), and the flag is spooled with the message;
   - every resource a peer can make us spend has a bound it cannot raise: a
     session stops reading while its replies are not read (so it holds at most
     about one socket buffer of input and of output), every command line is at
@@ -44,10 +51,14 @@ Stored content is the message exactly as received (dots unstuffed, CRLF line
 ends), minus X-Binding, plus our C{Received:} trace line on top.
 
 Layout: C{_syntax} (paths, parameters, X-Binding: pure), C{_data} (the DATA
-reader: pure), C{_admission} (connection slots: pure), C{_session} (the
-protocol) and C{_factory} (the listening factory).
+reader: pure), C{_admission} (connection slots: pure), C{_auth} (users file,
+SASL, failed-login throttle: pure but for the bcrypt check), C{_tls} (the
+certificate), C{_credentials} (both, loaded together), C{_secure} (STARTTLS and
+AUTH commands), C{_handoff} (end of DATA to the spool), C{_session} (the protocol)
+and C{_factory} (the listening factory).
 """
 
+from ._credentials import Credentials, CredentialsError, load_credentials
 from ._factory import (
     IDLE_TIMEOUT,
     JUNK_COMMAND_LIMIT,
@@ -70,7 +81,10 @@ __all__ = [
     "MAX_SESSIONS_PER_IP",
     "MAX_SESSIONS_UNLISTED",
     "BindingHeaderError",
+    "Credentials",
+    "CredentialsError",
     "InboundFactory",
     "InboundSession",
+    "load_credentials",
     "split_binding",
 ]

@@ -14,13 +14,15 @@ import ipaddress
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet import protocol
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet import protocol, threads
+from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
 
 from hatwist.spool import SpooledMessage
 
 from ._admission import Admission, Limits, Peer, Refused
+from ._auth import LoginThrottle, Users, check_password
 from ._session import InboundSession
+from ._tls import ServerTLS
 
 MAX_SESSIONS = 100
 """Sessions at once from peers inside relay_from: each may buffer a whole
@@ -31,6 +33,11 @@ IDLE_TIMEOUT = 300.0
 """RFC 5321 section 4.5.3.2: at least five minutes between commands."""
 JUNK_COMMAND_LIMIT = 100
 """Postfix's smtpd_junk_command_limit default."""
+MAX_PASSWORD_CHECKS = 2
+"""bcrypt checks running at once (each takes a core for tens of milliseconds or
+more): a flood of AUTH attempts cannot take every CPU or thread."""
+MAX_WAITING_CHECKS = 50
+"""Password checks queued behind those; one more gets 454 4.7.0 at once."""
 
 
 class InboundFactory(protocol.Factory):
@@ -55,6 +62,11 @@ class InboundFactory(protocol.Factory):
         C{421 4.7.0}.
     @param postmaster_address: where mail to the bare C{postmaster} goes (RFC
         5321 section 4.5.1); by default C{postmaster@HOSTNAME}.
+    @param tls: the STARTTLS context (L{ServerTLS}); None offers no STARTTLS.
+    @param tls_required: refuse MAIL with C{530 5.7.0} before STARTTLS.
+    @param users: the AUTH users (L{Users}); None offers no AUTH.
+    @param binding_permits: C{(binding, peer, user) -> bool}: whether that
+        submitter may name that binding (C{allowed_submitters}).
     """
 
     def __init__(self, *, spool: Any,
@@ -65,7 +77,12 @@ class InboundFactory(protocol.Factory):
                  max_sessions_per_ip: int = MAX_SESSIONS_PER_IP,
                  max_sessions_unlisted: int = MAX_SESSIONS_UNLISTED,
                  junk_command_limit: int = JUNK_COMMAND_LIMIT,
-                 postmaster_address: str | None = None) -> None:
+                 postmaster_address: str | None = None, tls: ServerTLS | None = None,
+                 tls_required: bool = False, users: Users | None = None,
+                 binding_permits: Callable[[str, Peer, str | None], bool] | None = None,
+                 login_throttle: LoginThrottle | None = None,
+                 max_password_checks: int = MAX_PASSWORD_CHECKS,
+                 max_waiting_checks: int = MAX_WAITING_CHECKS) -> None:
         if max_message_size <= 0:
             raise ValueError("max_message_size must be positive")
         self.spool = spool
@@ -81,6 +98,13 @@ class InboundFactory(protocol.Factory):
         self.max_sessions_unlisted = max_sessions_unlisted
         self.junk_command_limit = junk_command_limit
         self._postmaster = postmaster_address
+        self.tls = tls
+        self.tls_required = tls_required
+        self.users = users
+        self.binding_permits = binding_permits or (lambda binding, peer, user: True)
+        self.login_throttle = LoginThrottle() if login_throttle is None else login_throttle
+        self.max_waiting_checks = max_waiting_checks
+        self._checks = DeferredSemaphore(max_password_checks)
         self.sessions: set[InboundSession] = set()
         """Open sessions, for a graceful shutdown to wait on (L{when_idle})."""
         self.admission = Admission()
@@ -97,6 +121,18 @@ class InboundFactory(protocol.Factory):
     @property
     def limits(self) -> Limits:
         return Limits(self.max_sessions, self.max_sessions_per_ip, self.max_sessions_unlisted)
+
+    @property
+    def password_checks_waiting(self) -> int:
+        """Password checks queued for a thread now (not counting those running)."""
+        return len(self._checks.waiting)
+
+    def run_password_check(self, users: Users | None, user: str,
+                           password: bytes) -> Deferred[bool]:
+        """Check a password in a thread, at most C{max_password_checks} at once."""
+        if users is None:
+            return succeed(False)
+        return self._checks.run(threads.deferToThread, check_password, users, user, password)
 
     def buildProtocol(self, addr: Any) -> InboundSession:
         return InboundSession(self)

@@ -18,26 +18,24 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import protocol
-from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from hatwist.spool import SpooledMessage, SpoolWriteError
-
 from ._admission import Peer, peer_of
-from ._data import DataReader, Step, judge_message
+from ._data import DataReader, Step
+from ._handoff import SpoolHandoff
+from ._secure import SecureCommands
 from ._syntax import (
-    Refusal,
     address_problem,
     check_mail_parameters,
     is_mailbox,
     is_postmaster,
     parse_path,
     printable,
-    received_field,
+    wants_smtputf8,
 )
 
 if TYPE_CHECKING:
@@ -51,7 +49,7 @@ CLOSE_GRACE = 10.0
 """Seconds a closing session has to flush its last replies; a peer that reads none
 of them is cut off then, so a session we closed never keeps its slot."""
 
-NOT_IMPLEMENTED = frozenset({"STARTTLS", "AUTH", "BDAT", "EXPN", "ETRN", "TURN", "HELP"})
+NOT_IMPLEMENTED = frozenset({"BDAT", "EXPN", "ETRN", "TURN", "HELP"})
 JUNK = frozenset({"NOOP", "RSET", "VRFY"})
 """Commands that move no mail (Postfix's smtpd_junk_command_limit counts NOOP,
 VRFY, ETRN and RSET); unknown and unimplemented verbs and a repeated HELO/EHLO
@@ -59,7 +57,7 @@ count too.  They never restart the idle timer."""
 
 
 @implementer(IPushProducer)
-class InboundSession(protocol.Protocol, TimeoutMixin):
+class InboundSession(SecureCommands, SpoolHandoff, protocol.Protocol, TimeoutMixin):
     """One submitter's connection: commands, then DATA, then the spool."""
 
     log = Logger()
@@ -81,12 +79,16 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
         self._relay_allowed = False
         self._abort_call: Any = None
         self._lost = False
+        self._tls_active = False
+        self._user: str | None = None
+        self._sasl: Any = None  # the handler of the next line (a SASL answer), if any
         self._reset()
 
     def _reset(self) -> None:
         self._mail_from: str | None = None
         self._rcpts: list[str] = []
         self._data = None
+        self._smtputf8 = False
 
     @property
     def peer(self) -> Peer:
@@ -94,7 +96,14 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
 
     @property
     def relay_allowed(self) -> bool:
+        """Whether the peer's address is inside relay_from (fixed for the session: it
+        decides the admission pool)."""
         return self._relay_allowed
+
+    @property
+    def may_relay(self) -> bool:
+        """Inside relay_from, or logged in: an authenticated client relays from anywhere."""
+        return self._relay_allowed or self._user is not None
 
     @property
     def waiting_for_reader(self) -> bool:
@@ -227,7 +236,10 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
                 line, self._at = buffer[at:end + 1], end + 1
                 if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
                     return self._bare_newline(line)
-                self._command(line[:-2])
+                if self._sasl is not None:
+                    self._sasl_line(line[:-2])
+                else:
+                    self._command(line[:-2])
         finally:
             self._buffer, self._at = self._buffer[self._at:], 0
 
@@ -262,11 +274,13 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
 
     def _command(self, line: bytes) -> None:
         try:
-            text = line.decode("ascii")
+            text = line.decode("utf-8")
         except UnicodeDecodeError:
-            return self._error(500, "5.5.2", "Error: 8-bit command (SMTPUTF8 not offered)")
+            return self._error(500, "5.5.2", "Error: command is not UTF-8")
         verb, _, argument = text.partition(" ")
         verb = verb.upper()
+        if not text.isascii() and verb not in ("MAIL", "RCPT"):
+            return self._error(500, "5.5.2", "Error: 8-bit text outside an address")
         handler = getattr(self, "smtp_" + verb, None) if verb.isalpha() else None
         junk = verb in JUNK or handler is None or (verb in ("EHLO", "HELO") and bool(self._helo))
         if junk and self._too_much_junk():
@@ -295,7 +309,7 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
         if not extended:
             return self._reply(250, None, self.factory.hostname)
         lines = [self.factory.hostname, "PIPELINING", f"SIZE {self.factory.max_message_size}",
-                 "8BITMIME", "ENHANCEDSTATUSCODES"]
+                 "8BITMIME", *self._extension_lines(), "ENHANCEDSTATUSCODES", "SMTPUTF8"]
         out = [f"250-{line}\r\n" for line in lines[:-1]] + [f"250 {lines[-1]}\r\n"]
         if not self._closing:
             self.transport.write("".join(out).encode("ascii"))
@@ -308,6 +322,8 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
             return self._error(503, "5.5.1", "Error: send HELO/EHLO first")
         if self._mail_from is not None:
             return self._error(503, "5.5.1", "Error: nested MAIL command")
+        if self._tls_refusal():
+            return
         path = parse_path("FROM:", argument)
         if path is None or (path[0] and not is_mailbox(path[0])):
             return self._error(501, "5.1.7", "Bad sender address syntax")
@@ -318,8 +334,13 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
         refusal = check_mail_parameters(params, self.factory.max_message_size)
         if refusal is not None:
             return self._error(refusal.code, refusal.enhanced, refusal.text)
+        smtputf8 = wants_smtputf8(params)
+        if not address.isascii() and not smtputf8:
+            return self._error(553, "5.6.7", "Error: a UTF-8 address needs MAIL FROM:<...> "
+                               "SMTPUTF8")
         self._mail_from = address
-        if self._relay_allowed:  # outside relay_from, MAIL leads nowhere
+        self._smtputf8 = smtputf8
+        if self.may_relay:  # outside relay_from and not logged in, MAIL leads nowhere
             self._useful()
         self._reply(250, "2.1.0", "Ok")
 
@@ -337,7 +358,10 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
             return self._error(501, "5.1.3", f"Bad recipient address syntax: {problem}")
         if params:
             return self._error(555, "5.5.4", f"Unsupported option: {printable(params[0])}")
-        if not self._relay_allowed:
+        if not address.isascii() and not self._smtputf8:
+            return self._error(553, "5.6.7", "Error: a UTF-8 address needs MAIL FROM:<...> "
+                               "SMTPUTF8")
+        if not self.may_relay:
             self.log.info("relay denied: {peer} -> {rcpt}", peer=str(self._peer), rcpt=address)
             return self._error(550, "5.7.1", f"<{printable(address, 256)}>: Relay access denied")
         if len(self._rcpts) >= MAX_RECIPIENTS:
@@ -369,53 +393,6 @@ class InboundSession(protocol.Protocol, TimeoutMixin):
 
     def smtp_QUIT(self, argument: str) -> None:
         self._close(221, "2.0.0", "Bye")
-
-    # -- end of DATA -----------------------------------------------------
-
-    def _end_of_data(self, reader: DataReader) -> None:
-        self._data = None
-        verdict = judge_message(reader, self.factory.binding_exists)
-        if isinstance(verdict, Refusal):
-            self.log.info("refused a message from {peer}: {code} {enhanced} {text}",
-                          peer=str(self._peer), code=verdict.code, enhanced=verdict.enhanced,
-                          text=verdict.text)
-            return self._refuse(verdict.code, verdict.enhanced, verdict.text)
-        self._busy = True
-        self.setTimeout(None)
-        self._update_reading()
-        mail_from, rcpts = self._mail_from, tuple(self._rcpts)
-        trace = received_field(helo=self._helo, peer=self._peer,
-                               hostname=self.factory.hostname,
-                               date=self.factory.reactor.seconds())
-        d = maybeDeferred(self.factory.spool.store, verdict.binding, mail_from, rcpts,
-                          trace + verdict.content)
-        d.addCallbacks(self._stored, self._not_stored)
-        d.addBoth(self._resume)
-
-    def _refuse(self, code: int, enhanced: str, text: str) -> None:
-        """Refuse the message just received; the session goes on, ready for MAIL."""
-        self._reset()
-        self._reply(code, enhanced, text)
-
-    def _stored(self, message: SpooledMessage) -> None:
-        self._junk = 0  # a session that delivers mail is not idling
-        self._reply(250, "2.0.0", f"Ok: queued as {message.id}")
-        self.log.info("accepted {id} from {peer}: binding {binding}, {size} bytes, "
-                      "{count} recipients", id=message.id, peer=str(self._peer),
-                      binding=message.binding, size=message.size,
-                      count=len(message.recipients))
-        try:  # spooled is spooled: hand it on even if the client is gone
-            self.factory.on_accepted(message)
-        except Exception:
-            self.log.failure("on_accepted failed for {id}", id=message.id)
-
-    def _not_stored(self, failure: Failure) -> None:
-        if failure.check(SpoolWriteError):
-            self.log.error("spool write failed: {error}", error=failure.value)
-            self._reply(452, "4.3.1", "Insufficient system storage")
-        else:
-            self.log.failure("spool store failed", failure)
-            self._reply(451, "4.3.0", "Local error in processing")
 
     def _resume(self, _: object) -> None:
         self._busy = False

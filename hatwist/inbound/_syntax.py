@@ -18,6 +18,7 @@ import attrs
 from hatwist.config.converters import binding_name
 
 BINDING_HEADER = b"x-binding"
+SMTPUTF8 = "SMTPUTF8"
 _PATH = re.compile(r"\A<(?:@[^:<>]*:)?([^<>\s]*)>(?:\s+(.*))?\Z")
 _FIELD_NAME = re.compile(rb"\A[!-9;-~]+\Z")
 _BODY_TYPES = ("7BIT", "8BITMIME")
@@ -81,13 +82,13 @@ def address_problem(address: str) -> str | None:
     each DNS label 63 octets, empty labels).  Address literals (``[...]``) are
     passed on as they are.
     """
-    if any(c < " " or c == "\x7f" for c in address):
+    if any(c < " " or "\x7f" <= c <= "\x9f" for c in address):
         return "control character in address"
     local, _, domain = address.rpartition("@")
-    if len(local) > MAX_LOCAL_PART:
+    if len(local.encode("utf-8")) > MAX_LOCAL_PART:  # octets: UTF-8 counts (RFC 6531)
         return f"local part over {MAX_LOCAL_PART} octets"
     problem = _literal_problem(domain) if domain.startswith("[") else _domain_problem(domain)
-    if problem is None and len(address) + 2 > MAX_PATH:
+    if problem is None and len(address.encode("utf-8")) + 2 > MAX_PATH:
         return f"path over {MAX_PATH} octets"
     return problem
 
@@ -97,10 +98,10 @@ def _literal_problem(domain: str) -> str | None:
 
 
 def _domain_problem(domain: str) -> str | None:
-    if len(domain) > MAX_DOMAIN:
+    if len(domain.encode("utf-8")) > MAX_DOMAIN:
         return f"domain over {MAX_DOMAIN} octets"
     labels = (domain[:-1] if domain.endswith(".") else domain).split(".")
-    if any(len(label) > MAX_LABEL for label in labels):
+    if any(len(label.encode("utf-8")) > MAX_LABEL for label in labels):
         return f"DNS label over {MAX_LABEL} octets"
     if "" in labels:
         return "empty DNS label"
@@ -110,12 +111,14 @@ def _domain_problem(domain: str) -> str | None:
 def check_mail_parameters(params: list[str], max_message_size: int) -> Refusal | None:
     """
     Why MAIL's parameters are refused, or None.  Only what the EHLO answer
-    advertises is accepted: ``SIZE`` (checked against the limit) and
-    ``BODY=7BIT|8BITMIME``.
+    advertises is accepted: ``SIZE`` (checked against the limit),
+    ``BODY=7BIT|8BITMIME`` and ``SMTPUTF8`` (RFC 6531, no value).
     """
     for param in params:
-        key, _, value = param.partition("=")
+        key, equals, value = param.partition("=")
         key = key.upper()
+        if key == SMTPUTF8 and not equals:
+            continue
         if key == "SIZE" and value.isdigit():
             if int(value) > max_message_size:
                 return Refusal(552, "5.3.4", "Message size exceeds fixed limit")
@@ -124,11 +127,17 @@ def check_mail_parameters(params: list[str], max_message_size: int) -> Refusal |
     return None
 
 
+def wants_smtputf8(params: list[str]) -> bool:
+    """Whether MAIL asked for SMTPUTF8 (RFC 6531 section 3.4)."""
+    return any(param.upper() == SMTPUTF8 for param in params)
+
+
 def received_field(*, helo: str | None,
                    peer: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
-                   hostname: str, date: float) -> bytes:
+                   hostname: str, date: float, protocol: str = "ESMTP") -> bytes:
     """Our C{Received:} trace field (RFC 5321 section 4.4), the peer as an
-    address literal (C{[IPv6:...]} for IPv6, section 4.1.3)."""
+    address literal (C{[IPv6:...]} for IPv6, section 4.1.3); ``protocol`` is the
+    RFC 3848 / RFC 6531 C{with} keyword (ESMTPS, ESMTPSA, UTF8SMTPS...)."""
     if peer is None:
         literal = "[unknown]"
     elif peer.version == 6:
@@ -136,7 +145,7 @@ def received_field(*, helo: str | None,
     else:
         literal = f"[{peer}]"
     return (f"Received: from {helo} ({literal})\r\n"
-            f"\tby {hostname} (hatwist) with ESMTP;\r\n"
+            f"\tby {hostname} (hatwist) with {protocol};\r\n"
             f"\t{formatdate(date)}\r\n").encode("ascii")
 
 

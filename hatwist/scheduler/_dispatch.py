@@ -237,7 +237,8 @@ class Dispatcher:
         self, content: bytes | None, entry: Entry, domain: str, recipients: tuple[str, ...]
     ) -> defer.Deferred:
         message = entry.message
-        envelope = Envelope(mail_from=message.mail_from, rcpt_to=recipients)
+        envelope = Envelope(mail_from=message.mail_from, rcpt_to=recipients,
+                            smtputf8=message.smtputf8)
         if content is not None:
             outbound = OutboundMessage(
                 id=message.id, binding=message.binding, domain=domain, envelope=envelope,

@@ -227,9 +227,10 @@ class Spool:
             d.errback(error)
 
     def store(self, binding: str, mail_from: str, rcpt_to: Sequence[str],
-              content: bytes) -> Deferred[SpooledMessage]:
+              content: bytes, *, smtputf8: bool = False) -> Deferred[SpooledMessage]:
         """Spool a new message; fires with it once committed (fsynced), or fails
-        with L{SpoolWriteError} having written nothing of it."""
+        with L{SpoolWriteError} having written nothing of it.  C{smtputf8}: the
+        submitter asked for SMTPUTF8 (RFC 6531), so delivery must too."""
         if not rcpt_to:
             raise ValueError("a message needs at least one recipient")
         now = self._reactor.seconds()
@@ -237,7 +238,7 @@ class Spool:
             # One copy of each binding name however many messages the scheduler holds.
             id=self._new_id(now), binding=sys.intern(binding), mail_from=mail_from,
             recipients=new_recipients(rcpt_to), received_at=now, attempts=0,
-            next_attempt_at=now, size=len(content),
+            next_attempt_at=now, size=len(content), smtputf8=smtputf8,
         )
         return self._write(Store(message, bytes(content))).addCallback(lambda _: message)
 

@@ -61,6 +61,9 @@ class SpooledMessage:
     next_attempt_at: float
     size: int
     """Length of the content in bytes, checked against the file at recovery."""
+    smtputf8: bool = False
+    """Submitted with MAIL FROM:<...> SMTPUTF8 (RFC 6531): delivered only to an MX
+    that offers SMTPUTF8.  Defaulted, so state files written before it still load."""
     delay_warned: bool = False
     """A "delayed" DSN (``delay_warning_time``) is spooled for it: one per message."""
 
@@ -91,6 +94,8 @@ def encode(message: SpooledMessage) -> bytes:
         ],
         "version": FORMAT_VERSION,
     }
+    if message.smtputf8:  # written only when set: most messages need no SMTPUTF8
+        body["smtputf8"] = True
     # The scheduler's DSN marks are written only when set: a state without them reads
     # as it always did.
     if message.delay_warned:
@@ -153,6 +158,8 @@ def _check(message: SpooledMessage) -> None:
         (message.received_at, (int, float)), (message.next_attempt_at, (int, float)),
         (message.attempts, int), (message.size, int),
     )
+    if not isinstance(message.smtputf8, bool):
+        raise CorruptEntry(f"field has the wrong type: {message.smtputf8!r}")
     if not ID_PATTERN.match(message.id):
         raise CorruptEntry(f"bad message id {message.id!r}")
     if not message.recipients:

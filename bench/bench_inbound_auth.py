@@ -1,0 +1,142 @@
+"""
+What SMTP AUTH costs the listener: logins per second, and how long a NOOP from another
+session waits while logins are being checked, for a few ``max_password_checks`` values.
+Prints a table.
+
+Run (from the checkout with PYTHONPATH=.):
+    python3 bench/bench_inbound_auth.py [--logins 40] [--cost 10] [--checks 1,2,4]
+
+Each login is a real client session over loopback: connect, EHLO, STARTTLS, EHLO, AUTH
+PLAIN (a right password), QUIT, ``--logins`` of them at once. bcrypt is CPU-heavy on
+purpose (the script prints what one check costs on the machine), so it runs in threads, at most
+``max_password_checks`` at once; the NOOP column shows whether the reactor thread stays
+responsive meanwhile (a NOOP is answered by the reactor alone: if a check ran on it, the
+NOOP would wait for whole bcrypt runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import statistics
+import tempfile
+import time
+
+import bcrypt
+from twisted.internet import defer, endpoints, protocol, task
+
+from hatwist.inbound import InboundFactory
+from hatwist.inbound._auth import parse_users
+from hatwist.inbound._tls import load_server_tls
+from hatwist.lab.certs import shared_ca
+
+PASSWORD = b"bench-password"
+
+
+class _Client(protocol.Protocol):
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.waiting: tuple[int, defer.Deferred] | None = None
+        self.replies = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\r\n", 1)
+            if line[3:4] != b"-":
+                self.replies += 1
+        if self.waiting and self.replies >= self.waiting[0]:
+            d, self.waiting = self.waiting[1], None
+            d.callback(None)
+
+    def send(self, data: bytes, replies: int) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self.waiting = (self.replies + replies, d)
+        self.transport.write(data)
+        return d
+
+
+async def _session(reactor, port: int) -> _Client:
+    endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    client = await endpoints.connectProtocol(endpoint, _Client())
+    if client.replies < 1:
+        await client.send(b"", 1)
+    return client
+
+
+async def _login(reactor, port: int) -> None:
+    client = await _session(reactor, port)
+    await client.send(b"EHLO bench\r\nSTARTTLS\r\n", 2)
+    client.transport.startTLS(shared_ca().client_options("relay.bench"))
+    token = base64.b64encode(b"\0alice\0" + PASSWORD)
+    await client.send(b"EHLO bench\r\nAUTH PLAIN " + token + b"\r\n", 2)
+    client.transport.loseConnection()
+
+
+async def _noops(reactor, port: int, stop: list[bool]) -> list[float]:
+    client = await _session(reactor, port)
+    waits = []
+    while not stop[0]:
+        started = time.perf_counter()
+        await client.send(b"NOOP\r\n", 1)
+        waits.append(time.perf_counter() - started)
+        await task.deferLater(reactor, 0.005)
+    client.transport.loseConnection()
+    return waits
+
+
+async def _row(reactor, logins: int, checks: int, users, tls) -> tuple:
+    factory = InboundFactory(
+        spool=None, relay_from=(), max_message_size=1000, hostname="relay.bench",
+        binding_exists=lambda name: True, on_accepted=lambda m: None, reactor=reactor,
+        tls=tls, users=users, max_password_checks=checks, max_sessions_unlisted=logins + 1,
+        max_sessions_per_ip=logins + 1, junk_command_limit=10**6,
+    )
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    number = port.getHost().port
+    stop = [False]
+    noops = defer.ensureDeferred(_noops(reactor, number, stop))
+    started = time.perf_counter()
+    await defer.gatherResults([defer.ensureDeferred(_login(reactor, number))
+                               for _ in range(logins)])
+    elapsed = time.perf_counter() - started
+    stop[0] = True
+    waits = sorted(await noops)
+    await port.stopListening()
+    p99 = waits[min(len(waits) - 1, int(len(waits) * 0.99))]
+    return (checks, logins, f"{elapsed:.2f}", f"{logins / elapsed:.1f}",
+            f"{statistics.median(waits) * 1000:.1f}", f"{p99 * 1000:.1f}")
+
+
+async def main(reactor, args) -> None:
+    directory = tempfile.mkdtemp(prefix="bench-auth-")
+    cert = shared_ca().issue("relay.bench")
+    cert_path, key_path = os.path.join(directory, "c.pem"), os.path.join(directory, "k.pem")
+    with open(cert_path, "wb") as f:
+        f.write(cert.cert_pem)
+    with open(key_path, "wb") as f:
+        f.write(cert.key_pem)
+    tls = load_server_tls(cert_path, key_path)
+    hashed = bcrypt.hashpw(PASSWORD, bcrypt.gensalt(args.cost)).decode()
+    users = parse_users(f"alice:{hashed}\n", "bench")
+    started = time.perf_counter()
+    bcrypt.checkpw(PASSWORD, hashed.encode())
+    one = time.perf_counter() - started
+    print(f"bcrypt cost {args.cost}: one check {one * 1000:.0f} ms; {os.cpu_count()} CPUs")
+    header = ("checks at once", "logins", "seconds", "logins/s", "NOOP p50 ms", "NOOP p99 ms")
+    rows = [header]
+    for checks in args.checks:
+        rows.append(await _row(reactor, args.logins, checks, users, tls))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(str(v).rjust(w) for v, w in zip(row, widths, strict=True)))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--logins", type=int, default=40)
+    parser.add_argument("--cost", type=int, default=10)
+    parser.add_argument("--checks", type=lambda t: [int(x) for x in t.split(",")],
+                        default=[1, 2, 4])
+    task.react(lambda reactor: defer.ensureDeferred(main(reactor, parser.parse_args())))
