@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hatwist import _cli_check, _cli_demo, _cli_lab, _cli_status
+from hatwist import _cli_check, _cli_demo, _cli_lab, _cli_queue, _cli_status
 
 _COMMANDS = (
-    _cli_check.register, _cli_status.register, _cli_demo.register, _cli_lab.register,
+    _cli_check.register, _cli_status.register, _cli_queue.register, _cli_demo.register,
+    _cli_lab.register,
 )
 
 

@@ -35,6 +35,7 @@ from hatwist._descriptors import check_descriptor_limit
 from hatwist._logging import buffer_logs_of
 from hatwist.config import Config, ConfigError, ServerAddress, load_config
 from hatwist.config.values import ListenTLSMode
+from hatwist.control import ControlError, ControlService, QueueHandler
 from hatwist.delivery.attempt import DeliveryAgent
 from hatwist.health import HealthChecker, ServerRegistry, make_probe
 from hatwist.inbound import Credentials, CredentialsError, InboundFactory, load_credentials
@@ -230,6 +231,10 @@ class RelayService(service.MultiService):
             limits=self.limits,
         )
         self.scheduler.setServiceParent(self)
+        # hatwist queue: the control socket, as the running user, once the scheduler runs.
+        self.control = ControlService(config.service.control_socket_path,
+                                      QueueHandler(self.scheduler), reactor=reactor)
+        self.control.setServiceParent(self)
 
         # Delivery counts come from the agent's one log event per attempt, so the agent
         # knows nothing of metrics; the observer is added while the service runs.
@@ -326,7 +331,14 @@ class RelayService(service.MultiService):
         globalLogPublisher.addObserver(self.deliveries)
         globalLogPublisher.addObserver(self.history)
         check_descriptor_limit(self.config.service, len(self.config.proxy_servers))
-        super().startService()
+        try:
+            super().startService()
+        except ControlError as e:  # one line naming the key, like a taken listen address
+            if not self.exit_on_startup_error:
+                raise
+            self.log.critical("cannot start: {error}", error=str(e))
+            print(f"hatwist: cannot start: {e}", file=sys.stderr)
+            raise SystemExit(EXIT_CANNOT_START) from None
         self._previous_hup = _install_sighup(self.reactor, self.reload)
 
     def stopService(self) -> defer.Deferred[None]:
@@ -382,7 +394,7 @@ class RelayService(service.MultiService):
         running = self._started_service
         for key in (
             "listen", "status_listen", "spool_dir", "resolver", "max_deliveries_in_flight",
-            "hostname", "redis_url",
+            "hostname", "redis_url", "control_socket",
         ):
             if getattr(running, key) != getattr(config.service, key):
                 self.log.warn(

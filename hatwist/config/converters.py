@@ -268,6 +268,20 @@ def path(text: str) -> str:
     return text.strip()
 
 
+#: The longest path a UNIX socket can bind to on Linux (sun_path holds 108 bytes).
+MAX_SOCKET_PATH = 107
+
+
+def socket_path(text: str) -> str:
+    """A path for a UNIX socket: not empty, and short enough for ``sun_path``."""
+    value = text.strip()
+    if not value:
+        raise ValueError("expected a socket path, not an empty value")
+    if len(value.encode("utf-8")) > MAX_SOCKET_PATH:
+        raise ValueError(f"a UNIX socket path is at most {MAX_SOCKET_PATH} bytes long")
+    return value
+
+
 def mailbox(text: str) -> str:
     """An address ``local@domain`` (the domain a host name, lower-cased)."""
     local, at, domain = text.strip().rpartition("@")

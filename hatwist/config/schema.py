@@ -277,6 +277,10 @@ KEYS: tuple[Key, ...] = (
         c.submitters, None, "CIDR and user:NAME list",
         "who may name this binding (X-Binding): clients from these networks or logged in as "
         "these users; others get 550 5.7.1", default_doc="any client allowed to relay"),
+    # -- queue management (issue 15) ----------------------------------------------------------
+    _service("control_socket", "control_socket", c.socket_path, None, "path",
+             "UNIX socket (mode 0600) where the relay answers hatwist queue",
+             default_doc="spool_dir/control.sock"),
     # -- what senders are told (issue 12) ---------------------------------------------------
     _delivery("delay_warning_time", "delay_warning_time", c.integer(0), 0, _SECONDS,
               "after this long in the queue the sender gets one \"delayed\" DSN listing the "

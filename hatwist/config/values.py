@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import os
 from typing import Union
 from urllib.parse import urlsplit, urlunsplit
 
@@ -129,6 +130,10 @@ def probe_target(
     return target if target.ip_version in (None, family) else None
 
 
+#: The control socket's file name in spool_dir when ``control_socket`` is not set.
+CONTROL_SOCKET_NAME = "control.sock"
+
+
 @attrs.frozen
 class SubmitterPolicy:
     """Who may name a binding (``allowed_submitters``): client networks and user names.
@@ -180,6 +185,7 @@ class ServiceSettings:
     listen_tls_key: str | None = None  # PEM private key of listen_tls_cert
     listen_tls: ListenTLSMode | None = None  # None: optional when a certificate is set
     auth_users_file: str | None = None  # user:bcrypt-hash lines for SMTP AUTH
+    control_socket: str | None = None  # None: control.sock in spool_dir
 
     @property
     def inbound_tls(self) -> ListenTLSMode | None:
@@ -187,6 +193,13 @@ class ServiceSettings:
         if self.listen_tls_cert is None:
             return None
         return self.listen_tls or ListenTLSMode.OPTIONAL
+
+    @property
+    def control_socket_path(self) -> str:
+        """Where the control socket lives (``hatwist queue`` finds it the same way)."""
+        if self.control_socket is not None:
+            return self.control_socket
+        return os.path.join(self.spool_dir, CONTROL_SOCKET_NAME)
 
 
 @attrs.frozen

@@ -60,7 +60,9 @@ attempt's results or an expiry do), ``_proxy`` (the reactions to proxy state
 changes), ``_bounce`` and ``_notices`` (what a sender is owed, and the DSNs
 at the end of each pass), ``_finish`` (the last bounce, then the removal),
 ``_retime`` (a reload's new due times), ``_recovery`` (the start-up read in
-batches) and ``_service`` (the :class:`Scheduler`: the glue).
+batches), ``_queue_view`` and ``_operations`` (what ``hatwist queue`` reads and
+does: list, show, flush, hold, release, delete, bounce) and ``_service`` (the
+:class:`Scheduler`: the glue).
 """
 
 from ._ledger import SAVE_RETRY_DELAY

@@ -135,6 +135,20 @@ class Dispatcher:
     def running(self) -> list[defer.Deferred]:
         return list(self._in_flight.values())
 
+    def parts_in_flight(self) -> list[Part]:
+        """The parts whose attempts are running (at most ``max_in_flight``)."""
+        return list(self._in_flight)
+
+    def attempting(self, part: Part) -> bool:
+        """Whether an attempt of ``part`` is running (for ``hatwist queue``)."""
+        return part in self._in_flight
+
+    def cancel(self, part: Part) -> None:
+        """Cancel the running attempt of ``part``, if any (a deleted message)."""
+        d = self._in_flight.get(part)
+        if d is not None:
+            d.cancel()
+
     def cancel_all(self) -> None:
         for d in list(self._in_flight.values()):
             d.cancel()

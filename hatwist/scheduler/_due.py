@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
@@ -99,6 +99,23 @@ class DueHeap:
             return None
         return heap[0][2]
 
+    def parts(self, key: QueueKey) -> Iterator[Part]:
+        """The parts of queue ``key`` waiting here (in heap order, not sorted), for
+        ``hatwist queue list``: one pass over that queue's heap, no other queue's."""
+        return (item[2] for item in self._heaps.get(key, ()) if item[2].heap_seq == item[1])
+
+    def take(self, key: QueueKey) -> list[Part]:
+        """Take every part of queue ``key`` out (``hatwist queue flush``): they are
+        no longer waiting, in due order.  One pass over that queue's heap."""
+        heap = self._heaps.pop(key, None)
+        self._top_at.pop(key, None)  # its entries in the top heap are superseded now
+        if heap is None:
+            return []
+        parts = [item[2] for item in sorted(heap) if _alive(item)]
+        for part in parts:
+            part.heap_seq = None
+        self._arm()
+        return parts
     def retime(
         self, due_of: Callable[[Part], float], changed: Callable[[QueueKey], bool]
     ) -> None:

@@ -9,6 +9,12 @@ each (binding, domain) -- pending recipients, what /status and /metrics show
 million messages.  A queue key is one shared tuple (and so one domain string)
 per queue, not one per part.
 
+Held messages (``hatwist queue hold``) stay in the ledger and in their queue's
+depth, but :meth:`Ledger.current` calls their parts stale, so whatever holds one
+(a queue's line, the due heap) skips it: a held message is never attempted and
+never expires.  They are also kept apart (:meth:`Ledger.held`), so listing them
+costs O(held), not O(messages).
+
 Saving: :meth:`Ledger.write` hands the state to the spool; if that fails it is
 written again every ``SAVE_RETRY_DELAY`` seconds until it is on disk, since a
 crash meanwhile would deliver its delivered recipients a second time.
@@ -17,7 +23,7 @@ crash meanwhile would deliver its delivered recipients a second time.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -45,6 +51,9 @@ class Entry:
     """The parts still to deliver, one per domain (a tuple: most messages have one)."""
     finishing: bool = False
     """Its bounce and removal are under way: nothing else may write it down."""
+    held: bool = False
+    """Held by the operator (``hatwist queue hold``): its parts count as stale, so
+    nothing starts or expires it until it is released."""
 
     def part(self, domain: str) -> Part | None:
         """The current part for ``domain``, if any."""
@@ -110,6 +119,7 @@ class Ledger:
         self._depths: dict[QueueKey, int] = {}
         self._keys: dict[QueueKey, QueueKey] = {}
         self._resave: dict[Entry, IDelayedCall] = {}
+        self._held: dict[str, Entry] = {}
         self.stopping = False
 
     def __len__(self) -> int:
@@ -120,6 +130,25 @@ class Ledger:
 
     def get(self, message_id: str) -> Entry | None:
         return self._entries.get(message_id)
+
+    def entries(self) -> Iterator[Entry]:
+        """Every entry, oldest taken first (for ``hatwist queue list``: stop early)."""
+        return iter(self._entries.values())
+
+    def held(self) -> list[Entry]:
+        """The entries held by the operator, in the order they were held."""
+        return list(self._held.values())
+
+    def set_held(self, entry: Entry, held: bool) -> None:
+        """Hold ``entry`` (its parts become stale) or release it (O(1)); the caller
+        makes the new parts a released entry needs and writes the state down."""
+        entry.held = held
+        if held:
+            self._held[entry.message.id] = entry
+            for part in entry.parts:
+                part.heap_seq = None  # dead in the due heap
+        else:
+            self._held.pop(entry.message.id, None)
 
     def key(self, binding: str, domain: str) -> QueueKey:
         """The one shared (binding, domain) tuple of a queue."""
@@ -142,6 +171,9 @@ class Ledger:
         message = _compact(message)
         entry = Entry(message)
         self._entries[message.id] = entry
+        if message.held_at is not None:  # held before a restart: still held
+            entry.held = True
+            self._held[message.id] = entry
         keys: list[QueueKey] = []
         depths, binding = self._depths, message.binding
         for r in message.recipients:
@@ -178,9 +210,11 @@ class Ledger:
 
     def current(self, part: Part) -> Entry | None:
         """The entry ``part`` is current for, or None for a stale part (its
-        message finished, or the part was replaced) that must not start or expire."""
+        message finished or is held, or the part was replaced) that must not start
+        or expire."""
         entry = part.entry
-        if self._entries.get(entry.message.id) is not entry or part not in entry.parts:
+        if (self._entries.get(entry.message.id) is not entry or entry.held
+                or part not in entry.parts):
             return None
         return entry
 
@@ -189,6 +223,7 @@ class Ledger:
         if self._entries.get(entry.message.id) is not entry:
             return False
         del self._entries[entry.message.id]
+        self._held.pop(entry.message.id, None)
         self._tally(entry.message, -1)
         for part in entry.parts:
             part.heap_seq = None

@@ -38,6 +38,12 @@ def domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
 
+def expiry_start(message: SpooledMessage) -> float:
+    """When the message's expiry clock started, as if it had arrived later by the
+    time it spent held by the operator (held mail never expires while held)."""
+    return message.received_at + message.held_for
+
+
 def pending_at(message: SpooledMessage, domain: str) -> tuple[RecipientState, ...]:
     """The message's pending recipients at ``domain``."""
     return tuple(r for r in message.pending() if domain_of(r.address) == domain)

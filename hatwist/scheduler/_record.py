@@ -24,7 +24,15 @@ from hatwist.spool import MessageNotFound
 from ._finish import Finisher
 from ._ledger import Entry, Ledger
 from ._notices import Notices
-from ._outcome import apply_results, expire, pending_at, reason_of, results_of, summary
+from ._outcome import (
+    apply_results,
+    expire,
+    expiry_start,
+    pending_at,
+    reason_of,
+    results_of,
+    summary,
+)
 from ._proxy import ProxyWatch
 from ._queues import Part, Queue
 from ._rules import Rules
@@ -133,7 +141,7 @@ class Recorder:
             part.failed_at = now = self._reactor.seconds()
             part.due = self._rules.policy(part.key).retry_at(
                 attempts=max(r.attempts for r in still),
-                received_at=entry.message.received_at,
+                received_at=expiry_start(entry.message),
                 now=now,
             )
             self._proxy.failed(part)

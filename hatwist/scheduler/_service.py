@@ -30,8 +30,10 @@ from ._due import DueHeap
 from ._finish import Finisher
 from ._ledger import Entry, Ledger
 from ._notices import Notices
-from ._outcome import note_wait
+from ._operations import Operations
+from ._outcome import expiry_start, note_wait
 from ._proxy import ProxyWatch
+from ._queue_view import Listing, QueueView
 from ._queues import Board, Part, Queue, QueueKey
 from ._record import Recorder
 from ._recovery import Recovery
@@ -45,6 +47,9 @@ from ._waits import cancel as _cancel
 #: bounds one (binding, domain), this bounds the sockets and memory of the whole
 #: relay when thousands of domains have mail (Postfix's default_process_limit).
 MAX_IN_FLIGHT = 100
+
+#: What ``hatwist queue`` may do to chosen messages (see ``act_on_messages``).
+ACTIONS = ("hold", "release", "delete", "bounce")
 
 #: Counter names, for /status and /metrics.  ``delivered``, ``deferred`` and
 #: ``bounced`` count recipients (``bounced``: failed for good, expiry
@@ -137,6 +142,15 @@ class Scheduler(Service):
         )
         self._recovery = Recovery(self._spool, take=self._take, pump=self._pump,
                                   log=lambda: self.log)
+        self._view = QueueView(ledger=self._ledger, board=self._board, due=self._due,
+                               dispatch=self._dispatch, rules=self._rules,
+                               states=self.queue_states)
+        self._operations = Operations(
+            ledger=self._ledger, board=self._board, due=self._due, dispatch=self._dispatch,
+            waits=self._waits, finisher=self._finisher, spool=self._spool,
+            counters=self._counters, reactor=self._reactor, log=lambda: self.log,
+            schedule=self._schedule, pump=self._pump, decision=self._decision,
+        )
         self._stopping = False
         self._unsubscribe: Callable[[], None] | None = None
 
@@ -250,6 +264,39 @@ class Scheduler(Service):
         """Attempts running now."""
         return len(self._dispatch)
 
+    # -- hatwist queue (see ._operations) -------------------------------------
+
+    def list_messages(
+        self, *, binding: str | None = None, domain: str | None = None,
+        state: str | None = None, limit: int = 1000,
+    ) -> Listing:
+        """The first ``limit`` queued messages matching the filters (``state``: a
+        queue state, or ``held``), and how many match in all."""
+        return self._view.list(binding=binding, domain=domain, state=state, limit=limit)
+
+    def show_message(self, message_id: str) -> dict[str, Any] | None:
+        """Envelope, every recipient's state, last reply, attempts and next try of
+        one queued message (None: not queued)."""
+        return self._view.show(message_id)
+
+    def flush_queues(
+        self, *, binding: str | None = None, domain: str | None = None, uid: int | None = None
+    ) -> tuple[int, int]:
+        """Retry the matching queues now; (queues, messages made due)."""
+        return self._operations.flush(binding=binding, domain=domain, uid=uid)
+
+    def act_on_messages(
+        self, action: str, ids: tuple[str, ...] = (), *, binding: str | None = None,
+        domain: str | None = None, state: str | None = None, uid: int | None = None,
+    ) -> defer.Deferred[list[tuple[str, str]]]:
+        """``hold``, ``release``, ``delete`` or ``bounce`` the messages named by
+        ``ids``, or else every message matching the filters; fires with
+        (id, outcome) pairs once their spool writes are done."""
+        if action not in ACTIONS:
+            raise ValueError(f"unknown action {action!r}")
+        selected = self._view.select(ids, binding, domain, state)
+        return defer.maybeDeferred(getattr(self._operations, action), selected, uid=uid)
+
     def _throttle_state(self, queue: Queue) -> tuple[str | None, float | None]:
         """A throttled queue's throttle, and its next allowed start by the current
         config (after a reload that opened the window: when the queue looks again)."""
@@ -269,8 +316,9 @@ class Scheduler(Service):
         if not entry.parts:
             self._finisher.finish(entry)
             return True
-        for part in entry.parts:
-            self._schedule(part)
+        if not entry.held:  # held by the operator before a restart: still held
+            for part in entry.parts:
+                self._schedule(part)
         # A notice a crash kept from being sent (or marked sent) is owed still.
         self._notices.after_pass(entry, entry.parts[0].key)
         return True
@@ -295,7 +343,8 @@ class Scheduler(Service):
         entry = self._ledger.current(part)
         if entry is None:
             return False
-        if not self._rules.policy(part.key).is_expired(entry.message.received_at, self._now()):
+        policy = self._rules.policy(part.key)
+        if not policy.is_expired(expiry_start(entry.message), self._now()):
             return False
         self._recorder.expire(entry, part)
         return True
@@ -349,7 +398,7 @@ class Scheduler(Service):
                 entry = self._ledger.current(part)
                 if entry is None:
                     return False  # stale: nothing to send
-                if policy.is_expired(entry.message.received_at, now):
+                if policy.is_expired(expiry_start(entry.message), now):
                     self._recorder.expire(entry, part)
                     return False
                 return True

@@ -64,6 +64,10 @@ class SpooledMessage:
     smtputf8: bool = False
     """Submitted with MAIL FROM:<...> SMTPUTF8 (RFC 6531): delivered only to an MX
     that offers SMTPUTF8.  Defaulted, so state files written before it still load."""
+    held_at: float | None = None
+    """When the operator held it (``hatwist queue hold``); None: not held."""
+    held_for: float = 0.0
+    """Seconds it spent held before its last release: its expiry is that much later."""
     delay_warned: bool = False
     """A "delayed" DSN (``delay_warning_time``) is spooled for it: one per message."""
 
@@ -96,6 +100,11 @@ def encode(message: SpooledMessage) -> bytes:
     }
     if message.smtputf8:  # written only when set: most messages need no SMTPUTF8
         body["smtputf8"] = True
+    # Written only when set, so the state of mail never held stays as it was.
+    if message.held_at is not None:
+        body["held_at"] = message.held_at
+    if message.held_for:
+        body["held_for"] = message.held_for
     # The scheduler's DSN marks are written only when set: a state without them reads
     # as it always did.
     if message.delay_warned:
@@ -156,7 +165,8 @@ def _check(message: SpooledMessage) -> None:
     _types(
         (message.id, str), (message.binding, str), (message.mail_from, str),
         (message.received_at, (int, float)), (message.next_attempt_at, (int, float)),
-        (message.attempts, int), (message.size, int),
+        (message.attempts, int), (message.size, int), (message.held_for, (int, float)),
+        (message.held_at, (int, float, type(None))),
     )
     if not isinstance(message.smtputf8, bool):
         raise CorruptEntry(f"field has the wrong type: {message.smtputf8!r}")

@@ -1,0 +1,237 @@
+# -*- test-case-name: tests.control.test_operations -*-
+"""
+What ``hatwist queue list`` and ``show`` read from the running scheduler, and which
+messages an action picks.
+
+Costs, so an answer comes within a second at a million queued messages: one
+message by id is O(1) (the ledger is a dict by id); a list without a filter
+walks the ledger from its start and stops at the limit, its total the ledger's
+length; a filter picks the queues first, from per-queue facts (binding, domain
+and the queue's state, O(queues)), and then reads only their parts -- the
+queue's line, its due heap, the attempts running -- and the held messages,
+which the ledger keeps apart.  So ``--domain quiet.test`` costs what that queue
+holds, not what the whole spool holds.  Reads only.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import attrs
+
+from hatwist.spool import PENDING
+
+from ._dispatch import Dispatcher
+from ._due import DueHeap
+from ._ledger import Entry, Ledger
+from ._outcome import domain_of, expiry_start
+from ._queues import Board, Part, QueueKey
+from ._rules import Rules
+from ._states import QueueState
+
+#: The state of a message held by the operator (beside the queue states).
+HELD = "held"
+#: The state of a message whose bounce and removal are under way.
+FINISHING = "finishing"
+
+
+@attrs.frozen
+class Listing:
+    """At most ``limit`` rows of ``hatwist queue list``, and how many matched."""
+
+    rows: tuple[dict[str, Any], ...]
+    total: int
+
+
+def key_matches(key: QueueKey, binding: str | None, domain: str | None) -> bool:
+    """Whether queue ``key`` passes the (binding, domain) filter (None: any)."""
+    return (binding is None or key[0] == binding) and (domain is None or key[1] == domain)
+
+
+def _first_part(entry: Entry, binding: str | None, domain: str | None) -> Part | None:
+    """The first of the entry's parts in a matching queue (a message with two
+    matching domains is listed once, from its first)."""
+    for part in entry.parts:
+        if key_matches(part.key, binding, domain):
+            return part
+    return None
+
+
+def _listed_here(part: Part, binding: str | None, domain: str | None) -> bool:
+    """Whether ``part`` is current and the one its message is listed by."""
+    entry = part.entry
+    return not entry.held and part in entry.parts and _first_part(entry, binding, domain) is part
+
+
+def row(entry: Entry, state: str) -> dict[str, Any]:
+    """One line of ``hatwist queue list``, as JSON-ready values."""
+    m = entry.message
+    return {
+        "id": m.id,
+        "binding": m.binding,
+        "from": m.mail_from,
+        "recipients": len(m.recipients),
+        "pending": sum(1 for r in m.recipients if r.status == PENDING),
+        "domains": [p.key[1] for p in entry.parts],
+        "state": state,
+        "received_at": m.received_at,
+        "next_attempt_at": min((p.due for p in entry.parts), default=None),
+        "size": m.size,
+        "attempts": m.attempts,
+    }
+
+
+class QueueView:
+    """
+    The scheduler's parts as ``hatwist queue`` sees them.
+
+    :param states: the scheduler's ``queue_states`` (O(queues)).
+    """
+
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        board: Board,
+        due: DueHeap,
+        dispatch: Dispatcher,
+        rules: Rules,
+        states: Callable[[], list[QueueState]],
+    ) -> None:
+        self._ledger = ledger
+        self._board = board
+        self._due = due
+        self._dispatch = dispatch
+        self._rules = rules
+        self._states = states
+
+    def _state_by_queue(self) -> dict[QueueKey, str]:
+        return {(s.binding, s.domain): s.state for s in self._states()}
+
+    def _state_of(self, entry: Entry, states: dict[QueueKey, str]) -> str:
+        if entry.held:
+            return HELD
+        if entry.finishing or not entry.parts:
+            return FINISHING
+        return states.get(entry.parts[0].key, "active")
+
+    def _queues(self, binding: str | None, domain: str | None, state: str | None
+                ) -> list[tuple[QueueKey, str]]:
+        """The queues a filter picks, with their states, sorted (O(queues))."""
+        return [(key, queue_state) for key, queue_state in sorted(self._state_by_queue().items())
+                if key_matches(key, binding, domain) and state in (None, queue_state)]
+
+    def _parts(self, key: QueueKey) -> Iterator[Part]:
+        """Every part of queue ``key``: in flight, on its line, in its due heap (stale
+        ones included: the callers skip them)."""
+        queue = self._board.get(key)
+        return itertools.chain(
+            (p for p in self._dispatch.parts_in_flight() if p.key == key),
+            queue.ready if queue is not None else (),
+            self._due.parts(key),
+        )
+
+    def matching(
+        self, binding: str | None, domain: str | None, state: str | None,
+        queues: list[tuple[QueueKey, str]] | None = None,
+    ) -> Iterator[tuple[Entry, str]]:
+        """Every message with a pending part in a matching queue, once, with its state
+        (``queues``: what :meth:`_queues` says, when the caller has it already)."""
+        if binding is None and domain is None and state is None:
+            states = self._state_by_queue()
+            for entry in self._ledger.entries():
+                yield entry, self._state_of(entry, states)
+            return
+        if state in (None, HELD):
+            for entry in self._ledger.held():
+                if _first_part(entry, binding, domain) is not None:
+                    yield entry, HELD
+        if state == HELD:
+            return
+        if queues is None:
+            queues = self._queues(binding, domain, state)
+        for key, queue_state in queues:
+            for part in self._parts(key):
+                if _listed_here(part, binding, domain):
+                    yield part.entry, queue_state
+
+    def count(self, binding: str | None, domain: str | None, state: str | None,
+              queues: list[tuple[QueueKey, str]] | None = None) -> int:
+        """How many messages :meth:`matching` yields, in one tight pass per queue."""
+        if binding is None and domain is None and state is None:
+            return len(self._ledger)
+        total = 0
+        if state in (None, HELD):
+            total += sum(1 for e in self._ledger.held()
+                         if _first_part(e, binding, domain) is not None)
+        if state == HELD:
+            return total
+        if queues is None:
+            queues = self._queues(binding, domain, state)
+        for key, _ in queues:
+            for part in self._parts(key):
+                parts = part.entry.parts
+                if parts and parts[0] is part:  # the usual: one domain, current
+                    if not part.entry.held:
+                        total += 1
+                elif len(parts) > 1 and _listed_here(part, binding, domain):
+                    total += 1
+        return total
+
+    def list(
+        self, *, binding: str | None = None, domain: str | None = None,
+        state: str | None = None, limit: int = 1000,
+    ) -> Listing:
+        """The first ``limit`` matching messages, and how many match in all."""
+        filtered = any(v is not None for v in (binding, domain, state))
+        queues = self._queues(binding, domain, state) if filtered else None
+        rows = []
+        for entry, entry_state in self.matching(binding, domain, state, queues):
+            if len(rows) >= limit:
+                break
+            rows.append(row(entry, entry_state))
+        return Listing(tuple(rows), self.count(binding, domain, state, queues))
+
+    def show(self, message_id: str) -> dict[str, Any] | None:
+        """Everything about one queued message, or None when it is not queued (O(1)
+        but for the queue states, O(queues))."""
+        entry = self._ledger.get(message_id)
+        if entry is None:
+            return None
+        m = entry.message
+        states = self._state_by_queue()
+        start = expiry_start(m)
+        queues = []
+        for part in entry.parts:
+            attempting = self._dispatch.attempting(part)
+            queues.append({
+                "domain": part.key[1],
+                "state": HELD if entry.held else "attempting" if attempting
+                else states.get(part.key, "active"),
+                "next_attempt_at": part.due,
+                "expires_at": self._rules.policy(part.key).expires_at(start),
+            })
+        return {
+            **row(entry, self._state_of(entry, states)),
+            "held_at": m.held_at,
+            "held_for": m.held_for,
+            "recipients": [
+                {"address": r.address, "domain": domain_of(r.address), "status": r.status,
+                 "code": r.code, "reason": r.reason, "attempts": r.attempts}
+                for r in m.recipients
+            ],
+            "queues": queues,
+        }
+
+    # -- acting ----------------------------------------------------------------
+
+    def select(
+        self, ids: tuple[str, ...], binding: str | None, domain: str | None, state: str | None
+    ) -> list[tuple[str, Entry | None]]:
+        """The messages an action applies to: by id (None: not queued), or every
+        message matching the filter."""
+        if ids:
+            return [(message_id, self._ledger.get(message_id)) for message_id in ids]
+        return [(e.message.id, e) for e, _ in self.matching(binding, domain, state)]
