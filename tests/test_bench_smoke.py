@@ -9,9 +9,11 @@ smtp-source/smtp-sink.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -46,10 +48,24 @@ def test_bench_relay_measures_every_row_with_a_tiny_n(short_tmpdir):
     if not all(os.access(f"/usr/sbin/{t}", os.X_OK) for t in ("smtp-source", "smtp-sink")):
         pytest.skip("bench_relay needs Postfix's smtp-source and smtp-sink")
     env = dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=short_tmpdir)
-    done = subprocess.run(
+    # Its own process group: if it overruns, Ctrl-C (SIGINT) lets it stop its HAProxies
+    # and sinks as it promises, and only then is anything left killed.
+    bench = subprocess.Popen(
         [sys.executable, "bench/bench_relay.py", "--messages", "40", "--sessions", "4",
          "--queued", "30", "--latency-seconds", "1"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        stdout, stderr = bench.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(bench.pid, signal.SIGINT)
+        try:
+            stdout, stderr = bench.communicate(timeout=30)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(bench.pid, signal.SIGKILL)
+        pytest.fail(f"bench_relay.py overran 600 s:\n{stdout}\n{stderr}")
+    done = subprocess.CompletedProcess(bench.args, bench.returncode, stdout, stderr)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     for name in ROWS:
