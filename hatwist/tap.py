@@ -440,6 +440,7 @@ class RelayService(service.MultiService):
         for name, value in _inbound_limits(config).items():
             setattr(self.inbound, name, value)
         self.config = config
+        self.scheduler.config_changed()  # pauses and backoffs by the new retry_interval
         self.log.info("config reloaded from {filename}", filename=config.filename)
         return True
 

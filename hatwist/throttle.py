@@ -51,6 +51,15 @@ class ThrottleWindow:
         self._starts.append(now)
         self._seconds = throttle.seconds
 
+    def give_back(self, at: float) -> None:
+        """Forget one start recorded at ``at``: it never reached an MX, so it must not
+        count against the window (nothing happens if it was forgotten already)."""
+        starts = self._starts
+        for i in range(len(starts) - 1, -1, -1):
+            if starts[i] == at:
+                del starts[i]
+                return
+
     def is_empty(self, now: float) -> bool:
         """Whether no remembered start still counts against any throttle at ``now``."""
         return not self._starts or self._starts[-1] + self._seconds <= now
@@ -89,6 +98,12 @@ class Throttles(Generic[K]):
             window = self._windows[key] = ThrottleWindow()
         window.record(throttle, now)
         self._sweep(now)
+
+    def give_back(self, key: K, at: float) -> None:
+        """The start ``key`` recorded at ``at`` did not count (it never reached an MX)."""
+        window = self._windows.get(key)
+        if window is not None:
+            window.give_back(at)
 
     def __len__(self) -> int:
         """Keys with a window kept (for tests of the sweep)."""

@@ -25,6 +25,7 @@ from hatwist.lab.demo import DEFAULT_SOURCE, WARMUP_SOURCE
 from tests.rig.haproxy import free_port
 from tests.rig.needs import require_haproxy
 from tests.service._relay import Relay, make_message, submit
+from tests.test_demo import _alive
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE = 30.0
@@ -57,13 +58,6 @@ class _Lab(protocol.ProcessProtocol):
     def processEnded(self, reason) -> None:
         self.ended.callback(reason.value.exitCode)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.integration

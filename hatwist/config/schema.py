@@ -281,6 +281,11 @@ KEYS: tuple[Key, ...] = (
     _service("control_socket", "control_socket", c.socket_path, None, "path",
              "UNIX socket (mode 0600) where the relay answers hatwist queue",
              default_doc="spool_dir/control.sock"),
+    # -- what senders are told (issue 12) ---------------------------------------------------
+    _delivery("delay_warning_time", "delay_warning_time", c.integer(0), 0, _SECONDS,
+              "after this long in the queue the sender gets one \"delayed\" DSN listing the "
+              "recipients still pending (Postfix's name); 0 sends none",
+              default_doc="0 (off)"),
     # -- scale-out: workers and a balancer in front (issue 13) ----------------------------
     _service("workers", "workers", c.workers, 1, "auto or whole number >= 1",
              "relay processes sharing the listener, each with its own spool partition "

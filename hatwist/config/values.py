@@ -240,6 +240,7 @@ class DeliverySettings:
     mx_address_limit: int = 5
     attempt_timeout: int = 600
     allowed_submitters: SubmitterPolicy | None = None  # None: whoever may relay
+    delay_warning_time: int = 0  # 0: no "delayed" DSN
 
     @property
     def uses_proxy(self) -> bool:

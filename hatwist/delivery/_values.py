@@ -142,6 +142,11 @@ class AttemptResult:
     """Why the session that answered (or the last one tried) was plaintext although the
     MX offered STARTTLS: it refused STARTTLS, or STARTTLS failed and ``tls = ifavailable``
     retried without it. ``None`` when TLS was used, not offered, or not wanted."""
+    mx_reached: bool = False
+    """Some MX of the domain greeted a session in this attempt (even if the session then
+    broke, or refused the message): the destination answers. ``False`` when no address
+    tried gave a TCP session and a greeting (or the MX lookup failed), the case in which
+    the scheduler pauses the domain's queue."""
 
     def addresses(self, kind: str) -> tuple[str, ...]:
         """The recipients whose result is ``"delivered"``, ``"temporary"`` or ``"permanent"``."""

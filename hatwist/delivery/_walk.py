@@ -52,18 +52,21 @@ class RouteFailed:
     """The proxy itself refused or timed out the connect: HAProxy being down, which the
     health checker has not noticed yet (an MX it cannot reach shows as no greeting)."""
     no_greeting: bool = False
+    reached: bool = False
+    """The MX greeted before this route failed (a refused greeting or EHLO, TLS trouble,
+    a session that broke later): the destination answers."""
 
 
 def route_failed(error: Exception, route: Route) -> RouteFailed:
     """Why opening a session over ``route`` failed, classified for the walk."""
+    if isinstance(error, SessionError) and not isinstance(error, (NoGreeting, ConnectFailed)):
+        return RouteFailed(str(error), reached=True)
     if isinstance(error, NoGreeting):
         if isinstance(route, ProxyRoute):
             return RouteFailed(f"{PROXY_NO_GREETING} ({error})", no_greeting=True)
         return RouteFailed(f"no greeting ({error})")
     if isinstance(error, ConnectFailed):
         return RouteFailed(str(error), proxy_unreachable=isinstance(route, ProxyRoute))
-    if isinstance(error, SessionError):
-        return RouteFailed(str(error))
     # Anything else about one route (a proxy host name that does not resolve, ...) must
     # not stop the others from being tried.
     return RouteFailed(f"{type(error).__name__}: {error}")
@@ -88,6 +91,8 @@ class Walk:
     """MX addresses a route was tried to (``mx_address_limit`` counts these)."""
     not_tried: str | None = None
     """Why the walk stopped before the last address: the limit and how many were left."""
+    reached: bool = False
+    """Some MX greeted a session in this attempt (see ``AttemptResult.mx_reached``)."""
 
     def try_address(self, limit: int, left: int) -> bool:
         """True when one more address may be tried; else records that ``left`` addresses
@@ -117,6 +122,7 @@ class Walk:
         if why.no_greeting and isinstance(route, ProxyRoute):
             self.no_greeting.append(route.server.text)
         self.only_waiting_for_proxy &= why.proxy_unreachable
+        self.reached |= why.reached
         self.failures.append(f"{self.place()}: {why.reason}")
 
     def stopped(self, why: StopWalk) -> NoAnswer:

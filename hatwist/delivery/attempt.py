@@ -112,7 +112,9 @@ class DeliveryAgent:
         Try to deliver ``message`` once; always fires with an :class:`AttemptResult`.
 
         Cancelling it (service shutdown) aborts the session in progress and fails it with
-        ``CancelledError``: no result is reported for an attempt that was cut short.
+        ``CancelledError`` at once: no further MX is tried (the abort looks like a lost
+        connection, which :class:`AttemptDeadline` tells apart) and no result is
+        reported for an attempt that was cut short.
         """
         return defer.Deferred.fromCoroutine(self._deliver(message))
 
@@ -153,6 +155,7 @@ class DeliveryAgent:
             waiting_for_proxy=waiting_for_proxy,
             no_greeting=tuple(walk.no_greeting),
             tls_skipped=walk.tls_skipped,
+            mx_reached=walk.reached,
         )
         self._emit(message, result)
         return result
@@ -245,7 +248,10 @@ class DeliveryAgent:
         if pooled is not None:
             walk.tls_skipped = pooled.tls_skipped
             try:
-                return await self._send(pooled, message, settings, deadline)
+                results = await self._send(pooled, message, settings, deadline)
+            except (StopWalk, DeadlinePassed):
+                walk.reached = True  # broken after the dot, or stuck mid-session: it is there
+                raise
             except SessionError as e:
                 # An idle session the peer has since dropped (or refused RSET on): open a
                 # fresh one.
@@ -254,10 +260,14 @@ class DeliveryAgent:
                     address=address,
                     error=str(e),
                 )
+            else:
+                walk.reached = True
+                return results
         opened = await self._open(settings, host, address, route, deadline)
         if isinstance(opened, RouteFailed):
             return opened
         session, walk.tls_skipped = opened
+        walk.reached = True
         try:
             pooled = self.pool.adopt(key, session, tls_skipped=walk.tls_skipped)
             return await self._send(pooled, message, settings, deadline)

@@ -21,9 +21,11 @@ Promises, in the order they matter:
   or one health-check interval has passed.
   Attempts that failed through a proxy shortly before the health check saw it
   go wait for it the same way, instead of a full backoff.
-- A destination where no session answered at all pauses its queue for one
+- A destination where no MX greeted a session at all pauses its queue for one
   ``retry_interval``: a dead domain costs ``max_connections`` attempts per
-  interval, not one per queued message.
+  interval, not one per queued message.  A session that greeted and then broke
+  defers only its own message.  A reload (:meth:`Scheduler.config_changed`)
+  re-times running pauses and backoffs to the new ``retry_interval``.
 - A queue whose ``outbound_throttle_messages`` (N per SECONDS) is used up
   starts nothing until its window allows the next start, then resumes by
   itself; a message counts when its attempt starts.  Waiting is no attempt:
@@ -33,9 +35,14 @@ Promises, in the order they matter:
   behind its throttle.
 - At start the spool is read in batches, one reactor turn each: mail is
   delivered, accepted and /status answered while a million messages are read.
-- When nothing is pending any more, failed recipients get a DSN (never for a
-  null sender), spooled and scheduled like any other message, and only then is
-  the original removed: a crash in between can repeat a bounce, never lose one.
+- A recipient that failed for good is bounced at the end of the pass in which it
+  failed (one DSN per pass, never for a null sender), not when the whole message
+  is done; one "delayed" DSN follows ``delay_warning_time`` if set.  A DSN is
+  spooled and scheduled like any other message before the state that says it
+  was sent is saved, and before the finished original is removed: a crash in
+  between can repeat a notice, never lose one.
+- An attempt cancelled at shutdown tries no further MX and leaves its message
+  spooled; one held for want of a plumbed proxy gives its throttle start back.
 
 Retry times and expiry come from :mod:`hatwist.schedule`; time comes from the
 injected reactor.  Everything a status face asks (``queue_depths``,
@@ -50,11 +57,12 @@ saves), ``_due`` (one heap per queue and one DelayedCall for the earliest
 part), ``_waits`` (the hold, pause and throttle timers), ``_dispatch`` (takes
 due parts off the board and runs their attempts), ``_record`` (what an
 attempt's results or an expiry do), ``_proxy`` (the reactions to proxy state
-changes), ``_finish`` and ``_bounce`` (the DSN, then the removal),
-``_recovery`` (the start-up read in batches), ``_queue_view`` and
-``_operations`` (what ``hatwist queue`` reads and does: list, show, flush,
-hold, release, delete, bounce) and ``_service`` (the :class:`Scheduler`: the
-glue).
+changes), ``_bounce`` and ``_notices`` (what a sender is owed, and the DSNs
+at the end of each pass), ``_finish`` (the last bounce, then the removal),
+``_retime`` (a reload's new due times), ``_recovery`` (the start-up read in
+batches), ``_queue_view`` and ``_operations`` (what ``hatwist queue`` reads and
+does: list, show, flush, hold, release, delete, bounce) and ``_service`` (the
+:class:`Scheduler`: the glue).
 """
 
 from ._ledger import SAVE_RETRY_DELAY

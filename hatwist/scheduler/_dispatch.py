@@ -5,12 +5,15 @@ The dispatcher of attempts: takes due parts off the board in turn and runs them.
 Before a part starts, the last checks: is it still current, has its message run
 out of time, does its route have a plumbed proxy, does its queue's outbound
 throttle and its connection slots allow a start now (a message counts when its
-attempt starts).  That last question goes to the scheduler's limits
+attempt starts; one the agent held for want of a plumbed proxy gives its
+throttle start back).  That last question goes to the scheduler's limits
 (:class:`hatwist.shared.ILimits`): local ones answer at once, shared ones
 (Redis) later, through a Deferred; meanwhile the part holds a place of its
 queue's ``max_connections`` and of ``max_in_flight`` here, so a late answer
 never lets two attempts start for one slot and never stops the loop.  Then
-the content is read from the spool and handed to the agent; whatever comes
+the content is read from the spool and handed to the agent -- or, for a message
+over :data:`LOAD_CONTENT_ABOVE`, a loader the agent calls once a session is
+ready for it; whatever comes
 back -- a result, a failure, a cancellation at shutdown -- goes to the
 scheduler's :meth:`Host.record`.  At most ``max_in_flight`` attempts run at
 once over all queues; nothing here ever lets an exception stop the loop.
@@ -28,6 +31,7 @@ from hatwist.config.values import Throttle
 from hatwist.delivery import Envelope
 from hatwist.delivery.attempt import OutboundMessage
 from hatwist.shared import Decision, ILimits, Lease, Refusal
+from hatwist.spool import MessageNotFound
 
 from ._ledger import Entry, Ledger
 from ._outcome import pending_at
@@ -36,6 +40,34 @@ from ._rules import Rules
 
 #: Seconds before a queue refused a slot without a hint asks again.
 SLOT_RETRY = 1.0
+
+#: Messages larger than this (bytes) are read from the spool by the session that
+#: sends them (``OutboundMessage.load_content``) rather than before the attempt,
+#: so a thousand attempts still connecting do not hold a thousand large bodies.
+LOAD_CONTENT_ABOVE = 256 * 1024
+
+
+class _Loader:
+    """``load_content`` for one attempt: reads the spool, and remembers whether the
+    message was gone, which the agent's result cannot say."""
+
+    def __init__(self, spool: Any, message_id: str) -> None:
+        self._spool = spool
+        self._id = message_id
+        self.gone: Failure | None = None
+
+    def __call__(self) -> defer.Deferred:
+        d = defer.maybeDeferred(self._spool.content, self._id)
+        return d.addErrback(self._failed)
+
+    def _failed(self, failure: Failure) -> Failure:
+        if failure.check(MessageNotFound):
+            self.gone = failure
+        return failure
+
+    def check(self, result: Any) -> Any:
+        """The agent's result, or the spool's MessageNotFound if the read found none."""
+        return result if self.gone is None else self.gone
 
 
 class Host(Protocol):
@@ -204,25 +236,37 @@ class Dispatcher:
         queue.in_flight += 1
         self._running += 1
         queue.waiting = False
-        d = defer.maybeDeferred(self._spool.content, entry.message.id)
-        d.addCallback(self._deliver, entry, domain, recipients)
+        if entry.message.size > LOAD_CONTENT_ABOVE:
+            # Read per session, once one is ready for it: an attempt still waiting
+            # for connects and banners holds none of it.
+            d = defer.maybeDeferred(self._deliver, None, entry, domain, recipients)
+        else:
+            d = defer.maybeDeferred(self._spool.content, entry.message.id)
+            d.addCallback(self._deliver, entry, domain, recipients)
         self._in_flight[part] = d
         d.addBoth(self._attempted, part, queue, recipients, decision.lease)
         d.addBoth(self._settled, part)
 
     def _deliver(
-        self, content: bytes, entry: Entry, domain: str, recipients: tuple[str, ...]
+        self, content: bytes | None, entry: Entry, domain: str, recipients: tuple[str, ...]
     ) -> defer.Deferred:
         message = entry.message
+        envelope = Envelope(mail_from=message.mail_from, rcpt_to=recipients,
+                            smtputf8=message.smtputf8)
+        if content is not None:
+            outbound = OutboundMessage(
+                id=message.id, binding=message.binding, domain=domain, envelope=envelope,
+                content=content,
+            )
+            return self._agent.deliver(outbound)
+        loader = _Loader(self._spool, message.id)
         outbound = OutboundMessage(
-            id=message.id,
-            binding=message.binding,
-            domain=domain,
-            envelope=Envelope(mail_from=message.mail_from, rcpt_to=recipients,
-                              smtputf8=message.smtputf8),
-            content=content,
+            id=message.id, binding=message.binding, domain=domain, envelope=envelope,
+            load_content=loader,
         )
-        return self._agent.deliver(outbound)
+        # The agent turns a failed read into a temporary failure of its own; a message
+        # removed from the spool meanwhile must be forgotten, not retried until expiry.
+        return self._agent.deliver(outbound).addCallback(loader.check)
 
     def _settled(self, _: object, part: Part) -> None:
         self._in_flight.pop(part, None)
@@ -232,6 +276,9 @@ class Dispatcher:
     ) -> defer.Deferred | None:
         queue.in_flight -= 1
         self._running -= 1
+        if getattr(outcome, "waiting_for_proxy", False):
+            # It never reached an MX (no plumbed proxy for its family): no start.
+            self._limits.unstart(lease)
         self._limits.finish(lease)
         try:
             cancelled = isinstance(outcome, Failure) and outcome.check(defer.CancelledError)

@@ -116,6 +116,33 @@ class DueHeap:
             part.heap_seq = None
         self._arm()
         return parts
+    def retime(
+        self, due_of: Callable[[Part], float], changed: Callable[[QueueKey], bool]
+    ) -> None:
+        """
+        Give every waiting part of each queue ``changed(key)`` names the due time
+        ``due_of(part)`` (a reload changed its retry interval), keeping the order of
+        parts due together: one pass over those queues' heaps, then one timer for
+        the earliest.  The other queues are not touched.
+        """
+        for key, heap in list(self._heaps.items()):
+            if not changed(key):
+                continue
+            items = []
+            for _, seq, part in heap:
+                if part.heap_seq == seq:
+                    part.due = due_of(part)
+                    items.append((part.due, seq, part))
+            if not items:
+                del self._heaps[key]
+                self._top_at.pop(key, None)
+                continue
+            heapq.heapify(items)
+            self._heaps[key] = items
+            # Entries of the old time in _top are superseded: _top_at says which counts.
+            self._top_at[key] = items[0][0]
+            heapq.heappush(self._top, (items[0][0], key))
+        self._arm()
 
     def stop(self) -> None:
         """Cancel the timer; nothing is handed out any more."""

@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_scheduler -*-
 """
-The end of a message: nothing is pending any more, so its failed recipients get
-a DSN (once, never for a null sender), and only then is it removed.
+The end of a message: nothing is pending any more, so the failed recipients no
+earlier pass reported get a DSN (never for a null sender; see ._notices), and only
+then is it removed.
 
 A crash between the two can repeat a bounce, never lose one.  A bounce or
 removal that fails is tried again one ``FALLBACK_POLICY.retry_interval`` later;
@@ -19,17 +20,16 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from hatwist.spool import MessageNotFound, SpooledMessage
+from hatwist.spool import DELIVERED, MessageNotFound
 
-from ._bounce import needs_bounce, spool_bounce
 from ._ledger import Entry, Ledger
+from ._notices import Notices
 from ._rules import FALLBACK_POLICY
 
 
 class Finisher:
     """
-    :param submit: takes charge of a spooled DSN (the scheduler's ``submit``).
-    :param decision: logs one decision ``(message, domain, outcome)``.
+    :param notices: spools the bounce of what no earlier notice reported.
     :param forgotten: told of every message that left the ledger.
     :param track: keeps a Deferred until it fires (the scheduler's stop waits).
     """
@@ -39,37 +39,31 @@ class Finisher:
         *,
         spool: Any,
         ledger: Ledger,
+        notices: Notices,
         reactor: Any,
-        reporting_mta: str,
         counters: Counter[str],
         log: Callable[[], Logger],
-        submit: Callable[[SpooledMessage], None],
-        decision: Callable[[SpooledMessage, str, str], None],
         forgotten: Callable[[str], None],
         track: Callable[[defer.Deferred], None],
     ) -> None:
         self._spool = spool
         self._ledger = ledger
+        self._notices = notices
         self._reactor = reactor
-        self._reporting_mta = reporting_mta
         self._counters = counters
         self._log = log
-        self._submit = submit
-        self._decision = decision
         self._forgotten = forgotten
         self._track = track
         self._retries: dict[Entry, IDelayedCall] = {}
         self.stopping = False
 
     def finish(self, entry: Entry) -> None:
-        """Nothing pending: bounce the failed recipients (once), then remove the message."""
+        """Nothing pending: bounce the failures not reported yet, then remove the message."""
         if entry.finishing:
             return
         entry.finishing = True
         message = entry.message
-        d = defer.succeed(None)
-        if needs_bounce(message) and not entry.bounced:
-            d.addCallback(lambda _: self._bounce(entry))
+        d = self._notices.final(entry)
         d.addCallback(lambda _: self._spool.remove(message.id))
         d.addErrback(lambda f: None if f.check(MessageNotFound) else f)
         d.addCallbacks(self._removed, self._failed, callbackArgs=(entry,), errbackArgs=(entry,))
@@ -86,22 +80,16 @@ class Finisher:
     def timers(self) -> list[IDelayedCall]:
         return list(self._retries.values())
 
-    def _bounce(self, entry: Entry) -> defer.Deferred:
-        message = entry.message
-
-        def spooled(notice: SpooledMessage) -> None:
-            entry.bounced = True
-            self._counters["dsns"] += 1
-            self._decision(message, "", f"DSN {notice.id} spooled to <{message.mail_from}>")
-            self._submit(notice)
-
-        now = self._reactor.seconds()
-        d = spool_bounce(self._spool, message, reporting_mta=self._reporting_mta, now=now)
-        return d.addCallback(spooled)
-
     def _removed(self, _: object, entry: Entry) -> None:
         self.forget(entry)
-        self._decision(entry.message, "", "removed")
+        message = entry.message
+        delivered = sum(r.status == DELIVERED for r in message.recipients)
+        self._log().info(
+            "message {message_id} binding {binding}: removed (all recipients done: "
+            "{delivered} delivered, {bounced} bounced)",
+            message_id=message.id, binding=message.binding, delivered=delivered,
+            bounced=len(message.recipients) - delivered, outcome="removed",
+        )
 
     def _failed(self, failure: Failure, entry: Entry) -> None:
         self._counters["errors"] += 1

@@ -51,8 +51,6 @@ class Entry:
     """The parts still to deliver, one per domain (a tuple: most messages have one)."""
     finishing: bool = False
     """Its bounce and removal are under way: nothing else may write it down."""
-    bounced: bool = False
-    """Its DSN is spooled: a retried removal must not bounce it again."""
     held: bool = False
     """Held by the operator (``hatwist queue hold``): its parts count as stale, so
     nothing starts or expires it until it is released."""

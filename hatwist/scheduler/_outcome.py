@@ -106,15 +106,6 @@ def note_wait(message: SpooledMessage, domain: str, reason: str) -> SpooledMessa
     ))
 
 
-def bounce_lines(message: SpooledMessage) -> list[tuple[str, int | None, str | None]]:
-    """
-    The failed recipients as ``hatwist.dsn.build_dsn`` wants them.  One whose
-    last code was temporary ran out of time: ``build_dsn`` reports it as expired
-    (5.4.7) while still quoting that last reply.
-    """
-    return [(r.address, r.code, r.reason) for r in message.recipients if r.status == FAILED]
-
-
 def reason_of(result: Any) -> str:
     """Why an agent's "waiting for a proxy" result waits."""
     for r in getattr(result, "recipients", ()):

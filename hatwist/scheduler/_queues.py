@@ -61,6 +61,8 @@ class Queue:
     """Held for a proxy since the last attempt that ran (for logging once)."""
     paused: bool = False
     """Held because its destination answered no connection at all."""
+    paused_at: float | None = None
+    """When the pause began (a reload re-times it from there)."""
     release: IDelayedCall | None = None
     reason: str | None = None
     """Why it is held or paused (for the status faces); None when it is not."""

@@ -23,6 +23,7 @@ from hatwist.spool import MessageNotFound
 
 from ._finish import Finisher
 from ._ledger import Entry, Ledger
+from ._notices import Notices
 from ._outcome import (
     apply_results,
     expire,
@@ -36,6 +37,16 @@ from ._proxy import ProxyWatch
 from ._queues import Part, Queue
 from ._rules import Rules
 from ._waits import Waits
+
+
+def unreached(outcome: Any) -> bool:
+    """
+    Whether an attempt found its destination unreachable: no MX of the domain gave
+    a TCP session and a greeting (or its MX lookup failed).  A session that greeted
+    and then broke -- mid-transaction, after the final dot, at the attempt deadline
+    -- says the destination answers: one message's trouble must not pause the queue.
+    """
+    return bool(getattr(outcome, "error", None)) and not getattr(outcome, "mx_reached", False)
 
 
 class Recorder:
@@ -55,6 +66,7 @@ class Recorder:
         waits: Waits,
         proxy: ProxyWatch,
         finisher: Finisher,
+        notices: Notices,
         counters: Counter[str],
         reactor: Any,
         log: Callable[[], Logger],
@@ -69,6 +81,7 @@ class Recorder:
         self._waits = waits
         self._proxy = proxy
         self._finisher = finisher
+        self._notices = notices
         self._counters = counters
         self._reactor = reactor
         self._log = log
@@ -119,7 +132,7 @@ class Recorder:
         still = pending_at(entry.message, part.key[1])
         if counts["delivered"] and queue.paused:
             self._waits.release(queue)  # the destination answers again
-        elif still and not counts["delivered"] and getattr(outcome, "error", None):
+        elif still and not counts["delivered"] and unreached(outcome):
             self._pause(queue, part, outcome.error)
         outcome_text = summary(results)
         if not still:
@@ -147,6 +160,10 @@ class Recorder:
             self._schedule(part)
         if not entry.parts:
             self._finisher.finish(entry)
+        else:
+            # The end of a pass: its failures are bounced now, not days later when
+            # the message's other recipients are done (and a delay warning may be due).
+            self._notices.after_pass(entry, part.key)
         return d
 
     def expire(self, entry: Entry, part: Part) -> None:

@@ -67,6 +67,11 @@ class Rules:
             return None
         return share_throttle(settings.outbound_throttle_messages, self._limit_share())
 
+    def delay_warning_time(self, key: QueueKey) -> int:
+        """The queue's ``delay_warning_time`` (0: no "delayed" DSN, also if unknown now)."""
+        settings = self.settings(key)
+        return 0 if settings is None else settings.delay_warning_time
+
     def uses(self, key: QueueKey, server: Any) -> bool:
         """Whether the queue's route goes through the proxy ``server``."""
         settings = self.settings(key)

@@ -29,6 +29,7 @@ from ._dispatch import Dispatcher
 from ._due import DueHeap
 from ._finish import Finisher
 from ._ledger import Entry, Ledger
+from ._notices import Notices
 from ._operations import Operations
 from ._outcome import expiry_start, note_wait
 from ._proxy import ProxyWatch
@@ -36,6 +37,7 @@ from ._queue_view import Listing, QueueView
 from ._queues import Board, Part, Queue, QueueKey
 from ._record import Recorder
 from ._recovery import Recovery
+from ._retime import retimed_due
 from ._rules import Rules
 from ._states import QueueState, queue_states
 from ._waits import Waits
@@ -46,14 +48,14 @@ from ._waits import cancel as _cancel
 #: relay when thousands of domains have mail (Postfix's default_process_limit).
 MAX_IN_FLIGHT = 100
 
+#: What ``hatwist queue`` may do to chosen messages (see ``act_on_messages``).
+ACTIONS = ("hold", "release", "delete", "bounce")
+
 #: Counter names, for /status and /metrics.  ``delivered``, ``deferred`` and
 #: ``bounced`` count recipients (``bounced``: failed for good, expiry
 #: included); ``attempts`` counts attempts made, ``waiting`` attempts held back
 #: for want of a plumbed proxy, ``errors`` failures inside hatwist, ``dsns``
-#: bounce messages spooled.
-#: What ``hatwist queue`` may do to chosen messages (see ``act_on_messages``).
-ACTIONS = ("hold", "release", "delete", "bounce")
-
+#: notices spooled to senders (bounces and "delayed" warnings).
 COUNTERS = ("delivered", "deferred", "bounced", "attempts", "waiting", "errors", "dsns")
 
 
@@ -95,6 +97,8 @@ class Scheduler(Service):
         self._agent = agent
         self._registry = registry
         self._rules = Rules(config_provider, registry)
+        self._config_provider = config_provider
+        self._config_seen = config_provider()  # what config_changed compares with
         self._reactor = reactor
         self._reporting_mta = reporting_mta
         self._max_in_flight = max_in_flight
@@ -119,15 +123,20 @@ class Scheduler(Service):
             board=self._board, ledger=self._ledger, due=self._due, rules=self._rules,
             waits=self._waits, reactor=self._reactor, hold=self.hold, pump=self._pump,
         )
-        self._finisher = Finisher(
-            spool=self._spool, ledger=self._ledger, reactor=self._reactor,
+        self._notices = Notices(
+            spool=self._spool, ledger=self._ledger, rules=self._rules, reactor=self._reactor,
             reporting_mta=self._reporting_mta, counters=self._counters, log=lambda: self.log,
-            submit=self.submit, decision=self._decision, forgotten=self._forgotten,
-            track=self._track,
+            submit=self.submit, track=self._track,
+        )
+        self._finisher = Finisher(
+            spool=self._spool, ledger=self._ledger, notices=self._notices,
+            reactor=self._reactor, counters=self._counters, log=lambda: self.log,
+            forgotten=self._forgotten, track=self._track,
         )
         self._recorder = Recorder(
             ledger=self._ledger, rules=self._rules, waits=self._waits, proxy=self._proxy,
-            finisher=self._finisher, counters=self._counters, reactor=self._reactor,
+            finisher=self._finisher, notices=self._notices, counters=self._counters,
+            reactor=self._reactor,
             log=lambda: self.log, schedule=self._schedule, hold=self.hold, pause=self._pause,
             decision_for=self.decision_for, track=self._track,
         )
@@ -208,6 +217,28 @@ class Scheduler(Service):
         if self._take(message):
             self._pump()
 
+    def config_changed(self) -> None:
+        """
+        The config was reloaded: re-time what waits by ``retry_interval`` -- running
+        pauses, and the backoff of every part that failed since the start -- to the
+        new interval, so a shorter one takes effect now, not after the old waits.
+        (A part read from the spool keeps the time it was given until its next try.)
+        Only queues whose retry policy changed are touched: O(their waiting parts).
+        """
+        seen, self._config_seen = self._config_seen, self._config_provider()
+        before = Rules(lambda: seen, self._registry)
+        if self._stopping:
+            return
+        now, ledger, policy = self._now(), self._ledger, self._rules.policy
+
+        def changed(key: QueueKey) -> bool:  # most reloads change no queue's policy
+            return before.policy(key) != policy(key)
+
+        self._waits.retime_pauses(changed)
+        self._due.retime(
+            lambda part: retimed_due(part, ledger.current(part), policy(part.key), now),
+            changed)
+
     def queue_depths(self) -> dict[QueueKey, int]:
         """Pending recipients per (binding, domain), for /status and /metrics: O(queues)."""
         return self._ledger.depths()
@@ -284,9 +315,12 @@ class Scheduler(Service):
         entry = self._ledger.add(message)
         if not entry.parts:
             self._finisher.finish(entry)
+            return True
         if not entry.held:  # held by the operator before a restart: still held
             for part in entry.parts:
                 self._schedule(part)
+        # A notice a crash kept from being sent (or marked sent) is owed still.
+        self._notices.after_pass(entry, entry.parts[0].key)
         return True
 
     def _schedule(self, part: Part) -> None:
@@ -378,6 +412,8 @@ class Scheduler(Service):
         self._counters["waiting"] += 1
         # Remember why, for an expiry DSN, without counting an attempt.
         self._ledger.change(entry, note_wait(entry.message, part.key[1], reason), recount=False)
+        # No pass ends while it waits: its delay warning is looked at here instead.
+        self._notices.after_pass(entry, part.key)
         if self._waits.hold(part, reason):  # when the wait begins, not at every re-check
             self.decision_for(part, "waiting for a plumbed proxy", reason=reason)
 

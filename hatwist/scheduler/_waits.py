@@ -20,7 +20,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
 
-from ._queues import Board, Part, Queue
+from ._queues import Board, Part, Queue, QueueKey
 from ._rules import Rules
 
 #: Longest wait, in seconds, before a queue waiting for its outbound throttle looks
@@ -84,16 +84,36 @@ class Waits:
             return None
         delay = self._rules.policy(part.key).retry_interval
         queue.held = queue.paused = True
+        queue.paused_at = self._reactor.seconds()
         queue.reason = reason
         queue.release = self._reactor.callLater(delay, self.release, queue)
         return delay
+
+    def retime_pauses(self, changed: Callable[[QueueKey], bool]) -> None:
+        """
+        A reload changed the ``retry_interval`` of the queues ``changed`` names:
+        each of their running pauses ends one
+        new interval after it began (at once if that is past), so a shorter interval
+        shortens it.
+        """
+        now = self._reactor.seconds()
+        for queue in self._board:
+            if not queue.paused or queue.paused_at is None or not changed(queue.key):
+                continue
+            if queue.release is None or not queue.release.active():
+                continue
+            ends = queue.paused_at + self._rules.policy(queue.key).retry_interval
+            if ends <= now:
+                self.release(queue)
+            else:
+                queue.release.reset(ends - now)
 
     def release(self, queue: Queue) -> None:
         """End a hold or pause now (a proxy came back, the destination answers)."""
         cancel(queue.release)
         queue.release = None
         queue.held = queue.paused = False
-        queue.reason = None
+        queue.paused_at = queue.reason = None
         self._resume(queue)
 
     def throttle(self, part: Part, queue: Queue, wait: float) -> bool:

@@ -28,6 +28,11 @@ class ILimits(Interface):
     def finish(lease):
         """The attempt holding ``lease`` ended: its slot is free again."""
 
+    def unstart(lease):
+        """The attempt holding ``lease`` never reached an MX (held for want of a
+        plumbed proxy): its start leaves the throttle window.  Call before
+        :meth:`finish`."""
+
     def next_start(key, throttle, now):
         """When one more start of ``key`` may come, as far as known here (``now``
         when at once or unknown): what status pages show for a throttled queue."""

@@ -50,7 +50,12 @@ class LocalLimits:
         share is known if it ever has to decide alone."""
         self._throttles.record(key, throttle, now)
         self._slots[key] = self._slots.get(key, 0) + 1
-        return Lease(key, next(self._ids) if lease_id is None else lease_id)
+        return Lease(key, next(self._ids) if lease_id is None else lease_id,
+                     at=None if throttle is None else now)
+
+    def unstart(self, lease: Lease) -> None:
+        if lease.at is not None:
+            self._throttles.give_back(lease.key, lease.at)
 
     def finish(self, lease: Lease) -> None:
         held = self._slots.get(lease.key, 0) - 1

@@ -229,6 +229,19 @@ class RedisLimits(service.Service):
         if self._idle_sweep is None or not self._idle_sweep.active():
             self._idle_sweep = self._reactor.callLater(self._idle.linger, self._sweep_idle)
 
+    def unstart(self, lease: Lease) -> None:
+        """Take the start out of this node's window and, when Redis granted it, out
+        of the fleet's (a ZREM riding with the next batch; the start's id is the
+        lease's).  A replay after a Redis restart may count it again, once."""
+        self._local.unstart(lease)
+        if lease.at is None or lease.id not in self._leases:
+            return
+        if not self.up or self._pending >= self._max_pending:
+            return  # it leaves the fleet's window by itself, after the throttle's seconds
+        key = redis_key(self._prefix, "throttle", lease.key)
+        self._pending += 1
+        self._batch.zrem(key, lease.id).addBoth(self._answered).addErrback(self._failed)
+
     def _sweep_idle(self) -> None:
         self._idle_sweep = None
         for lease in self._idle.expired(self._reactor.seconds()):

@@ -42,6 +42,9 @@ class Lease:
 
     key: QueueKey
     id: str
+    at: float | None = attrs.field(default=None, eq=False)
+    """When its start was written into this process's throttle window (None: the
+    queue was unthrottled), so :meth:`ILimits.unstart` can take that start out."""
 
 
 @attrs.frozen

@@ -43,6 +43,8 @@ class RecipientState:
     reason: str | None = None
     """The last reply text (or local reason) for this recipient, if any."""
     attempts: int = 0
+    bounced: bool = False
+    """A DSN reporting this failed recipient is spooled (so it is not reported twice)."""
 
 
 @attrs.frozen
@@ -66,6 +68,8 @@ class SpooledMessage:
     """When the operator held it (``hatwist queue hold``); None: not held."""
     held_for: float = 0.0
     """Seconds it spent held before its last release: its expiry is that much later."""
+    delay_warned: bool = False
+    """A "delayed" DSN (``delay_warning_time``) is spooled for it: one per message."""
 
     def pending(self) -> tuple[RecipientState, ...]:
         """The recipients still waiting for delivery."""
@@ -89,7 +93,7 @@ def encode(message: SpooledMessage) -> bytes:
         "received_at": message.received_at, "size": message.size,
         "recipients": [
             {"address": r.address, "attempts": r.attempts, "code": r.code,
-             "reason": r.reason, "status": r.status}
+             "reason": r.reason, "status": r.status, **_BOUNCED[r.bounced]}
             for r in message.recipients
         ],
         "version": FORMAT_VERSION,
@@ -101,7 +105,14 @@ def encode(message: SpooledMessage) -> bytes:
         body["held_at"] = message.held_at
     if message.held_for:
         body["held_for"] = message.held_for
+    # The scheduler's DSN marks are written only when set: a state without them reads
+    # as it always did.
+    if message.delay_warned:
+        body["delay_warned"] = True
     return _ENCODER.encode(body).encode("utf-8")
+
+
+_BOUNCED: dict[bool, dict[str, bool]] = {False: {}, True: {"bounced": True}}
 
 
 class Strings(dict):
@@ -166,6 +177,9 @@ def _check(message: SpooledMessage) -> None:
     for r in message.recipients:
         _types((r.address, str), (r.attempts, int), (r.code, (int, type(None))),
                (r.reason, (str, type(None))))
+    if not all(type(flag) is bool
+               for flag in (message.delay_warned, *(r.bounced for r in message.recipients))):
+        raise CorruptEntry("a DSN mark (bounced, delay_warned) is not true or false")
 
 
 def _types(*pairs: tuple[object, type | tuple[type, ...]]) -> None:

@@ -18,7 +18,7 @@ from twisted.internet import endpoints
 
 from tests._inbound import Client
 from tests.service._relay import make_message
-from tests.service.test_relay import DEFAULT_SOURCE, SENDER, SINK_HOST, Rig
+from tests.service.test_relay import DEFAULT_SOURCE, SENDER
 
 pytestmark = pytest.mark.integration
 
@@ -32,19 +32,6 @@ max_inbound_connections_unlisted = 3
 inbound_junk_command_limit = 10
 """
 
-
-@pytest_twisted.async_yield_fixture
-async def rig(reactor, dns_server, smtp_sink, haproxy, tmp_path):
-    dns_server.add_mx("dest.test", [(10, "mx.dest.test")])
-    dns_server.add_mx("src.test", [(10, "mx.dest.test")])
-    dns_server.add_a("mx.dest.test", SINK_HOST)
-    setup = Rig(reactor, dns_server, smtp_sink, haproxy, str(tmp_path),
-                spool_dir=str(tmp_path / "spool"))
-    try:
-        yield setup
-    finally:
-        for relay in setup.relays:
-            await relay.kill()
 
 
 async def connect(reactor, port: int, source: str) -> tuple[Client, str]:

@@ -329,7 +329,7 @@ async def test_rejected_recipient_bounces_to_the_sender_but_a_null_sender_never_
     relay = await rig.start_relay()
 
     null_id = await rig.send("null-1@t", ["bad@dest.test"], mail_from="")
-    await relay.wait_for_log(f"message {null_id} binding default domain : removed",
+    await relay.wait_for_log(f"message {null_id} binding default: removed",
                              timeout=DEADLINE, since=0)
     assert relay.lines_with(f"message {null_id} ", "1 permanent"), "it must have been tried"
     assert not relay.lines_with(null_id, "DSN")

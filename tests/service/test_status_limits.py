@@ -15,7 +15,7 @@ from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import deferLater
 
-from tests.service.test_relay import DEADLINE, SINK_HOST, Rig
+from tests.service.test_relay import DEADLINE
 
 pytestmark = pytest.mark.integration
 
@@ -23,18 +23,6 @@ pytestmark = pytest.mark.integration
 #: enough that a relay which does read it (the code before the bound) fills no disk.
 BODY_LIMIT = 8 * 1024 * 1024
 
-
-@pytest_twisted.async_yield_fixture
-async def rig(reactor, dns_server, smtp_sink, haproxy, tmp_path):
-    dns_server.add_mx("dest.test", [(10, "mx.dest.test")])
-    dns_server.add_a("mx.dest.test", SINK_HOST)
-    setup = Rig(reactor, dns_server, smtp_sink, haproxy, str(tmp_path),
-                spool_dir=str(tmp_path / "spool"))  # fmt: skip
-    try:
-        yield setup
-    finally:
-        for relay in setup.relays:
-            await relay.kill()
 
 
 class Client(protocol.Protocol):
