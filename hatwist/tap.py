@@ -33,6 +33,7 @@ from twisted.python.threadpool import ThreadPool
 from hatwist import __version__
 from hatwist._descriptors import check_descriptor_limit
 from hatwist._logging import buffer_logs_of
+from hatwist._signals import install_sighup
 from hatwist.config import Config, ConfigError, ServerAddress, load_config
 from hatwist.config.values import ListenTLSMode
 from hatwist.control import ControlError, ControlService, QueueHandler
@@ -361,7 +362,7 @@ class RelayService(service.MultiService):
             self.log.critical("cannot start: {error}", error=str(e))
             print(f"hatwist: cannot start: {e}", file=sys.stderr)
             raise SystemExit(EXIT_CANNOT_START) from None
-        self._previous_hup = _install_sighup(self.reactor, self.reload)
+        self._previous_hup = install_sighup(self.reactor, self.reload)
 
     def stopService(self) -> defer.Deferred[None]:
         """
@@ -474,19 +475,6 @@ def _load_with_credentials(filename: str) -> tuple[Config, Credentials]:
     config = load_config(filename)
     return config, load_credentials(config.service)
 
-
-def _install_sighup(reactor: Any, reload: Callable[[], object]) -> Any:
-    """Route SIGHUP to ``reload`` in the reactor thread; returns the previous handler."""
-    if not hasattr(signal, "SIGHUP"):
-        return None
-
-    def handler(signum: int, frame: object) -> None:
-        reactor.callFromThread(reload)
-
-    try:
-        return signal.signal(signal.SIGHUP, handler)
-    except ValueError:  # not the main thread (e.g. some test runners)
-        return None
 
 
 def makeService(options: Options) -> service.IService:

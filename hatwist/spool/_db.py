@@ -28,7 +28,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import attrs
 
@@ -218,11 +218,8 @@ class SpoolDatabase:
         C{sqlite3.Error} if the transaction as a whole failed: then nothing of
         it was written.
         """
-        db = self._writer
-        assert db is not None, "open() first"
         outcomes: list[BaseException | None] = []
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction() as db:
             for operation in operations:
                 try:
                     operation.apply(db)
@@ -230,13 +227,23 @@ class SpoolDatabase:
                     outcomes.append(e)
                 else:
                     outcomes.append(None)
+        return outcomes
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction on the writer connection: committed when the block
+        ends, rolled back (and the error raised) when it fails."""
+        db = self._writer
+        assert db is not None, "open() first"
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
             raise
-        return outcomes
 
     def max_id(self) -> str | None:
         assert self._writer is not None, "open() first"
@@ -246,22 +253,13 @@ class SpoolDatabase:
         """Insert messages read from the old file layout in one transaction, keeping
         any already there (a repeated import after a crash adds no duplicates);
         return how many rows were new."""
-        db = self._writer
-        assert db is not None, "open() first"
         added = 0
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction() as db:
             for message, content in entries:
                 added += db.execute("INSERT OR IGNORE INTO message (id, state) VALUES (?, ?)",
                                     (message.id, encode(message).decode("utf-8"))).rowcount
                 db.execute("INSERT OR IGNORE INTO content (id, data) VALUES (?, ?)",
                            (message.id, content))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-            raise
         return added
 
 

@@ -32,6 +32,7 @@ from twisted.application import service
 from twisted.internet import defer, error, protocol, threads
 from twisted.logger import Logger
 
+from hatwist._signals import install_sighup
 from hatwist.config import Config, ConfigError, load_config
 from hatwist.spool._db import DATABASE as SINGLE_RELAY_SPOOL
 
@@ -223,7 +224,7 @@ class Supervisor(service.MultiService):
         super().startService()
         for slot in self.slots:
             slot.spawn()
-        self._previous_hup = _install_sighup(self.reactor, self.reload)
+        self._previous_hup = install_sighup(self.reactor, self.reload)
 
     def _warn_orphan_partitions(self) -> None:
         spool_dir = self.config.service.spool_dir
@@ -317,15 +318,3 @@ def _why(e: OSError) -> str:
     text = e.strerror or str(e)
     return text[:1].lower() + text[1:]
 
-
-def _install_sighup(reactor: Any, reload: Callable[[], object]) -> Any:
-    if not hasattr(signal, "SIGHUP"):
-        return None
-
-    def handler(signum: int, frame: object) -> None:
-        reactor.callFromThread(reload)
-
-    try:
-        return signal.signal(signal.SIGHUP, handler)
-    except ValueError:  # not the main thread
-        return None
