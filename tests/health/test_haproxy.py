@@ -19,6 +19,7 @@ from hatwist.health import (
     SMTPBannerProbe,
     make_probe,
 )
+from tests.health.test_probes import NamedReactor, OnlyA
 from tests.rig.haproxy import HAProxy
 from tests.rig.sink import SILENT
 
@@ -329,33 +330,6 @@ async def test_a_source_the_mx_never_greets_stops_only_its_path_through_haproxy(
     await defer.gatherResults([s.lost for s in factory.sessions]).addTimeout(DEADLINE, reactor)
 
 
-class _OnlyA:
-    """Name resolution that knows ``sink.test`` by its IPv4 address only (no AAAA)."""
-
-    def __init__(self, ip):
-        self.ip = ip
-
-    def resolveHostName(self, receiver, hostName, portNumber=0, addressTypes=None, **kw):
-        from twisted.internet.address import IPv4Address
-
-        receiver.resolutionBegan(None)
-        if hostName == "sink.test" and (addressTypes is None or IPv4Address in addressTypes):
-            receiver.addressResolved(IPv4Address("TCP", self.ip, portNumber))
-        receiver.resolutionComplete()
-        return receiver
-
-
-class _NamedReactor:
-    """The real reactor, with host names answered by ``names``."""
-
-    def __init__(self, reactor, names):
-        self._reactor = reactor
-        self.nameResolver = names
-
-    def __getattr__(self, name):
-        return getattr(self._reactor, name)
-
-
 @pytest_twisted.ensureDeferred
 async def test_a_target_name_without_aaaa_leaves_ipv6_paths_to_a_connect_through_haproxy(
     reactor, haproxy, smtp_sink
@@ -368,7 +342,7 @@ async def test_a_target_name_without_aaaa_leaves_ipv6_paths_to_a_connect_through
     target = ServerAddress("sink.test", smtp_sink.port)
     registry = ObservedRegistry([server], success_threshold=1, failure_threshold=1)
     probe = SMTPBannerProbe(
-        _NamedReactor(reactor, _OnlyA(smtp_sink.host)),
+        NamedReactor(reactor, OnlyA(smtp_sink.host)),
         timeout=TIMEOUT,
         target=target,
         sources_for=lambda _: ("127.0.0.9", "fd00::9"),

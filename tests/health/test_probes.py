@@ -377,12 +377,15 @@ async def test_each_family_is_proved_against_its_own_target(reactor):
 class OnlyA:
     """A name resolver that knows ``sink.test`` by its IPv4 address only (no AAAA)."""
 
+    def __init__(self, ip: str = "127.0.0.20") -> None:
+        self.ip = ip
+
     def resolveHostName(self, receiver, hostName, portNumber=0, addressTypes=None, **kw):
         from twisted.internet.address import IPv4Address
 
         receiver.resolutionBegan(None)
         if hostName == "sink.test" and (addressTypes is None or IPv4Address in addressTypes):
-            receiver.addressResolved(IPv4Address("TCP", "127.0.0.20", portNumber))
+            receiver.addressResolved(IPv4Address("TCP", self.ip, portNumber))
         receiver.resolutionComplete()
         return receiver
 
