@@ -8,7 +8,7 @@ in this package is how it gets there.
 
 from hatwist.config.errors import ConfigError, ConfigErrors, ConfigWarning
 from hatwist.config.resolve import load_config, parse_config
-from hatwist.config.settings import Binding, Config
+from hatwist.config.settings import Binding, Config, Group, group_route, route_group
 from hatwist.config.values import (
     DeliverySettings,
     HealthCheckMode,
@@ -26,12 +26,15 @@ __all__ = [
     "ConfigErrors",
     "ConfigWarning",
     "DeliverySettings",
+    "Group",
     "HealthCheckMode",
     "HealthSettings",
     "ServerAddress",
     "ServiceSettings",
     "TLSMode",
     "Throttle",
+    "group_route",
     "load_config",
     "parse_config",
+    "route_group",
 ]

@@ -25,7 +25,7 @@ from hatwist.config.errors import (
     InconsistentSettingsError,
     collected,
 )
-from hatwist.config.settings import Binding, BindingMap, Config
+from hatwist.config.settings import Binding, BindingMap, Config, Group, group_route
 from hatwist.config.syntax import Scope, Setting, parse
 from hatwist.config.values import (
     DeliverySettings,
@@ -110,6 +110,7 @@ class _Loader:
                 for name, binding in tree.bindings.items()
             }
         )
+        groups = self.groups(tree, resolved)
         self.check_probe_sources(health, tree.module)
         if self.scopes.errors:
             raise collected(self.scopes.errors)
@@ -121,7 +122,30 @@ class _Loader:
             warnings=tuple(self.scopes.warnings + self.warnings),
             sources=self.sources,
             proxy_servers=self.proxy_servers(),
+            groups=groups,
         )
+
+    def groups(self, tree: Any, resolved: BindingMap) -> dict[str, Group]:
+        """Each binding_group that has bindings: its members in file order, and its own
+        settings (the group's scope over the top level's) for its queues.  A group
+        whose bindings all have ``binding_weight = 0`` could never send: an error."""
+        found: dict[str, Group] = {}
+        for name, scope in tree.groups.items():
+            members = sorted((b for b in tree.bindings.values() if b.group == name),
+                             key=lambda b: b.line)
+            if not members:
+                continue  # a scope only: nothing can be sent to it
+            own = self.resolve_binding(
+                BindingScope(group_route(name), scope.line, EMPTY, {}, group=name),
+                tree.groups, tree.top, tree.top_domains, check=False)
+            found[name] = Group(name, tuple(b.name for b in members), own)
+            weights = {b.name: resolved[b.name].base_settings.binding_weight for b in members}
+            if not any(weights.values()) and "binding_weight" not in self.scopes.failed:
+                self.report(InconsistentSettingsError,
+                            f"binding_group {name}: every binding has binding_weight = 0, so "
+                            "mail sent to it (X-Binding-Group) could never leave",
+                            scope.line, None)
+        return found
 
     def proxy_servers(self) -> tuple[ServerAddress, ...]:
         """Every distinct server in file order (scopes are visited out of file order)."""
@@ -274,12 +298,15 @@ class _Loader:
         groups: Mapping[str, BindingScope],
         global_layer: Layer,
         top_domains: Mapping[str, Layer],
+        *,
+        check: bool = True,
     ) -> Binding:
         group = groups.get(binding.group) if binding.group else None
         group_layer = group.layer if group else EMPTY
         group_domains = group.domains if group else {}
         base, origins = _resolve([binding.layer, group_layer, global_layer])
-        self.check_families(binding.name, None, base, origins, None)
+        if check:
+            self.check_families(binding.name, None, base, origins, None)
         per_domain: dict[str, DeliverySettings] = {}
         for domain in dict.fromkeys([*binding.domains, *group_domains, *top_domains]):
             settings, domain_origins = _resolve(
@@ -293,7 +320,8 @@ class _Loader:
                 ]
             )
             per_domain[domain] = settings
-            self.check_families(binding.name, domain, settings, domain_origins, base)
+            if check:
+                self.check_families(binding.name, domain, settings, domain_origins, base)
         return Binding(binding.name, binding.group, base=base, domains=per_domain)
 
     def check_families(

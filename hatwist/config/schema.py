@@ -277,6 +277,11 @@ KEYS: tuple[Key, ...] = (
         c.submitters, None, "CIDR and user:NAME list",
         "who may name this binding (X-Binding): clients from these networks or logged in as "
         "these users; others get 550 5.7.1", default_doc="any client allowed to relay"),
+    Key("binding_weight", Section.DELIVERY, "binding_weight", _BINDING_ONLY,
+        c.integer(0, 1000), 1, "whole number 0-1000",
+        "this binding's share of the attempts of mail sent to its binding_group "
+        "(X-Binding-Group), among the group's bindings with a plumbed path for the MX's "
+        "address family; 0 takes none"),
     # -- queue management (issue 15) ----------------------------------------------------------
     _service("control_socket", "control_socket", c.socket_path, None, "path",
              "UNIX socket (mode 0600) where the relay answers hatwist queue",

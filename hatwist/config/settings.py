@@ -43,6 +43,37 @@ class Binding:
         return tuple(self._domains)
 
 
+#: What a queue of mail sent to a binding_group is named by, in place of a binding:
+#: ``group:NAME``.  A colon is in no binding name, so the two never collide.
+GROUP_ROUTE_PREFIX = "group:"
+
+
+def group_route(group: str) -> str:
+    """The route name of mail sent to ``group`` (``X-Binding-Group``)."""
+    return GROUP_ROUTE_PREFIX + group.lower()
+
+
+def route_group(route: str) -> str | None:
+    """The binding_group a route name stands for, or None for a binding's name."""
+    return route[len(GROUP_ROUTE_PREFIX):] if route.startswith(GROUP_ROUTE_PREFIX) else None
+
+
+@attrs.frozen
+class Group:
+    """
+    A binding_group that mail can be sent to (``X-Binding-Group``): its bindings, and
+    the group's own settings (its scope over the top level's), which rule the group's
+    queues -- retries, expiry, warnings -- while each attempt runs on the binding chosen
+    for it, under that binding's settings and limits.
+    """
+
+    name: str
+    members: tuple[str, ...]
+    """Its bindings, in file order."""
+    own: Binding
+    """The group's settings per domain (a Binding named by its route name)."""
+
+
 class BindingMap(Mapping[str, Binding]):
     """Bindings by name, looked up case-insensitively; read-only."""
 
@@ -73,6 +104,8 @@ class Config:
     warnings: tuple[ConfigWarning, ...] = ()
     _sources: Mapping[ServerAddress, tuple[str, ...]] = attrs.field(alias="sources", factory=dict)
     _proxy_servers: tuple[ServerAddress, ...] = attrs.field(alias="proxy_servers", default=())
+    groups: Mapping[str, Group] = attrs.field(factory=dict)
+    """The binding_groups that have bindings, by (lower-case) name."""
 
     def binding(self, name: str) -> Binding:
         """The binding called ``name`` (case-insensitive); KeyError naming it if unknown."""
@@ -80,6 +113,20 @@ class Config:
             return self.bindings[name]
         except KeyError:
             raise KeyError(f"no binding named {name!r} in {self.filename}") from None
+
+    def group(self, name: str) -> Group:
+        """The binding_group called ``name``; KeyError naming it if unknown or empty."""
+        try:
+            return self.groups[name.lower()]
+        except KeyError:
+            raise KeyError(f"no binding_group named {name!r} with bindings in "
+                           f"{self.filename}") from None
+
+    def route(self, name: str) -> Binding:
+        """The settings a queue named ``name`` runs by: the binding's, or for
+        ``group:NAME`` (:func:`group_route`) the group's own; KeyError if unknown."""
+        group = route_group(name)
+        return self.binding(name) if group is None else self.group(group).own
 
     @property
     def proxy_servers(self) -> tuple[ServerAddress, ...]:

@@ -241,6 +241,7 @@ class DeliverySettings:
     attempt_timeout: int = 600
     allowed_submitters: SubmitterPolicy | None = None  # None: whoever may relay
     delay_warning_time: int = 0  # 0: no "delayed" DSN
+    binding_weight: int = 1  # its share of its binding_group's attempts (0: none)
 
     @property
     def uses_proxy(self) -> bool:
