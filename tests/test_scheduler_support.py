@@ -143,12 +143,12 @@ def result_for(outbound, code, text="", codes=None):
 
 
 class World:
-    def __init__(self, config_text=CONFIG, **options):
+    def __init__(self, config_text=CONFIG, agent=None, **options):
         self.clock = task.Clock()
         self.clock.advance(START)
         self.config = parse_config(config_text)
         self.spool = MemorySpool(self.clock)
-        self.agent = HeldAgent(self.clock)
+        self.agent = HeldAgent(self.clock) if agent is None else agent
         self.registry = ServerRegistry(
             self.config.proxy_servers, success_threshold=1, failure_threshold=1
         )

@@ -114,6 +114,9 @@ class OutboundMessage:
     load_content: Callable[[], Deferred[bytes] | bytes] | None = attrs.field(
         default=None, eq=False
     )
+    group: str | None = None
+    """The binding_group the message was sent to (``X-Binding-Group``), which chose
+    ``binding`` for this attempt; None for mail sent to a binding."""
 
 
 @attrs.frozen

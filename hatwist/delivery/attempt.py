@@ -380,10 +380,12 @@ class DeliveryAgent:
         level = LogLevel.info if kinds == {"delivered"} else LogLevel.warn
         _log.emit(
             level,
-            "message {message_id} binding {binding} to {domain}: {codes} "
+            "message {message_id} binding {binding}{group_text} to {domain}: {codes} "
             "via {route} mx {mx_host} [{mx_address}] in {duration:.3f}s{tls_text}{error_text}",
             message_id=message.id,
             binding=message.binding,
+            group=message.group,
+            group_text=f" (group {message.group})" if message.group else "",
             domain=message.domain,
             route=result.route,
             mx_host=result.mx_host,

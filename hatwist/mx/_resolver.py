@@ -233,6 +233,18 @@ class MXResolver:
         d.addTimeout(self._deadline, self._reactor, onTimeoutCancel=timedOut)
         return d
 
+    def known_families(self, domain: str) -> frozenset[int] | None:
+        """
+        The address families (4, 6) of ``domain``'s MX hosts while a resolved answer is
+        cached, else None: no query is made.  The scheduler asks it to choose, among a
+        binding_group's bindings, one with a plumbed proxy path for those families.
+        """
+        known = self._hosts.get(domain.lower())
+        if known is None or known[0] <= self._reactor.seconds():
+            return None
+        return frozenset(6 if ":" in address else 4
+                         for host in known[1] for address in host.addresses)
+
     def _reshuffle(self, hosts: tuple[MXHost, ...]) -> tuple[MXHost, ...]:
         """``hosts`` with each run of equal preference shuffled, as :meth:`_order` does."""
         if len(hosts) < 2:

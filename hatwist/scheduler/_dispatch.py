@@ -27,6 +27,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from hatwist.config import route_group
 from hatwist.config.values import Throttle
 from hatwist.delivery import Envelope
 from hatwist.delivery.attempt import OutboundMessage
@@ -183,19 +184,34 @@ class Dispatcher:
         if why is not None:
             self._host.hold(part, entry, why)
             return
-        # The last check before the start: a message counts when its attempt starts.
-        now, throttle = self._reactor.seconds(), self._rules.throttle(part.key)
-        answer = self._limits.start(part.key, throttle, self._rules.max_connections(part.key),
-                                    now)  # fmt: skip
-        if isinstance(answer, defer.Deferred):
-            queue.in_flight += 1  # the place is held while the answer travels
-            self._running += 1
-            answer.addBoth(self._answered, part, queue, throttle)
+        # A binding's queue runs on its binding; a group queue's attempt on the first of
+        # the group's usable bindings (weighted turns) whose limits let it start now.
+        bindings = self._rules.candidates(part.key)
+        if not bindings:
+            self._host.hold(part, entry, "4.4.0 no usable binding in its binding_group")
             return
-        self._decided(answer, part, queue, entry, throttle)
+        # The last check before the start: a message counts when its attempt starts.
+        now = self._reactor.seconds()
+        refused: tuple[Decision, Throttle | None, str] | None = None
+        for binding in bindings:
+            key = part.key if binding == part.key[0] else (binding, part.key[1])
+            throttle = self._rules.throttle(key)
+            answer = self._limits.start(key, throttle, self._rules.max_connections(key), now)
+            if isinstance(answer, defer.Deferred):
+                queue.in_flight += 1  # the place is held while the answer travels
+                self._running += 1
+                answer.addBoth(self._answered, part, queue, throttle, binding)
+                return
+            if answer.lease is not None:
+                self._decided(answer, part, queue, entry, throttle, binding)
+                return
+            if refused is None:
+                refused = (answer, throttle, binding)
+        assert refused is not None
+        self._decided(refused[0], part, queue, entry, refused[1], refused[2])
 
     def _answered(self, decision: Decision | Failure, part: Part, queue: Queue,
-                  throttle: Throttle | None) -> None:  # fmt: skip
+                  throttle: Throttle | None, binding: str) -> None:  # fmt: skip
         queue.in_flight -= 1
         self._running -= 1
         try:
@@ -213,7 +229,7 @@ class Dispatcher:
                 if decision.lease is not None:
                     self._limits.finish(decision.lease)
                 return
-            self._decided(decision, part, queue, entry, throttle)
+            self._decided(decision, part, queue, entry, throttle, binding)
         except Exception:
             self._host.log.failure("message {message_id}: starting an attempt failed",
                                    message_id=part.message_id)  # fmt: skip
@@ -223,7 +239,7 @@ class Dispatcher:
             self.pump()
 
     def _decided(self, decision: Decision, part: Part, queue: Queue, entry: Entry,
-                 throttle: Throttle | None) -> None:  # fmt: skip
+                 throttle: Throttle | None, binding: str) -> None:  # fmt: skip
         if decision.lease is None:
             if decision.refusal is Refusal.THROTTLE:
                 self._host.throttle_wait(part, queue, str(throttle), decision.wait or 0.0)
@@ -239,30 +255,32 @@ class Dispatcher:
         if entry.message.size > LOAD_CONTENT_ABOVE:
             # Read per session, once one is ready for it: an attempt still waiting
             # for connects and banners holds none of it.
-            d = defer.maybeDeferred(self._deliver, None, entry, domain, recipients)
+            d = defer.maybeDeferred(self._deliver, None, entry, domain, recipients, binding)
         else:
             d = defer.maybeDeferred(self._spool.content, entry.message.id)
-            d.addCallback(self._deliver, entry, domain, recipients)
+            d.addCallback(self._deliver, entry, domain, recipients, binding)
         self._in_flight[part] = d
         d.addBoth(self._attempted, part, queue, recipients, decision.lease)
         d.addBoth(self._settled, part)
 
     def _deliver(
-        self, content: bytes | None, entry: Entry, domain: str, recipients: tuple[str, ...]
+        self, content: bytes | None, entry: Entry, domain: str, recipients: tuple[str, ...],
+        binding: str,
     ) -> defer.Deferred:
         message = entry.message
         envelope = Envelope(mail_from=message.mail_from, rcpt_to=recipients,
                             smtputf8=message.smtputf8)
+        group = route_group(message.binding)
         if content is not None:
             outbound = OutboundMessage(
-                id=message.id, binding=message.binding, domain=domain, envelope=envelope,
-                content=content,
+                id=message.id, binding=binding, domain=domain, envelope=envelope,
+                content=content, group=group,
             )
             return self._agent.deliver(outbound)
         loader = _Loader(self._spool, message.id)
         outbound = OutboundMessage(
-            id=message.id, binding=message.binding, domain=domain, envelope=envelope,
-            load_content=loader,
+            id=message.id, binding=binding, domain=domain, envelope=envelope,
+            load_content=loader, group=group,
         )
         # The agent turns a failed read into a temporary failure of its own; a message
         # removed from the spool meanwhile must be forgotten, not retried until expiry.

@@ -75,6 +75,9 @@ class Scheduler(Service):
     :param limits: :class:`hatwist.shared.ILimits` for ``max_connections`` and the
         outbound throttles; :class:`~hatwist.shared.LocalLimits` (this process's own
         counts) by default, :class:`~hatwist.shared.RedisLimits` with ``redis_url``.
+    :param families: ``domain -> frozenset | None``, the address families of the
+        domain's MX hosts if the resolver knows them now (the choice of a
+        binding_group's binding skips those without a plumbed path for them).
     """
 
     log = Logger()
@@ -90,13 +93,14 @@ class Scheduler(Service):
         reporting_mta: str,
         max_in_flight: int = MAX_IN_FLIGHT,
         limits: Any = None,
+        families: Callable[[str], frozenset[int] | None] | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight!r}")
         self._spool = spool
         self._agent = agent
         self._registry = registry
-        self._rules = Rules(config_provider, registry)
+        self._rules = Rules(config_provider, registry, families)
         self._config_provider = config_provider
         self._config_seen = config_provider()  # what config_changed compares with
         self._reactor = reactor
@@ -109,6 +113,7 @@ class Scheduler(Service):
 
     def _reset(self) -> None:
         self._background: set[defer.Deferred] = set()
+        self._rerouted: set[Part] = set()
         self._ledger = Ledger(self._spool, self._reactor, log=lambda: self.log,
                               count_error=self._count_error, track=self._track)
         self._board = Board(self._rules.max_connections)
@@ -227,6 +232,7 @@ class Scheduler(Service):
         """
         seen, self._config_seen = self._config_seen, self._config_provider()
         before = Rules(lambda: seen, self._registry)
+        self._rules.forget_groups()
         if self._stopping:
             return
         now, ledger, policy = self._now(), self._ledger, self._rules.policy
@@ -408,7 +414,16 @@ class Scheduler(Service):
         self._pump()
 
     def hold(self, part: Part, entry: Entry, reason: str) -> None:
-        """Put ``part`` back at the head of its queue and hold the queue for a proxy."""
+        """Put ``part`` back at the head of its queue and hold the queue for a proxy --
+        unless it is a group's, and another of the group's bindings has a path now."""
+        if self._rules.reroutable(part.key) and part not in self._rerouted:
+            # Once per part and reactor turn: should the agent and the registry ever
+            # disagree about a path, this must not become a loop that never yields.
+            if not self._rerouted:
+                self._reactor.callLater(0, self._rerouted.clear)
+            self._rerouted.add(part)
+            self._board.add(part, first=True)
+            return
         self._counters["waiting"] += 1
         # Remember why, for an expiry DSN, without counting an attempt.
         self._ledger.change(entry, note_wait(entry.message, part.key[1], reason), recount=False)
