@@ -113,6 +113,7 @@ def as_json(config: Config) -> dict[str, Any]:
             for server in config.proxy_servers
         ],
         "submitters": submitters(config),
+        "groups": groups(config),
         "bindings": {
             name: {
                 "group": binding.group,
@@ -148,6 +149,16 @@ def submitters(config: Config) -> dict[str, Any]:
     }
 
 
+def groups(config: Config) -> dict[str, Any]:
+    """What ``X-Binding-Group`` may name: each group's bindings with their weights (the
+    share of its attempts each takes while it has a plumbed path)."""
+    return {
+        name: {member: config.binding(member).base_settings.binding_weight
+               for member in group.members}
+        for name, group in config.groups.items()
+    }
+
+
 def _key_table(values: dict[str, Any]) -> list[str]:
     return text_table(["key", "value"], ([k, v] for k, v in _formatted(values).items()))
 
@@ -176,6 +187,12 @@ def as_text(config: Config) -> str:
         ["relaying", policy["relay"]],
         *([f"binding {name}", who] for name, who in policy["bindings"].items()),
     ])
+    if config.groups:
+        lines += ["", "binding groups (X-Binding-Group: each attempt takes one binding with a "
+                  "plumbed path, by weight)"]
+        lines += text_table(["group", "bindings (weight)"], (
+            [name, ", ".join(f"{b} ({w})" for b, w in weights.items())]
+            for name, weights in groups(config).items()))
     for name, binding in config.bindings.items():
         group = f" (binding_group {binding.group})" if binding.group else ""
         domains = binding.domain_overrides()

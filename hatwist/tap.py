@@ -34,7 +34,7 @@ from hatwist import __version__
 from hatwist._descriptors import check_descriptor_limit
 from hatwist._logging import buffer_logs_of
 from hatwist._signals import install_sighup
-from hatwist.config import Config, ConfigError, ServerAddress, load_config
+from hatwist.config import Config, ConfigError, ServerAddress, load_config, route_group
 from hatwist.config.values import ListenTLSMode
 from hatwist.control import ControlError, ControlService, QueueHandler
 from hatwist.delivery.attempt import DeliveryAgent
@@ -245,6 +245,7 @@ class RelayService(service.MultiService):
             reporting_mta=self.hostname,
             max_in_flight=config.service.max_deliveries_in_flight,
             limits=self.limits,
+            families=self.resolver.known_families,
         )
         self.scheduler.setServiceParent(self)
         # hatwist queue: the control socket, as the running user, once the scheduler runs.
@@ -259,6 +260,7 @@ class RelayService(service.MultiService):
         self.status = StatusSources(
             self.registry, self.scheduler, __version__, reactor, deliveries=self.deliveries,
             history=self.history, bindings=lambda: list(self.config.bindings),
+            groups=lambda: {name: group.members for name, group in self.config.groups.items()},
         )
         self.status_site = make_status_site(
             self.status,
@@ -304,19 +306,26 @@ class RelayService(service.MultiService):
         return make_probe(config.health, reactor=self.reactor, sources_for=config.sources_for)
 
     def _binding_exists(self, name: str) -> bool:
+        """Whether mail may be queued for ``name``: a binding, or ``group:G`` for a
+        binding_group with bindings (X-Binding-Group)."""
         try:
-            self.config.binding(name)
+            self.config.route(name)
         except KeyError:
             return False
         return True
 
     def _binding_permits(self, name: str, peer: Any, user: str | None) -> bool:
-        """allowed_submitters of binding ``name``: no key lets anyone who may relay."""
+        """allowed_submitters of binding ``name``: no key lets anyone who may relay.
+        Mail for a binding_group may leave from any of its bindings, so the submitter
+        must be allowed on every one of them."""
+        group = route_group(name)
         try:
-            policy = self.config.binding(name).base_settings.allowed_submitters
+            names = [name] if group is None else list(self.config.group(group).members)
+            policies = [self.config.binding(n).base_settings.allowed_submitters
+                        for n in names]
         except KeyError:
             return False
-        return policy is None or policy.permits(peer, user)
+        return all(policy is None or policy.permits(peer, user) for policy in policies)
 
     async def _drain_inbound(self) -> None:
         """Let submitters in the middle of a transaction finish, within the grace period."""

@@ -168,3 +168,16 @@ def test_json_for_a_syntax_error_lists_that_one(capsys):
     assert main(["check-config", "--json", path]) == 2
     [error] = json.loads(capsys.readouterr().out)["errors"]
     assert (error["line"], error["column"], error["kind"]) == (1, 1, "syntax")
+
+
+def test_binding_groups_are_shown_with_each_bindings_weight(tmp_path, capsys):
+    path = tmp_path / "groups.conf"
+    path.write_text('ha_proxy_server = "10.0.0.1:8085"\nbinding_group pool {\n'
+                    '  binding blue {\n    ha_proxy_src_addr = "192.0.2.10"\n'
+                    '    binding_weight = 3\n  }\n'
+                    '  binding green {\n    ha_proxy_src_addr = "192.0.2.11"\n  }\n}\n')
+    assert main(["check-config", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "  pool   blue (3), green (1)\n" in text
+    assert main(["check-config", "--json", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["groups"] == {"pool": {"blue": 3, "green": 1}}

@@ -90,13 +90,21 @@ def read(message: bytes, max_size: int = 10_000) -> DataReader:
     (b"X-Binding: B2\r\n\r\nhi\r\n", Accepted("b2", b"\r\nhi\r\n")),
     (b"Subject: a\r\n\r\nhi\r\n", Accepted("default", b"Subject: a\r\n\r\nhi\r\n")),
     (b"X-Binding: nope\r\n\r\nhi\r\n", (550, "5.7.1")),
+    (b"X-Binding-Group: POOL\r\n\r\nhi\r\n", Accepted("group:pool", b"\r\nhi\r\n")),
+    (b"X-Binding-Group: nope\r\n\r\nhi\r\n", (550, "5.7.1")),
     (b"Received: x\r\n" * MAX_HOPS + b"\r\nhi\r\n", (554, "5.4.6")),
     (b"X-Binding: nope\r\n\r\n" + b"x" * (MAX_LINE + 1) + b"\r\n", (550, "5.6.0")),
     (b"X-Binding: nope\r\n\r\n" + b"x\r\n" * 5000, (552, "5.3.4")),
 ])
 def test_judge_message_says_what_may_be_spooled_and_on_which_binding(message, verdict):
-    found = judge_message(read(message), lambda name: name in ("default", "b2"))
+    found = judge_message(read(message),
+                          lambda name: name in ("default", "b2", "group:pool"))
     if isinstance(verdict, Accepted):
         assert found == verdict
     else:
         assert (found.code, found.enhanced) == verdict
+
+
+def test_an_unknown_group_is_named_as_a_group():
+    found = judge_message(read(b"X-Binding-Group: nope\r\n\r\nhi\r\n"), lambda name: False)
+    assert found.text == 'Unknown binding_group "nope" (or it has no bindings)'

@@ -130,3 +130,26 @@ def test_x_binding_after_an_mbox_from_line_is_found():
 def test_a_malformed_binding_name_is_refused_not_defaulted(value):
     with pytest.raises(BindingHeaderError, match="malformed X-Binding header"):
         split_binding(b"X-Binding: " + value + b"\r\n\r\nbody\r\n")
+
+
+def test_x_binding_group_names_the_groups_route_and_is_removed():
+    content = b"Subject: a\r\nX-Binding-Group:  Pool\r\n\r\nX-Binding-Group: body\r\n"
+    assert split_binding(content) == (
+        "group:pool", b"Subject: a\r\n\r\nX-Binding-Group: body\r\n", 0)
+
+
+@pytest.mark.parametrize("head, problem", [
+    (b"X-Binding: b1\r\nX-Binding-Group: pool\r\n", "both X-Binding and X-Binding-Group"),
+    (b"X-Binding-Group: pool\r\nx-binding-group: pool\r\n",
+     "more than one X-Binding-Group header"),
+    (b"X-Binding-Group:\r\n", "empty X-Binding-Group header"),
+    (b"X-Binding-Group: group:pool\r\n", 'malformed X-Binding-Group header "group:pool"'),
+])
+def test_an_unusable_group_header_is_refused_naming_the_problem(head, problem):
+    with pytest.raises(BindingHeaderError, match=problem):
+        split_binding(head + b"\r\nbody\r\n")
+
+
+def test_a_binding_name_cannot_smuggle_a_group_route():
+    with pytest.raises(BindingHeaderError, match="malformed X-Binding header"):
+        split_binding(b"X-Binding: group:pool\r\n\r\nbody\r\n")

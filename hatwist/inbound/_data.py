@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 import attrs
 
+from hatwist.config.settings import route_group
+
 from ._syntax import BindingHeaderError, Refusal, printable, split_binding
 
 DEFAULT_BINDING = "default"
@@ -129,8 +131,8 @@ class DataReader:
 
 @attrs.frozen
 class Accepted:
-    """A message that may be spooled: its binding (canonical) and content (without
-    X-Binding)."""
+    """A message that may be spooled: its binding (canonical; C{group:NAME} for
+    X-Binding-Group) and content (without those headers)."""
 
     binding: str
     content: bytes
@@ -153,5 +155,9 @@ def judge_message(reader: DataReader,
     if hops >= MAX_HOPS:
         return Refusal(554, "5.4.6", "Too many hops")
     if not binding_exists(binding):
+        group = route_group(binding)
+        if group is not None:
+            return Refusal(550, "5.7.1", f'Unknown binding_group "{printable(group)}" '
+                           "(or it has no bindings)")
         return Refusal(550, "5.7.1", f'Unknown binding "{printable(binding)}"')
     return Accepted(binding, content)

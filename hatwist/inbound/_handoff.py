@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import maybeDeferred
 from twisted.python.failure import Failure
 
+from hatwist.config.settings import route_group
 from hatwist.spool import SpooledMessage, SpoolWriteError
 
 from ._admission import Peer
@@ -56,8 +57,10 @@ class SpoolHandoff:
         if isinstance(verdict, Accepted) and not self.factory.binding_permits(
                 verdict.binding, self._peer, self._user):
             who = f"user {printable(self._user)}" if self._user else str(self._peer)
-            verdict = Refusal(550, "5.7.1", f'Error: binding "{verdict.binding}" may not be '
-                              f"used by {who}")
+            group = route_group(verdict.binding)
+            named = (f'binding "{verdict.binding}"' if group is None else
+                     f'binding_group "{group}" (every one of its bindings must allow it)')
+            verdict = Refusal(550, "5.7.1", f"Error: {named} may not be used by {who}")
         if isinstance(verdict, Refusal):
             self.log.info("refused a message from {peer}: {code} {enhanced} {text}",
                           peer=str(self._peer), code=verdict.code, enhanced=verdict.enhanced,

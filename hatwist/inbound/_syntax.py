@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_inbound -*-
 """
 The pure parts of the inbound listener: SMTP paths and parameters, and the
-X-Binding header.
+X-Binding and X-Binding-Group headers.
 
 No I/O and no protocol state, so every rule here can be tested with plain
 values; :mod:`hatwist.inbound._session` decides what to answer.
@@ -16,8 +16,11 @@ from email.utils import formatdate
 import attrs
 
 from hatwist.config.converters import binding_name
+from hatwist.config.settings import group_route
 
 BINDING_HEADER = b"x-binding"
+GROUP_HEADER = b"x-binding-group"
+_HEADER_NAMES = {BINDING_HEADER: "X-Binding", GROUP_HEADER: "X-Binding-Group"}
 SMTPUTF8 = "SMTPUTF8"
 _PATH = re.compile(r"\A<(?:@[^:<>]*:)?([^<>\s]*)>(?:\s+(.*))?\Z")
 _FIELD_NAME = re.compile(rb"\A[!-9;-~]+\Z")
@@ -41,8 +44,8 @@ class Refusal:
 
 
 class BindingHeaderError(ValueError):
-    """The X-Binding header is present but unusable (empty, malformed, or more
-    than one)."""
+    """The X-Binding or X-Binding-Group header is present but unusable (empty,
+    malformed, more than one, or both kinds at once)."""
 
 
 def printable(text: str, limit: int = 64) -> str:
@@ -150,11 +153,12 @@ def received_field(*, helo: str | None,
 
 
 def split_binding(content: bytes) -> tuple[str | None, bytes, int]:
-    """Find and remove every X-Binding field of the header section.
+    """Find and remove every X-Binding and X-Binding-Group field of the header section.
 
-    @return: the binding named (or None), the content without the field, and the
-        number of C{Received:} fields (for loop detection).
-    @raise BindingHeaderError: more than one X-Binding field, or an empty one.
+    @return: the route named (a binding, or C{group:NAME} for X-Binding-Group; None
+        for neither), the content without those fields, and the number of
+        C{Received:} fields (for loop detection).
+    @raise BindingHeaderError: more than one such field, both kinds, or an empty one.
     """
     head_end = content.find(b"\r\n\r\n")
     head, rest = ((content[:head_end + 2], content[head_end + 2:]) if head_end >= 0
@@ -172,28 +176,35 @@ def split_binding(content: bytes) -> tuple[str | None, bytes, int]:
         else:  # not a header line: the header section ended here
             body_at = i
             break
-    values, kept, hops = [], [], 0
+    values: list[tuple[bytes, bytes]] = []
+    kept, hops = [], 0
     for field in fields:
         name, _, value = field[0].partition(b":")
-        name = name.rstrip(_WSP)
-        if name.lower() == BINDING_HEADER:
-            values.append(b"".join([value, *field[1:]]).strip())  # RFC 5322 unfolding
+        name = name.rstrip(_WSP).lower()
+        if name in _HEADER_NAMES:
+            values.append((name, b"".join([value, *field[1:]]).strip()))  # RFC 5322 unfolding
             continue
-        hops += name.lower() == b"received"
+        hops += name == b"received"
         kept.extend(field)
     if not values:
         return None, content, hops
+    kinds = {name for name, _ in values}
+    if len(kinds) > 1:
+        raise BindingHeaderError("both X-Binding and X-Binding-Group headers")
+    (kind, value), header = values[0], _HEADER_NAMES[values[0][0]]
     if len(values) > 1:
-        raise BindingHeaderError("more than one X-Binding header")
-    if not values[0]:
-        raise BindingHeaderError("empty X-Binding header")
+        raise BindingHeaderError(f"more than one {header} header")
+    if not value:
+        raise BindingHeaderError(f"empty {header} header")
     remaining = b"\r\n".join(kept + lines[body_at:])
-    return canonical_binding(values[0]), remaining + rest, hops
+    name = canonical_binding(value, header)
+    return (name if kind == BINDING_HEADER else group_route(name)), remaining + rest, hops
 
 
-def canonical_binding(value: bytes) -> str:
-    """The binding an X-Binding value names, as the config stores names (lower
-    case), so ``warm`` and ``WARM`` share one throttle window and one limit.
+def canonical_binding(value: bytes, header: str = "X-Binding") -> str:
+    """The binding (or group) an X-Binding (X-Binding-Group) value names, as the
+    config stores names (lower case), so ``warm`` and ``WARM`` share one throttle
+    window and one limit.
 
     @raise BindingHeaderError: not a name a config file could define.
     """
@@ -203,4 +214,4 @@ def canonical_binding(value: bytes) -> str:
             raise ValueError(text)
         return binding_name(text)
     except ValueError:
-        raise BindingHeaderError(f'malformed X-Binding header "{printable(text)}"') from None
+        raise BindingHeaderError(f'malformed {header} header "{printable(text)}"') from None

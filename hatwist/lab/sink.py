@@ -101,7 +101,7 @@ class _SinkProtocol(LineReceiver):
         peer, host = self.transport.getPeer(), self.transport.getHost()
         self.session = SinkSession(peer=(peer.host, peer.port), local=(host.host, host.port))
         self.sink._connected(self)
-        greeting = self.sink.greeting
+        greeting = self.sink.refuse_from.get(peer.host, self.sink.greeting)
         if greeting is SILENT:
             self.silent = True
             return
@@ -309,6 +309,8 @@ class SMTPSink:
     Knobs (plain attributes, read at each command):
 
     - ``greeting``: the banner reply, e.g. ``(554, "5.3.2 go away")``; ``SILENT`` never greets.
+    - ``refuse_from``: banners by peer address, in place of ``greeting``: a source IP the
+      server refuses (``{"127.0.0.10": (554, "5.7.1 blocked")}``), as a blocklist would.
     - ``replies``: per-verb overrides, ``{"MAIL": (451, "4.3.0 later")}``; the key
       ``END_OF_DATA`` (``"."``) is the reply to the message's final dot; a ``SILENT`` value
       makes the sink stop answering at that point; a 421 reply also closes the connection.
@@ -324,6 +326,7 @@ class SMTPSink:
         self._reactor = reactor
         self.name = name
         self.greeting: Reply | None = (220, f"{name} ESMTP hatwist test sink")
+        self.refuse_from: dict[str, Reply | None] = {}
         self.replies: dict[str, Reply | None] = {}
         self.recipient_replies: dict[str, Reply | None] = {}
         self.drop_in_data = False

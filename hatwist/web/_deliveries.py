@@ -69,7 +69,8 @@ def no_greeting_servers(event: Mapping[str, Any]) -> list[str]:
 class DeliveryMetrics:
     """
     Counts recipients by (binding, route, result), no-greeting proxy sessions by
-    (binding, server) and attempts that skipped TLS by binding. Add it with
+    (binding, server), attempts that skipped TLS by binding, and attempts of mail sent
+    to a binding_group by (group, binding chosen). Add it with
     ``globalLogPublisher.addObserver``.
 
     Never raises: the log publisher would report a failing observer on every delivery,
@@ -80,6 +81,7 @@ class DeliveryMetrics:
         self._results: Counter[ResultKey] = Counter()
         self._no_greeting: Counter[NoGreetingKey] = Counter()
         self._tls_skipped: Counter[str] = Counter()
+        self._group_choices: Counter[tuple[str, str]] = Counter()
         self._attempts = 0
 
     def __call__(self, event: Mapping[str, Any]) -> None:
@@ -100,6 +102,9 @@ class DeliveryMetrics:
         reason = event.get("tls_skipped")
         if isinstance(reason, str) and reason:
             self._tls_skipped[binding] += 1
+        group = event.get("group")
+        if isinstance(group, str) and group:
+            self._group_choices[(group, binding)] += 1
 
     @property
     def attempts(self) -> int:
@@ -124,6 +129,10 @@ class DeliveryMetrics:
     def tls_skipped(self) -> dict[str, int]:
         """Attempts whose session was plaintext although STARTTLS was offered, per binding."""
         return dict(self._tls_skipped)
+
+    def group_choices(self) -> dict[tuple[str, str], int]:
+        """Attempts of mail sent to a binding_group, per (group, binding chosen)."""
+        return dict(self._group_choices)
 
     def tls_skipped_total(self) -> int:
         """Attempts whose session was plaintext although STARTTLS was offered."""

@@ -122,6 +122,20 @@ class StatusCollector(Collector):
             tls_skipped.add_metric([binding], count)
         yield tls_skipped
 
+        chosen = CounterMetricFamily(
+            "hatwist_group_attempts",
+            "Delivery attempts of mail sent to a binding_group (X-Binding-Group), by the "
+            "binding chosen for each (weighted, among those with a plumbed path).",
+            labels=["group", "binding"],
+        )
+        choices: Counter[tuple[str, str]] = Counter(
+            {(group, binding): 0 for group, members in sources.groups().items()
+             for binding in members})
+        choices.update(sources.deliveries.group_choices())
+        for (group, binding), count in sorted(choices.items()):
+            chosen.add_metric([group, binding], count)
+        yield chosen
+
         yield from self._proxies()
         yield from self._queues(bindings)
 

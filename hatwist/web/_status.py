@@ -10,7 +10,7 @@ objects alike, and the three faces cannot disagree about what they saw.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -57,6 +57,9 @@ class StatusSources:
     """The configured binding names (asked at each scrape, so a reload shows): /metrics
     exports every per-binding series for each of them from the start, zeros included,
     so an alert on a rate has a series to read before the first event."""
+    groups: Callable[[], Mapping[str, Iterable[str]]] = attrs.field(default=lambda: {})
+    """The configured binding_groups and their bindings (asked at each scrape), for the
+    per-(group, binding) attempt series, zeros included."""
 
 
 @attrs.frozen

@@ -147,6 +147,22 @@ def test_every_series_of_a_configured_binding_is_there_with_zero_from_the_start(
             assert samples[("hatwist_queues", labels(binding=binding, state=state))] == 0
 
 
+def test_group_attempts_count_each_chosen_binding_and_start_at_zero():
+    deliveries = DeliveryMetrics()
+    src = attrs.evolve(sources(registry(V4), deliveries=deliveries),
+                       groups=lambda: {"pool": ("blue", "green")})
+    metrics = metrics_registry(src)
+    first = scrape(metrics)
+    for binding in ("blue", "green"):
+        assert first[("hatwist_group_attempts_total", labels(group="pool", binding=binding))] == 0
+    deliveries(attempt_event(binding="green", group="pool"))
+    deliveries(attempt_event(binding="green", group="pool"))
+    deliveries(attempt_event(binding="blue"))  # sent to the binding itself: not a choice
+    second = scrape(metrics)
+    assert second[("hatwist_group_attempts_total", labels(group="pool", binding="green"))] == 2
+    assert second[("hatwist_group_attempts_total", labels(group="pool", binding="blue"))] == 0
+
+
 def test_version_info():
     samples = scrape(metrics_registry(sources(registry())))
     assert samples[("hatwist_info", labels(version="9.9.9-test"))] == 1
