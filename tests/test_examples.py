@@ -33,7 +33,9 @@ def test_check_config_accepts_the_example():
 
 def test_the_example_means_what_its_comments_say():
     config = load_config(str(EXAMPLE))
-    assert sorted(config.bindings) == ["default", "warmup"]
+    assert sorted(config.bindings) == ["default", "pool_a", "pool_b", "warmup"]
+    assert config.group("pool").members == ("pool_a", "pool_b")
+    assert config.binding("pool_a").base_settings.binding_weight == 3
     assert [str(s) for s in config.proxy_servers] == ["192.0.2.1:8085", "192.0.2.2:8085"]
     warmup = config.binding("warmup").settings_for("gmail.com")
     assert str(warmup.outbound_throttle_messages) == "50/3600"
