@@ -2,7 +2,7 @@
 
 Fetches a running hatwist's /status document and prints it as tables: the proxy servers
 with their plumbed/unplumbed state, the queues with their state (active, backoff,
-waiting_for_proxy, throttled, paused) and next try, and the counters. Exit status 0 when the
+waiting_for_proxy, throttled, paused, held) and next try, and the counters. Exit status 0 when the
 service answered, 1 when it could not be reached or did not answer with a status document,
 2 when ``--config`` names a file that is not a valid config (the error is printed as
 ``hatwist check-config`` prints it).

@@ -72,6 +72,7 @@ from ._service import COUNTERS, MAX_IN_FLIGHT, Scheduler
 from ._states import (
     ACTIVE,
     BACKOFF,
+    HELD,
     PAUSED,
     QUEUE_STATES,
     THROTTLED,
@@ -87,6 +88,7 @@ __all__ = [
     "ACTIVE",
     "BACKOFF",
     "COUNTERS",
+    "HELD",
     "MAX_IN_FLIGHT",
     "PAUSED",
     "QUEUE_STATES",

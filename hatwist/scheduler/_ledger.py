@@ -117,6 +117,8 @@ class Ledger:
         self._track = track
         self._entries: dict[str, Entry] = {}
         self._depths: dict[QueueKey, int] = {}
+        self._held_depths: dict[QueueKey, int] = {}
+        """Pending recipients of held messages per queue (part of ``_depths``)."""
         self._keys: dict[QueueKey, QueueKey] = {}
         self._resave: dict[Entry, IDelayedCall] = {}
         self._held: dict[str, Entry] = {}
@@ -142,6 +144,8 @@ class Ledger:
     def set_held(self, entry: Entry, held: bool) -> None:
         """Hold ``entry`` (its parts become stale) or release it (O(1)); the caller
         makes the new parts a released entry needs and writes the state down."""
+        if held != entry.held:
+            self._tally(entry.message, 1 if held else -1, self._held_depths)
         entry.held = held
         if held:
             self._held[entry.message.id] = entry
@@ -159,6 +163,10 @@ class Ledger:
         """Pending recipients per queue (only queues that have some); O(queues)."""
         return dict(self._depths)
 
+    def held_depths(self) -> dict[QueueKey, int]:
+        """Pending recipients of held messages per queue (only queues that have some)."""
+        return dict(self._held_depths)
+
     def depth(self, key: QueueKey) -> int:
         return self._depths.get(key, 0)
 
@@ -174,6 +182,7 @@ class Ledger:
         if message.held_at is not None:  # held before a restart: still held
             entry.held = True
             self._held[message.id] = entry
+            self._tally(message, 1, self._held_depths)
         keys: list[QueueKey] = []
         depths, binding = self._depths, message.binding
         for r in message.recipients:
@@ -194,6 +203,9 @@ class Ledger:
         if recount and self._entries.get(entry.message.id) is entry:
             self._tally(entry.message, -1)
             self._tally(message, 1)
+            if entry.held:
+                self._tally(entry.message, -1, self._held_depths)
+                self._tally(message, 1, self._held_depths)
         entry.message = message
 
     def settle(self, entry: Entry, message: SpooledMessage, key: QueueKey, count: int) -> None:
@@ -206,6 +218,12 @@ class Ledger:
             else:
                 self._depths.pop(key, None)
                 self._keys.pop(key, None)
+            if entry.held:  # held while its attempt ran: that attempt's results count
+                held = self._held_depths.get(key, 0) - count
+                if held > 0:
+                    self._held_depths[key] = held
+                else:
+                    self._held_depths.pop(key, None)
         entry.message = message
 
     def current(self, part: Part) -> Entry | None:
@@ -225,6 +243,8 @@ class Ledger:
         del self._entries[entry.message.id]
         self._held.pop(entry.message.id, None)
         self._tally(entry.message, -1)
+        if entry.held:
+            self._tally(entry.message, -1, self._held_depths)
         for part in entry.parts:
             part.heap_seq = None
         entry.parts = ()  # no cycle (entry <-> part) left for the garbage collector
@@ -233,18 +253,23 @@ class Ledger:
             call.cancel()
         return True
 
-    def _tally(self, message: SpooledMessage, sign: int) -> None:
-        depths = self._depths
+    def _tally(self, message: SpooledMessage, sign: int,
+               depths: dict[QueueKey, int] | None = None) -> None:  # fmt: skip
+        held = depths is not None
+        depths = self._depths if depths is None else depths
         for r in message.recipients:
             if r.status != PENDING:  # not `is`: results and expiry make new recipients
                 continue
-            key = self.key(message.binding, domain_of(r.address))
+            # (the held count makes no shared key: it never outlives the queue's depth)
+            key = ((message.binding, domain_of(r.address)) if held
+                   else self.key(message.binding, domain_of(r.address)))
             depth = depths.get(key, 0) + sign
             if depth:
                 depths[key] = depth
             else:
                 del depths[key]
-                self._keys.pop(key, None)  # only queues with mail keep a shared key
+                if not held:
+                    self._keys.pop(key, None)  # only queues with mail keep a shared key
 
     # -- saves ---------------------------------------------------------------
 

@@ -259,7 +259,7 @@ class Scheduler(Service):
         """
         return queue_states(
             self._ledger.depths(), board=self._board, due=self._due,
-            throttle_state=self._throttle_state,
+            throttle_state=self._throttle_state, held=self._ledger.held_depths(),
         )
 
     def counters(self) -> dict[str, int]:

@@ -30,9 +30,12 @@ WAITING_FOR_PROXY = "waiting_for_proxy"
 THROTTLED = "throttled"
 #: No session answered for the destination: held for one ``retry_interval`` (``until``).
 PAUSED = "paused"
+#: Everything pending is held by the operator (``hatwist queue hold``): nothing will
+#: try until it is released, so there is no ``until``.
+HELD = "held"
 
 #: Every state, in the order the status faces list them.
-QUEUE_STATES = (ACTIVE, BACKOFF, WAITING_FOR_PROXY, THROTTLED, PAUSED)
+QUEUE_STATES = (ACTIVE, BACKOFF, WAITING_FOR_PROXY, THROTTLED, PAUSED, HELD)
 
 
 @attrs.frozen
@@ -51,6 +54,8 @@ class QueueState:
     """When the queue next tries (Unix time), or None: active, or nothing scheduled."""
     reason: str | None = None
     """Why it waits: the hold's or pause's reason, the throttle, or the last temporary reply."""
+    held: int = 0
+    """Of ``depth``, the recipients of messages the operator holds."""
 
 
 def queue_state(
@@ -62,10 +67,11 @@ def queue_state(
     retry_reason: str | None,
     throttle: str | None,
     throttled_until: float | None,
+    held: int = 0,
 ) -> QueueState:
     """
     The state of one queue, the first that applies: paused, waiting for a proxy,
-    throttled, active, backoff.
+    throttled, active, held (all of it, with nothing to retry), backoff.
 
     :param queue: its live :class:`Queue` on the board, or None (every part waits
         for its retry time).
@@ -73,12 +79,13 @@ def queue_state(
     :param retry_reason: the last reply of the part that retries first.
     :param throttle: its ``outbound_throttle_messages`` as text, when throttled.
     :param throttled_until: its next allowed start, when throttled.
+    :param held: its pending recipients in messages the operator holds.
     """
     binding, domain = key
     in_flight = queue.in_flight if queue is not None else 0
 
     def state(name: str, until: float | None, reason: str | None = None) -> QueueState:
-        return QueueState(binding, domain, depth, in_flight, name, until, reason)
+        return QueueState(binding, domain, depth, in_flight, name, until, reason, held)
 
     if queue is not None:
         release = queue.release.getTime() if queue.release is not None else None
@@ -91,6 +98,8 @@ def queue_state(
             return state(THROTTLED, throttled_until, reason)
         if queue.ready or queue.in_flight:
             return state(ACTIVE, None)
+    if held >= depth and next_retry is None:
+        return state(HELD, None, f"{held} held by the operator (hatwist queue release)")
     return state(BACKOFF, next_retry, retry_reason)
 
 
@@ -100,9 +109,11 @@ def queue_states(
     board: Board,
     due: Any,
     throttle_state: Callable[[Queue], tuple[str | None, float | None]],
+    held: dict[QueueKey, int] | None = None,
 ) -> list[QueueState]:
     """
     The state of every queue in ``depths`` (pending recipients per queue), sorted.
+    ``held``: of those, the recipients of held messages per queue.
 
     :param due: the scheduler's ``DueHeap``: a queue's first retry is its head.
     :param throttle_state: a throttled queue's throttle text and next allowed start.
@@ -122,6 +133,7 @@ def queue_states(
             retry_reason=None if retry is None else last_reply(retry.entry.message, key[1]),
             throttle=throttle,
             throttled_until=throttled_until,
+            held=held.get(key, 0) if held else 0,
         ))
     return states
 

@@ -29,9 +29,10 @@ __all__ = ["WorkerView", "merge_metrics", "merge_status"]
 #: Proxy and source states from worst to best: a merged row shows the worst a worker saw.
 _STATE_RANK = {"unplumbed": 0, "unknown": 1, "plumbed": 2}
 #: A merged queue shows the state of the worker whose queue moves soonest.
-_QUEUE_RANK = {"active": 0, "throttled": 1, "backoff": 2, "waiting_for_proxy": 3, "paused": 4}
+_QUEUE_RANK = {"active": 0, "throttled": 1, "backoff": 2, "waiting_for_proxy": 3, "paused": 4,
+               "held": 5}
 _PROXY_SUMS = ("checks", "failures", "no_greeting", "state_changes")
-_QUEUE_SUMS = ("pending", "in_flight", "depth")
+_QUEUE_SUMS = ("pending", "in_flight", "depth", "held")
 #: Gauges that are one worker's view (its own health checks): kept per worker.
 PER_WORKER_GAUGES = frozenset({
     "hatwist_proxy_up", "hatwist_proxy_source_up", "hatwist_proxy_check_latency_seconds",

@@ -197,7 +197,8 @@ class StatusCollector(Collector):
         per_state = GaugeMetricFamily(
             "hatwist_queues",
             "Queues (binding, domain) with mail, by binding and state: active, backoff "
-            "(waiting for retry times), waiting_for_proxy, throttled, paused.",
+            "(waiting for retry times), waiting_for_proxy, throttled, paused, held (only "
+            "mail the operator holds).",
             labels=["binding", "state"],
         )
         counts: dict[str, Counter[str]] = {binding: Counter() for binding in bindings}

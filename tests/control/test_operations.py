@@ -245,3 +245,28 @@ def test_bounce_refuses_a_message_with_an_attempt_in_flight(world):
     assert outcome.startswith("bounced")
     assert world.spool.removed == [message.id]
     assert FAILED  # the state names come from the spool
+
+
+def _state(world, domain="dst.test"):
+    [state] = [s for s in world.scheduler.queue_states() if s.domain == domain]
+    return state
+
+
+def test_a_queue_of_only_held_mail_says_held_and_partly_held_says_how_much(world):
+    first = world.submit()
+    second = world.submit()
+    defer_all(world)
+    fired(world.scheduler.act_on_messages("hold", (first.id,)))
+    state = _state(world)
+    assert (state.state, state.depth, state.held) == ("backoff", 2, 1)  # second retries
+    fired(world.scheduler.act_on_messages("hold", (second.id,)))
+    state = _state(world)
+    assert (state.state, state.until, state.held) == ("held", None, 2)
+    assert state.reason == "2 held by the operator (hatwist queue release)"
+    fired(world.scheduler.act_on_messages("release", (first.id,)))
+    assert (_state(world).state, _state(world).held) == ("active", 1)
+    fired(world.scheduler.act_on_messages("bounce", (second.id,)))
+    # Nothing held is left counted: the bounced one's recipients went with it.
+    assert [s.held for s in world.scheduler.queue_states()] == [0] * len(
+        world.scheduler.queue_states())
+    assert world.scheduler._ledger.held_depths() == {}

@@ -39,6 +39,7 @@ async def test_status_json_follows_the_registry(reactor):
                 "state": "active",
                 "until": None,
                 "reason": None,
+                "held": 0,
             }
         ]
 

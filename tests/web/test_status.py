@@ -99,6 +99,7 @@ def test_each_queue_says_its_state_until_when_and_why():
             "state": "waiting_for_proxy",
             "until": 1_800_000_005.0,
             "reason": "4.4.0 no plumbed",
+            "held": 0,
         }
     ]
     json.dumps(document)  # until and reason stay JSON values (null when absent)
