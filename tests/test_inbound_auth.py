@@ -186,7 +186,7 @@ def test_sha512_checks_run_one_at_a_time_even_from_many_threads(monkeypatch, use
 
 def test_a_rounds_value_above_the_cap_is_refused_at_load_time(tmp_path):
     """What one login may cost is bounded when the file is read, not when a client asks:
-    the scheme allows up to 999,999,999 rounds, which openssl would spend hours on."""
+    the scheme allows up to 999,999,999 rounds, minutes of CPU even for openssl's C."""
     checksum = openssl_sha512("x").rsplit("$", 1)[1]
     at_cap = f"$6$rounds={MAX_SHA512_ROUNDS}$saltsalt${checksum}"
     assert parse_users(f"dave:{at_cap}\n", "f").hashes["dave"] == at_cap.encode()

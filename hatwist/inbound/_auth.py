@@ -15,17 +15,18 @@ Two hash schemes, each checked by a maintained library, never by crypto of our o
     ``openssl passwd -6`` and glibc's ``crypt(3)`` write them), with ``libpass``, the
     maintained fork of passlib (import name C{passlib}).  The stdlib ``crypt`` module
     is deprecated and gone in Python 3.13; ``crypt-r`` ships no wheel (it needs a
-    compiler and libcrypt's headers).  libpass hashes in pure Python (about 1.2 us a
-    round here), holding the GIL, so the reactor thread shares the CPU with a running
+    compiler and libcrypt's headers).  libpass hashes in pure Python (about a microsecond
+    a round here), holding the GIL, so the reactor thread shares the CPU with a running
     check instead of being left alone as with bcrypt: hence the bounds below, and one
     SHA-512-crypt check at a time (more would not run faster, only slow the reactor).
 
 What a hostile line or client could make a check cost is bounded: the users file may
 ask for at most L{MAX_SHA512_ROUNDS} rounds (refused at load time with file and line,
-where the scheme itself allows 999,999,999, days of CPU), and a password longer than
-the scheme looks at (bcrypt) or than L{MAX_SHA512_PASSWORD} (SHA-512-crypt's cost grows
-with the password's length) fails without being hashed.  Both libraries compare in
-constant time (bcrypt's C code; passlib's C{hmac.compare_digest}).
+where the scheme itself allows 999,999,999: a quarter of an hour per login), and a
+password longer than the scheme looks at (bcrypt) or than L{MAX_SHA512_PASSWORD}
+(SHA-512-crypt's cost grows with the password's length) fails without being hashed.
+Both libraries compare in constant time (bcrypt's C code; passlib's
+C{hmac.compare_digest}).
 
 The password is never kept past the check and never logged: the session logs the
 user name and the peer only.
