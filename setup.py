@@ -27,7 +27,10 @@ setup(
         "prometheus-client==0.26.0",  # /metrics
         "cryptography>=42",  # the demo lab's certificates (already a pyOpenSSL dependency)
         "redis==6.4.0",  # redis_url: limits shared through Redis (hatwist/shared)
-        "bcrypt==5.0.0",  # SMTP AUTH: the users file's hashes (maintained; passlib is not)
+        "bcrypt==5.0.0",  # SMTP AUTH: the users file's bcrypt hashes (maintained)
+        # SMTP AUTH: SHA-512-crypt ($6$) hashes. The maintained fork of passlib (import name
+        # passlib); a pure-Python wheel, no compiler or libcrypt headers (crypt-r needs both).
+        "libpass==1.9.4",
     ],
     extras_require={
         "test": [

@@ -3,14 +3,19 @@ allowed_submitters as the session applies it.
 
 The users file parser and the failed-login throttle are pure and tested with values;
 the dialogue runs over real sockets with smtplib (PLAIN and LOGIN as it sends them)
-after a real STARTTLS, against real bcrypt hashes (cost 4, so the tests stay fast).
+after a real STARTTLS, against real bcrypt hashes (cost 4, so the tests stay fast) and
+real SHA-512-crypt hashes made by ``openssl passwd -6`` (a fresh random salt each run, one
+with ``rounds=``), never by the library that checks them.
 """
 
 from __future__ import annotations
 
 import base64
 import ipaddress
+import secrets
+import shutil
 import smtplib
+import subprocess
 import time
 
 import bcrypt
@@ -20,6 +25,8 @@ from twisted.internet import defer, reactor, task
 
 from hatwist.config.values import SubmitterPolicy
 from hatwist.inbound._auth import (
+    MAX_SHA512_PASSWORD,
+    MAX_SHA512_ROUNDS,
     LoginThrottle,
     SASLError,
     ThrottleLimits,
@@ -42,9 +49,36 @@ def bcrypt_hash(password: str) -> str:
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode("ascii")
 
 
+CRYPT_ALPHABET = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def openssl_sha512(password: str, rounds: int | None = None) -> str:
+    """A SHA-512-crypt hash as ``openssl passwd -6`` writes it (glibc's algorithm; the
+    password on stdin, so any character may be in it). With ``rounds``, the salt field
+    is ``rounds=N$SALT`` (a random 16-character salt), which openssl passes through."""
+    openssl = shutil.which("openssl")
+    assert openssl is not None, "openssl is needed (Debian package openssl, in .ci/run)"
+    argv = [openssl, "passwd", "-6", "-stdin"]
+    if rounds is not None:
+        salt = "".join(secrets.choice(CRYPT_ALPHABET) for _ in range(16))
+        argv += ["-salt", f"rounds={rounds}${salt}"]
+    done = subprocess.run(argv, input=password.encode(), capture_output=True, timeout=30,
+                          check=True)
+    return done.stdout.decode("ascii").strip()
+
+
 @pytest.fixture(scope="module")
-def users_text():
-    return f"# submitters\nalice:{bcrypt_hash(PASSWORD)}\n\nbob:{bcrypt_hash('other')}\n"
+def carol_hash():
+    """carol's SHA-512-crypt hash, with rounds= (openssl's default has none: 5000)."""
+    hashed = openssl_sha512(PASSWORD, rounds=12345)
+    assert hashed.startswith("$6$rounds=12345$")
+    return hashed
+
+
+@pytest.fixture(scope="module")
+def users_text(carol_hash):
+    return (f"# submitters\nalice:{bcrypt_hash(PASSWORD)}\n\nbob:{bcrypt_hash('other')}\n"
+            f"carol:{carol_hash}\n")
 
 
 @pytest.fixture
@@ -70,18 +104,18 @@ def server_for(tmp_path):
 
 
 def test_users_file_lines_and_comments(users):
-    assert set(users.hashes) == {"alice", "bob"}
+    assert set(users.hashes) == {"alice", "bob", "carol"}
     assert check_password(users, "alice", PASSWORD.encode())
     assert not check_password(users, "alice", b"wrong")
-    assert not check_password(users, "carol", PASSWORD.encode())
+    assert not check_password(users, "zoe", PASSWORD.encode())  # no such user
     assert not check_password(users, "alice", b"x" * 100)  # over bcrypt's 72 octets
 
 
 @pytest.mark.parametrize("line, why", [
     ("alice", "expected user:hash"),
     (":$2b$04$" + "a" * 53, "expected user:hash"),
-    ("alice:plaintext", "not a bcrypt hash"),
-    ("alice:$6$salt$" + "x" * 86, r"SHA-512-crypt \(\$6\$\) hashes are not supported"),
+    ("alice:plaintext", r"neither bcrypt \(\$2b\$NN\$ and 53 characters\) nor SHA-512-crypt"),
+    ("alice:$5$salt$" + "x" * 43, "neither bcrypt"),  # SHA-256-crypt: not taken
     ("al ice:$2b$04$" + "a" * 53, "printable ASCII without spaces"),
 ])
 def test_a_bad_line_names_the_file_and_line(line, why):
@@ -89,8 +123,114 @@ def test_a_bad_line_names_the_file_and_line(line, why):
         parse_users(f"# users\n\n{line}\n", "/etc/hatwist/users")
 
 
+def test_sha512_crypt_hashes_made_by_openssl_are_checked(carol_hash):
+    """Both forms openssl writes: without rounds= (5000) and with it; any password
+    characters (UTF-8 octets, as SASL carries them)."""
+    password = "pässwörd: $6$ ok"
+    plain = openssl_sha512(password)
+    assert plain.startswith("$6$") and "rounds=" not in plain
+    users = parse_users(f"dave:{plain}\ncarol:{carol_hash}\n", "f")
+    assert check_password(users, "dave", password.encode())
+    assert not check_password(users, "dave", password.encode()[:-1])
+    assert not check_password(users, "dave", PASSWORD.encode())
+    assert check_password(users, "carol", PASSWORD.encode())
+    assert not check_password(users, "carol", PASSWORD.upper().encode())
+    assert not check_password(users, "carol", PASSWORD.encode() + b"\0")  # crypt(3) stops at NUL
+
+
+def test_a_sha512_password_longer_than_the_cap_fails_without_being_hashed(monkeypatch):
+    """SHA-512-crypt's cost grows with the password: a client may not pick a long one."""
+    long = "x" * (MAX_SHA512_PASSWORD + 1)
+    users = parse_users(f"dave:{openssl_sha512(long)}\n", "f")
+    from hatwist.inbound import _auth
+
+    calls = []
+    real = _auth.sha512_crypt.verify
+    monkeypatch.setattr(_auth.sha512_crypt, "verify", lambda *a: calls.append(a) or real(*a))
+    assert not check_password(users, "dave", long.encode())  # the right one, but too long
+    assert calls == []
+    at_cap = "y" * MAX_SHA512_PASSWORD
+    assert check_password(parse_users(f"dave:{openssl_sha512(at_cap)}\n", "f"), "dave",
+                          at_cap.encode())
+
+
+def test_sha512_checks_run_one_at_a_time_even_from_many_threads(monkeypatch, users):
+    """libpass holds the GIL: parallel $6$ checks would only starve the reactor thread."""
+    import threading
+
+    from hatwist.inbound import _auth
+
+    running, most = [0], [0]
+    real = _auth.sha512_crypt.verify
+
+    def counting(*args):
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.02)  # sleeping releases the GIL: unserialised checks would overlap
+            return real(*args)
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(_auth.sha512_crypt, "verify", counting)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        check_password(users, "carol", PASSWORD.encode()))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(DEADLINE)
+    assert results == [True] * 4
+    assert most[0] == 1
+
+
+def test_a_rounds_value_above_the_cap_is_refused_at_load_time(tmp_path):
+    """What one login may cost is bounded when the file is read, not when a client asks:
+    the scheme allows up to 999,999,999 rounds, minutes of CPU even for openssl's C."""
+    checksum = openssl_sha512("x").rsplit("$", 1)[1]
+    at_cap = f"$6$rounds={MAX_SHA512_ROUNDS}$saltsalt${checksum}"
+    assert parse_users(f"dave:{at_cap}\n", "f").hashes["dave"] == at_cap.encode()
+    for rounds in (MAX_SHA512_ROUNDS + 1, 999_999_999, "0" * 30 + "2000000", "9" * 5000):
+        path = tmp_path / "users"
+        path.write_text(f"# users\ndave:{openssl_sha512('x')}\n"
+                        f"erin:$6$rounds={rounds}$saltsalt${checksum}\n")
+        with pytest.raises(UsersFileError,
+                           match=rf"\A{path}:3: the SHA-512-crypt hash of 'erin' asks for "
+                                 rf"rounds=[0-9]+(\.\.\.)?, more than the 1000000 accepted"):
+            load_users(str(path))
+
+
+@pytest.mark.parametrize("hashed, why", [
+    ("$6$saltsalt", "no checksum after the salt"),
+    ("$6$saltsalt$", "no checksum after the salt"),
+    ("$6$saltsalt$CHECKSUMx", "checksum must be exactly 86 chars"),
+    ("$6$saltsalt$" + "a" * 85, "checksum must be exactly 86 chars"),
+    ("$6$saltsalt$" + "!" * 86, "invalid characters"),
+])
+def test_a_malformed_sha512_line_names_the_file_and_line(hashed, why):
+    checksum = openssl_sha512("x").rsplit("$", 1)[1]
+    with pytest.raises(UsersFileError, match=rf"\Ausers:2: the SHA-512-crypt hash of 'erin' "
+                                             rf"is malformed \(.*\): .*{why}"):
+        parse_users(f"dave:{openssl_sha512('x')}\nerin:{hashed.replace('CHECKSUM', checksum)}\n",
+                    "users")
+
+
+@pytest.mark.parametrize("middle, why", [
+    ("rounds=999$saltsalt", "too low"),  # glibc and openssl write rounds=1000 for it
+    ("rounds=05000$saltsalt", "zero-padded rounds"),
+    ("saltsaltsaltsaltsalt", "salt too large"),
+    ("salt:salt", "invalid characters"),
+    ("sält", "not ASCII"),
+])
+def test_a_malformed_sha512_salt_or_rounds_field_is_refused(middle, why):
+    checksum = openssl_sha512("x").rsplit("$", 1)[1]
+    with pytest.raises(UsersFileError, match=rf"\Af:1: the SHA-512-crypt hash of 'erin' is "
+                                             rf"malformed \(.*\): .*{why}"):
+        parse_users(f"erin:$6${middle}${checksum}\n", "f")
+
+
 def test_a_user_twice_is_an_error(users_text):
-    with pytest.raises(UsersFileError, match=r"f:5: user 'alice' appears twice"):
+    with pytest.raises(UsersFileError, match=r"f:6: user 'alice' appears twice"):
         parse_users(users_text + "alice:" + bcrypt_hash("x") + "\n", "f")
 
 
@@ -153,12 +293,13 @@ def _login(port: int, user: str, password: str, *, mechanism: str = "PLAIN", tls
         return advertised, code, sent
 
 
+@pytest.mark.parametrize("user", ["alice", "carol"])  # bcrypt, SHA-512-crypt
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
 @pytest_twisted.ensureDeferred
 async def test_a_logged_in_client_relays_from_outside_relay_from(server_for, tls, users,
-                                                                   mechanism):
+                                                                   mechanism, user):
     server = server_for(tls=tls, users=users, relay_from=NO_RELAY)
-    advertised, code, sent = await in_thread(_login, port_of(server), "alice", PASSWORD,
+    advertised, code, sent = await in_thread(_login, port_of(server), user, PASSWORD,
                                              mechanism=mechanism)
     assert advertised.split() == ["PLAIN", "LOGIN"]
     assert (code, sent) == (235, True)
@@ -166,11 +307,12 @@ async def test_a_logged_in_client_relays_from_outside_relay_from(server_for, tls
     assert message.mail_from == "s@example.org"
 
 
+@pytest.mark.parametrize("user", ["alice", "carol"])
 @pytest_twisted.ensureDeferred
 async def test_without_a_login_a_client_outside_relay_from_may_not_relay(server_for, tls,
-                                                                         users):
+                                                                         users, user):
     server = server_for(tls=tls, users=users, relay_from=NO_RELAY)
-    _advertised, code, sent = await in_thread(_login, port_of(server), "alice", "wrong")
+    _advertised, code, sent = await in_thread(_login, port_of(server), user, "wrong")
     assert (code, sent) == (535, 550)
     assert server.accepted == []
 
@@ -233,9 +375,11 @@ async def _until(condition) -> None:
     raise AssertionError("condition never became true")
 
 
+@pytest.mark.parametrize("user", ["alice", "carol"])
 @pytest_twisted.ensureDeferred
-async def test_password_checks_run_a_bounded_number_at_a_time(server_for, tls, users):
-    """Many clients at once: never more than max_password_checks bcrypt runs."""
+async def test_password_checks_run_a_bounded_number_at_a_time(server_for, tls, users, user):
+    """Many clients at once: never more than max_password_checks checks run, whichever
+    the scheme (SHA-512-crypt is checked in the same threads, under the same bound)."""
     running, most = [0], [0]
     from hatwist.inbound import _factory
 
@@ -254,18 +398,18 @@ async def test_password_checks_run_a_bounded_number_at_a_time(server_for, tls, u
     try:
         server = server_for(tls=tls, users=users, relay_from=NO_RELAY, max_password_checks=1,
                             max_sessions_unlisted=10)
-        outcomes = await in_thread(_parallel_logins, port_of(server), 6)
+        outcomes = await in_thread(_parallel_logins, port_of(server), 6, user)
     finally:
         _factory.check_password = real
     assert outcomes == [235] * 6
     assert most[0] == 1
 
 
-def _parallel_logins(port: int, count: int) -> list[int]:
+def _parallel_logins(port: int, count: int, user: str) -> list[int]:
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(count) as pool:
-        results = list(pool.map(lambda _: _login(port, "alice", PASSWORD)[1], range(count)))
+        results = list(pool.map(lambda _: _login(port, user, PASSWORD)[1], range(count)))
     return results
 
 

@@ -270,8 +270,9 @@ KEYS: tuple[Key, ...] = (
              "optional: STARTTLS offered (TLS 1.2 or later); required: MAIL and AUTH get "
              "530 5.7.0 before STARTTLS", default_doc="optional when listen_tls_cert is set"),
     _service("auth_users_file", "auth_users_file", c.file_path, None, "path",
-             "user:bcrypt-hash lines; SMTP AUTH PLAIN and LOGIN over TLS against them lets a "
-             "client relay from any network; re-read on SIGHUP (a bad file keeps the old one)",
+             "user:hash lines (bcrypt or SHA-512-crypt); SMTP AUTH PLAIN and LOGIN over TLS "
+             "against them lets a client relay from anywhere; re-read on SIGHUP (a bad "
+             "file keeps the old one)",
              default_doc="no AUTH"),
     Key("allowed_submitters", Section.DELIVERY, "allowed_submitters", _BINDING_ONLY,
         c.submitters, None, "CIDR and user:NAME list",

@@ -3,15 +3,30 @@
 SMTP AUTH for submitters on other hosts: the users file, the SASL PLAIN and LOGIN
 encodings, password checks, and the failed-login throttle.
 
-Pure except L{load_users} (reads a file) and L{check_password} (CPU-heavy bcrypt):
+Pure except L{load_users} (reads a file) and L{check_password} (CPU-heavy hashing):
 the service runs the first at start and in a thread on SIGHUP, the session runs the
 second in a thread, a few at a time (L{hatwist.inbound._factory}).
 
-Hashes are bcrypt only (``$2b$``, ``$2a$``, ``$2y$``, as ``htpasswd -B`` and
-``python3 -c 'import bcrypt; ...'`` write them), checked with the maintained
-``bcrypt`` package.  SHA-512-crypt (``$6$``) is refused with a clear error rather
-than half-supported: Python 3.13 removed the ``crypt`` module, and the libraries
-that still verify it (passlib) are unmaintained.
+Two hash schemes, each checked by a maintained library, never by crypto of our own:
+
+  - bcrypt (``$2b$``, ``$2a$``, ``$2y$``, as ``htpasswd -B`` writes them), with the
+    ``bcrypt`` package (C: it releases the GIL while it hashes);
+  - SHA-512-crypt (``$6$``, optionally ``$6$rounds=N$``, as ``mkpasswd -m sha-512``,
+    ``openssl passwd -6`` and glibc's ``crypt(3)`` write them), with ``libpass``, the
+    maintained fork of passlib (import name C{passlib}).  The stdlib ``crypt`` module
+    is deprecated and gone in Python 3.13; ``crypt-r`` ships no wheel (it needs a
+    compiler and libcrypt's headers).  libpass hashes in pure Python (about a microsecond
+    a round here), holding the GIL, so the reactor thread shares the CPU with a running
+    check instead of being left alone as with bcrypt: hence the bounds below, and one
+    SHA-512-crypt check at a time (more would not run faster, only slow the reactor).
+
+What a hostile line or client could make a check cost is bounded: the users file may
+ask for at most L{MAX_SHA512_ROUNDS} rounds (refused at load time with file and line,
+where the scheme itself allows 999,999,999: a quarter of an hour per login), and a
+password longer than the scheme looks at (bcrypt) or than L{MAX_SHA512_PASSWORD}
+(SHA-512-crypt's cost grows with the password's length) fails without being hashed.
+Both libraries compare in constant time (bcrypt's C code; passlib's
+C{hmac.compare_digest}).
 
 The password is never kept past the check and never logged: the session logs the
 user name and the peer only.
@@ -21,17 +36,35 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 
 import attrs
 import bcrypt
+from passlib.hash import sha512_crypt
 
 MAX_USERS_FILE = 1 << 20
 """A users file larger than this is refused (it is read into memory)."""
 BCRYPT_PREFIXES = (b"$2a$", b"$2b$", b"$2y$")
+SHA512_PREFIX = b"$6$"
 MAX_PASSWORD = 72
 """bcrypt looks at 72 octets; the bcrypt package refuses longer passwords."""
+MAX_SHA512_ROUNDS = 1_000_000
+"""The most rounds a ``$6$rounds=N$`` hash may ask for: about a second of CPU per
+check here (the default, without ``rounds=``, is 5000: a few milliseconds)."""
+MAX_SHA512_PASSWORD = 256
+"""SHA-512-crypt hashes the whole password in every round, so a longer one costs more
+(4096 octets: about 40 times 16 octets'); a client may not choose that cost."""
+_ROUNDS = re.compile(r"\$6\$rounds=([0-9]+)\$")
+_ONE_SHA512_AT_A_TIME = threading.Lock()
+# libpass holds the GIL while it hashes, so two SHA-512-crypt checks at once are no faster
+# than one after the other, and the reactor thread waits for the GIL behind both: at
+# 100,000 rounds another session's NOOP p99 was 40-68 ms with one check at a time, 100-420
+# ms with two and 590-780 ms with four; with this lock 36-74 ms whatever the number, at the
+# same logins/s (bench/bench_inbound_auth.py --scheme sha512, shared 2-core box). Checks
+# still take one of max_password_checks slots each; this only serialises the $6$ ones.
 # A hash of a random password, checked for unknown users so that a failed login
 # costs the same whether or not the user exists.
 _DUMMY_HASH = b"$2b$12$E9xje1bHFj2gKu4THinSe.ETqm7z1UFuv3JWV13ib/SG7QSG8kC62"
@@ -43,7 +76,7 @@ class UsersFileError(ValueError):
 
 @attrs.frozen
 class Users:
-    """The users file, loaded: user name -> bcrypt hash."""
+    """The users file, loaded: user name -> bcrypt or SHA-512-crypt hash."""
 
     path: str
     hashes: Mapping[str, bytes] = attrs.field(repr=lambda h: f"<{len(h)} users>")
@@ -70,15 +103,44 @@ def parse_users(text: str, path: str) -> Users:
             raise UsersFileError(f"{where}: user names are printable ASCII without spaces")
         if user in hashes:
             raise UsersFileError(f"{where}: user {user!r} appears twice")
-        encoded = hashed.strip().encode("ascii", "replace")
-        if encoded.startswith(b"$6$"):
-            raise UsersFileError(f"{where}: SHA-512-crypt ($6$) hashes are not supported; "
-                                 "use bcrypt ($2b$)")
-        if not encoded.startswith(BCRYPT_PREFIXES) or len(encoded) != 60:
-            raise UsersFileError(f"{where}: the hash of {user!r} is not a bcrypt hash "
-                                 "($2b$NN$ and 53 characters)")
-        hashes[user] = encoded
+        hashes[user] = _checked_hash(hashed.strip(), user, where)
     return Users(path, hashes)
+
+
+def _checked_hash(hashed: str, user: str, where: str) -> bytes:
+    """``hashed`` as stored, once it is known to be a usable bcrypt or SHA-512-crypt hash."""
+    if hashed.startswith("$6$"):
+        _check_sha512(hashed, user, where)
+        return hashed.encode("ascii")
+    encoded = hashed.encode("ascii", "replace")
+    if not encoded.startswith(BCRYPT_PREFIXES) or len(encoded) != 60:
+        raise UsersFileError(f"{where}: the hash of {user!r} is neither bcrypt ($2b$NN$ and "
+                             "53 characters) nor SHA-512-crypt ($6$)")
+    return encoded
+
+
+def _check_sha512(hashed: str, user: str, where: str) -> None:
+    """Refuse a ``$6$`` hash that is malformed or asks for more than MAX_SHA512_ROUNDS.
+
+    The rounds field is read here before the library parses the rest, so that a huge
+    value gets the cap's error rather than the library's own (it allows 999,999,999)."""
+    rounds = _ROUNDS.match(hashed)
+    digits = rounds[1].lstrip("0") if rounds is not None else ""
+    if len(digits) > len(str(MAX_SHA512_ROUNDS)) or int(digits or "0") > MAX_SHA512_ROUNDS:
+        shown = rounds[1] if len(rounds[1]) <= 20 else rounds[1][:20] + "..."
+        raise UsersFileError(f"{where}: the SHA-512-crypt hash of {user!r} asks for "
+                             f"rounds={shown}, more than the {MAX_SHA512_ROUNDS} accepted "
+                             "(every login would run them all)")
+    try:
+        if not hashed.isascii():
+            raise ValueError("not ASCII")
+        parsed = sha512_crypt.from_string(hashed)
+        if not parsed.checksum:
+            raise ValueError("no checksum after the salt")
+    except ValueError as e:
+        reason = str(e).removeprefix("sha512_crypt: ")
+        raise UsersFileError(f"{where}: the SHA-512-crypt hash of {user!r} is malformed "
+                             f"($6$[rounds=N$]SALT$ and 86 characters): {reason}") from None
 
 
 def load_users(path: str) -> Users:
@@ -99,8 +161,18 @@ def load_users(path: str) -> Users:
 
 def check_password(users: Users, user: str, password: bytes) -> bool:
     """Whether ``password`` is ``user``'s (blocking and CPU-heavy: run it in a thread).
-    An unknown user costs one bcrypt check too, so timing does not tell who exists."""
+
+    An unknown user costs one bcrypt check too, so that a miss is not answered at once;
+    a user's own hash (its scheme, cost or rounds) still sets what its check costs."""
     hashed = users.hashes.get(user)
+    if hashed is not None and hashed.startswith(SHA512_PREFIX):
+        if len(password) > MAX_SHA512_PASSWORD:
+            return False
+        try:
+            with _ONE_SHA512_AT_A_TIME:
+                return sha512_crypt.verify(password, hashed)
+        except ValueError:  # a NUL in the password (crypt(3) could never have hashed it)
+            return False
     if len(password) > MAX_PASSWORD:
         return False
     try:

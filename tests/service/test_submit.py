@@ -1,8 +1,9 @@
 # ruff: noqa: F811
 """Submitters from other hosts, end to end (issue 14 items 1, 2, 3, 5, 6).
 
-A real ``twistd hatwist`` (tests.service._relay) with STARTTLS, AUTH and
-allowed_submitters configured; the real clients named by the issue submit to it: swaks
+A real ``twistd hatwist`` (tests.service._relay) with STARTTLS, AUTH (bcrypt and
+SHA-512-crypt users, the latter hashed by ``openssl passwd -6``) and allowed_submitters
+configured; the real clients named by the issue submit to it: swaks
 with ``--tls --auth``, a private Postfix instance as the submitting MTA (relayhost = the
 relay, ``smtp_tls_security_level = encrypt``, SASL from ``smtp_sasl_password_maps``), and
 smtplib. Mail leaves through the real HAProxy to the recording sink on 127.0.0.20, so the
@@ -29,6 +30,7 @@ from tests.rig.certs import shared_ca
 from tests.service import _postfix
 from tests.service._relay import CLIENT_NAME, SMTP_TIMEOUT, make_message
 from tests.service.test_relay import DEFAULT_SOURCE, SENDER, SINK_HOST, rig  # noqa: F401
+from tests.test_inbound_auth import openssl_sha512
 
 pytestmark = pytest.mark.integration
 
@@ -166,10 +168,10 @@ def _served_certificate(port: int) -> bytes:
         return client.sock.getpeercert(binary_form=True)
 
 
-def _login(port: int, password: str) -> int:
+def _login(port: int, password: str, user: str = "alice") -> int:
     with _tls_session(port) as client:
         try:
-            return client.login("alice", password)[0]
+            return client.login(user, password)[0]
         except smtplib.SMTPAuthenticationError as e:
             return e.smtp_code
 
@@ -185,7 +187,7 @@ async def test_sighup_rereads_the_users_file_and_keeps_the_old_one_when_it_is_ba
     users.write_text(f"alice:{_hash(NEW_PASSWORD)}\nbob:plaintext-oops\n")
     relay.signal("HUP")
     refused = await relay.wait_for_log("config reload refused", since=since, timeout=DEADLINE)
-    assert f"{users}:2: the hash of 'bob' is not a bcrypt hash" in refused
+    assert f"{users}:2: the hash of 'bob' is neither bcrypt" in refused
     assert await threads.deferToThread(_login, rig.listen, PASSWORD) == 235  # old file kept
 
     # A good users file and a renewed certificate: both taken on the next SIGHUP.
@@ -200,6 +202,37 @@ async def test_sighup_rereads_the_users_file_and_keeps_the_old_one_when_it_is_ba
     assert await threads.deferToThread(_login, rig.listen, PASSWORD) == 535
     served = await threads.deferToThread(_served_certificate, rig.listen)
     assert served == ssl.PEM_cert_to_DER_cert(renewed.cert_pem.decode("ascii"))
+    await relay.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sha512_crypt_users_log_in_with_swaks_and_smtplib_and_huge_rounds_are_refused(rig):
+    """SHA-512-crypt hashes as openssl writes them (without rounds=, so 5000, and with
+    rounds=20000); a users file asking for 999,999,999 rounds is refused on SIGHUP with
+    file and line, at once (the relay never starts hashing it), and the old one kept."""
+    _require("swaks")
+    alice, dave = openssl_sha512(PASSWORD), openssl_sha512(NEW_PASSWORD, rounds=20000)
+    assert "rounds=" not in alice and dave.startswith("$6$rounds=20000$")
+    relay = await _start(rig, _secure(rig, users=f"alice:{alice}\ndave:{dave}\n"))
+
+    out, err, status = await _swaks(rig, "sha512-1@t", PASSWORD, "--header", "X-Binding: blue")
+    assert status == 0, (out + err).decode("utf-8", "replace") + relay.tail()
+    assert b"235 2.7.0 Authentication successful" in out
+    await rig.sink.wait_for(1, timeout=DEADLINE)
+    [copy] = rig.delivered()["sha512-1@t"]
+    assert copy.peer[0] == BLUE_SOURCE  # logged in as alice, who may use blue
+    assert await threads.deferToThread(_login, rig.listen, NEW_PASSWORD, "dave") == 235
+    assert await threads.deferToThread(_login, rig.listen, PASSWORD, "dave") == 535
+
+    users = Path(rig.directory) / "users"
+    checksum = dave.rsplit("$", 1)[1]
+    since = relay.mark()
+    users.write_text(f"alice:{alice}\nerin:$6$rounds=999999999$saltsalt${checksum}\n")
+    relay.signal("HUP")
+    refused = await relay.wait_for_log("config reload refused", since=since, timeout=DEADLINE)
+    assert (f"{users}:2: the SHA-512-crypt hash of 'erin' asks for rounds=999999999, more "
+            "than the 1000000 accepted") in refused
+    assert await threads.deferToThread(_login, rig.listen, NEW_PASSWORD, "dave") == 235
     await relay.stop()
 
 
