@@ -187,7 +187,7 @@ class ServiceSettings:
     listen_tls_cert: str | None = None  # PEM certificate (chain) for inbound STARTTLS
     listen_tls_key: str | None = None  # PEM private key of listen_tls_cert
     listen_tls: ListenTLSMode | None = None  # None: optional when a certificate is set
-    auth_users_file: str | None = None  # user:bcrypt-hash lines for SMTP AUTH
+    auth_users_file: str | None = None  # user:hash lines (bcrypt or SHA-512-crypt) for SMTP AUTH
     control_socket: str | None = None  # None: control.sock in spool_dir
 
     workers: int = 1

@@ -52,7 +52,7 @@ ends), minus X-Binding, plus our C{Received:} trace line on top.
 
 Layout: C{_syntax} (paths, parameters, X-Binding: pure), C{_data} (the DATA
 reader: pure), C{_admission} (connection slots: pure), C{_auth} (users file,
-SASL, failed-login throttle: pure but for the bcrypt check), C{_tls} (the
+SASL, failed-login throttle: pure but for the hash check), C{_tls} (the
 certificate), C{_credentials} (both, loaded together), C{_secure} (STARTTLS and
 AUTH commands), C{_handoff} (end of DATA to the spool), C{_session} (the protocol)
 and C{_factory} (the listening factory).

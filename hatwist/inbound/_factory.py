@@ -34,8 +34,8 @@ IDLE_TIMEOUT = 300.0
 JUNK_COMMAND_LIMIT = 100
 """Postfix's smtpd_junk_command_limit default."""
 MAX_PASSWORD_CHECKS = 2
-"""bcrypt checks running at once (each takes a core for tens of milliseconds or
-more): a flood of AUTH attempts cannot take every CPU or thread."""
+"""Password checks (bcrypt or SHA-512-crypt) running at once (each takes a core for
+tens of milliseconds or more): a flood of AUTH attempts cannot take every CPU or thread."""
 MAX_WAITING_CHECKS = 50
 """Password checks queued behind those; one more gets 454 4.7.0 at once."""
 
