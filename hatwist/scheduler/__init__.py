@@ -31,6 +31,11 @@ Promises, in the order they matter:
   itself; a message counts when its attempt starts.  Waiting is no attempt:
   no backoff, no counter, no bounce.  A reload is seen within
   ``THROTTLE_RECHECK`` seconds.
+- Mail sent to a binding_group waits in the group's queue (``group:NAME``); each
+  attempt runs on one of the group's bindings, by ``binding_weight``, among
+  those with a plumbed path for the MX's address family, under that binding's
+  own throttle and connection slots: a dead source IP moves the group's mail to
+  the others instead of holding it.
 - A message runs out of time at its expiry, even waiting in a held queue or
   behind its throttle.
 - At start the spool is read in batches, one reactor turn each: mail is

@@ -3,7 +3,10 @@
 The dispatcher of attempts: takes due parts off the board in turn and runs them.
 
 Before a part starts, the last checks: is it still current, has its message run
-out of time, does its route have a plumbed proxy, does its queue's outbound
+out of time, does its route have a plumbed proxy (for a binding_group's queue: which
+of its bindings takes the attempt, see :meth:`Rules.candidates`; the checks below
+are then the chosen binding's, and a refused start moves on to the next
+candidate), does its queue's outbound
 throttle and its connection slots allow a start now (a message counts when its
 attempt starts; one the agent held for want of a plumbed proxy gives its
 throttle start back).  That last question goes to the scheduler's limits
