@@ -140,12 +140,19 @@ def submitters(config: Config) -> dict[str, Any]:
         else:
             who = [*(str(n) for n in policy.networks), *(f"user {u}" for u in policy.users)]
             per_binding[name] = "only " + ", ".join(who) + " (and only if allowed to relay)"
+    per_group = {
+        name: "as every one of its bindings allows: " + ", ".join(group.members)
+        if any(config.binding(m).base_settings.allowed_submitters is not None
+               for m in group.members) else f"any client allowed to relay: {anyone}"
+        for name, group in config.groups.items()
+    }
     return {
         "starttls": "off" if tls is None else tls.value,
         "auth": ("PLAIN LOGIN over TLS, users from " + str(service.auth_users_file)) if auth
         else "off",
         "relay": anyone,
         "bindings": per_binding,
+        "groups": per_group,
     }
 
 
@@ -186,6 +193,7 @@ def as_text(config: Config) -> str:
         ["STARTTLS", policy["starttls"]], ["AUTH", policy["auth"]],
         ["relaying", policy["relay"]],
         *([f"binding {name}", who] for name, who in policy["bindings"].items()),
+        *([f"binding_group {name}", who] for name, who in policy["groups"].items()),
     ])
     if config.groups:
         lines += ["", "binding groups (X-Binding-Group: each attempt takes one binding with a "

@@ -179,5 +179,6 @@ def test_binding_groups_are_shown_with_each_bindings_weight(tmp_path, capsys):
     assert main(["check-config", str(path)]) == 0
     text = capsys.readouterr().out
     assert "  pool   blue (3), green (1)\n" in text
+    assert "binding_group pool  any client allowed to relay" in text
     assert main(["check-config", "--json", str(path)]) == 0
     assert json.loads(capsys.readouterr().out)["groups"] == {"pool": {"blue": 3, "green": 1}}

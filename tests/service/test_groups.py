@@ -107,3 +107,21 @@ async def test_group_mail_moves_to_the_other_binding_when_the_check_unplumbs_a_s
     # Chosen by the health checker's knowledge: no attempt even tried blue's dead path.
     assert relay.lines_with("binding blue (group pool)", since=mark) == []
     assert relay.lines_with("waiting for a plumbed proxy") == []  # moved, never waited
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_group_is_refused_unless_every_binding_allows_the_submitter(rig):
+    guarded = GROUP.replace("    ha_proxy_src_addr = 127.0.0.10\n",
+                            "    ha_proxy_src_addr = 127.0.0.10\n"
+                            "    allowed_submitters = 127.0.0.99/32\n")
+    rig.write_config(bindings={"default": DEFAULT_SOURCE}, extra=guarded)
+    await rig.relay().start()
+    refused = await rig.submit(["a@dest.test"], make_message("g-no@t").replace(
+        "\n\n", "\nX-Binding-Group: pool\n\n", 1))
+    assert refused.data[0] == 550
+    assert ('binding_group "pool" (every one of its bindings must allow it) may not be '
+            "used by 127.0.0.1") in refused.data[1]
+    unknown = await rig.submit(["a@dest.test"], make_message("g-unknown@t").replace(
+        "\n\n", "\nX-Binding-Group: nope\n\n", 1))
+    assert unknown.data == (550, '5.7.1 Unknown binding_group "nope" (or it has no bindings)')
+    assert rig.spooled() == []
