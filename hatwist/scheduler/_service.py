@@ -28,10 +28,11 @@ from hatwist.spool import SpooledMessage
 from ._dispatch import Dispatcher
 from ._due import DueHeap
 from ._finish import Finisher
+from ._holds import WaitDecisions
 from ._ledger import Entry, Ledger
 from ._notices import Notices
 from ._operations import Operations
-from ._outcome import expiry_start, note_wait
+from ._outcome import expiry_start
 from ._proxy import ProxyWatch
 from ._queue_view import Listing, QueueView
 from ._queues import Board, Part, Queue, QueueKey
@@ -113,11 +114,11 @@ class Scheduler(Service):
 
     def _reset(self) -> None:
         self._background: set[defer.Deferred] = set()
-        self._rerouted: set[Part] = set()
         self._ledger = Ledger(self._spool, self._reactor, log=lambda: self.log,
                               count_error=self._count_error, track=self._track)
         self._board = Board(self._rules.max_connections)
-        self._waits = Waits(self._board, self._rules, self._reactor, self._resume)
+        self._waits = Waits(self._board, self._rules, self._reactor,
+                            lambda queue: self._decisions.resume(queue))
         self._due = DueHeap(self._reactor, self._on_due)
         self._dispatch = Dispatcher(
             host=self, board=self._board, ledger=self._ledger, rules=self._rules,
@@ -138,12 +139,19 @@ class Scheduler(Service):
             reactor=self._reactor, counters=self._counters, log=lambda: self.log,
             forgotten=self._forgotten, track=self._track,
         )
+        self._decisions = WaitDecisions(
+            board=self._board, ledger=self._ledger, rules=self._rules,
+            waits=lambda: self._waits, notices=self._notices, counters=self._counters,
+            reactor=self._reactor, log=lambda: self.log, pump=self._pump,
+            expire=lambda entry, part: self._recorder.expire(entry, part),
+            decision_for=self.decision_for,
+        )
         self._recorder = Recorder(
             ledger=self._ledger, rules=self._rules, waits=self._waits, proxy=self._proxy,
             finisher=self._finisher, notices=self._notices, counters=self._counters,
-            reactor=self._reactor,
-            log=lambda: self.log, schedule=self._schedule, hold=self.hold, pause=self._pause,
-            decision_for=self.decision_for, track=self._track,
+            reactor=self._reactor, log=lambda: self.log, schedule=self._schedule,
+            hold=self.hold, pause=self._decisions.pause, decision_for=self.decision_for,
+            track=self._track,
         )
         self._recovery = Recovery(self._spool, take=self._take, pump=self._pump,
                                   log=lambda: self.log)
@@ -371,78 +379,14 @@ class Scheduler(Service):
     # -- waits (the timers live in ._waits) ---------------------------------
 
     def throttle_wait(self, part: Part, queue: Queue, throttle: str, wait: float) -> None:
-        """
-        The queue's ``outbound_throttle_messages`` allows no start before ``wait``
-        seconds: the queue starts nothing until then.  Not an attempt, not a
-        failure: no counter, no backoff.
-        """
-        if self._waits.throttle(part, queue, wait):  # once, not at every message it holds back
-            self.log.info(
-                "binding {binding} domain {domain}: outbound_throttle_messages {throttle} "
-                "reached; its queue waits {wait:.0f}s for the next start",
-                binding=part.key[0], domain=part.key[1], throttle=throttle, wait=wait,
-            )
+        self._decisions.throttle_wait(part, queue, throttle, wait)
 
     def slot_wait(self, part: Part, queue: Queue, wait: float) -> None:
-        """
-        Shared limits found every ``max_connections`` slot of the queue taken in
-        the fleet (or too busy to answer): the queue starts nothing for ``wait``
-        seconds, then asks again.  Not logged: slots come free all the time.
-        """
-        self._waits.throttle(part, queue, wait)
-
-    def _resume(self, queue: Queue) -> None:
-        """Start a queue again after a wait (throttle, proxy hold, pause)."""
-        if not self._board.is_live(queue):
-            return
-        # Only its head was tried during the wait: expire the rest here -- a pass
-        # over the queue only when its oldest part may have run out of time.
-        policy, now = self._rules.policy(queue.key), self._now()
-        if policy.is_expired(queue.oldest, now):
-
-            def keep(part: Part) -> bool:
-                entry = self._ledger.current(part)
-                if entry is None:
-                    return False  # stale: nothing to send
-                if policy.is_expired(expiry_start(entry.message), now):
-                    self._recorder.expire(entry, part)
-                    return False
-                return True
-
-            self._board.sweep(queue, keep)
-        self._board.refresh(queue)
-        self._pump()
+        self._decisions.slot_wait(part, queue, wait)
 
     def hold(self, part: Part, entry: Entry, reason: str) -> None:
-        """Put ``part`` back at the head of its queue and hold the queue for a proxy --
-        unless it is a group's, and another of the group's bindings has a path now."""
-        if self._rules.reroutable(part.key) and part not in self._rerouted:
-            # Once per part and reactor turn: should the agent and the registry ever
-            # disagree about a path, this must not become a loop that never yields.
-            if not self._rerouted:
-                self._reactor.callLater(0, self._rerouted.clear)
-            self._rerouted.add(part)
-            self._board.add(part, first=True)
-            return
-        self._counters["waiting"] += 1
-        # Remember why, for an expiry DSN, without counting an attempt.
-        self._ledger.change(entry, note_wait(entry.message, part.key[1], reason), recount=False)
-        # No pass ends while it waits: its delay warning is looked at here instead.
-        self._notices.after_pass(entry, part.key)
-        if self._waits.hold(part, reason):  # when the wait begins, not at every re-check
-            self.decision_for(part, "waiting for a plumbed proxy", reason=reason)
-
-    def _pause(self, queue: Queue, part: Part, reason: str) -> None:
-        """
-        No session answered for the destination at all (every MX unreachable,
-        DNS failing): hold its queue for one ``retry_interval`` instead of
-        spending an attempt -- and a connect timeout -- on each message queued
-        for it.  The parts of the failed attempts keep their own backoff.
-        """
-        delay = self._waits.pause(queue, part, reason)
-        if delay is not None:
-            self.decision_for(part, f"destination unreachable: queue paused for {delay}s",
-                              reason=reason)
+        """Hold ``part``'s queue for a plumbed proxy (see :mod:`._holds`)."""
+        self._decisions.hold(part, entry, reason)
 
     def _state_changed(self, change: StateChange) -> None:
         """Registry observer: see :mod:`hatwist.scheduler._proxy`."""

@@ -235,8 +235,10 @@ async def test_status_and_metrics_of_the_running_relay(rig, reactor):
 
 CLIENTS = 4
 PER_CLIENT = 50
-#: How long a relay that cannot listen may take to give up (it starts in about a second).
-START_TIMEOUT_WHEN_TAKEN = 5.0
+#: How long a relay that cannot listen may take to give up: it starts in about a second,
+#: but on a loaded box (the suite beside benches) 5 s was seen to pass, and the relay was
+#: then killed (-9) instead of exiting with its 2. It exits long before this when well.
+START_TIMEOUT_WHEN_TAKEN = 20.0
 
 
 @pytest.mark.parametrize("proxy", ["down", "up"])
