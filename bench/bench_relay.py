@@ -868,14 +868,38 @@ NAME_WIDTH = 58
 def print_workers_summary(pairs: list[list[Row]]) -> None:
     """Each pair's workers = 2 / workers = 1 ratio, and the arithmetic of the ceiling:
     on C cores, at most C / (relay + load generator CPU per message) messages a second;
-    one worker is also bounded by its reactor thread (1 / its CPU per message)."""
+    one worker is bounded by its reactor thread (at most 1 / its CPU per message), so
+    against a workers = 1 whose reactor has a whole core the ratio is at most
+    C x reactor / (relay + load generator), per message. On a busy box a workers = 1
+    whose reactor got less than a core makes the measured ratio larger than that: it
+    then shows the share of the CPU two processes win against the other jobs."""
     cores = os.cpu_count() or 1
     print(f"\nworkers summary ({cores} cores; load average now {load_average()}):", flush=True)
+    if len(pairs) > 2:
+        for column in range(1, len(pairs[0])):
+            ratios = [rows[column].rate / rows[0].rate for rows in pairs]
+            print(f"  median of {len(pairs)} pairs: "
+                  f"{pairs[0][column].name.removeprefix('hatwist proxied, ')}: "
+                  f"{statistics.median(ratios):.2f}x (from {min(ratios):.2f}x to "
+                  f"{max(ratios):.2f}x)", flush=True)
     for turn, rows in enumerate(pairs, 1):
         one, *twos = rows
         for two in twos:
             print(f"  pair {turn}: {two.name.removeprefix('hatwist proxied, ')}: "
                   f"{two.rate:.0f} / {one.rate:.0f} msg/s = {two.rate / one.rate:.2f}x", flush=True)
+        # The best two workers can do against one whose reactor thread has a whole core:
+        # the cores over everything a message costs on the box, against one message per
+        # reactor-thread CPU time.
+        reactor_one = one.costs.get("reactor_user", 0) + one.costs.get("reactor_sys", 0)
+        if reactor_one:
+            whole = one.cpu + one.costs["tools"]
+            print(f"    ceiling against workers = 1 at a full reactor core: {cores} x "
+                  f"{reactor_one * 1e6:.0f} / {whole * 1e6:.0f} us = "
+                  f"{cores * reactor_one / whole:.2f}x with no extra cost per message for the"
+                  f" second worker, " + ", ".join(
+                      f"{cores * reactor_one / (two.cpu + two.costs['tools']):.2f}x with "
+                      f"{two.name.removeprefix('hatwist proxied, ')}'s" for two in twos),
+                  flush=True)
         for row in rows:
             c = row.costs
             reactor = c.get("reactor_user", 0) + c.get("reactor_sys", 0)
@@ -959,7 +983,7 @@ async def main(reactor, args: argparse.Namespace) -> None:
             if args.baseline_tree is not None:
                 plan.append((2, Path(args.baseline_tree).resolve()))
             pairs: list[list[Row]] = []
-            for turn in range(2):
+            for turn in range(args.workers_pairs):
                 pairs.append([])
                 for count, root in plan:
                     profile = None
@@ -968,7 +992,8 @@ async def main(reactor, args: argparse.Namespace) -> None:
                         profile = os.path.join(
                             args.py_spy, f"workers-{count}-{turn}{'-base' * (root != ROOT)}.txt")
                     label = f"hatwist proxied, workers = {count}" + (
-                        f" ({root.name})" if root != ROOT else "") + (" again" if turn else "")
+                        f" ({root.name})" if root != ROOT else "") + (
+                        "" if not turn else " again" if turn == 1 else f" again ({turn + 1})")
                     row = await relay_row(
                         reactor, lab, args, workdir, domain=PROXY_DOMAIN, workers=count,
                         name=label, root=root, costs=True, profile=profile,
@@ -1027,6 +1052,9 @@ def _parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--py-spy", metavar="DIR", default=None,
                         help="record the proxied row's relay with py-spy into DIR/proxied.txt "
                              "(and each workers row into DIR/workers-N-TURN.txt)")
+    parser.add_argument("--workers-pairs", type=int, default=2,
+                        help="how many times the workers rows run in turn (more pairs: a "
+                             "median that the box's other load moves less)")
     parser.add_argument("--perf", action="store_true",
                         help="count the workers rows' accept4/epoll_wait/syscalls/context "
                              "switches per message with perf stat (perturbs the rows a little)")
