@@ -26,14 +26,23 @@ One table, one row per measurement, everything on loopback:
   proxy: RSS per queued message, start to first ``/status`` answer and to the
   scheduler's recovery line, and ``/status`` latency at that depth.
 - ``workers``: the proxied row's load against ``workers = 1`` and then ``workers = 2``
-  (a supervisor and two worker processes on one listener), the pair twice in turn;
-  every row has ``max_inbound_connections_per_ip = 1000``, as smtp-source comes from one
-  address. Both rows set ``max_connections`` to ``--workers-connections`` (40; at the
-  default 10 per domain the outbound concurrency, not the cores, is the limit); it is
-  divided among the workers, so both
-  open as many outbound connections. ``cpu us/msg`` is the supervisor's and the workers'
-  together; the notes say what smtp-source, smtp-sink and the egress HAProxy cost per
-  message in the same row (they share the box's cores with the relay).
+  (a supervisor and two worker processes on its listener), the pair twice in turn (with
+  ``--baseline-tree DIR``, a ``workers = 2`` row of the checkout in DIR after each pair:
+  the same run compares two versions); every row has
+  ``max_inbound_connections_per_ip = 1000``, as smtp-source comes from one address. Both
+  rows set ``max_connections`` to ``--workers-connections`` (40; at the default 10 per
+  domain the outbound concurrency, not the cores, is the limit); it is divided among the
+  workers, so both open as many outbound connections. ``cpu us/msg`` is the supervisor's
+  and the workers' together. The notes split it per message into the reactor threads'
+  and the other threads' (spool writer, readers) user+system time, count the relay's
+  voluntary context switches (its wakeups) and the outbound connections (the egress
+  HAProxy's CumConns: 1/x messages per session), and say what the load generator
+  (smtp-source, smtp-sink and the egress HAProxy, which share the box's cores with the
+  relay) costs per message; with workers, how many messages each worker accepted;
+  with ``--perf``, system calls per message counted by ``perf stat`` in the relay's
+  processes. A summary after the rows gives each pair's ratio and the ceiling those
+  costs allow on this box's cores. The load average is printed at the start and end:
+  other work on the box inflates every CPU figure and lowers every rate.
 
 ``msg/s`` rows time until ``smtp-sink`` (its ``-c`` counter) has them all, from the start
 of ``smtp-source``. ``cpu us/msg`` is the relay process's utime+stime (/proc/PID/stat, all
@@ -58,6 +67,17 @@ import time
 import warnings
 from pathlib import Path
 
+from _costs import (  # bench/, beside this script
+    PERF_EVENTS,
+    children_cpu,
+    cpu_seconds,
+    haproxy_connections,
+    load_average,
+    print_workers_summary,
+    process_tree,
+    rss_kib,
+    task_stats,
+)
 from twisted.internet import defer, error, protocol, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.python.threadpool import ThreadPool
@@ -84,9 +104,9 @@ SMTP_SOURCE = "/usr/sbin/smtp-source"
 START_DEADLINE = 60.0
 STOP_DEADLINE = 15.0
 ROW_DEADLINE = 300.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 _ACCEPTED = re.compile(r"\baccepted (\S+) from ")
+_WORKER = re.compile(r"\[(worker-\d+) ")
 _PROBLEM = re.compile(r"#(error|critical)\]|Traceback|Unhandled")
 _UNPLUMBED = re.compile(r"proxy \S+ \S+ -> unplumbed")
 #: The scheduler's "recovery done" line, today's and (looser) the rewritten scheduler's.
@@ -194,40 +214,27 @@ async def wait_listening(reactor, host: str, port: int, what: str) -> None:
     await wait_until(reactor, accepts, START_DEADLINE, what)
 
 
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (a supervisor and its workers), from /proc."""
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        with contextlib.suppress(OSError):
-            for tid in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{tid}/children") as f:
-                    todo.extend(int(child) for child in f.read().split())
-    return found
+class PerfStat:
+    """``perf stat`` counting :data:`PERF_EVENTS` in ``pids`` until :meth:`stop`."""
 
+    def __init__(self, reactor, workdir: str, pids: list[int]) -> None:
+        self.reactor = reactor
+        self.output = os.path.join(workdir, f"perf-{pids[0]}.csv")
+        self.child = spawn(reactor, ["perf", "stat", "-x", ",", "-o", self.output,
+                                     "-e", ",".join(PERF_EVENTS),
+                                     "-p", ",".join(map(str, pids))])
+        self._counts: dict[str, int] | None = None
 
-def children_cpu() -> float:
-    """CPU seconds of this process's children that ended and were reaped (smtp-source)."""
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise BenchError(f"no VmRSS for {pid}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (all its threads), from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    async def stop(self) -> dict[str, int]:
+        if self._counts is None:
+            await stop_child(self.reactor, self.child, "INT")
+            self._counts = {}
+            with contextlib.suppress(OSError), open(self.output) as f:
+                for line in f:
+                    fields = line.strip().split(",")
+                    if len(fields) > 2 and fields[0].isdigit():
+                        self._counts[fields[2]] = int(fields[0])
+        return self._counts
 
 
 # -- the C tools and the second HAProxy ------------------------------------------------------
@@ -359,12 +366,13 @@ class Relay:
 
     def __init__(self, reactor, workdir: str, lab: Lab, *, sink_port: int,
                  proxy: str | None = None, spool: str | None = None, workers: int = 1,
-                 extra: str = "") -> None:
+                 extra: str = "", root: Path = ROOT) -> None:
         self.reactor = reactor
         self._listening = workers  # one "InboundFactory starting on" line per worker
         self.listen, self.status = free_port(), free_port()
         self.spool = spool or os.path.join(workdir, f"spool-{self.listen}")
         self.accepted: dict[str, float] = {}
+        self.accepted_by: dict[str, int] = {}  # "worker-N" (or "relay") -> messages
         self.problems: list[str] = []
         self.marks: dict[str, float] = {}
         self.tail: list[str] = []
@@ -374,10 +382,10 @@ class Relay:
                                 dns=lab.dns.address, proxy=proxy or lab.egress.server_text,
                                 sink_port=sink_port, extra=extra))
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+            p for p in (str(root), os.environ.get("PYTHONPATH")) if p))
         self.started = time.monotonic()
         self.child = spawn(reactor, [sys.executable, "-c", _LAUNCH.format(config=path)],
-                           on_line=self._line, cwd=str(ROOT), env=env)
+                           on_line=self._line, cwd=str(root), env=env)
         self.pid = self.child.transport.pid
 
     def _line(self, line: str, now: float) -> None:
@@ -385,6 +393,9 @@ class Relay:
         del self.tail[:-40]
         if (m := _ACCEPTED.search(line)) is not None:
             self.accepted[m.group(1)] = now
+            worker = _WORKER.search(line)
+            label = worker.group(1) if worker else "relay"
+            self.accepted_by[label] = self.accepted_by.get(label, 0) + 1
         elif _PROBLEM.search(line):
             self.problems.append(line)
         if f"starting on {self.listen}" in line:
@@ -463,9 +474,12 @@ class StampingSink(SMTPSink):
 
 class Row:
     def __init__(self, name: str, rate: float | None = None, cpu: float | None = None,
-                 p50: float | None = None, p99: float | None = None, note: str = "") -> None:
+                 p50: float | None = None, p99: float | None = None, note: str = "",
+                 costs: dict[str, float] | None = None) -> None:
         self.name, self.rate, self.cpu, self.p50, self.p99, self.note = (
             name, rate, cpu, p50, p99, note)
+        #: Per message (seconds, counts) of the workers rows: see relay_row.
+        self.costs = costs or {}
 
 
 async def reference_row(reactor, lab: Lab, args, *, reuse: bool) -> Row:
@@ -481,21 +495,29 @@ async def reference_row(reactor, lab: Lab, args, *, reuse: bool) -> Row:
 
 async def relay_row(reactor, lab: Lab, args, workdir: str, *, domain: str, name: str,
                     profile: str | None = None, workers: int = 1, extra: str = "",
-                    costs: bool = False) -> Row:
+                    costs: bool = False, root: Path = ROOT) -> Row:
     relay = Relay(reactor, workdir, lab, sink_port=lab.sink.port, workers=workers,
-                  extra=extra)
+                  extra=extra, root=root)
     spy = None
     try:
         await relay.wait_mark("listening")
         if workers > 1:
             await wait_workers_running(reactor, relay.status, workers)
+        perf = None
+        if costs and args.perf:
+            perf = PerfStat(reactor, workdir, [
+                pid for pid in process_tree(relay.pid) if workers == 1 or pid != relay.pid])
         if profile is not None:
             spy = spawn(reactor, [shutil.which("py-spy") or "py-spy", "record", "--format",
-                                  "raw", "--rate", "100", "--threads", "--output", profile, "--pid",
-                                  str(relay.pid)])
+                                  "raw", "--rate", "100", "--threads", "--nonblocking",
+                                  *(["--subprocesses"] if workers > 1 else []),
+                                  "--output", profile, "--pid", str(relay.pid)])
         base, cpu_before = lab.sink.count, relay.cpu()
         others_before = (children_cpu(), cpu_seconds(lab.sink.child.transport.pid),
                          cpu_seconds(lab.egress.pid))
+        if costs:
+            tasks_before = task_stats(relay.pid)
+            conns_before = haproxy_connections(lab.egress.admin_socket)
         started = time.monotonic()
         submitted = await smtp_source(reactor, relay.listen, messages=args.messages,
                                       sessions=args.sessions, size=args.size, domain=domain,
@@ -504,19 +526,48 @@ async def relay_row(reactor, lab: Lab, args, workdir: str, *, domain: str, name:
         cpu = relay.cpu() - cpu_before
         others = (children_cpu(), cpu_seconds(lab.sink.child.transport.pid),
                   cpu_seconds(lab.egress.pid))
+        if costs:
+            tasks = task_stats(relay.pid)
+            conns = haproxy_connections(lab.egress.admin_socket) - conns_before
+        counts = await perf.stop() if perf is not None else {}
     finally:
+        if perf is not None:
+            await perf.stop()
         if spy is not None:
             await stop_child(reactor, spy, "INT")
         await relay.stop()
     note = (f"accepted at {args.messages / (submitted - started):.0f}/s; "
             f"{len(relay.problems)} error lines")
+    per: dict[str, float] = {}
     if costs:
         source_us, sink_us, haproxy_us = (
             (after - before) / args.messages * 1e6
             for before, after in zip(others_before, others, strict=True))
-        note += (f"; us/msg: smtp-source {source_us:.0f}, smtp-sink {sink_us:.0f}, "
-                 f"HAProxy {haproxy_us:.0f}")
-    return Row(name, args.messages / (done - started), cpu / args.messages, note=note)
+        per = {key: (value - tasks_before.get(key, 0.0)) / args.messages
+               for key, value in tasks.items()}
+        per["tools"] = (source_us + sink_us + haproxy_us) / 1e6
+        per["wall"] = (done - started) / args.messages
+        us = {key: per.get(key, 0.0) * 1e6 for key in (
+            "reactor_user", "reactor_sys", "threads_user", "threads_sys", "supervisor_user",
+            "supervisor_sys")}
+        note += (f"; relay us/msg: reactor {us['reactor_user']:.0f}u+{us['reactor_sys']:.0f}s,"
+                 f" threads {us['threads_user']:.0f}u+{us['threads_sys']:.0f}s"
+                 + (f", supervisor {us['supervisor_user'] + us['supervisor_sys']:.0f}"
+                    if workers > 1 else "")
+                 + f"; wakeups/msg {per['wakeups']:.1f} (reactor "
+                 f"{per.get('reactor_wakeups', 0):.1f}); {conns / args.messages:.2f} outbound"
+                 f" conns/msg; load generator us/msg {source_us + sink_us + haproxy_us:.0f}"
+                 f" (smtp-source {source_us:.0f}, smtp-sink {sink_us:.0f}, HAProxy "
+                 f"{haproxy_us:.0f})")
+        if workers > 1:
+            note += "; accepted by " + ", ".join(
+                f"{label} {count}" for label, count in sorted(relay.accepted_by.items()))
+        if counts:
+            note += "; per msg (perf): " + ", ".join(
+                f"{name} {counts.get(event, 0) / args.messages:.1f}"
+                for event, name in PERF_EVENTS.items())
+    return Row(name, args.messages / (done - started), cpu / args.messages, note=note,
+               costs=per)
 
 
 async def fill_spool(reactor, directory: str, count: int, size: int, domain: str) -> float:
@@ -755,6 +806,7 @@ async def main(reactor, args: argparse.Namespace) -> None:
     rows: list[Row] = []
     try:
         await lab.start(reactor, workdir)
+        print(f"load average at start {load_average()}", flush=True)
         print(f"{args.messages} messages of {args.size} B, {args.sessions} smtp-source sessions; "
               f"spool under {tempfile.gettempdir()}; hatwist submission "
               f"{'reusing connections (-d)' if args.submit_reuse else 'one message per connection'}"
@@ -792,12 +844,29 @@ async def main(reactor, args: argparse.Namespace) -> None:
         if "workers" in wanted:
             # The same load on one and on two worker processes, twice in turn (the box's
             # other load drifts: the second pair shows by how much).
-            for turn, count in enumerate((1, 2, 1, 2)):
-                add(await relay_row(
-                    reactor, lab, args, workdir, domain=PROXY_DOMAIN, workers=count,
-                    name=f"hatwist proxied, workers = {count}{' again' if turn > 1 else ''}",
-                    extra=f"workers = {count}\nmax_connections = {args.workers_connections}\n",
-                    costs=True))
+            plan = [(1, ROOT), (2, ROOT)]
+            if args.baseline_tree is not None:
+                plan.append((2, Path(args.baseline_tree).resolve()))
+            pairs: list[list[Row]] = []
+            for turn in range(args.workers_pairs):
+                pairs.append([])
+                for count, root in plan:
+                    profile = None
+                    if args.py_spy is not None:
+                        os.makedirs(args.py_spy, exist_ok=True)
+                        profile = os.path.join(
+                            args.py_spy, f"workers-{count}-{turn}{'-base' * (root != ROOT)}.txt")
+                    label = f"hatwist proxied, workers = {count}" + (
+                        f" ({root.name})" if root != ROOT else "") + (
+                        "" if not turn else " again" if turn == 1 else f" again ({turn + 1})")
+                    row = await relay_row(
+                        reactor, lab, args, workdir, domain=PROXY_DOMAIN, workers=count,
+                        name=label, root=root, costs=True, profile=profile,
+                        extra=f"workers = {count}\nmax_connections = "
+                              f"{args.workers_connections}\n")
+                    add(row)
+                    pairs[-1].append(row)
+            print_workers_summary(pairs)
         idle: list[int] = []
         if "accept" in wanted or "queued" in wanted:
             accept = await accept_only_row(reactor, lab, args, workdir, idle)
@@ -846,7 +915,17 @@ def _parse(argv=None) -> argparse.Namespace:
                              "workers): at the default 10 per domain the outbound concurrency, "
                              "not the cores, bounds the rate")
     parser.add_argument("--py-spy", metavar="DIR", default=None,
-                        help="record the proxied row's relay with py-spy into DIR/proxied.txt")
+                        help="record the proxied row's relay with py-spy into DIR/proxied.txt "
+                             "(and each workers row into DIR/workers-N-TURN.txt)")
+    parser.add_argument("--workers-pairs", type=int, default=2,
+                        help="how many times the workers rows run in turn (more pairs: a "
+                             "median that the box's other load moves less)")
+    parser.add_argument("--perf", action="store_true",
+                        help="count the workers rows' accept4/epoll_wait/syscalls/context "
+                             "switches per message with perf stat (perturbs the rows a little)")
+    parser.add_argument("--baseline-tree", metavar="DIR", default=None,
+                        help="also run the workers = 2 row from the checkout in DIR (e.g. "
+                             "git archive of an older commit) after each pair, in the same run")
     return parser.parse_args(argv)
 
 

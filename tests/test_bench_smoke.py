@@ -76,6 +76,12 @@ def test_bench_relay_measures_every_row_with_a_tiny_n(short_tmpdir):
     assert "0 delivered (must be 0)" in accept
     [latency] = [line for line in lines if line.startswith("latency at")]
     assert "source check ok: proxied from 127.0.0.9, bypassed from 127.0.0.30" in latency
+    # The workers rows split their CPU per message and end in the pairs' ratios.
+    one, _ = [line for line in lines if line.startswith("hatwist proxied, workers = 1 ")]
+    assert re.search(r"reactor \d+u\+\d+s, threads \d+u\+\d+s", one), one
+    assert re.search(r"load generator us/msg \d+", one), one
+    assert re.search(r"^  pair 1: workers = 2: \d+ / \d+ msg/s = \d+\.\d\dx$", done.stdout,
+                     re.MULTILINE), done.stdout
     [queued] = [line for line in lines if line.startswith("queued:")]
     assert re.search(r"RSS/msg -?\d+ B", queued) and "recovered" in queued
     assert os.listdir(short_tmpdir) == []  # work directory removed

@@ -3,7 +3,8 @@
 Every core of a box: ``workers = N`` runs a supervisor and N relay worker processes.
 
 - :mod:`._share`: pure; each worker's spool partition and its share of the limits;
-- :mod:`._endpoints`: the inherited listening socket and the private status socket;
+- :mod:`._endpoints`: each worker's listening socket (SO_REUSEPORT) and its private
+  status socket;
 - :mod:`._supervisor`: starts, restarts and signals the workers;
 - :mod:`._status`: the whole relay's /status, /metrics and page, merged from the
   workers' (the merging itself is pure, in :mod:`hatwist.web._aggregate`);
@@ -12,7 +13,12 @@ Every core of a box: ``workers = N`` runs a supervisor and N relay worker proces
 With ``workers = 1`` none of this runs: ``twistd hatwist`` is the one relay process.
 """
 
-from ._endpoints import AdoptedPortEndpoint, listening_socket, status_endpoint
+from ._endpoints import (
+    AdoptedPortEndpoint,
+    listening_socket,
+    listening_sockets,
+    status_endpoint,
+)
 from ._share import (
     partition_dir,
     share_count,
@@ -30,6 +36,7 @@ __all__ = [
     "WorkerSlot",
     "WorkerSpec",
     "listening_socket",
+    "listening_sockets",
     "parse_worker",
     "partition_dir",
     "share_count",

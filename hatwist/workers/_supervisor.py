@@ -3,12 +3,13 @@
 ``twistd hatwist`` with ``workers > 1``: one small process that keeps N relay workers up.
 
 The supervisor does no mail work at all, so it has nothing to lose when a worker dies.
-It binds ``listen`` once and hands the socket to every worker (one accept queue: a
-dying worker's siblings keep accepting, and its successor listens at once on the same
-queue), starts worker N on spool partition ``spool_dir/worker-N``, and when a worker
-exits it starts another on the same partition, whose spool recovery picks up whatever
-the dead one had accepted. Quick repeated deaths back off (up to :data:`MAX_BACKOFF`),
-so a worker that cannot start does not spin.
+It binds ``listen`` once per worker (N sockets in one SO_REUSEPORT group, the first
+bound exclusively: see :mod:`._endpoints`) and hands worker N socket N, starts worker N
+on spool partition ``spool_dir/worker-N``, and when a worker exits it starts another on
+the same partition and the same socket: its spool recovery picks up whatever the dead
+one had accepted, and it accepts what the kernel queued on the socket meanwhile. Quick
+repeated deaths back off (up to :data:`MAX_BACKOFF`), so a worker that cannot start does
+not spin.
 
 Signals keep today's promises across processes: SIGTERM (twistd stops the service)
 sends SIGTERM to every worker and waits for each to finish its own graceful stop
@@ -36,7 +37,7 @@ from hatwist._signals import install_sighup
 from hatwist.config import Config, ConfigError, load_config
 from hatwist.spool._db import DATABASE as SINGLE_RELAY_SPOOL
 
-from ._endpoints import listening_socket
+from ._endpoints import listening_sockets
 from ._log import WORKER_ENV
 from ._share import partition_dir
 
@@ -83,7 +84,7 @@ class WorkerSlot(protocol.ProcessProtocol):
             self, argv[0], argv,
             env={**os.environ, "PYTHONUNBUFFERED": "1", WORKER_ENV: str(self.worker)},
             path=supervisor.cwd,
-            childFDs={0: "w", 1: 1, 2: 2, LISTEN_FD: supervisor.listen_fd},
+            childFDs={0: "w", 1: 1, 2: 2, LISTEN_FD: supervisor.listen_fd(self.worker)},
         )
         self.pid = self.process.pid
         self.log.info("worker {worker} started (pid {pid}) on spool partition {partition}",
@@ -171,7 +172,8 @@ class Supervisor(service.MultiService):
         self.workers = config.service.workers
         self.slots = [WorkerSlot(self, n) for n in range(1, self.workers + 1)]
         self.stopping = False
-        self.listen_socket: socket.socket | None = None
+        #: Worker N's listening socket is ``listen_sockets[N - 1]`` (empty once closed).
+        self.listen_sockets: list[socket.socket] = []
         self._load = load
         self._previous_hup: Any = None
         #: Errors that end twistd with one line and exit status 2 (set by the wiring).
@@ -179,10 +181,15 @@ class Supervisor(service.MultiService):
         self.exit_on_startup_error = False
         self.status_listener: Any = None
 
-    @property
-    def listen_fd(self) -> int:
-        assert self.listen_socket is not None
-        return self.listen_socket.fileno()
+    def listen_fd(self, worker: int) -> int:
+        """The descriptor of worker ``worker``'s listening socket (in this process)."""
+        assert self.listen_sockets, "not bound"
+        return self.listen_sockets[worker - 1].fileno()
+
+    def _close_listeners(self) -> None:
+        sockets, self.listen_sockets = self.listen_sockets, []
+        for sock in sockets:
+            sock.close()
 
     # -- start ----------------------------------------------------------------------
 
@@ -192,9 +199,7 @@ class Supervisor(service.MultiService):
             self._bind()
             super().privilegedStartService()
         except Exception as e:
-            if self.listen_socket is not None:
-                self.listen_socket.close()
-                self.listen_socket = None
+            self._close_listeners()
             if self.exit_on_startup_error and isinstance(e, self.startup_errors):
                 self.log.critical("cannot start: {error}", error=str(e))
                 print(f"hatwist: cannot start: {e}", file=sys.stderr)
@@ -205,7 +210,8 @@ class Supervisor(service.MultiService):
         listen = self.config.service.listen
         family = socket.AF_INET6 if listen.ip_version == 6 else socket.AF_INET
         try:
-            self.listen_socket = listening_socket(listen.host, listen.port, family)
+            self.listen_sockets = listening_sockets(listen.host, listen.port, family,
+                                                    self.workers)
         except OSError as e:
             raise BindError(f"listen {listen}: {_why(e)}") from None
         spool_dir = self.config.service.spool_dir
@@ -215,7 +221,7 @@ class Supervisor(service.MultiService):
                 os.mkdir(partition_dir(spool_dir, slot.worker), 0o700)
 
     def startService(self) -> None:
-        if self.listen_socket is None:
+        if not self.listen_sockets:
             self.privilegedStartService()
         self.log.info("hatwist supervisor starting {count} workers: config {config}, "
                       "listen {listen}", count=self.workers, config=self.config.filename,
@@ -286,11 +292,9 @@ class Supervisor(service.MultiService):
             if slot.pid is not None:
                 slot.state = "stopping"
                 slot.signal("TERM")
-        # The supervisor's copy of the listening socket goes now: once every worker has
+        # The supervisor's copies of the listening sockets go now: once every worker has
         # stopped listening, new connections are refused, as with a single relay.
-        if self.listen_socket is not None:
-            self.listen_socket.close()
-            self.listen_socket = None
+        self._close_listeners()
         allowed = self.config.service.shutdown_grace + STOP_MARGIN
         end = self.reactor.seconds() + allowed
         for slot in self.slots:  # all stop at once; each gets the same deadline
@@ -305,9 +309,7 @@ class Supervisor(service.MultiService):
         try:
             await defer.maybeDeferred(super().stopService)
         finally:
-            if self.listen_socket is not None:
-                self.listen_socket.close()
-                self.listen_socket = None
+            self._close_listeners()
 
 
 class BindError(Exception):

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import smtplib
+import time
 
 import pytest
 import pytest_twisted
@@ -181,6 +182,46 @@ async def test_kill_9_of_a_worker_restarts_it_on_its_partition_and_nothing_is_lo
     assert all(len(copies) == 1 for copies in delivered.values())
     print(f"kill -9 of worker 1: {len(accepted)} got 250, worker 1 held "
           f"{pending(before_kill)} at the kill, {len(delivered)} delivered once each")
+
+
+def _submit_patiently(port: int, message_id: str) -> tuple[bool, float]:
+    """One transaction that waits up to DEADLINE for the banner (a worker restarting):
+    whether it got its 250, and how long it took."""
+    started = time.monotonic()
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test",
+                      timeout=DEADLINE) as client:
+        client.ehlo()
+        client.mail(SENDER)
+        client.rcpt("a@dest.test")
+        code, _ = client.data(make_message(message_id).replace("\n", "\r\n").encode())
+        return code == 250, time.monotonic() - started
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_queued_for_a_dead_worker_are_served_by_its_successor(rig):
+    """Each worker has its own listening socket (SO_REUSEPORT), and the supervisor keeps
+    it open: what the kernel hashes to a killed worker waits in that socket's queue for
+    the successor instead of being reset."""
+    relay, pids = await start_two(rig)
+    mark = relay.mark()
+    os.kill(pids[1], signal.SIGKILL)
+    count = 20  # each lands on worker 1's socket with probability 1/2
+    results = await defer.gatherResults([
+        threads.deferToThread(_submit_patiently, rig.listen, f"queued-{i}@t")
+        for i in range(count)
+    ]).addTimeout(DEADLINE * 2, rig.reactor)
+    assert all(ok for ok, _ in results), results  # none reset or refused: all got 250
+    document = await rig.wait_status(lambda d: d["workers"][0]["restarts"] == 1)
+    successor = document["workers"][0]["pid"]
+    assert successor != pids[1]
+    served = relay.lines_with("[worker-1 ", "accepted ", since=mark)
+    assert served, relay.tail(60)  # the successor took what waited on worker 1's socket
+    wanted = {f"queued-{i}@t" for i in range(count)}
+    await rig.sink.wait_until(lambda: wanted <= rig.delivered().keys(), timeout=DEADLINE)
+    waits = sorted(seconds for _, seconds in results)
+    print(f"kill -9 of worker 1: {len(served)} of {count} connections made while it was "
+          f"dead were served by its successor (pid {successor}), the rest by worker 2; "
+          f"transactions took {waits[0]:.2f} to {waits[-1]:.2f} s")
 
 
 @pytest_twisted.ensureDeferred

@@ -20,6 +20,7 @@ from hatwist.workers._supervisor import FIRST_BACKOFF, MAX_BACKOFF, STOP_MARGIN
 
 class FakeProcess:
     def __init__(self, reactor: ProcessReactor, proto, argv) -> None:
+        self.child_fds: dict | None = None
         self.reactor = reactor
         self.proto = proto
         self.argv = argv
@@ -46,7 +47,7 @@ class ProcessReactor(MemoryReactorClock):
                      **kwargs):
         process = FakeProcess(self, proto, list(args))
         self.processes.append(process)
-        self.child_fds = childFDs
+        process.child_fds = childFDs
         return process
 
 
@@ -60,17 +61,19 @@ def supervised(tmp_path):
     supervisor.privilegedStartService()
     supervisor.startService()
     yield reactor, supervisor
-    if supervisor.listen_socket is not None:
-        supervisor.listen_socket.close()
+    supervisor._close_listeners()
     if supervisor._previous_hup is not None:  # startService routed the real SIGHUP
         signal.signal(signal.SIGHUP, supervisor._previous_hup)
 
 
-def test_starts_one_process_per_worker_with_the_listening_socket_and_a_partition(
+def test_starts_one_process_per_worker_with_its_own_listening_socket_and_a_partition(
         supervised, tmp_path):
     reactor, supervisor = supervised
     assert [p.argv for p in reactor.processes] == [["worker", "1"], ["worker", "2"]]
-    assert reactor.child_fds[3] == supervisor.listen_fd
+    one, two = (process.child_fds[3] for process in reactor.processes)
+    assert (one, two) == (supervisor.listen_fd(1), supervisor.listen_fd(2)) and one != two
+    names = {s.getsockname() for s in supervisor.listen_sockets}
+    assert len(names) == 1 and names.pop()[1] != 0  # port 0: chosen once, shared
     assert (tmp_path / "spool" / "worker-1").is_dir()
     assert (tmp_path / "spool" / "worker-2").is_dir()
 
@@ -85,6 +88,7 @@ def test_a_dead_worker_is_restarted_with_backoff_for_quick_deaths(supervised):
     assert len(reactor.processes) == 2
     reactor.advance(0.02)
     assert [p.argv for p in reactor.processes[2:]] == [["worker", "1"]]
+    assert reactor.processes[2].child_fds[3] == supervisor.listen_fd(1)  # the same socket
     assert slot.restarts == 1 and slot.pid == reactor.processes[2].pid
     # Dies again at once: twice the wait, and so on up to the cap.
     reactor.processes[2].end(code=1)
@@ -109,7 +113,7 @@ def test_stop_terms_every_worker_and_kills_one_that_overruns(supervised):
     one, two = reactor.processes
     stopped = supervisor.stopService()
     assert one.signals == ["TERM"] and two.signals == ["TERM"]
-    assert supervisor.listen_socket is None  # new connections are refused from now on
+    assert supervisor.listen_sockets == []  # new connections are refused from now on
     one.end(signal=15)
     reactor.advance(5 + STOP_MARGIN - 0.1)
     assert two.signals == ["TERM"] and not stopped.called
