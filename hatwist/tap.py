@@ -98,11 +98,21 @@ class Options(usage.Options):
         raise SystemExit(EXIT_BAD_CONFIG)
 
 
-def server_endpoint(reactor: Any, address: ServerAddress) -> IStreamServerEndpoint:
+#: Pending connections the kernel keeps for the SMTP listener (as for the workers'
+#: sockets, ``hatwist.workers._endpoints.BACKLOG``): Twisted's default of 50 made a
+#: single relay refuse the 51st of a burst of connections (the kernel's listen queue
+#: overflowed, and the clients retried a second later). The kernel caps it at
+#: net.core.somaxconn.
+LISTEN_BACKLOG = 1024
+
+
+def server_endpoint(reactor: Any, address: ServerAddress,
+                    backlog: int = 50) -> IStreamServerEndpoint:  # fmt: skip
     """A listening endpoint for a configured ``host:port`` (an IP literal)."""
     if address.ip_version == 6:
-        return TCP6ServerEndpoint(reactor, address.port, interface=address.host)
-    return TCP4ServerEndpoint(reactor, address.port, interface=address.host)
+        return TCP6ServerEndpoint(reactor, address.port, backlog=backlog,
+                                  interface=address.host)
+    return TCP4ServerEndpoint(reactor, address.port, backlog=backlog, interface=address.host)
 
 
 class _ListeningService(service.Service):
@@ -294,7 +304,8 @@ class RelayService(service.MultiService):
                 allowed_from=lambda: self.config.service.listen_proxy_from,
                 max_pending=lambda: self.config.service.max_inbound_connections)
         self.listener = _ListeningService(
-            listen_endpoint or server_endpoint(reactor, config.service.listen), listening,
+            listen_endpoint or server_endpoint(reactor, config.service.listen, LISTEN_BACKLOG),
+            listening,
             on_stop=self._drain_inbound,
             name="listen", address=str(config.service.listen),
         )

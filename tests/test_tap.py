@@ -159,3 +159,26 @@ async def test_reload_keeps_the_running_config_when_the_new_one_is_invalid(
     applied = await relay.reload().addTimeout(5, reactor)
     assert applied is False
     assert relay.config is before
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_smtp_listener_keeps_a_backlog_of_1024_not_twisteds_50(reactor):
+    """``ss -ltn`` shows a listening socket's backlog as its Send-Q."""
+    import shutil
+
+    from twisted.internet import utils
+
+    from hatwist.config import ServerAddress
+    from hatwist.tap import LISTEN_BACKLOG, server_endpoint
+
+    if shutil.which("ss") is None:
+        pytest.skip("ss (iproute2) is not installed")
+    port = await server_endpoint(reactor, ServerAddress("127.0.0.1", 0), LISTEN_BACKLOG).listen(
+        Factory.forProtocol(Protocol))
+    try:
+        number = port.getHost().port
+        out = await utils.getProcessOutput(shutil.which("ss"),
+                                           ["-ltnH", f"sport = :{number}"])
+        assert out.split()[2] == b"1024", out  # State Recv-Q Send-Q ...
+    finally:
+        await port.stopListening()
