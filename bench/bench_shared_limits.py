@@ -26,7 +26,7 @@ relay's CPU per message and the difference against the local row above it.  Need
 root, HAProxy and Postfix's smtp-source/smtp-sink, like bench_relay.py.
 
 Run: ``PYTHONPATH=. python3 bench/bench_shared_limits.py [--starts 4000]
-[--end-to-end 5000] [--rounds 2]``.
+[--end-to-end 3000] [--rounds 3] [--profile /tmp/spy]``.
 """
 
 from __future__ import annotations
@@ -103,42 +103,38 @@ async def bench_redis(reactor, url: str, starts: int, throttle: Throttle | None,
                server_cpu)  # fmt: skip
 
 
-async def end_to_end(reactor, url: str, messages: int, rounds: int) -> None:
+async def end_to_end(reactor, url: str, messages: int, rounds: int,
+                     profile: str | None = None) -> None:
     """bench_relay's proxied row, without and with redis_url, throttle off and on,
     alternating ``rounds`` times in one lab."""
     import argparse as _argparse
 
     import bench_relay  # bench/ is on sys.path when this runs as a script
 
-    plain = bench_relay.config_text
-    mode = {"redis": False, "throttle": False}
-
-    def config_text(**kwargs):
-        # 20 smtp-source sessions from 127.0.0.1: above max_inbound_connections_per_ip's 10
-        text = plain(**kwargs) + "max_inbound_connections_per_ip = 100\n"
-        if mode["throttle"]:
-            text += f'outbound_throttle_messages = "{BIG}"\n'
-        return text + (f'redis_url = "{url}"\n' if mode["redis"] else "")
+    def extra(shared: bool, throttle: bool) -> str:
+        text = f'outbound_throttle_messages = "{BIG}"\n' if throttle else ""
+        return text + (f'redis_url = "{url}"\n' if shared else "")
 
     args = _argparse.Namespace(messages=messages, sessions=20, size=5120, submit_reuse=False)
-    bench_relay.config_text = config_text
     workdir = tempfile.mkdtemp(prefix="hatwist-bench-shared-")
     lab = bench_relay.Lab()
     results: dict[tuple[bool, bool], list] = {}
     try:
         await lab.start(reactor, workdir)
-        for _ in range(rounds):
+        for round_ in range(rounds):
             for throttle in (False, True):
                 for shared in (False, True):
-                    mode.update(redis=shared, throttle=throttle)
+                    spy = None
+                    if profile and round_ == rounds - 1:
+                        spy = f"{profile}-{'redis' if shared else 'local'}-" \
+                              f"{'on' if throttle else 'off'}.txt"
                     row = await bench_relay.relay_row(
                         reactor, lab, args, workdir, domain=bench_relay.PROXY_DOMAIN,
-                        name="proxied",
+                        name="proxied", extra=extra(shared, throttle), profile=spy,
                     )
                     results.setdefault((throttle, shared), []).append(row)
     finally:
         await lab.stop(reactor)
-        bench_relay.config_text = plain
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"\nend to end: bench_relay's proxied row ({messages} messages of 5120 B, "
           f"smtp-source, 20 sessions), {rounds} rounds alternating; medians")  # fmt: skip
@@ -169,7 +165,7 @@ async def main(reactor, args) -> None:
             if args.end_to_end:
                 print_table(rows)
                 rows = []
-                await end_to_end(reactor, server.url, args.end_to_end, args.rounds)
+                await end_to_end(reactor, server.url, args.end_to_end, args.rounds, args.profile)
         finally:
             server.stop()
     if rows:
@@ -188,7 +184,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--starts", type=int, default=4000)
     parser.add_argument("--end-to-end", type=int, default=0, metavar="MESSAGES")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", metavar="PREFIX",
+                        help=("py-spy raw profiles of the last round's relays "
+                              "(PREFIX-redis-on.txt...)"))
     parser.add_argument("--in-flight", type=lambda s: [int(x) for x in s.split(",")],
                         default=[1, 16, 64])  # fmt: skip
     task.react(lambda reactor: defer.ensureDeferred(main(reactor, parser.parse_args())))

@@ -30,6 +30,7 @@ import socket
 import uuid
 from typing import Any
 
+import attrs
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -43,6 +44,7 @@ from zope.interface import implementer
 from hatwist.config.values import Throttle, redacted_url
 
 from ._batch import Batcher
+from ._credits import Credits, lifetime
 from ._idle import LINGER, IdleLeases
 from ._interfaces import ILimits
 from ._journal import Journal
@@ -136,6 +138,8 @@ class RedisLimits(service.Service):
         self._leases: dict[str, Lease] = {}  # live leases (idle ones too), renewed by beats
         self._idle = IdleLeases(linger)  # given back a moment ago, kept for reuse
         self._idle_sweep: Any = None
+        self._credits = Credits()  # throttle starts reserved ahead, per queue
+        self._credit_sweep: Any = None
         self._closed_until: dict[QueueKey, float] = {}  # Redis's last "full until"
         self._nodes = 1
         self.up = True
@@ -159,10 +163,13 @@ class RedisLimits(service.Service):
         super().stopService()
         if self._beats.running:
             self._beats.stop()
-        if self._idle_sweep is not None and self._idle_sweep.active():
-            self._idle_sweep.cancel()
+        for call in (self._idle_sweep, self._credit_sweep):
+            if call is not None and call.active():
+                call.cancel()
         self._idle.take_all()  # still in _leases: released with the rest
         releases = self._batch.take_releases()
+        releases += [(redis_key(self._prefix, "throttle", key), start_id)
+                     for key, start_id in self._credits.take_all()]  # fmt: skip
         releases += [(redis_key(self._prefix, "slots", lease.key), lease.id)
                      for lease in self._leases.values()]  # fmt: skip
         d = self._call(self._goodbye, releases) if self.up else defer.succeed(None)
@@ -186,22 +193,35 @@ class RedisLimits(service.Service):
             return self._alone(key, throttle, max_connections, now)
         idle = self._idle.take(key)
         if idle is not None:
-            if throttle is None and self._local.in_flight(key) < max_connections:
-                # the slot never left this node: no question for Redis
-                return Decision.grant(self._local.take(key, None, now, idle.id))
+            if self._local.in_flight(key) < max_connections:
+                # the slot never left this node: no question for Redis, unless the
+                # throttle needs one and no credit of the queue is left
+                if throttle is None:
+                    return Decision.grant(self._local.take(key, None, now, idle.id))
+                credit = self._credits.take(key, throttle, now)
+                if credit is not None:
+                    return Decision.grant(self._granted(key, throttle, now, idle.id, credit))
             self._release(idle)  # travels just before the question below
         if self._pending >= self._max_pending:
             return Decision.refuse(Refusal.BUSY, BUSY_WAIT)
         lease_id = next(self._ids)
         keys = [redis_key(self._prefix, "slots", key)]
-        args = [lease_id, max_connections, self._lease_ttl_ms, 0, 1, lease_id]
+        args = [lease_id, max_connections, self._lease_ttl_ms, 0, 1, lease_id, 0, 0]
+        credits_until = None
         if throttle is not None:
             keys.append(redis_key(self._prefix, "throttle", key))
             args[3:5] = [throttle.messages, throttle.seconds]
+            wanted = self._credits.ask(key, throttle, now)
+            if wanted:
+                life = lifetime(throttle)
+                args[6:8] = [wanted, int(life * 1000)]
+                # usable until the lifetime has passed since *now*, before the question
+                # leaves: Redis counts them until its later now plus the lifetime
+                credits_until = self._reactor.seconds() + life
         self._pending += 1
         d = self._batch.script(self._start_script, keys, args)
         d.addBoth(self._answered)
-        d.addBoth(self._decided, key, throttle, max_connections, lease_id)
+        d.addBoth(self._decided, key, throttle, max_connections, lease_id, credits_until)
         return d
 
     def next_start(self, key: QueueKey, throttle: Throttle | None, now: float) -> float:
@@ -240,7 +260,7 @@ class RedisLimits(service.Service):
             return  # it leaves the fleet's window by itself, after the throttle's seconds
         key = redis_key(self._prefix, "throttle", lease.key)
         self._pending += 1
-        self._batch.zrem(key, lease.id).addBoth(self._answered).addErrback(self._failed)
+        self._batch.zrem(key, lease.start_id).addBoth(self._answered).addErrback(self._failed)
 
     def _sweep_idle(self) -> None:
         self._idle_sweep = None
@@ -260,6 +280,44 @@ class RedisLimits(service.Service):
         self._pending += 1
         self._batch.zrem(key, lease.id).addBoth(self._answered).addErrback(self._failed)
 
+    def _granted(self, key: QueueKey, throttle: Throttle | None, now: float, lease_id: str,
+                 credit: str | None = None) -> Lease:  # fmt: skip
+        """Count a start Redis granted (or a credit it granted before) on this node."""
+        lease = self._local.take(key, throttle, now, lease_id)
+        if credit is not None:
+            lease = attrs.evolve(lease, start=credit)
+        self._leases[lease.id] = lease
+        self._journal.record(key, throttle, now, lease.start_id)
+        return lease
+
+    def _sweep_credits_at(self, when: float) -> None:
+        if self._credit_sweep is not None and self._credit_sweep.active():
+            if self._credit_sweep.getTime() <= when:
+                return
+            self._credit_sweep.cancel()
+        delay = max(0.0, when - self._reactor.seconds())
+        self._credit_sweep = self._reactor.callLater(delay, self._sweep_credits)
+
+    def _sweep_credits(self) -> None:
+        """Give back the credits that expired unused (one ZREM per queue, riding with
+        the next batch), so other nodes may start in their place."""
+        if self._credit_sweep is not None and self._credit_sweep.active():
+            self._credit_sweep.cancel()  # called by the heartbeat, before its time
+        self._credit_sweep = None
+        now = self._reactor.seconds()
+        unused: dict[QueueKey, list[str]] = {}
+        for key, start_id in self._credits.expired(now):
+            unused.setdefault(key, []).append(start_id)
+        for key, ids in unused.items():
+            if not self.up or self._pending >= self._max_pending:
+                break  # they leave the window by themselves, after the throttle's seconds
+            self._pending += 1
+            d = self._batch.zrem(redis_key(self._prefix, "throttle", key), *ids)
+            d.addBoth(self._answered).addErrback(self._failed)
+        due = self._credits.next_expiry()
+        if due is not None:
+            self._sweep_credits_at(due)
+
     # -- answers -----------------------------------------------------------------------
 
     def _in_pool(self, f: Any, *args: Any) -> defer.Deferred:
@@ -275,18 +333,23 @@ class RedisLimits(service.Service):
 
     def _decided(
         self, reply: Any, key: QueueKey, throttle: Throttle | None, max_connections: int,
-        lease_id: str,
+        lease_id: str, credits_until: float | None,
     ) -> Decision:  # fmt: skip
         now = self._reactor.seconds()
         if isinstance(reply, Failure):
+            if credits_until is not None:
+                self._credits.answered(key, [], 0.0)
             self._failed(reply)
             return self._alone(key, throttle, max_connections, now)
         code, value = int(reply[0]), int(reply[1])
+        if credits_until is not None:
+            credits = int(reply[2]) if code == GRANTED and len(reply) > 2 else 0
+            self._credits.answered(key, [f"{lease_id}+{i}" for i in range(1, credits + 1)],
+                                   credits_until)  # fmt: skip
+            if credits and self.running:
+                self._sweep_credits_at(credits_until)
         if code == GRANTED:
-            lease = self._local.take(key, throttle, now, lease_id)
-            self._leases[lease.id] = lease
-            self._journal.record(key, throttle, now, lease_id)
-            return Decision.grant(lease)
+            return Decision.grant(self._granted(key, throttle, now, lease_id))
         if code == NO_SLOT:
             return Decision.refuse(Refusal.SLOTS, self._slot_poll)
         wait = value / 1e6
@@ -329,6 +392,8 @@ class RedisLimits(service.Service):
 
     def _beaten(self, _: object) -> None:
         self._beating = False
+        if self.running:
+            self._sweep_credits()  # also forgets queues that asked for none lately
         now = self._reactor.seconds()
         for key in [k for k, until in self._closed_until.items() if until <= now]:
             del self._closed_until[key]
@@ -401,6 +466,7 @@ class RedisLimits(service.Service):
             self._down_since = self._reactor.seconds()
             for lease in self._idle.take_all():  # Redis lets them expire
                 self._leases.pop(lease.id, None)
+            self._credits.drop_all()  # counted in Redis until their window passes
             _log.warn(
                 "shared limits: Redis {url} does not answer ({error}); until it does, this "
                 "node delivers under its share of each limit: the configured values divided "

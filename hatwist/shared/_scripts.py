@@ -26,8 +26,12 @@ GRANTED, NO_SLOT, THROTTLED = 0, 1, 2
 
 # KEYS[1] slots zset (lease id -> expiry), KEYS[2] throttle zset (start id -> time).
 # ARGV: lease id, max slots, lease ttl (ms), throttle messages (0: none),
-#       throttle seconds, start id.
-# Reply: {GRANTED, 0} | {NO_SLOT, 0} | {THROTTLED, wait in microseconds}.
+#       throttle seconds, start id, credits wanted, credit lifetime (ms).
+# Reply: {GRANTED, 0, credits} | {NO_SLOT, 0} | {THROTTLED, wait in microseconds}.
+# Credits (see hatwist.shared._credits) are starts reserved for later use on the node,
+# as many as asked while the window has room, named "<start id>+1", "+2"...  Each is
+# recorded at its expiry (now + lifetime), the last moment the node may use it, so the
+# window counts it over every span in which it may have started.
 START = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -39,6 +43,7 @@ if redis.call('ZCARD', KEYS[1]) >= max then
 end
 local n = tonumber(ARGV[4])
 local window = tonumber(ARGV[5]) * 1000000
+local credits = 0
 if n > 0 then
   -- the same two rules as hatwist.throttle: a start counts for `window`, and only
   -- the last n starts matter (a reload may have lowered n)
@@ -49,12 +54,26 @@ if n > 0 then
     return {2, tonumber(oldest[2]) + window - now}
   end
   redis.call('ZADD', KEYS[2], now, ARGV[6])
-  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[5]) * 1000 + 1000)
+  local room = math.min(tonumber(ARGV[7] or 0), n - redis.call('ZCARD', KEYS[2]))
+  if room > 0 then
+    local at = now + tonumber(ARGV[8]) * 1000
+    local add = {}
+    for i = 1, room do
+      add[2 * i - 1] = at
+      add[2 * i] = ARGV[6] .. '+' .. i
+    end
+    redis.call('ZADD', KEYS[2], unpack(add))
+    credits = room
+  end
+  -- the key lives until its newest entry (a credit may lie ahead of now) leaves the window
+  local newest = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', KEYS[2],
+             math.floor((tonumber(newest[2]) + window) / 1000) + 1000)
 end
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(last[2]) / 1000) + 1000)
-return {0, 0}
+return {0, 0, credits}
 """
 
 # KEYS[1] nodes zset (node id -> expiry), KEYS[2..] slots zsets of this node's leases.
@@ -93,7 +112,10 @@ for i = 3, #ARGV, 2 do
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(n + 1))
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 1000 + 1000)
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if newest[2] then
+  redis.call('PEXPIREAT', KEYS[1], math.floor((tonumber(newest[2]) + window) / 1000) + 1000)
+end
 return redis.call('ZCARD', KEYS[1])
 """
 

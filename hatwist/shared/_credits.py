@@ -1,0 +1,173 @@
+# -*- test-case-name: tests.shared.test_credits -*-
+"""Throttle starts a node reserved in Redis ahead of use: one round trip for many starts.
+
+A throttled start must be counted in the fleet's window, so without this every one of
+them asks Redis (a thread hand-off and a round trip, about a sixth of a relay's CPU per
+message).  Instead a START that finds the queue busy asks for a few *credits* besides
+its own start: places in the window that Redis adds atomically, with the start, only
+while the window has room.  The next starts of that queue on this node then take a
+credit without asking, like an unthrottled start takes a lingering slot.
+
+Why the fleet can still never start more than N in any window: Redis records each
+credit at the moment it *expires* (its time plus :func:`lifetime`), and a node uses a
+credit only before that moment, measured from before the question left.  So every
+start made from a credit lies inside the span Redis counts it for: any window holds
+at least as many entries in Redis as starts really made in it.  The price is that a
+credit holds its place up to one lifetime longer than a start would, which is why
+credits are short-lived and only ever a small share of a throttle (none for a
+``10/3600``: such a throttle keeps asking Redis at every start, exactly as before).
+
+An unused credit is given back (ZREM) when it expires, so other nodes may use it; a
+node that dies with credits leaves them counted until their window passes: fewer
+starts for a while, never more.  Pure: times are passed in.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import attrs
+
+from hatwist.config.values import Throttle
+
+from ._values import QueueKey
+
+#: Seconds a credit may be used after it was asked for, at most.
+LIFETIME = 0.5
+#: Credits asked with one start, at most.
+MAX_CREDITS = 64
+#: A node holds at most 1/SHARE of a throttle's messages as credits at once.
+SHARE = 16
+
+
+def lifetime(throttle: Throttle) -> float:
+    """How long credits of ``throttle`` may be used: short against its window too, so
+    the longer hold of a credit is a small part of the window (a 1/16th at most)."""
+    return min(LIFETIME, throttle.seconds / SHARE)
+
+
+def most(throttle: Throttle, max_credits: int = MAX_CREDITS) -> int:
+    """Credits one start may ask for under ``throttle``: 0 for small throttles."""
+    return min(max_credits, throttle.messages // SHARE)
+
+
+@attrs.define
+class _Stock:
+    """One queue's credits and its recent demand."""
+
+    throttle: Throttle
+    ids: deque[str] = attrs.field(factory=deque)
+    expires: float = 0.0
+    recent: deque[float] = attrs.field(factory=deque)
+    """When its last starts were asked (at most ``MAX_CREDITS + 1`` of them)."""
+    asking: bool = False
+    """A question asking for credits is in flight: others ask for none."""
+
+
+class Credits:
+    """Every queue's credits on this node, and how many the next start should ask for.
+
+    Demand decides: a start asks for as many credits as starts of its queue were asked
+    in the last lifetime (capped), so a queue starting once a minute asks for none and a
+    busy one asks once per few dozen starts.  Bounded: at most ``max_credits`` credits
+    and as many remembered times per queue, and queues quiet for a lifetime are dropped
+    at :meth:`expired`.
+    """
+
+    def __init__(self, max_credits: int = MAX_CREDITS) -> None:
+        self._max = max_credits
+        self._stocks: dict[QueueKey, _Stock] = {}
+        self._returns: list[tuple[QueueKey, str]] = []
+
+    def take(self, key: QueueKey, throttle: Throttle, now: float) -> str | None:
+        """A credit of ``key`` still valid at ``now`` under ``throttle``, if any: the id
+        of the start it becomes."""
+        stock = self._stocks.get(key)
+        if stock is None or not stock.ids or stock.throttle != throttle or stock.expires <= now:
+            return None
+        self._note(stock, now)
+        return stock.ids.popleft()
+
+    def ask(self, key: QueueKey, throttle: Throttle, now: float) -> int:
+        """How many credits the START about to be sent for ``key`` asks for besides its
+        own start (0: none).  Expects :meth:`answered` with the reply."""
+        cap = most(throttle, self._max)
+        if cap == 0:
+            return 0
+        stock = self._stocks.get(key)
+        if stock is None or stock.throttle != throttle:
+            if stock is not None:  # a reload changed the throttle: its credits go back
+                self._give_back(key, stock)
+            stock = self._stocks[key] = _Stock(throttle)
+        self._note(stock, now)
+        if stock.asking or (stock.ids and stock.expires > now):
+            return 0  # more are on their way, or some are left (this start took no slot)
+        want = min(cap, len(stock.recent) - 1)  # the others asked lately, not this one
+        stock.asking = want > 0
+        return want
+
+    def answered(self, key: QueueKey, ids: list[str], expires: float) -> None:
+        """The reply to a START that asked (``ids`` empty: refused, or Redis failed).
+
+        ``expires`` is the asking time plus :func:`lifetime`, on this node's clock.
+        """
+        stock = self._stocks.get(key)
+        if stock is None or not stock.asking:
+            self._returns.extend((key, i) for i in ids)  # dropped meanwhile: back at once
+            return
+        stock.asking = False
+        if ids:
+            self._give_back(key, stock)  # any left of the last ones (expired by now)
+            stock.ids.extend(ids)
+            stock.expires = expires
+
+    def expired(self, now: float) -> list[tuple[QueueKey, str]]:
+        """Take the credits to give back at ``now`` (expired unused, or stale), and
+        forget queues that asked nothing for a lifetime."""
+        for key, stock in list(self._stocks.items()):
+            if stock.expires <= now:
+                self._give_back(key, stock)
+            window = lifetime(stock.throttle)
+            while stock.recent and stock.recent[0] + window <= now:
+                stock.recent.popleft()
+            if not stock.ids and not stock.recent and not stock.asking:
+                del self._stocks[key]
+        out, self._returns = self._returns, []
+        return out
+
+    def take_all(self) -> list[tuple[QueueKey, str]]:
+        """Every unused credit (at a stop), to give back."""
+        for key, stock in self._stocks.items():
+            self._give_back(key, stock)
+        self._stocks.clear()
+        out, self._returns = self._returns, []
+        return out
+
+    def drop_all(self) -> None:
+        """Forget every credit without giving any back (Redis is away: they stay
+        counted there until their window passes, which only errs on the safe side)."""
+        self._stocks.clear()
+        self._returns.clear()
+
+    def next_expiry(self) -> float | None:
+        """When the earliest credits held expire (None: none held)."""
+        times = [s.expires for s in self._stocks.values() if s.ids]
+        return min(times) if times else None
+
+    def held(self, key: QueueKey) -> int:
+        stock = self._stocks.get(key)
+        return len(stock.ids) if stock is not None else 0
+
+    def __len__(self) -> int:
+        return len(self._stocks)
+
+    def _note(self, stock: _Stock, now: float) -> None:
+        stock.recent.append(now)
+        window = lifetime(stock.throttle)
+        recent = stock.recent
+        while recent and (recent[0] + window <= now or len(recent) > self._max + 1):
+            recent.popleft()
+
+    def _give_back(self, key: QueueKey, stock: _Stock) -> None:
+        self._returns.extend((key, i) for i in stock.ids)
+        stock.ids.clear()
