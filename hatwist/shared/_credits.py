@@ -10,16 +10,19 @@ credit without asking, like an unthrottled start takes a lingering slot.
 
 Why the fleet can still never start more than N in any window: Redis records each
 credit at the moment it *expires* (its time plus :func:`lifetime`), and a node uses a
-credit only before that moment, measured from before the question left.  So every
-start made from a credit lies inside the span Redis counts it for: any window holds
-at least as many entries in Redis as starts really made in it.  The price is that a
-credit holds its place up to one lifetime longer than a start would, which is why
-credits are short-lived and only ever a small share of a throttle (none for a
-``10/3600``: such a throttle keeps asking Redis at every start, exactly as before).
+credit only before that moment: for half the lifetime, measured from before the
+question left.  So every start made from a credit lies inside the span Redis counts it
+for: any window holds at least as many entries in Redis as starts really made in it.
+The price is that a credit holds its place up to one lifetime longer than a start
+would, which is why credits are short-lived and only ever a small share of a throttle
+(none for a ``10/3600``: such a throttle keeps asking Redis at every start, exactly as
+before).
 
-An unused credit is given back (ZREM) when it expires, so other nodes may use it; a
-node that dies with credits leaves them counted until their window passes: fewer
-starts for a while, never more.  Pure: times are passed in.
+An unused credit is given back (ZREM) when the node stops using it, half a lifetime
+before Redis would let it go, so other nodes may use it (a node refused for a full
+window while credits are out is told to ask again when they expire); a node that dies
+with credits leaves them counted until their window passes: fewer starts for a while,
+never more.  Pure: times are passed in.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from hatwist.config.values import Throttle
 
 from ._values import QueueKey
 
-#: Seconds a credit may be used after it was asked for, at most.
+#: Seconds a credit holds its place in Redis after it was granted, at most.
 LIFETIME = 0.5
 #: Credits asked with one start, at most.
 MAX_CREDITS = 64
@@ -109,7 +112,8 @@ class Credits:
     def answered(self, key: QueueKey, ids: list[str], expires: float) -> None:
         """The reply to a START that asked (``ids`` empty: refused, or Redis failed).
 
-        ``expires`` is the asking time plus :func:`lifetime`, on this node's clock.
+        ``expires`` is when this node stops using them (on its clock, at most the
+        asking time plus :func:`lifetime`).
         """
         stock = self._stocks.get(key)
         if stock is None or not stock.asking:

@@ -215,9 +215,10 @@ class RedisLimits(service.Service):
             if wanted:
                 life = lifetime(throttle)
                 args[6:8] = [wanted, int(life * 1000)]
-                # usable until the lifetime has passed since *now*, before the question
-                # leaves: Redis counts them until its later now plus the lifetime
-                credits_until = self._reactor.seconds() + life
+                # Redis counts them until its own (later) now plus the lifetime; they
+                # are used for half of it from before the question leaves, and the
+                # unused ones are back in Redis before the lifetime ends
+                credits_until = self._reactor.seconds() + life / 2
         self._pending += 1
         d = self._batch.script(self._start_script, keys, args)
         d.addBoth(self._answered)

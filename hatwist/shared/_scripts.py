@@ -27,7 +27,9 @@ GRANTED, NO_SLOT, THROTTLED = 0, 1, 2
 # KEYS[1] slots zset (lease id -> expiry), KEYS[2] throttle zset (start id -> time).
 # ARGV: lease id, max slots, lease ttl (ms), throttle messages (0: none),
 #       throttle seconds, start id, credits wanted, credit lifetime (ms).
-# Reply: {GRANTED, 0, credits} | {NO_SLOT, 0} | {THROTTLED, wait in microseconds}.
+# Reply: {GRANTED, 0, credits} | {NO_SLOT, 0} | {THROTTLED, wait in microseconds}: until
+# the oldest start leaves the window, or until a credit there expires (1 ms after), when
+# sooner, for it may come back unused.
 # Credits (see hatwist.shared._credits) are starts reserved for later use on the node,
 # as many as asked while the window has room, named "<start id>+1", "+2"...  Each is
 # recorded at its expiry (now + lifetime), the last moment the node may use it, so the
@@ -51,7 +53,14 @@ if n > 0 then
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(n + 1))
   if redis.call('ZCARD', KEYS[2]) >= n then
     local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-    return {2, tonumber(oldest[2]) + window - now}
+    local wait = tonumber(oldest[2]) + window - now
+    -- a credit not expired yet may come back unused: ask again once it has expired
+    local ahead = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf', 'WITHSCORES',
+                             'LIMIT', 0, 1)
+    if ahead[2] then
+      wait = math.min(wait, tonumber(ahead[2]) - now + 1000)
+    end
+    return {2, wait}
   end
   redis.call('ZADD', KEYS[2], now, ARGV[6])
   local room = math.min(tonumber(ARGV[7] or 0), n - redis.call('ZCARD', KEYS[2]))
