@@ -26,7 +26,8 @@ credits (hatwist/shared/_credits.py) its queue reserved with an earlier question
 always-open throttle (1e9/3600: every start is counted in Redis's window), the four
 alternating in each of ``--rounds`` rounds: the rate and the relay's CPU per message
 (median of the rounds, and the lowest and highest), their difference against the
-local row above, and the commands Redis ran per message (heartbeats included).  Needs
+local row above, and the questions Redis answered per message (scripts and releases,
+heartbeats included).  Needs
 root, HAProxy and Postfix's smtp-source/smtp-sink, like bench_relay.py; the load
 generator, the sink and HAProxy share the box with the relay.
 
@@ -71,9 +72,13 @@ def redis_cpu(url: str) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def redis_commands(url: str) -> int:
-    """Commands Redis ran so far (this INFO call included)."""
-    return int(redis.Redis.from_url(url).info("stats")["total_commands_processed"])
+def redis_questions(url: str) -> int:
+    """Questions Redis answered so far: scripts run (START, HEARTBEAT...) and releases
+    (ZREM; no script calls it), not the commands the scripts run inside."""
+    stats = redis.Redis.from_url(url).info("commandstats")
+    return sum(stat["calls"] - stat.get("failed_calls", 0) - stat.get("rejected_calls", 0)
+               for name, stat in stats.items()
+               if name in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_zrem"))  # fmt: skip
 
 
 def bench_local(starts: int, throttle: Throttle | None):
@@ -117,7 +122,7 @@ async def bench_redis(reactor, url: str, starts: int, throttle: Throttle | None,
 
 
 async def end_to_end(reactor, url: str, messages: int, rounds: int,
-                     profile: str | None = None) -> None:
+                     profile: str | None = None, throttles=(False, True)) -> None:
     """bench_relay's proxied row, without and with redis_url, throttle off and on,
     alternating ``rounds`` times in one lab."""
     import argparse as _argparse
@@ -135,18 +140,18 @@ async def end_to_end(reactor, url: str, messages: int, rounds: int,
     try:
         await lab.start(reactor, workdir)
         for round_ in range(rounds):
-            for throttle in (False, True):
+            for throttle in throttles:
                 for shared in (False, True):
                     spy = None
                     if profile and round_ == rounds - 1:
                         spy = f"{profile}-{'redis' if shared else 'local'}-" \
                               f"{'on' if throttle else 'off'}.txt"
-                    commands = redis_commands(url)
+                    commands = redis_questions(url)
                     row = await bench_relay.relay_row(
                         reactor, lab, args, workdir, domain=bench_relay.PROXY_DOMAIN,
                         name="proxied", extra=extra(shared, throttle), profile=spy,
                     )
-                    commands = (redis_commands(url) - commands - 1) / messages
+                    commands = (redis_questions(url) - commands) / messages
                     results.setdefault((throttle, shared), []).append((row, commands))
     finally:
         await lab.stop(reactor)
@@ -154,8 +159,8 @@ async def end_to_end(reactor, url: str, messages: int, rounds: int,
     print(f"\nend to end: bench_relay's proxied row ({messages} messages of 5120 B, "
           f"smtp-source, 20 sessions), {rounds} rounds alternating; medians")  # fmt: skip
     print(f"{'limits':8} {'throttle':8} {'msg/s':>8} {'(low-high)':>11} {'cpu us/msg':>11} "
-          f"{'(low-high)':>11} {'rate':>7} {'cpu':>7} {'cmds/msg':>8}")  # fmt: skip
-    for throttle in (False, True):
+          f"{'(low-high)':>11} {'rate':>7} {'cpu':>7} {'asks/msg':>8}")  # fmt: skip
+    for throttle in throttles:
         local = None
         for shared in (False, True):
             rows = [r for r, _ in results[(throttle, shared)]]
@@ -185,7 +190,9 @@ async def main(reactor, args) -> None:
             if args.end_to_end:
                 print_table(rows)
                 rows = []
-                await end_to_end(reactor, server.url, args.end_to_end, args.rounds, args.profile)
+                await end_to_end(reactor, server.url, args.end_to_end, args.rounds, args.profile,
+                                 {"both": (False, True), "on": (True,), "off": (False,)}[
+                                     args.throttle])  # fmt: skip
         finally:
             server.stop()
     if rows:
@@ -205,6 +212,8 @@ if __name__ == "__main__":
     parser.add_argument("--starts", type=int, default=4000)
     parser.add_argument("--end-to-end", type=int, default=0, metavar="MESSAGES")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--throttle", choices=("both", "on", "off"), default="both",
+                        help="which end-to-end rows: without a throttle, with, or both")
     parser.add_argument("--profile", metavar="PREFIX",
                         help=("py-spy raw profiles of the last round's relays "
                               "(PREFIX-redis-on.txt...)"))

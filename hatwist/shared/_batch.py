@@ -70,6 +70,7 @@ class Batcher:
         self._scheduled: Any = None
         self._sending = False
         self._questions = 0  # scripts in the queue (releases can wait, questions not)
+        self._drains: list[defer.Deferred] = []
 
     def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> defer.Deferred:
         return self._submit(("script", script, keys, args), 0)
@@ -90,6 +91,16 @@ class Batcher:
             self._scheduled = None
         if self._scheduled is None:
             self._scheduled = self._reactor.callLater(delay, self._send)
+        return d
+
+    def drained(self) -> defer.Deferred:
+        """Fires once no batch is in flight (at a stop: answers that reserved credits
+        are in before the goodbye gives them back)."""
+        d: defer.Deferred = defer.Deferred()
+        if self._sending:
+            self._drains.append(d)
+        else:
+            d.callback(None)
         return d
 
     def take_releases(self) -> list[tuple[str, str]]:
@@ -128,6 +139,10 @@ class Batcher:
                     d.errback(Failure(result))
                 else:
                     d.callback(result)
+        if not self._sending:
+            drains, self._drains = self._drains, []
+            for waiting in drains:
+                waiting.callback(None)
         if self._questions:
             self._send()  # questions that came meanwhile leave at once, as the next batch
         elif self._queue:  # releases only: they may wait a little for company

@@ -3,10 +3,11 @@
 
 A throttled start must be counted in the fleet's window, so without this every one of
 them asks Redis (a thread hand-off and a round trip, about a sixth of a relay's CPU per
-message).  Instead a START that finds the queue busy asks for a few *credits* besides
-its own start: places in the window that Redis adds atomically, with the start, only
-while the window has room.  The next starts of that queue on this node then take a
-credit without asking, like an unthrottled start takes a lingering slot.
+message).  Instead a busy queue asks for a few *credits* (one CREDITS script): places in
+the window that Redis adds atomically, only while the window has room.  The next starts
+of that queue on this node take a credit without asking, like an unthrottled start
+takes a lingering slot, and the next credits are asked for while some are left, so a
+busy queue's starts do not wait for Redis at all.
 
 Why the fleet can still never start more than N in any window: Redis records each
 credit at the moment it *expires* (its time plus :func:`lifetime`), and a node uses a
@@ -56,25 +57,26 @@ def most(throttle: Throttle, max_credits: int = MAX_CREDITS) -> int:
 
 @attrs.define
 class _Stock:
-    """One queue's credits and its recent demand."""
+    """One queue's credits (oldest first, with when this node stops using each) and
+    its recent demand."""
 
     throttle: Throttle
-    ids: deque[str] = attrs.field(factory=deque)
-    expires: float = 0.0
+    credits: deque[tuple[float, str]] = attrs.field(factory=deque)
     recent: deque[float] = attrs.field(factory=deque)
     """When its last starts were asked (at most ``MAX_CREDITS + 1`` of them)."""
     asking: bool = False
-    """A question asking for credits is in flight: others ask for none."""
+    """A question for credits is in flight: no second one meanwhile."""
 
 
 class Credits:
-    """Every queue's credits on this node, and how many the next start should ask for.
+    """Every queue's credits on this node, and when to ask for more.
 
-    Demand decides: a start asks for as many credits as starts of its queue were asked
-    in the last lifetime (capped), so a queue starting once a minute asks for none and a
-    busy one asks once per few dozen starts.  Bounded: at most ``max_credits`` credits
-    and as many remembered times per queue, and queues quiet for a lifetime are dropped
-    at :meth:`expired`.
+    Demand decides: a queue asks for as many credits as starts of it were asked in the
+    last lifetime besides the current one (capped), and asks again once fewer than half
+    of that are left; so a queue starting once a minute asks for none, and a busy one
+    asks once per few dozen starts, before it runs out.  Bounded: at most
+    ``max_credits`` asked at once and as many remembered times per queue, and queues
+    quiet for a lifetime are dropped at :meth:`expired`.
     """
 
     def __init__(self, max_credits: int = MAX_CREDITS) -> None:
@@ -83,17 +85,23 @@ class Credits:
         self._returns: list[tuple[QueueKey, str]] = []
 
     def take(self, key: QueueKey, throttle: Throttle, now: float) -> str | None:
-        """A credit of ``key`` still valid at ``now`` under ``throttle``, if any: the id
-        of the start it becomes."""
+        """A credit of ``key`` still usable at ``now`` under ``throttle``, if any: the
+        id of the start it becomes."""
         stock = self._stocks.get(key)
-        if stock is None or not stock.ids or stock.throttle != throttle or stock.expires <= now:
+        if stock is None or stock.throttle != throttle:
+            return None
+        credits = stock.credits
+        while credits and credits[0][0] <= now:
+            self._returns.append((key, credits.popleft()[1]))  # never used at its expiry
+        if not credits:
             return None
         self._note(stock, now)
-        return stock.ids.popleft()
+        return credits.popleft()[1]
 
-    def ask(self, key: QueueKey, throttle: Throttle, now: float) -> int:
-        """How many credits the START about to be sent for ``key`` asks for besides its
-        own start (0: none).  Expects :meth:`answered` with the reply."""
+    def wanted(self, key: QueueKey, throttle: Throttle, now: float, *, start: bool) -> int:
+        """How many credits to ask for now (0: none), after a credit was taken or with
+        a start asked of Redis (``start``: counts as demand).  Expects
+        :meth:`answered` when it is not 0."""
         cap = most(throttle, self._max)
         if cap == 0:
             return 0
@@ -102,39 +110,41 @@ class Credits:
             if stock is not None:  # a reload changed the throttle: its credits go back
                 self._give_back(key, stock)
             stock = self._stocks[key] = _Stock(throttle)
-        self._note(stock, now)
-        if stock.asking or (stock.ids and stock.expires > now):
-            return 0  # more are on their way, or some are left (this start took no slot)
+        if start:
+            self._note(stock, now)
+        if stock.asking:
+            return 0
         want = min(cap, len(stock.recent) - 1)  # the others asked lately, not this one
-        stock.asking = want > 0
-        return want
+        held = sum(1 for until, _ in stock.credits if until > now)
+        if held * 2 >= want:
+            return 0
+        stock.asking = True
+        return want - held
 
-    def answered(self, key: QueueKey, ids: list[str], expires: float) -> None:
-        """The reply to a START that asked (``ids`` empty: refused, or Redis failed).
+    def answered(self, key: QueueKey, ids: list[str], until: float) -> None:
+        """The reply to a question for credits (``ids`` empty: none, or Redis failed).
 
-        ``expires`` is when this node stops using them (on its clock, at most the
-        asking time plus :func:`lifetime`).
+        ``until`` is when this node stops using them (on its clock, at most the asking
+        time plus :func:`lifetime`).
         """
         stock = self._stocks.get(key)
         if stock is None or not stock.asking:
             self._returns.extend((key, i) for i in ids)  # dropped meanwhile: back at once
             return
         stock.asking = False
-        if ids:
-            self._give_back(key, stock)  # any left of the last ones (expired by now)
-            stock.ids.extend(ids)
-            stock.expires = expires
+        stock.credits.extend((until, i) for i in ids)
 
     def expired(self, now: float) -> list[tuple[QueueKey, str]]:
         """Take the credits to give back at ``now`` (expired unused, or stale), and
         forget queues that asked nothing for a lifetime."""
         for key, stock in list(self._stocks.items()):
-            if stock.expires <= now:
-                self._give_back(key, stock)
+            credits = stock.credits
+            while credits and credits[0][0] <= now:
+                self._returns.append((key, credits.popleft()[1]))
             window = lifetime(stock.throttle)
             while stock.recent and stock.recent[0] + window <= now:
                 stock.recent.popleft()
-            if not stock.ids and not stock.recent and not stock.asking:
+            if not credits and not stock.recent and not stock.asking:
                 del self._stocks[key]
         out, self._returns = self._returns, []
         return out
@@ -154,24 +164,24 @@ class Credits:
         self._returns.clear()
 
     def next_expiry(self) -> float | None:
-        """When the earliest credits held expire (None: none held)."""
-        times = [s.expires for s in self._stocks.values() if s.ids]
+        """When the earliest credit held expires (None: none held)."""
+        times = [s.credits[0][0] for s in self._stocks.values() if s.credits]
         return min(times) if times else None
 
     def held(self, key: QueueKey) -> int:
         stock = self._stocks.get(key)
-        return len(stock.ids) if stock is not None else 0
+        return len(stock.credits) if stock is not None else 0
 
     def __len__(self) -> int:
         return len(self._stocks)
 
     def _note(self, stock: _Stock, now: float) -> None:
-        stock.recent.append(now)
-        window = lifetime(stock.throttle)
         recent = stock.recent
+        recent.append(now)
+        window = lifetime(stock.throttle)
         while recent and (recent[0] + window <= now or len(recent) > self._max + 1):
             recent.popleft()
 
     def _give_back(self, key: QueueKey, stock: _Stock) -> None:
-        self._returns.extend((key, i) for i in stock.ids)
-        stock.ids.clear()
+        self._returns.extend((key, i) for _, i in stock.credits)
+        stock.credits.clear()

@@ -49,7 +49,7 @@ from ._idle import LINGER, IdleLeases
 from ._interfaces import ILimits
 from ._journal import Journal
 from ._local import LocalLimits
-from ._scripts import GRANTED, HEARTBEAT, NO_SLOT, REPLAY, START, Script
+from ._scripts import CREDITS, GRANTED, HEARTBEAT, NO_SLOT, REPLAY, START, Script
 from ._values import (
     Decision,
     Lease,
@@ -131,7 +131,7 @@ class RedisLimits(service.Service):
         )
         self._pool = ThreadPool(minthreads=1, maxthreads=4, name="hatwist-redis")
         self._start_script, self._beat_script = Script(START), Script(HEARTBEAT)
-        self._replay_script = Script(REPLAY)
+        self._replay_script, self._credits_script = Script(REPLAY), Script(CREDITS)
         self._local = LocalLimits(lease_prefix=f"{self.node_id}:alone")
         self._journal = Journal()  # this node's starts that still count, for a replay
         self._ids = (f"{self.node_id}:{n}" for n in itertools.count(1))
@@ -167,15 +167,19 @@ class RedisLimits(service.Service):
             if call is not None and call.active():
                 call.cancel()
         self._idle.take_all()  # still in _leases: released with the rest
+        d = self._batch.drained()  # credits asked for may still be on their way
+        d.addCallback(lambda _: self._say_goodbye())
+        d.addErrback(lambda f: None)  # the leases and the registration expire anyway
+        d.addBoth(lambda _: self._pool.stop())
+        return d
+
+    def _say_goodbye(self) -> defer.Deferred | None:
         releases = self._batch.take_releases()
         releases += [(redis_key(self._prefix, "throttle", key), start_id)
                      for key, start_id in self._credits.take_all()]  # fmt: skip
         releases += [(redis_key(self._prefix, "slots", lease.key), lease.id)
                      for lease in self._leases.values()]  # fmt: skip
-        d = self._call(self._goodbye, releases) if self.up else defer.succeed(None)
-        d.addErrback(lambda f: None)  # the leases and the registration expire anyway
-        d.addBoth(lambda _: self._pool.stop())
-        return d
+        return self._call(self._goodbye, releases) if self.up else None
 
     @property
     def nodes(self) -> int:
@@ -200,30 +204,58 @@ class RedisLimits(service.Service):
                     return Decision.grant(self._local.take(key, None, now, idle.id))
                 credit = self._credits.take(key, throttle, now)
                 if credit is not None:
+                    self._refill(key, throttle, now, start=False)  # before they run out
                     return Decision.grant(self._granted(key, throttle, now, idle.id, credit))
             self._release(idle)  # travels just before the question below
         if self._pending >= self._max_pending:
             return Decision.refuse(Refusal.BUSY, BUSY_WAIT)
         lease_id = next(self._ids)
         keys = [redis_key(self._prefix, "slots", key)]
-        args = [lease_id, max_connections, self._lease_ttl_ms, 0, 1, lease_id, 0, 0]
-        credits_until = None
+        args = [lease_id, max_connections, self._lease_ttl_ms, 0, 1, lease_id]
         if throttle is not None:
             keys.append(redis_key(self._prefix, "throttle", key))
             args[3:5] = [throttle.messages, throttle.seconds]
-            wanted = self._credits.ask(key, throttle, now)
-            if wanted:
-                life = lifetime(throttle)
-                args[6:8] = [wanted, int(life * 1000)]
-                # Redis counts them until its own (later) now plus the lifetime; they
-                # are used for half of it from before the question leaves, and the
-                # unused ones are back in Redis before the lifetime ends
-                credits_until = self._reactor.seconds() + life / 2
         self._pending += 1
         d = self._batch.script(self._start_script, keys, args)
         d.addBoth(self._answered)
-        d.addBoth(self._decided, key, throttle, max_connections, lease_id, credits_until)
+        d.addBoth(self._decided, key, throttle, max_connections, lease_id)
+        if throttle is not None:
+            self._refill(key, throttle, now, start=True)  # in the same round trip
         return d
+
+    def _refill(self, key: QueueKey, throttle: Throttle, now: float, *, start: bool) -> None:
+        """Ask for credits of a busy throttled queue, if it wants some (a CREDITS
+        script riding with the next batch; the starts meanwhile do not wait for it)."""
+        wanted = self._credits.wanted(key, throttle, now, start=start)
+        if not wanted:
+            return
+        if self._pending >= self._max_pending:
+            self._credits.answered(key, [], 0.0)
+            return
+        life = lifetime(throttle)
+        # Redis records them at its own (later) now plus the lifetime; this node uses
+        # them for half of that, from before the question leaves, and gives back the
+        # unused ones then, before Redis would let them go
+        until, base = self._reactor.seconds() + life / 2, next(self._ids)
+        self._pending += 1
+        d = self._batch.script(
+            self._credits_script, [redis_key(self._prefix, "throttle", key)],
+            [throttle.messages, throttle.seconds, wanted, int(life * 1000), base],
+        )  # fmt: skip
+        d.addBoth(self._answered)
+        d.addBoth(self._credited, key, base, until)
+
+    def _credited(self, reply: Any, key: QueueKey, base: str, until: float) -> None:
+        if isinstance(reply, Failure):
+            self._credits.answered(key, [], 0.0)
+            self._failed(reply)
+            return
+        ids = [f"{base}+{i}" for i in range(1, int(reply) + 1)]
+        self._credits.answered(key, ids, until)
+        if not self.up:
+            self._credits.drop_all()  # they stay counted in Redis: the safe side
+        elif ids and self.running:
+            self._sweep_credits_at(until)
 
     def next_start(self, key: QueueKey, throttle: Throttle | None, now: float) -> float:
         """When ``key`` may start again as far as this node knows (for status pages):
@@ -334,21 +366,13 @@ class RedisLimits(service.Service):
 
     def _decided(
         self, reply: Any, key: QueueKey, throttle: Throttle | None, max_connections: int,
-        lease_id: str, credits_until: float | None,
+        lease_id: str,
     ) -> Decision:  # fmt: skip
         now = self._reactor.seconds()
         if isinstance(reply, Failure):
-            if credits_until is not None:
-                self._credits.answered(key, [], 0.0)
             self._failed(reply)
             return self._alone(key, throttle, max_connections, now)
         code, value = int(reply[0]), int(reply[1])
-        if credits_until is not None:
-            credits = int(reply[2]) if code == GRANTED and len(reply) > 2 else 0
-            self._credits.answered(key, [f"{lease_id}+{i}" for i in range(1, credits + 1)],
-                                   credits_until)  # fmt: skip
-            if credits and self.running:
-                self._sweep_credits_at(credits_until)
         if code == GRANTED:
             return Decision.grant(self._granted(key, throttle, now, lease_id))
         if code == NO_SLOT:

@@ -26,14 +26,10 @@ GRANTED, NO_SLOT, THROTTLED = 0, 1, 2
 
 # KEYS[1] slots zset (lease id -> expiry), KEYS[2] throttle zset (start id -> time).
 # ARGV: lease id, max slots, lease ttl (ms), throttle messages (0: none),
-#       throttle seconds, start id, credits wanted, credit lifetime (ms).
-# Reply: {GRANTED, 0, credits} | {NO_SLOT, 0} | {THROTTLED, wait in microseconds}: until
-# the oldest start leaves the window, or until a credit there expires (1 ms after), when
-# sooner, for it may come back unused.
-# Credits (see hatwist.shared._credits) are starts reserved for later use on the node,
-# as many as asked while the window has room, named "<start id>+1", "+2"...  Each is
-# recorded at its expiry (now + lifetime), the last moment the node may use it, so the
-# window counts it over every span in which it may have started.
+#       throttle seconds, start id.
+# Reply: {GRANTED, 0} | {NO_SLOT, 0} | {THROTTLED, wait in microseconds}: until the
+# oldest start leaves the window, or, when sooner, until a credit there expires (1 ms
+# after): it may come back unused.
 START = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -45,7 +41,6 @@ if redis.call('ZCARD', KEYS[1]) >= max then
 end
 local n = tonumber(ARGV[4])
 local window = tonumber(ARGV[5]) * 1000000
-local credits = 0
 if n > 0 then
   -- the same two rules as hatwist.throttle: a start counts for `window`, and only
   -- the last n starts matter (a reload may have lowered n)
@@ -55,7 +50,9 @@ if n > 0 then
     local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
     local wait = tonumber(oldest[2]) + window - now
     -- a credit not expired yet may come back unused: ask again once it has expired
-    local ahead = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf', 'WITHSCORES',
+    -- (Lua's own number to text keeps 14 digits: too few for microseconds)
+    local after = '(' .. string.format('%.0f', now)
+    local ahead = redis.call('ZRANGEBYSCORE', KEYS[2], after, '+inf', 'WITHSCORES',
                              'LIMIT', 0, 1)
     if ahead[2] then
       wait = math.min(wait, tonumber(ahead[2]) - now + 1000)
@@ -63,17 +60,6 @@ if n > 0 then
     return {2, wait}
   end
   redis.call('ZADD', KEYS[2], now, ARGV[6])
-  local room = math.min(tonumber(ARGV[7] or 0), n - redis.call('ZCARD', KEYS[2]))
-  if room > 0 then
-    local at = now + tonumber(ARGV[8]) * 1000
-    local add = {}
-    for i = 1, room do
-      add[2 * i - 1] = at
-      add[2 * i] = ARGV[6] .. '+' .. i
-    end
-    redis.call('ZADD', KEYS[2], unpack(add))
-    credits = room
-  end
   -- the key lives until its newest entry (a credit may lie ahead of now) leaves the window
   local newest = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
   redis.call('PEXPIREAT', KEYS[2],
@@ -82,7 +68,37 @@ end
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(last[2]) / 1000) + 1000)
-return {0, 0, credits}
+return {0, 0}
+"""
+
+# KEYS[1] throttle zset.  ARGV: throttle messages, seconds, credits wanted, credit
+# lifetime (ms), an id unique in the fleet.
+# Reply: the credits granted, as many as asked while the window has room, named
+# "<id>+1", "<id>+2"...  Credits (see hatwist.shared._credits) are starts reserved for
+# later use on the node.  Each is recorded at its expiry (now + lifetime), the last
+# moment the node may use it, so the window counts it over every span in which it may
+# have started.
+CREDITS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = tonumber(ARGV[1])
+local window = tonumber(ARGV[2]) * 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(n + 1))
+local room = math.min(tonumber(ARGV[3]), n - redis.call('ZCARD', KEYS[1]))
+if room <= 0 then
+  return 0
+end
+local at = now + tonumber(ARGV[4]) * 1000
+local add = {}
+for i = 1, room do
+  add[2 * i - 1] = at
+  add[2 * i] = ARGV[5] .. '+' .. i
+end
+redis.call('ZADD', KEYS[1], unpack(add))
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], math.floor((tonumber(newest[2]) + window) / 1000) + 1000)
+return room
 """
 
 # KEYS[1] nodes zset (node id -> expiry), KEYS[2..] slots zsets of this node's leases.

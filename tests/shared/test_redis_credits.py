@@ -55,15 +55,25 @@ def window(client, throttle_key=KEY) -> dict[str, float]:
 
 
 async def busy(limits, throttle, count, max_connections=10):
-    """``count`` starts, each given back at once (a busy queue: the slot lingers)."""
+    """``count`` starts of a busy queue, one at a time: each attempt lasts a
+    millisecond and gives its slot back, which lingers for the next."""
+    from twisted.internet import reactor
+
     leases = []
     for _ in range(count):
         decision = await ask(limits, throttle=throttle, max_connections=max_connections)
         if not decision.granted:
             break
         leases.append(decision.lease)
+        await sleep(reactor, 0.001)
         limits.finish(decision.lease)
     return leases
+
+
+def redis_now(client) -> float:
+    """Redis's clock, in microseconds (the scripts' time)."""
+    seconds, micros = client.time()
+    return seconds * 1e6 + micros
 
 
 @pytest_twisted.ensureDeferred
@@ -74,7 +84,7 @@ async def test_a_busy_throttled_queue_asks_redis_once_for_many_starts(reactor, n
     leases = await busy(a, BIG, 300)
     asked = starts_asked(client) - before
     assert len(leases) == 300
-    assert asked <= 300 // 16, asked  # credits of up to 64 starts each, after a ramp
+    assert asked <= 300 // 10, asked  # a few dozen starts per question, after a ramp
     assert len(window(client)) >= 300  # every start is counted in the fleet's window
 
 
@@ -93,13 +103,14 @@ async def test_a_credit_is_counted_until_its_lifetime_has_passed(reactor, nodes,
     """Recorded at the last moment it may be used: the window counts it over every
     span in which its start may lie."""
     a = nodes.start("a")
+    before = redis_now(client)
     await busy(a, BIG, 40)
-    scores = window(client)
-    credits = {m: s for m, s in scores.items() if "+" in m}
+    after = redis_now(client)
+    credits = [score for member, score in window(client).items() if "+" in member]
     assert credits
-    for member, score in credits.items():
-        asked_with = member.split("+")[0]
-        assert score - scores[asked_with] == lifetime(BIG) * 1e6
+    ahead = lifetime(BIG) * 1e6
+    assert all(before + ahead <= score <= after + ahead for score in credits)
+    assert after - before < ahead  # so a credit recorded when asked would fail the above
 
 
 @pytest_twisted.ensureDeferred
@@ -146,7 +157,7 @@ async def test_unused_credits_come_back_and_a_refused_node_asks_again_soon(
 @pytest_twisted.ensureDeferred
 async def test_an_unstarted_credit_leaves_the_window(reactor, nodes, client):
     a = nodes.start("a")
-    leases = await busy(a, BIG, 3)
+    leases = await busy(a, BIG, 10)
     from_credit = [lease for lease in leases if lease.start is not None]
     assert from_credit and from_credit[0].start in window(client)
     a.unstart(from_credit[0])
