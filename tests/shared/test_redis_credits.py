@@ -145,7 +145,7 @@ async def test_unused_credits_come_back_and_a_refused_node_asks_again_soon(
     a, b = nodes.start("a"), nodes.start("b")
     # a's fourth start asks for 3 credits; one is left in the hour after it
     used = await busy(a, throttle, 4)
-    assert len(window(client)) == 64 and a._credits.held(KEY) == 1
+    assert len(window(client)) == 64 and a._credits.credits.held(KEY) == 1
     refused = await ask(b, throttle=throttle)
     # b is refused for now, but not for the hour: a's credits may come back unused
     assert refused.refusal is Refusal.THROTTLE and refused.wait <= lifetime(throttle) + 0.01
@@ -168,6 +168,6 @@ async def test_an_unstarted_credit_leaves_the_window(reactor, nodes, client):
 async def test_credits_go_back_at_a_stop(reactor, nodes, client):
     a = nodes.start("a")
     leases = await busy(a, BIG, 5)
-    assert a._credits.held(KEY) > 0
+    assert a._credits.credits.held(KEY) > 0
     await a.stopService()
     assert len(window(client)) == len(leases)
