@@ -50,6 +50,12 @@ def lifetime(throttle: Throttle) -> float:
     return min(LIFETIME, throttle.seconds / SHARE)
 
 
+def usable(throttle: Throttle) -> float:
+    """How long a node uses credits after asking for them: half their lifetime, so
+    the unused ones are back in Redis before it would let them go."""
+    return lifetime(throttle) / 2
+
+
 def most(throttle: Throttle, max_credits: int = MAX_CREDITS) -> int:
     """Credits one start may ask for under ``throttle``: 0 for small throttles."""
     return min(max_credits, throttle.messages // SHARE)
@@ -72,11 +78,11 @@ class Credits:
     """Every queue's credits on this node, and when to ask for more.
 
     Demand decides: a queue asks for as many credits as starts of it were asked in the
-    last lifetime besides the current one (capped), and asks again once fewer than half
+    last :func:`usable` span besides the current one (capped), and asks again once fewer than half
     of that are left; so a queue starting once a minute asks for none, and a busy one
     asks once per few dozen starts, before it runs out.  Bounded: at most
     ``max_credits`` asked at once and as many remembered times per queue, and queues
-    quiet for a lifetime are dropped at :meth:`expired`.
+    quiet for that span are dropped at :meth:`expired`.
     """
 
     def __init__(self, max_credits: int = MAX_CREDITS) -> None:
@@ -124,8 +130,8 @@ class Credits:
     def answered(self, key: QueueKey, ids: list[str], until: float) -> None:
         """The reply to a question for credits (``ids`` empty: none, or Redis failed).
 
-        ``until`` is when this node stops using them (on its clock, at most the asking
-        time plus :func:`lifetime`).
+        ``until`` is when this node stops using them (on its clock: the asking time
+        plus :func:`usable`).
         """
         stock = self._stocks.get(key)
         if stock is None or not stock.asking:
@@ -136,12 +142,12 @@ class Credits:
 
     def expired(self, now: float) -> list[tuple[QueueKey, str]]:
         """Take the credits to give back at ``now`` (expired unused, or stale), and
-        forget queues that asked nothing for a lifetime."""
+        forget queues that asked nothing for a :func:`usable` span."""
         for key, stock in list(self._stocks.items()):
             credits = stock.credits
             while credits and credits[0][0] <= now:
                 self._returns.append((key, credits.popleft()[1]))
-            window = lifetime(stock.throttle)
+            window = usable(stock.throttle)
             while stock.recent and stock.recent[0] + window <= now:
                 stock.recent.popleft()
             if not credits and not stock.recent and not stock.asking:
@@ -178,7 +184,7 @@ class Credits:
     def _note(self, stock: _Stock, now: float) -> None:
         recent = stock.recent
         recent.append(now)
-        window = lifetime(stock.throttle)
+        window = usable(stock.throttle)
         while recent and (recent[0] + window <= now or len(recent) > self._max + 1):
             recent.popleft()
 

@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from hatwist.config.values import Throttle
 
-from ._credits import Credits, lifetime
+from ._credits import Credits, lifetime, usable
 from ._scripts import CREDITS, Script
 from ._values import QueueKey
 
@@ -99,7 +99,7 @@ class CreditSupply:
         # Redis records them at its own (later) now plus the lifetime; this node uses
         # them for half of that, from before the question leaves, and gives back the
         # unused ones then, before Redis would let them go
-        d.addBoth(self._credited, key, base, self._reactor.seconds() + life / 2)
+        d.addBoth(self._credited, key, base, self._reactor.seconds() + usable(throttle))
 
     def _credited(self, reply: Any, key: QueueKey, base: str, until: float) -> None:
         if isinstance(reply, Failure):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hatwist.config.values import Throttle
-from hatwist.shared._credits import LIFETIME, MAX_CREDITS, Credits, lifetime, most
+from hatwist.shared._credits import LIFETIME, MAX_CREDITS, Credits, lifetime, most, usable
 
 KEY = ("b1", "example.com")
 BIG = Throttle(10**6, 3600)
@@ -40,7 +40,7 @@ def test_a_start_asks_for_as_many_as_were_asked_lately_and_one_question_at_a_tim
     assert want(credits, 0.02) == 0
     credits.answered(KEY, [], 0.0)  # none granted (a full window, or Redis failed)
     assert want(credits, 0.03) == 3  # 0.0, 0.01, 0.02 were asked lately
-    credits.answered(KEY, ["s+1", "s+2", "s+3"], 0.03 + LIFETIME / 2)
+    credits.answered(KEY, ["s+1", "s+2", "s+3"], 0.03 + usable(BIG))
     assert want(credits, 0.04) == 0  # 3 held: at least half of the 4 wanted
 
 
@@ -69,7 +69,9 @@ def test_demand_older_than_a_lifetime_does_not_count():
     for i in range(10):
         want(credits, i * 0.01)
         credits.answered(KEY, [], 0.0)
-    assert want(credits, 0.09 + LIFETIME + 0.01) == 0
+    # demand counts over the span a credit is used for, not its whole lifetime
+    assert usable(BIG) == LIFETIME / 2
+    assert want(credits, 0.09 + usable(BIG) + 0.01) == 0
 
 
 def test_credits_are_taken_in_order_until_used_up_or_expired():
