@@ -24,15 +24,15 @@ credits (hatwist/shared/_credits.py) its queue reserved with an earlier question
 -> a ``twistd hatwist`` process -> the egress HAProxy -> smtp-sink, N messages of
 5120 B) without and with ``redis_url``, with no throttle (slots only) and with an
 always-open throttle (1e9/3600: every start is counted in Redis's window), the four
-alternating in each of ``--rounds`` rounds: the rate and the relay's CPU per message
-(median of the rounds, and the lowest and highest), their difference against the
-local row above, and the questions Redis answered per message (scripts and releases,
-heartbeats included).  Needs
-root, HAProxy and Postfix's smtp-source/smtp-sink, like bench_relay.py; the load
-generator, the sink and HAProxy share the box with the relay.
+taking turns in each of ``--rounds`` rounds (local first in even rounds, redis first
+in odd ones): the rate and the relay's CPU per message (median of the rounds, and the
+lowest and highest), their difference against the local row above, and the questions
+Redis answered per message (scripts and releases, heartbeats included).  Needs root,
+HAProxy and Postfix's smtp-source/smtp-sink, like bench_relay.py; the load generator,
+the sink and HAProxy share the box with the relay.
 
-Run: ``PYTHONPATH=. python3 bench/bench_shared_limits.py [--starts 4000]
-[--end-to-end 3000] [--rounds 3] [--profile /tmp/spy]``.
+Run: ``PYTHONPATH=.:bench python3 bench/bench_shared_limits.py [--starts 4000]
+[--end-to-end 3000] [--rounds 3] [--throttle both|on|off] [--profile /tmp/spy]``.
 """
 
 from __future__ import annotations
@@ -141,7 +141,9 @@ async def end_to_end(reactor, url: str, messages: int, rounds: int,
         await lab.start(reactor, workdir)
         for round_ in range(rounds):
             for throttle in throttles:
-                for shared in (False, True):
+                # local first in even rounds, redis first in odd ones: a box whose load
+                # drifts during the run favours neither
+                for shared in (False, True) if round_ % 2 == 0 else (True, False):
                     spy = None
                     if profile and round_ == rounds - 1:
                         spy = f"{profile}-{'redis' if shared else 'local'}-" \
