@@ -67,6 +67,10 @@ class _Stock:
     its recent demand."""
 
     throttle: Throttle
+    span: float
+    """:func:`usable` of the throttle: how far back demand counts."""
+    cap: int
+    """:func:`most` of the throttle: credits held at most."""
     credits: deque[tuple[float, str]] = attrs.field(factory=deque)
     recent: deque[float] = attrs.field(factory=deque)
     """When its last starts were asked (at most ``MAX_CREDITS + 1`` of them)."""
@@ -96,9 +100,7 @@ class Credits:
         stock = self._stocks.get(key)
         if stock is None or stock.throttle != throttle:
             return None
-        credits = stock.credits
-        while credits and credits[0][0] <= now:
-            self._returns.append((key, credits.popleft()[1]))  # never used at its expiry
+        credits = self._drop_expired(key, stock, now)
         if not credits:
             return None
         self._note(stock, now)
@@ -108,20 +110,20 @@ class Credits:
         """How many credits to ask for now (0: none), after a credit was taken or with
         a start asked of Redis (``start``: counts as demand).  Expects
         :meth:`answered` when it is not 0."""
-        cap = most(throttle, self._max)
-        if cap == 0:
-            return 0
         stock = self._stocks.get(key)
         if stock is None or stock.throttle != throttle:
+            cap = most(throttle, self._max)
+            if cap == 0:
+                return 0
             if stock is not None:  # a reload changed the throttle: its credits go back
                 self._give_back(key, stock)
-            stock = self._stocks[key] = _Stock(throttle)
+            stock = self._stocks[key] = _Stock(throttle, usable(throttle), cap)
         if start:
             self._note(stock, now)
         if stock.asking:
             return 0
-        want = min(cap, len(stock.recent) - 1)  # the others asked lately, not this one
-        held = sum(1 for until, _ in stock.credits if until > now)
+        want = min(stock.cap, len(stock.recent) - 1)  # the others asked lately, not this one
+        held = len(self._drop_expired(key, stock, now))
         if held * 2 >= want:
             return 0
         stock.asking = True
@@ -144,11 +146,8 @@ class Credits:
         """Take the credits to give back at ``now`` (expired unused, or stale), and
         forget queues that asked nothing for a :func:`usable` span."""
         for key, stock in list(self._stocks.items()):
-            credits = stock.credits
-            while credits and credits[0][0] <= now:
-                self._returns.append((key, credits.popleft()[1]))
-            window = usable(stock.throttle)
-            while stock.recent and stock.recent[0] + window <= now:
+            credits = self._drop_expired(key, stock, now)
+            while stock.recent and stock.recent[0] + stock.span <= now:
                 stock.recent.popleft()
             if not credits and not stock.recent and not stock.asking:
                 del self._stocks[key]
@@ -184,9 +183,18 @@ class Credits:
     def _note(self, stock: _Stock, now: float) -> None:
         recent = stock.recent
         recent.append(now)
-        window = usable(stock.throttle)
-        while recent and (recent[0] + window <= now or len(recent) > self._max + 1):
+        cutoff = now - stock.span
+        while recent[0] <= cutoff:  # now itself stays
             recent.popleft()
+        if len(recent) > self._max + 1:
+            recent.popleft()
+
+    def _drop_expired(self, key: QueueKey, stock: _Stock, now: float) -> deque:
+        """The stock's credits still usable at ``now`` (expired ones go back)."""
+        credits = stock.credits
+        while credits and credits[0][0] <= now:
+            self._returns.append((key, credits.popleft()[1]))  # never used in time
+        return credits
 
     def _give_back(self, key: QueueKey, stock: _Stock) -> None:
         self._returns.extend((key, i) for _, i in stock.credits)

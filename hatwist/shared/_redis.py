@@ -33,7 +33,6 @@ import socket
 import uuid
 from typing import Any
 
-import attrs
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -292,9 +291,7 @@ class RedisLimits(service.Service):
     def _granted(self, key: QueueKey, throttle: Throttle | None, now: float, lease_id: str,
                  credit: str | None = None) -> Lease:  # fmt: skip
         """Count a start Redis granted (or a credit it granted before) on this node."""
-        lease = self._local.take(key, throttle, now, lease_id)
-        if credit is not None:
-            lease = attrs.evolve(lease, start=credit)
+        lease = self._local.take(key, throttle, now, lease_id, credit)
         self._leases[lease.id] = lease
         self._journal.record(key, throttle, now, lease.start_id)
         return lease
