@@ -2,12 +2,13 @@
 """Throttle starts a node reserved in Redis ahead of use: one round trip for many starts.
 
 A throttled start must be counted in the fleet's window, so without this every one of
-them asks Redis (a thread hand-off and a round trip, about a sixth of a relay's CPU per
-message).  Instead a busy queue asks for a few *credits* (one CREDITS script): places in
-the window that Redis adds atomically, only while the window has room.  The next starts
-of that queue on this node take a credit without asking, like an unthrottled start
-takes a lingering slot, and the next credits are asked for while some are left, so a
-busy queue's starts do not wait for Redis at all.
+them asks Redis (a thread hand-off and a round trip: 12 to 33% more of a relay's CPU per
+message in bench_shared_limits.py's end-to-end rows).  Instead a busy queue asks for a
+few *credits* (one CREDITS script): places in the window that Redis adds atomically,
+only while the window has room.  The next starts of that queue on this node take a
+credit without asking, like an unthrottled start takes a lingering slot, and the next
+credits are asked for while some are left, so a busy queue's starts do not wait for
+Redis at all.
 
 Why the fleet can still never start more than N in any window: Redis records each
 credit at the moment it *expires* (its time plus :func:`lifetime`), and a node uses a

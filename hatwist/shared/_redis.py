@@ -269,7 +269,8 @@ class RedisLimits(service.Service):
     def unstart(self, lease: Lease) -> None:
         """Take the start out of this node's window and, when Redis granted it, out
         of the fleet's (a ZREM riding with the next batch; the start's id is the
-        lease's).  A replay after a Redis restart may count it again, once."""
+        lease's, or the credit's it was made from).  A replay after a Redis restart may
+        count it again, once."""
         self._local.unstart(lease)
         if lease.at is not None and lease.id in self._leases:
             self._zrem("throttle", lease.key, lease.start_id)
