@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 
 from ._scripts import Script
 
-#: A START (``("script", Script, keys, args)``) or a release (``("zrem", key, member)``).
+#: A START (``("script", Script, keys, args)``) or a release (``("zrem", key, members)``).
 Command = tuple[Any, ...]
 
 #: Questions per pipeline, at most.
@@ -45,7 +45,7 @@ def run_batch(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
             _, script, keys, args = command
             pipe.evalsha(script.sha, len(keys), *keys, *args)
         else:
-            pipe.zrem(command[1], command[2])
+            pipe.zrem(command[1], *command[2])
     results = pipe.execute(raise_on_error=False)
     missing = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
     if missing:
@@ -70,12 +70,13 @@ class Batcher:
         self._scheduled: Any = None
         self._sending = False
         self._questions = 0  # scripts in the queue (releases can wait, questions not)
+        self._drains: list[defer.Deferred] = []
 
     def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> defer.Deferred:
         return self._submit(("script", script, keys, args), 0)
 
-    def zrem(self, key: str, member: str) -> defer.Deferred:
-        return self._submit(("zrem", key, member), RELEASE_DELAY)
+    def zrem(self, key: str, *members: str) -> defer.Deferred:
+        return self._submit(("zrem", key, members), RELEASE_DELAY)
 
     def _submit(self, command: Command, delay: float) -> defer.Deferred:
         d: defer.Deferred = defer.Deferred()
@@ -92,10 +93,20 @@ class Batcher:
             self._scheduled = self._reactor.callLater(delay, self._send)
         return d
 
+    def drained(self) -> defer.Deferred:
+        """Fires once no batch is in flight (at a stop: answers that reserved credits
+        are in before the goodbye gives them back)."""
+        d: defer.Deferred = defer.Deferred()
+        if self._sending:
+            self._drains.append(d)
+        else:
+            d.callback(None)
+        return d
+
     def take_releases(self) -> list[tuple[str, str]]:
         """At a stop: the releases not sent yet, as (key, member), to send with the
         goodbye (questions still queued are answered by the caller's stop)."""
-        releases = [(c[1], c[2]) for c, _ in self._queue if c[0] == "zrem"]
+        releases = [(c[1], m) for c, _ in self._queue if c[0] == "zrem" for m in c[2]]
         for command, d in list(self._queue):
             if command[0] == "zrem":
                 self._queue.remove((command, d))
@@ -128,6 +139,10 @@ class Batcher:
                     d.errback(Failure(result))
                 else:
                     d.callback(result)
+        if not self._sending:
+            drains, self._drains = self._drains, []
+            for waiting in drains:
+                waiting.callback(None)
         if self._questions:
             self._send()  # questions that came meanwhile leave at once, as the next batch
         elif self._queue:  # releases only: they may wait a little for company

@@ -45,13 +45,14 @@ class LocalLimits:
         return self._throttles.next_start(key, throttle, now)
 
     def take(self, key: QueueKey, throttle: Throttle | None, now: float,
-             lease_id: str | None = None) -> Lease:  # fmt: skip
+             lease_id: str | None = None, start: str | None = None) -> Lease:  # fmt: skip
         """Count a start decided elsewhere (by Redis), so that this process's own
-        share is known if it ever has to decide alone."""
+        share is known if it ever has to decide alone (``start``: the id of the start
+        in the fleet's window, when not the lease's)."""
         self._throttles.record(key, throttle, now)
         self._slots[key] = self._slots.get(key, 0) + 1
         return Lease(key, next(self._ids) if lease_id is None else lease_id,
-                     at=None if throttle is None else now)
+                     at=None if throttle is None else now, start=start)
 
     def unstart(self, lease: Lease) -> None:
         if lease.at is not None:

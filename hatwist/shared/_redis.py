@@ -6,7 +6,10 @@ place in the throttle window atomically, with Redis's clock, so a 10/3600 thrott
 10 messages start in any hour across the whole fleet, and the window outlives any node.
 A slot is a *lease*: an expiry score in the queue's slots set, renewed by this node's
 heartbeat (every ``heartbeat`` seconds, ``lease_ttl`` long), so the slots of a node that
-dies come free within ``lease_ttl`` without anyone noticing the death.
+dies come free within ``lease_ttl`` without anyone noticing the death.  A busy queue
+asks Redis seldom: a slot given back lingers for its next start (:mod:`._idle`), and a
+throttled start takes one of the *credits* its queue reserved ahead (:mod:`._credits`,
+:mod:`._supply`), so most starts are decided here at once, as local limits would.
 
 redis-py blocks, so every call runs in a small thread pool of its own and comes back as
 a Deferred: a slow Redis delays the start it decides, never the reactor.  Each call has
@@ -42,12 +45,14 @@ from zope.interface import implementer
 
 from hatwist.config.values import Throttle, redacted_url
 
+from . import _calls
 from ._batch import Batcher
 from ._idle import LINGER, IdleLeases
 from ._interfaces import ILimits
 from ._journal import Journal
 from ._local import LocalLimits
 from ._scripts import GRANTED, HEARTBEAT, NO_SLOT, REPLAY, START, Script
+from ._supply import CreditSupply
 from ._values import (
     Decision,
     Lease,
@@ -70,8 +75,6 @@ MAX_PENDING = 256
 SLOT_POLL = 0.25
 #: Seconds before a start refused for BUSY asks again.
 BUSY_WAIT = 0.05
-#: Leases renewed per HEARTBEAT call (Lua's unpack and one reply stay small).
-RENEW_BATCH = 500
 
 
 def default_node_id() -> str:
@@ -145,6 +148,11 @@ class RedisLimits(service.Service):
         self._pending = 0
         self._beating = False
         self._batch = Batcher(reactor, self._in_pool, self._client)
+        # throttle starts reserved ahead, per queue (hatwist/shared/_credits.py)
+        self._credits = CreditSupply(
+            reactor, self._question, lambda key, ids: self._zrem("throttle", key, *ids),
+            self._failed, lambda key: redis_key(self._prefix, "throttle", key), self._ids,
+        )  # fmt: skip
         self._beats = task.LoopingCall(self._beat)
         self._beats.clock = reactor
 
@@ -162,13 +170,20 @@ class RedisLimits(service.Service):
         if self._idle_sweep is not None and self._idle_sweep.active():
             self._idle_sweep.cancel()
         self._idle.take_all()  # still in _leases: released with the rest
-        releases = self._batch.take_releases()
-        releases += [(redis_key(self._prefix, "slots", lease.key), lease.id)
-                     for lease in self._leases.values()]  # fmt: skip
-        d = self._call(self._goodbye, releases) if self.up else defer.succeed(None)
+        d = self._batch.drained()  # credits asked for may still be on their way
+        d.addCallback(lambda _: self._say_goodbye())
         d.addErrback(lambda f: None)  # the leases and the registration expire anyway
         d.addBoth(lambda _: self._pool.stop())
         return d
+
+    def _say_goodbye(self) -> defer.Deferred | None:
+        releases = self._batch.take_releases()
+        releases += self._credits.stop()
+        releases += [(redis_key(self._prefix, "slots", lease.key), lease.id)
+                     for lease in self._leases.values()]  # fmt: skip
+        if not self.up:
+            return None
+        return self._call(_calls.goodbye, self._client, self._prefix, self.node_id, releases)
 
     @property
     def nodes(self) -> int:
@@ -186,23 +201,45 @@ class RedisLimits(service.Service):
             return self._alone(key, throttle, max_connections, now)
         idle = self._idle.take(key)
         if idle is not None:
-            if throttle is None and self._local.in_flight(key) < max_connections:
-                # the slot never left this node: no question for Redis
-                return Decision.grant(self._local.take(key, None, now, idle.id))
+            if self._local.in_flight(key) < max_connections:
+                # the slot never left this node: no question for Redis, unless the
+                # throttle needs one and no credit of the queue is left
+                if throttle is None:
+                    return Decision.grant(self._local.take(key, None, now, idle.id))
+                credit = self._credits.take(key, throttle, now)
+                if credit is not None:
+                    return Decision.grant(self._granted(key, throttle, now, idle.id, credit))
             self._release(idle)  # travels just before the question below
-        if self._pending >= self._max_pending:
-            return Decision.refuse(Refusal.BUSY, BUSY_WAIT)
         lease_id = next(self._ids)
         keys = [redis_key(self._prefix, "slots", key)]
         args = [lease_id, max_connections, self._lease_ttl_ms, 0, 1, lease_id]
         if throttle is not None:
             keys.append(redis_key(self._prefix, "throttle", key))
             args[3:5] = [throttle.messages, throttle.seconds]
-        self._pending += 1
-        d = self._batch.script(self._start_script, keys, args)
-        d.addBoth(self._answered)
+        d = self._question(self._start_script, keys, args)
+        if d is None:
+            return Decision.refuse(Refusal.BUSY, BUSY_WAIT)
         d.addBoth(self._decided, key, throttle, max_connections, lease_id)
+        if throttle is not None:
+            self._credits.asked(key, throttle, now)  # credits in the same round trip
         return d
+
+    def _question(self, script: Script, keys: list[str], args: list[Any]) -> defer.Deferred | None:
+        """Send a script with the next batch; None when too many wait already."""
+        if self._pending >= self._max_pending:
+            return None
+        self._pending += 1
+        return self._batch.script(script, keys, args).addBoth(self._answered)
+
+    def _zrem(self, kind: str, key: QueueKey, *members: str) -> None:
+        """Take ``members`` out of a queue's slots or throttle set (riding with the
+        next batch).  Skipped when Redis is away or too busy: leases and starts leave
+        by themselves (after ``lease_ttl``, or the throttle's seconds)."""
+        if not self.up or self._pending >= self._max_pending:
+            return
+        self._pending += 1
+        d = self._batch.zrem(redis_key(self._prefix, kind, key), *members)
+        d.addBoth(self._answered).addErrback(self._failed)
 
     def next_start(self, key: QueueKey, throttle: Throttle | None, now: float) -> float:
         """When ``key`` may start again as far as this node knows (for status pages):
@@ -232,15 +269,11 @@ class RedisLimits(service.Service):
     def unstart(self, lease: Lease) -> None:
         """Take the start out of this node's window and, when Redis granted it, out
         of the fleet's (a ZREM riding with the next batch; the start's id is the
-        lease's).  A replay after a Redis restart may count it again, once."""
+        lease's, or the credit's it was made from).  A replay after a Redis restart may
+        count it again, once."""
         self._local.unstart(lease)
-        if lease.at is None or lease.id not in self._leases:
-            return
-        if not self.up or self._pending >= self._max_pending:
-            return  # it leaves the fleet's window by itself, after the throttle's seconds
-        key = redis_key(self._prefix, "throttle", lease.key)
-        self._pending += 1
-        self._batch.zrem(key, lease.id).addBoth(self._answered).addErrback(self._failed)
+        if lease.at is not None and lease.id in self._leases:
+            self._zrem("throttle", lease.key, lease.start_id)
 
     def _sweep_idle(self) -> None:
         self._idle_sweep = None
@@ -254,11 +287,15 @@ class RedisLimits(service.Service):
     def _release(self, lease: Lease) -> None:
         """Give a slot back to the fleet for real (a ZREM riding with the next batch)."""
         self._leases.pop(lease.id, None)
-        if not self.up or self._pending >= self._max_pending:
-            return  # the lease expires in Redis by itself, within lease_ttl
-        key = redis_key(self._prefix, "slots", lease.key)
-        self._pending += 1
-        self._batch.zrem(key, lease.id).addBoth(self._answered).addErrback(self._failed)
+        self._zrem("slots", lease.key, lease.id)
+
+    def _granted(self, key: QueueKey, throttle: Throttle | None, now: float, lease_id: str,
+                 credit: str | None = None) -> Lease:  # fmt: skip
+        """Count a start Redis granted (or a credit it granted before) on this node."""
+        lease = self._local.take(key, throttle, now, lease_id, credit)
+        self._leases[lease.id] = lease
+        self._journal.record(key, throttle, now, lease.start_id)
+        return lease
 
     # -- answers -----------------------------------------------------------------------
 
@@ -283,10 +320,7 @@ class RedisLimits(service.Service):
             return self._alone(key, throttle, max_connections, now)
         code, value = int(reply[0]), int(reply[1])
         if code == GRANTED:
-            lease = self._local.take(key, throttle, now, lease_id)
-            self._leases[lease.id] = lease
-            self._journal.record(key, throttle, now, lease_id)
-            return Decision.grant(lease)
+            return Decision.grant(self._granted(key, throttle, now, lease_id))
         if code == NO_SLOT:
             return Decision.refuse(Refusal.SLOTS, self._slot_poll)
         wait = value / 1e6
@@ -323,42 +357,18 @@ class RedisLimits(service.Service):
             return  # the last one has not come back yet
         self._beating = True
         leases = list(self._leases.values())
-        d = self._call(self._renew_all, leases)
+        d = self._call(_calls.renew_all, self._client, self._beat_script, self._prefix,
+                       self.node_id, self._lease_ttl_ms, leases)  # fmt: skip
         d.addCallbacks(self._alive, self._failed)
         d.addBoth(self._beaten)
 
     def _beaten(self, _: object) -> None:
         self._beating = False
+        if self.running:
+            self._credits.sweep()  # also forgets queues that asked for none lately
         now = self._reactor.seconds()
         for key in [k for k, until in self._closed_until.items() if until <= now]:
             del self._closed_until[key]
-
-    def _renew_all(self, leases: list[Lease]) -> int:
-        """In a pool thread: register this node, renew its leases, count the nodes."""
-        nodes_key = f"{self._prefix}:nodes"
-        head = [self.node_id, self._lease_ttl_ms, self._lease_ttl_ms]
-        count = 0
-        for i in range(0, max(1, len(leases)), RENEW_BATCH):
-            batch = leases[i : i + RENEW_BATCH]
-            keys = [nodes_key] + [redis_key(self._prefix, "slots", lease.key) for lease in batch]
-            count = self._beat_script(self._client, keys, head + [lease.id for lease in batch])
-        return int(count)
-
-    def _goodbye(self, releases: list[tuple[str, str]]) -> None:
-        """In a pool thread, at stop: give back what this node holds, unregister it."""
-        pipe = self._client.pipeline(transaction=False)
-        for key, lease_id in releases:
-            pipe.zrem(key, lease_id)
-        pipe.zrem(f"{self._prefix}:nodes", self.node_id)
-        pipe.execute()
-
-    def _replay(self, entries: list[tuple[str, Throttle, list[tuple[int, str]]]]) -> None:
-        """In a pool thread: tell Redis about this node's starts that still count."""
-        for key, throttle, starts in entries:
-            args: list[Any] = [throttle.messages, throttle.seconds]
-            for age, start_id in starts:
-                args += [age, start_id]
-            self._replay_script(self._client, [key], args)
 
     def _alive(self, nodes: int) -> defer.Deferred | None:
         self._nodes = max(1, nodes)
@@ -373,7 +383,7 @@ class RedisLimits(service.Service):
              [(max(0, int((now - t) * 1e6)), start_id) for t, start_id in starts])
             for key, throttle, starts in self._journal.recent(now)
         ]  # fmt: skip
-        d = self._call(self._replay, entries)
+        d = self._call(_calls.replay, self._client, self._replay_script, entries)
         d.addCallbacks(self._shared_again, lambda f: None)  # still away: the next beat retries
         d.addBoth(self._recovered)
         return d
@@ -401,6 +411,7 @@ class RedisLimits(service.Service):
             self._down_since = self._reactor.seconds()
             for lease in self._idle.take_all():  # Redis lets them expire
                 self._leases.pop(lease.id, None)
+            self._credits.credits.drop_all()  # counted in Redis until their window passes
             _log.warn(
                 "shared limits: Redis {url} does not answer ({error}); until it does, this "
                 "node delivers under its share of each limit: the configured values divided "

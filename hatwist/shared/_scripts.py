@@ -27,7 +27,9 @@ GRANTED, NO_SLOT, THROTTLED = 0, 1, 2
 # KEYS[1] slots zset (lease id -> expiry), KEYS[2] throttle zset (start id -> time).
 # ARGV: lease id, max slots, lease ttl (ms), throttle messages (0: none),
 #       throttle seconds, start id.
-# Reply: {GRANTED, 0} | {NO_SLOT, 0} | {THROTTLED, wait in microseconds}.
+# Reply: {GRANTED, 0} | {NO_SLOT, 0} | {THROTTLED, wait in microseconds}: until the
+# oldest start leaves the window, or, when sooner, until a credit there expires (1 ms
+# after): it may come back unused.
 START = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -46,15 +48,57 @@ if n > 0 then
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(n + 1))
   if redis.call('ZCARD', KEYS[2]) >= n then
     local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-    return {2, tonumber(oldest[2]) + window - now}
+    local wait = tonumber(oldest[2]) + window - now
+    -- a credit not expired yet may come back unused: ask again once it has expired
+    -- (Lua's own number to text keeps 14 digits: too few for microseconds)
+    local after = '(' .. string.format('%.0f', now)
+    local ahead = redis.call('ZRANGEBYSCORE', KEYS[2], after, '+inf', 'WITHSCORES',
+                             'LIMIT', 0, 1)
+    if ahead[2] then
+      wait = math.min(wait, tonumber(ahead[2]) - now + 1000)
+    end
+    return {2, wait}
   end
   redis.call('ZADD', KEYS[2], now, ARGV[6])
-  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[5]) * 1000 + 1000)
+  -- the key lives until its newest entry (a credit may lie ahead of now) leaves the window
+  local newest = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', KEYS[2],
+             math.floor((tonumber(newest[2]) + window) / 1000) + 1000)
 end
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(last[2]) / 1000) + 1000)
 return {0, 0}
+"""
+
+# KEYS[1] throttle zset.  ARGV: throttle messages, seconds, credits wanted, credit
+# lifetime (ms), an id unique in the fleet.
+# Reply: the credits granted, as many as asked while the window has room, named
+# "<id>+1", "<id>+2"...  Credits (see hatwist.shared._credits) are starts reserved for
+# later use on the node.  Each is recorded at its expiry (now + lifetime), the last
+# moment the node may use it, so the window counts it over every span in which it may
+# have started.
+CREDITS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = tonumber(ARGV[1])
+local window = tonumber(ARGV[2]) * 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(n + 1))
+local room = math.min(tonumber(ARGV[3]), n - redis.call('ZCARD', KEYS[1]))
+if room <= 0 then
+  return 0
+end
+local at = now + tonumber(ARGV[4]) * 1000
+local add = {}
+for i = 1, room do
+  add[2 * i - 1] = at
+  add[2 * i] = ARGV[5] .. '+' .. i
+end
+redis.call('ZADD', KEYS[1], unpack(add))
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], math.floor((tonumber(newest[2]) + window) / 1000) + 1000)
+return room
 """
 
 # KEYS[1] nodes zset (node id -> expiry), KEYS[2..] slots zsets of this node's leases.
@@ -93,7 +137,10 @@ for i = 3, #ARGV, 2 do
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(n + 1))
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 1000 + 1000)
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if newest[2] then
+  redis.call('PEXPIREAT', KEYS[1], math.floor((tonumber(newest[2]) + window) / 1000) + 1000)
+end
 return redis.call('ZCARD', KEYS[1])
 """
 

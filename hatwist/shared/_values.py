@@ -45,6 +45,13 @@ class Lease:
     at: float | None = attrs.field(default=None, eq=False)
     """When its start was written into this process's throttle window (None: the
     queue was unthrottled), so :meth:`ILimits.unstart` can take that start out."""
+    start: str | None = attrs.field(default=None, eq=False)
+    """The id of its start in the fleet's throttle window when not ``id`` (a start
+    made from a credit, see :mod:`hatwist.shared._credits`)."""
+
+    @property
+    def start_id(self) -> str:
+        return self.start or self.id
 
 
 @attrs.frozen

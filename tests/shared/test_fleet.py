@@ -72,3 +72,46 @@ async def test_two_relays_sharing_redis_start_exactly_the_fleets_throttle(
     finally:
         for relay in relays:
             await relay.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_busy_relays_using_credits_still_start_exactly_the_throttle(
+    reactor, tmp_path, dns_server, smtp_sink, haproxy, redis_server
+):
+    """48/3600 is big enough for credits (3 at a time, hatwist/shared/_credits.py):
+    each relay reserves starts ahead while its queue is busy, and the sink still gets
+    exactly 48 of the 60 messages, the credits used among them."""
+    import redis
+
+    dns_server.add_mx("dest.test", [(10, "mx.dest.test")])
+    dns_server.add_a("mx.dest.test", SINK_HOST)
+    extra = f'redis_url = "{redis_server.url}"\noutbound_throttle_messages = "48/3600"\n'
+    relays = []
+    try:
+        for name in ("one", "two"):
+            relays.append(await start_relay(reactor, tmp_path, name, dns_server, smtp_sink,
+                                            haproxy, extra))  # fmt: skip
+        await defer.gatherResults(
+            [defer.ensureDeferred(send_many(reactor, r, n, 30))
+             for r, n in zip(relays, ("one", "two"), strict=True)]
+        )  # fmt: skip
+        # 60 > 48: some relay is refused (not necessarily both: one may send all 30)
+        await defer.DeferredList(
+            [r.wait_for_log("outbound_throttle_messages 48/3600 reached", 30, since=0)
+             for r in relays], fireOnOneCallback=True, consumeErrors=True,
+        )  # fmt: skip
+        waited = 0.0
+        while len(smtp_sink.messages) < 48 and waited < 20:
+            await task.deferLater(reactor, 0.1, lambda: None)
+            waited += 0.1
+        await task.deferLater(reactor, 2.0, lambda: None)  # nothing more trickles out
+        assert len(smtp_sink.messages) == 48, [r.tail() for r in relays]
+        client = redis.Redis.from_url(redis_server.url)
+        [key] = client.keys("hatwist:throttle:*")
+        members = [m.decode() for m in client.zrange(key, 0, -1)]
+        client.close()
+        assert len(members) == 48
+        assert any("+" in m for m in members), members  # started from credits
+    finally:
+        for relay in relays:
+            await relay.stop()
