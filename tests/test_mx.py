@@ -450,3 +450,29 @@ async def test_a_domain_with_hundreds_of_mx_hosts_costs_a_bounded_number_of_quer
     hosts = await mx.MXResolver(counting, reactor=task.Clock()).resolve("example.test")
     assert [h.name for h in hosts] == [f"mx{i}.example.test" for i in range(mx.MAX_MX_HOSTS)]
     assert len([k for k in _kinds(counting) if k in ("A", "AAAA")]) == 2 * mx.MAX_MX_HOSTS
+
+
+@pytest_twisted.ensureDeferred
+async def test_known_families_come_from_a_cached_answer_and_ask_nothing(zone):
+    """What the choice of a binding_group's binding reads: no query, only the cache."""
+    z, address = zone
+    z.add_mx("both.test", [(10, "mx1.both.test")])
+    z.add_a("mx1.both.test", "127.0.0.20")
+    z.add_aaaa("mx1.both.test", "fd00::20")
+    z.add_mx("six.test", [(10, "mx1.six.test")])
+    z.add_aaaa("mx1.six.test", "fd00::21")
+    resolver = _resolver(address)
+    assert resolver.known_families("both.test") is None  # never resolved: unknown
+    await _resolve(resolver, "both.test")
+    await _resolve(resolver, "six.test")
+    assert resolver.known_families("BOTH.test") == frozenset({4, 6})
+    assert resolver.known_families("six.test") == frozenset({6})
+
+
+def test_known_families_end_with_the_cached_answer():
+    clock = task.Clock()
+    resolver = mx.MXResolver(_CountingResolver(ttl=300, negative_ttl=60), reactor=clock)
+    resolver.resolve("example.test")
+    assert resolver.known_families("example.test") == frozenset({4})
+    clock.advance(60)  # the negative AAAA answer runs out first, and the whole answer with it
+    assert resolver.known_families("example.test") is None

@@ -58,11 +58,20 @@ def families():
     return Families()
 
 
+def group_world(families, config=GROUPS, *, plumbed=(), **options):
+    """A running World of ``config`` whose resolver knows dst.test as IPv4 only, with
+    ``plumbed`` sources' paths checked good (a generator, as ``running``)."""
+    w = World(config, families=families, **options)
+    families.known["dst.test"] = frozenset({4})
+    for running_world in running(w):
+        for source in plumbed:
+            plumb(running_world, source)
+        yield running_world
+
+
 @pytest.fixture
 def world(families):
-    w = World(GROUPS, families=families)
-    families.known["dst.test"] = frozenset({4})
-    yield from running(w)
+    yield from group_world(families)
 
 
 def plumb(world, source, up=True):
@@ -155,11 +164,7 @@ def test_after_a_failed_attempt_the_retry_takes_the_other_binding_when_the_first
 def test_a_bindings_exhausted_throttle_sends_the_attempt_to_another_binding(families):
     config = GROUPS.replace("    binding_weight = 3\n",
                             "    binding_weight = 3\n    outbound_throttle_messages = 1/3600\n")
-    w = World(config, families=families)
-    families.known["dst.test"] = frozenset({4})
-    for _ in running(w):
-        plumb(w, BLUE)
-        plumb(w, GREEN)
+    for w in group_world(families, config, plumbed=(BLUE, GREEN)):
         for _ in range(4):
             w.submit(binding=POOL)
         assert sorted(chosen(w)) == ["blue", "green", "green", "green"]
@@ -167,11 +172,7 @@ def test_a_bindings_exhausted_throttle_sends_the_attempt_to_another_binding(fami
 
 def test_connection_limits_stay_per_binding(families):
     config = GROUPS.replace("  max_connections = 10\n", "  max_connections = 1\n")
-    w = World(config, families=families)
-    families.known["dst.test"] = frozenset({4})
-    for _ in running(w):
-        plumb(w, BLUE)
-        plumb(w, GREEN)
+    for w in group_world(families, config, plumbed=(BLUE, GREEN)):
         for _ in range(5):
             w.submit(binding=POOL)
         # one running attempt per (binding, domain): blue and green, nothing more
@@ -251,10 +252,7 @@ class NoPathAgent:
 
 
 def test_a_group_attempt_goes_again_at_most_once_a_turn_so_disagreement_cannot_spin(families):
-    w = World(GROUPS, agent=NoPathAgent(), families=families)
-    families.known["dst.test"] = frozenset({4})
-    for _ in running(w):
-        plumb(w, BLUE)
+    for w in group_world(families, agent=NoPathAgent(), plumbed=(BLUE,)):
         w.submit(binding=POOL)
         assert len(w.agent.calls) == 2  # the attempt, and once more at once
         assert w.scheduler.counters()["waiting"] == 1  # then it waits like any other

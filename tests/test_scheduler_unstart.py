@@ -11,8 +11,8 @@ import pytest_twisted
 
 from hatwist.config.values import Throttle
 from hatwist.shared import LocalLimits, Refusal
-from tests.shared.conftest import redis_server  # noqa: F401  (the fixture)
-from tests.shared.test_redis import KEY, ask, nodes, sleep  # noqa: F401  (nodes: fixture)
+from tests.shared.conftest import nodes, redis_server  # noqa: F401  (the fixtures)
+from tests.shared.test_redis import KEY, ask, sleep
 
 
 def test_a_local_start_given_back_frees_its_place_in_the_window():

@@ -6,9 +6,9 @@ Asked afresh at every decision, so a config reload or a health change takes
 effect at once.  A queue of mail sent to a binding_group (``group:NAME``, see
 :func:`hatwist.config.group_route`) runs by the group's own settings (retries,
 expiry); which of its bindings takes an attempt, and under whose limits, is
-:meth:`Rules.candidates`' answer.  Every question has an answer even when the config no longer
-knows the binding (after a reload): accepted mail is then kept and retried
-slowly (:data:`FALLBACK_POLICY`), never dropped or bounced at once.
+:meth:`Rules.candidates`' answer.  Every question has an answer even when the
+config no longer knows the binding (after a reload): accepted mail is then kept
+and retried slowly (:data:`FALLBACK_POLICY`), never dropped or bounced at once.
 """
 
 from __future__ import annotations
@@ -199,20 +199,10 @@ class Rules:
             return (f"4.4.0 no binding of binding_group {route_group(key[0])} has a plumbed "
                     f"ha_proxy_server path and binding_weight above 0 ({names})")
         settings = self.settings(key)
-        if settings is None or not settings.uses_proxy:
-            return None
         # The MX's address family is unknown before the agent resolves it: the queue may
         # run while any server is plumbed from any of the binding's sources (the smtp
         # health check keeps a state per server and source).
-        sources = [s for s in (settings.src_ipv4, settings.src_ipv6) if s] or [None]
-        try:
-            if any(
-                self._registry.is_plumbed(server, source)
-                for server in settings.proxy_servers
-                for source in sources
-            ):
-                return None
-        except Exception:
-            return None  # a server the registry does not know yet: let the agent decide
+        if settings is None or self._has_path(settings, None):
+            return None
         servers = ", ".join(s.text for s in settings.proxy_servers)
         return f"4.4.0 no plumbed ha_proxy_server for binding {key[0]} ({servers} unplumbed)"

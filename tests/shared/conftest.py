@@ -1,10 +1,13 @@
-"""Fixtures of the shared-limits tests: a real redis-server per test."""
+"""Fixtures of the shared-limits tests: a real redis-server per test, and the nodes
+(RedisLimits services) started against it."""
 
 from __future__ import annotations
 
 import pytest
+import pytest_twisted
 
 from tests.shared.redis_server import RedisServer, require_redis
+from tests.shared.test_redis import Nodes
 
 
 @pytest.fixture
@@ -16,3 +19,13 @@ def redis_server(tmp_path):
         yield server
     finally:
         server.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def nodes(reactor, redis_server):
+    """RedisLimits nodes on ``redis_server`` (``nodes.start()``), all stopped after."""
+    group = Nodes(reactor, redis_server.url)
+    try:
+        yield group
+    finally:
+        await group.stop_all()

@@ -47,22 +47,29 @@ async def send_many(reactor, relay, prefix, count):
         assert sent.accepted, f"{sent}\n{relay.tail()}"
 
 
+async def start_fleet_sending(reactor, tmp_path, dns, sink, haproxy, redis_server,
+                              throttle, per_relay, relays):
+    """Two relays sharing ``redis_server`` under ``throttle`` (appended to ``relays`` as
+    they start, for the caller to stop), each sent ``per_relay`` messages at once."""
+    dns.add_mx("dest.test", [(10, "mx.dest.test")])
+    dns.add_a("mx.dest.test", SINK_HOST)
+    extra = f'redis_url = "{redis_server.url}"\noutbound_throttle_messages = "{throttle}"\n'
+    for name in ("one", "two"):
+        relays.append(await start_relay(reactor, tmp_path, name, dns, sink, haproxy, extra))
+    await defer.gatherResults(
+        [defer.ensureDeferred(send_many(reactor, r, n, per_relay))
+         for r, n in zip(relays, ("one", "two"), strict=True)]
+    )  # fmt: skip
+
+
 @pytest_twisted.ensureDeferred
 async def test_two_relays_sharing_redis_start_exactly_the_fleets_throttle(
     reactor, tmp_path, dns_server, smtp_sink, haproxy, redis_server
 ):
-    dns_server.add_mx("dest.test", [(10, "mx.dest.test")])
-    dns_server.add_a("mx.dest.test", SINK_HOST)
-    extra = f'redis_url = "{redis_server.url}"\noutbound_throttle_messages = "4/3600"\n'
     relays = []
     try:
-        for name in ("one", "two"):
-            relays.append(await start_relay(reactor, tmp_path, name, dns_server, smtp_sink,
-                                            haproxy, extra))  # fmt: skip
-        await defer.gatherResults(
-            [defer.ensureDeferred(send_many(reactor, r, n, 6))
-             for r, n in zip(relays, ("one", "two"), strict=True)]
-        )  # fmt: skip
+        await start_fleet_sending(reactor, tmp_path, dns_server, smtp_sink, haproxy,
+                                  redis_server, "4/3600", 6, relays)
         # each relay says its queue waits for the window once the fleet used it up
         for relay in relays:
             await relay.wait_for_log("outbound_throttle_messages 4/3600 reached", 20, since=0)
@@ -83,18 +90,10 @@ async def test_two_busy_relays_using_credits_still_start_exactly_the_throttle(
     exactly 48 of the 60 messages, the credits used among them."""
     import redis
 
-    dns_server.add_mx("dest.test", [(10, "mx.dest.test")])
-    dns_server.add_a("mx.dest.test", SINK_HOST)
-    extra = f'redis_url = "{redis_server.url}"\noutbound_throttle_messages = "48/3600"\n'
     relays = []
     try:
-        for name in ("one", "two"):
-            relays.append(await start_relay(reactor, tmp_path, name, dns_server, smtp_sink,
-                                            haproxy, extra))  # fmt: skip
-        await defer.gatherResults(
-            [defer.ensureDeferred(send_many(reactor, r, n, 30))
-             for r, n in zip(relays, ("one", "two"), strict=True)]
-        )  # fmt: skip
+        await start_fleet_sending(reactor, tmp_path, dns_server, smtp_sink, haproxy,
+                                  redis_server, "48/3600", 30, relays)
         # 60 > 48: some relay is refused (not necessarily both: one may send all 30)
         await defer.DeferredList(
             [r.wait_for_log("outbound_throttle_messages 48/3600 reached", 30, since=0)

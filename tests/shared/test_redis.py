@@ -63,15 +63,6 @@ class Nodes:
                 await limits.stopService()
 
 
-@pytest_twisted.async_yield_fixture
-async def nodes(reactor, redis_server):
-    group = Nodes(reactor, redis_server.url)
-    try:
-        yield group
-    finally:
-        await group.stop_all()
-
-
 async def ask(limits, key=KEY, throttle=None, max_connections=100):
     from twisted.internet import reactor
 

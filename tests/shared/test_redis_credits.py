@@ -16,20 +16,11 @@ from hatwist.config.values import Throttle
 from hatwist.shared import Refusal
 from hatwist.shared._credits import lifetime
 from hatwist.shared._values import redis_key
-from tests.shared.test_redis import KEY, Nodes, ask, sleep, until
+from tests.shared.test_redis import KEY, ask, sleep, until
 
 pytestmark = pytest.mark.integration
 
 BIG = Throttle(10**6, 3600)
-
-
-@pytest_twisted.async_yield_fixture
-async def nodes(reactor, redis_server):
-    group = Nodes(reactor, redis_server.url)
-    try:
-        yield group
-    finally:
-        await group.stop_all()
 
 
 @pytest.fixture
