@@ -12,12 +12,19 @@ import subprocess
 
 import pytest
 import pytest_twisted
+from hypothesis import settings
 
 from tests.rig.dns import DNSServer
 from tests.rig.haproxy import HAProxy
 from tests.rig.needs import require_haproxy, require_netns
 from tests.rig.netns import NetNS
 from tests.rig.sink import SMTPSink
+
+# No per-example deadline: a deadline is a timed assertion, and on a loaded CI box one
+# config fuzz example took 903 ms against Hypothesis's default 200 (the examples'
+# count, not their speed, is what these tests are about)
+settings.register_profile("hatwist", deadline=None)
+settings.load_profile("hatwist")
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ import pytest_twisted
 from twisted.internet import defer, threads, utils
 
 from tests.rig.certs import shared_ca
+from tests.rig.wait import until
 from tests.service import _postfix
 from tests.service._relay import CLIENT_NAME, SMTP_TIMEOUT, make_message
 from tests.service.test_relay import DEFAULT_SOURCE, SENDER, SINK_HOST, rig  # noqa: F401
@@ -303,6 +304,11 @@ async def test_a_private_postfix_relays_through_hatwist_with_tls_and_sasl(rig):
         for message in (copy, utf8_copy):
             assert message.peer[0] == DEFAULT_SOURCE and rig.sink.host == SINK_HOST
             assert b"with ESMTPSA;" in message.data or b"with UTF8SMTPSA;" in message.data
+        # Postfix logs its second status=sent after hatwist's 250, not before the sink
+        # has the mail: poll for it
+        await until(rig.reactor,
+                    lambda: postfix.log().count("status=sent") >= 2,
+                    "Postfix logged both deliveries", deadline=DEADLINE)
         log = postfix.log()
         assert "Trusted TLS connection established to 127.0.0.1" in log or \
             "TLS connection established to 127.0.0.1" in log

@@ -16,6 +16,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 
 from hatwist.web._limits import LINGER_BYTES, MAX_HEADERS, MAX_LINE, LimitedSite
+from tests.rig.wait import until
 
 DEADLINE = 10.0
 
@@ -101,12 +102,6 @@ async def connect(reactor, site) -> Client:
     return client
 
 
-async def until(reactor, condition, what: str) -> None:
-    for _ in range(int(DEADLINE / 0.01)):
-        if condition():
-            return
-        await deferLater(reactor, 0.01)
-    raise AssertionError(f"not within {DEADLINE}s: {what}")
 
 
 async def answer(reactor, client: Client) -> None:
