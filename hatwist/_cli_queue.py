@@ -28,7 +28,8 @@ EXIT_FAILED = 1
 EXIT_BAD_CONFIG = 2
 
 DEFAULT_CONFIG = "/etc/hatwist/hatwist.conf"
-#: Seconds to wait for the relay's answer (it answers within one even at a million messages).
+#: Seconds to wait for each line of the relay's answer (a list answers within one even
+#: at a million messages; an action on many sends a line per message as it goes).
 TIMEOUT = 30.0
 #: The longest answer line accepted from the relay (a ``show`` of a large message).
 MAX_ANSWER_LINE = 16 * 1024 * 1024
@@ -167,12 +168,19 @@ def _answer(request: Request, lines: Iterator[dict[str, Any]], args: argparse.Na
     as_json = getattr(args, "json", False)
     rows: list[dict[str, Any]] = []
     last: dict[str, Any] = {"ok": False, "error": "the relay closed without an answer"}
+    status = EXIT_OK
     for answer in lines:
         if "message" in answer and "ok" not in answer:
             if as_json:
                 print(json.dumps(answer["message"], sort_keys=True), file=out)
             else:
                 rows.append(answer["message"])
+            continue
+        if "result" in answer and "ok" not in answer:  # an action's, as it goes
+            message_id, outcome = answer["result"]
+            print(f"{message_id}: {outcome}", file=out, flush=True)
+            if not outcome.startswith(_DONE):
+                status = EXIT_FAILED
             continue
         last = answer
     if not last.get("ok"):
@@ -197,13 +205,11 @@ def _answer(request: Request, lines: Iterator[dict[str, Any]], args: argparse.Na
         print(f"flushed {last['queues']} queue(s): {last['messages']} message(s) due now",
               file=out)
         return EXIT_OK
-    status = EXIT_OK
-    for message_id, outcome in last["results"]:
-        print(f"{message_id}: {outcome}", file=out)
-        if not outcome.startswith(_DONE):
-            status = EXIT_FAILED
-    if not last["results"]:
+    if not last["matched"]:
         print("no message matched", file=out)
+    elif not request.ids:  # a filter: say what it came to in all
+        counts = ", ".join(f"{kind} {n}" for kind, n in sorted(last["counts"].items()))
+        print(f"{last['matched']} message(s) matched: {counts}", file=out)
     return status
 
 

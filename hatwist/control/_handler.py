@@ -3,18 +3,20 @@
 What each control request does to the running scheduler, and the answer's lines.
 
 The scheduler's public face (``list_messages``, ``show_message``,
-``flush_queues``, ``act_on_messages``) does the work; this module only maps a
+``flush_queues``, ``stream_action``) does the work; this module only maps a
 checked :class:`~hatwist.control._protocol.Request` onto it and shapes the
-answer.  ``list`` writes its rows as they are read, one line each.
+answer.  ``list`` writes its rows as they are read, one line each; an action
+writes one ``{"result": [id, outcome]}`` line per message as each slice is done
+(paced by the client, see ``_answer``) and ends with the counts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
 
+from ._answer import Answer
 from ._protocol import Request, encode
 
 
@@ -24,7 +26,7 @@ class QueueHandler:
     def __init__(self, scheduler: Any) -> None:
         self._scheduler = scheduler
 
-    def handle(self, request: Request, uid: int | None, write: Callable[[bytes], None]
+    def handle(self, request: Request, uid: int | None, write: Answer
                ) -> dict[str, Any] | defer.Deferred[dict[str, Any]]:
         scheduler, command = self._scheduler, request.command
         if command == "list":
@@ -44,7 +46,15 @@ class QueueHandler:
             queues, messages = scheduler.flush_queues(binding=request.binding,
                                                       domain=request.domain, uid=uid)
             return {"ok": True, "queues": queues, "messages": messages}
-        d = scheduler.act_on_messages(command, request.ids, binding=request.binding,
-                                      domain=request.domain, state=request.state, uid=uid)
-        return d.addCallback(lambda results: {
-            "ok": True, "results": [[message_id, outcome] for message_id, outcome in results]})
+
+        def report(outcomes: list[tuple[str, str]]) -> defer.Deferred[bool]:
+            for message_id, outcome in outcomes:
+                write(encode({"result": [message_id, outcome]}))
+            return write.ready()
+
+        d = scheduler.stream_action(command, request.ids, binding=request.binding,
+                                    domain=request.domain, state=request.state, uid=uid,
+                                    report=report)
+        return d.addCallback(lambda summary: {
+            "ok": True, "matched": summary.matched, "reached": summary.reached,
+            "counts": summary.counts})

@@ -10,8 +10,9 @@ the peer (``SO_PEERCRED``), so a deleted message says who deleted it.
 A hostile or broken client is bounded: at most :data:`MAX_CONNECTIONS` at once
 (one more gets an error line and is closed), one request line of at most
 ``MAX_REQUEST`` bytes, :data:`IDLE_TIMEOUT` seconds to send it, and
-:data:`DRAIN_TIMEOUT` seconds to read the answer.  One request per connection;
-the relay closes it after the answer.
+:data:`DRAIN_TIMEOUT` seconds to read the answer (also between the lines of a
+bulk action's, which wait for the client to read them: see ``_answer``).  One
+request per connection; the relay closes it after the answer.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.protocols.policies import TimeoutMixin
 
+from ._answer import Answer
 from ._protocol import MAX_REQUEST, Request, RequestError, encode, error_line, parse_request
 
 #: Control connections open at once.
@@ -70,6 +72,7 @@ class ControlProtocol(LineOnlyReceiver, TimeoutMixin):
     factory: ControlFactory
 
     _drain: Any = None
+    _answer: Answer | None = None
 
     def connectionMade(self) -> None:
         self._answered = False
@@ -103,6 +106,8 @@ class ControlProtocol(LineOnlyReceiver, TimeoutMixin):
         self.setTimeout(None)
         if self._drain is not None and self._drain.active():
             self._drain.cancel()
+        if self._answer is not None:
+            self._answer.stopProducing()  # a bulk action stops between two slices
         self.factory.leave(self)
 
     def timeoutConnection(self) -> None:
@@ -122,7 +127,8 @@ class ControlProtocol(LineOnlyReceiver, TimeoutMixin):
             self._finish(error_line(str(e)))
             return
         uid = peer_uid(self.transport)
-        d = defer.maybeDeferred(self.factory.handle, request, uid, self.transport.write)
+        self._answer = Answer(self.transport, self.factory.reactor, self.factory.drain_timeout)
+        d = defer.maybeDeferred(self.factory.handle, request, uid, self._answer)
         d.addCallback(lambda last: self._finish(encode(last)))
         d.addErrback(self._failed, request)
 
@@ -132,6 +138,8 @@ class ControlProtocol(LineOnlyReceiver, TimeoutMixin):
 
     def _finish(self, last: bytes) -> None:
         self._answered = True
+        if self._answer is not None:
+            self._answer.close()
         if self.transport is not None and self.connected:
             self.transport.write(last)
             self.transport.loseConnection()
@@ -141,8 +149,9 @@ class ControlProtocol(LineOnlyReceiver, TimeoutMixin):
 
 class ControlFactory(protocol.Factory):
     """
-    :param handler: has ``handle(request, uid, write) -> dict | Deferred[dict]``:
-        ``write`` sends early lines (list rows); the dict is the last line.
+    :param handler: has ``handle(request, uid, answer) -> dict | Deferred[dict]``:
+        ``answer(line)`` sends early lines (list rows, an action's outcomes) and
+        ``answer.ready()`` paces them (see ``_answer``); the dict is the last line.
     """
 
     protocol = ControlProtocol

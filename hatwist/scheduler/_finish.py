@@ -57,17 +57,25 @@ class Finisher:
         self._retries: dict[Entry, IDelayedCall] = {}
         self.stopping = False
 
-    def finish(self, entry: Entry) -> None:
-        """Nothing pending: bounce the failures not reported yet, then remove the message."""
+    def finish(self, entry: Entry) -> defer.Deferred[None]:
+        """Nothing pending: bounce the failures not reported yet, then remove the message.
+
+        The Deferred fires (never fails) once the bounce and the removal were tried, so
+        a bulk ``hatwist queue bounce`` can wait for one slice's before the next; a
+        failure is logged and retried here either way.
+        """
         if entry.finishing:
-            return
+            return defer.succeed(None)
         entry.finishing = True
         message = entry.message
         d = self._notices.final(entry)
         d.addCallback(lambda _: self._spool.remove(message.id))
         d.addErrback(lambda f: None if f.check(MessageNotFound) else f)
         d.addCallbacks(self._removed, self._failed, callbackArgs=(entry,), errbackArgs=(entry,))
+        done: defer.Deferred[None] = defer.Deferred()
+        d.addBoth(lambda result: (done.callback(None), result)[1])
         self._track(d)
+        return done
 
     def forget(self, entry: Entry) -> None:
         """``entry`` leaves the ledger (removed, or gone from the spool)."""

@@ -26,6 +26,7 @@ from twisted.logger import Logger
 
 from hatwist.spool import FAILED, PENDING, MessageNotFound, SpooledMessage
 
+from ._bulk import BulkSummary, Report, act_in_slices
 from ._dispatch import Dispatcher
 from ._due import DueHeap
 from ._finish import Finisher
@@ -106,6 +107,32 @@ class Operations:
         )
         self._pump()
         return len(keys), made_due
+
+    def stream(self, action: str, ids: list[str], *, report: Report, uid: int | None,
+               filters: tuple[str | None, str | None, str | None] | None
+               ) -> defer.Deferred[BulkSummary]:  # fmt: skip
+        """Run ``action`` (hold, release, delete, bounce) on ``ids`` a slice at a time
+        (see ``_bulk``); a filtered one (``filters``: binding, domain, state) also
+        logs one line of what it did in all."""
+        act = getattr(self, action)
+        d = act_in_slices(lambda selected: act(selected, uid=uid), ids, self._ledger.get,
+                          report=report, reactor=self._reactor)
+        if filters is not None:
+            d.addCallback(self._bulk_done, action, uid, *filters)
+        return d
+
+    def _bulk_done(self, summary: BulkSummary, action: str, uid: int | None,
+                   binding: str | None, domain: str | None, state: str | None
+                   ) -> BulkSummary:  # fmt: skip
+        done = ", ".join(f"{kind} {n}" for kind, n in sorted(summary.counts.items()))
+        self._log().info(
+            "queue {action} by the operator (uid {uid}): {matched} message(s) matched"
+            "{stopped}: {done}", action=action, uid=uid, matched=summary.matched,
+            stopped=(f", stopped after {summary.reached} (the client went away)"
+                     if summary.stopped else ""), done=done or "none",
+            binding_filter=binding, domain_filter=domain, state_filter=state,
+        )
+        return summary
 
     def hold(self, selected: list[tuple[str, Entry | None]], *, uid: int | None = None
              ) -> defer.Deferred[list[tuple[str, str]]]:
@@ -208,10 +235,12 @@ class Operations:
         return d.addCallbacks(removed, failed)
 
     def bounce(self, selected: list[tuple[str, Entry | None]], *, uid: int | None = None
-               ) -> list[tuple[str, str]]:
+               ) -> defer.Deferred[list[tuple[str, str]]]:
         """Fail every pending recipient now and return the message to its sender,
-        as an expiry would (no DSN for a null sender); then it is removed."""
-        results = []
+        as an expiry would (no DSN for a null sender); then it is removed.  Fires
+        once the DSNs are spooled and the messages removed (or those retried later)."""
+        results: list[tuple[str, str]] = []
+        finishing: list[defer.Deferred] = []
         for message_id, entry in selected:
             if entry is None:
                 results.append((message_id, "not in the queue"))
@@ -221,10 +250,11 @@ class Operations:
                 results.append((message_id, "an attempt is in flight: not bounced (try "
                                 "again when it ends)"))
             else:
-                results.append((message_id, self._bounce_one(entry, uid)))
-        return results
+                results.append((message_id, self._bounce_one(entry, uid, finishing)))
+        return _after(finishing, results)
 
-    def _bounce_one(self, entry: Entry, uid: int | None) -> str:
+    def _bounce_one(self, entry: Entry, uid: int | None, finishing: list[defer.Deferred]
+                    ) -> str:
         if entry.held:
             self._ledger.set_held(entry, False)
         message, failed = _returned(entry.message)
@@ -235,7 +265,7 @@ class Operations:
         self._counters["bounced"] += failed
         dsn = f"DSN to <{message.mail_from}>" if message.mail_from else "null sender: no DSN"
         self._decision(message, "", f"bounced by the operator (uid {uid}): {dsn}", uid=uid)
-        self._finisher.finish(entry)
+        finishing.append(self._finisher.finish(entry))
         return f"bounced ({dsn})"
 
 

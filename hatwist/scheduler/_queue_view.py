@@ -229,9 +229,9 @@ class QueueView:
 
     def select(
         self, ids: tuple[str, ...], binding: str | None, domain: str | None, state: str | None
-    ) -> list[tuple[str, Entry | None]]:
-        """The messages an action applies to: by id (None: not queued), or every
-        message matching the filter."""
+    ) -> list[str]:
+        """The ids of the messages an action applies to: those given (queued or not),
+        or every message matching the filter now."""
         if ids:
-            return [(message_id, self._ledger.get(message_id)) for message_id in ids]
-        return [(e.message.id, e) for e, _ in self.matching(binding, domain, state)]
+            return list(ids)
+        return [e.message.id for e, _ in self.matching(binding, domain, state)]

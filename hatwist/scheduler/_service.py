@@ -25,6 +25,7 @@ from hatwist.health import StateChange
 from hatwist.shared import LocalLimits
 from hatwist.spool import SpooledMessage
 
+from ._bulk import BulkSummary, Report
 from ._dispatch import Dispatcher
 from ._due import DueHeap
 from ._finish import Finisher
@@ -306,10 +307,23 @@ class Scheduler(Service):
         """``hold``, ``release``, ``delete`` or ``bounce`` the messages named by
         ``ids``, or else every message matching the filters; fires with
         (id, outcome) pairs once their spool writes are done."""
+        outcomes: list[tuple[str, str]] = []
+        d = self.stream_action(action, ids, binding=binding, domain=domain, state=state,
+                               uid=uid, report=outcomes.extend)
+        return d.addCallback(lambda _: outcomes)
+
+    def stream_action(
+        self, action: str, ids: tuple[str, ...] = (), *, report: Report,
+        binding: str | None = None, domain: str | None = None, state: str | None = None,
+        uid: int | None = None,
+    ) -> defer.Deferred[BulkSummary]:
+        """:meth:`act_on_messages`, a slice per reactor turn (see ``_bulk``): each
+        slice's outcomes go to ``report``, which paces the action and may stop it."""
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}")
-        selected = self._view.select(ids, binding, domain, state)
-        return defer.maybeDeferred(getattr(self._operations, action), selected, uid=uid)
+        chosen = self._view.select(ids, binding, domain, state)
+        return self._operations.stream(action, chosen, report=report, uid=uid,
+                                       filters=None if ids else (binding, domain, state))
 
     def _throttle_state(self, queue: Queue) -> tuple[str | None, float | None]:
         """A throttled queue's throttle, and its next allowed start by the current

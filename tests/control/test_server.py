@@ -159,3 +159,106 @@ async def test_a_client_that_never_reads_its_answer_is_cut_after_the_drain_timeo
         assert not control.factory.clients, "cut while its answer was still unread"
     finally:
         client.close()
+
+
+# -- pacing: the lines of a bulk action wait for the client to read them ----------------
+
+
+class Pacer:
+    """Writes ``batches`` of 100 lines of 100 bytes, asking ``answer.ready()`` between
+    them, as QueueHandler does between an action's slices; records the most the
+    transport held unsent and where it stopped."""
+
+    def __init__(self, batches):
+        self.batches, self.done, self.most, self.stopped = batches, 0, 0, False
+        self.requests = []
+
+    async def run(self, answer):
+        transport = answer._transport
+        for _ in range(self.batches):
+            for _ in range(100):
+                answer(b'{"result":["' + b"x" * 80 + b'","held"]}\n')
+            self.most = max(self.most, len(b"".join(transport._tempDataBuffer))
+                            + len(transport.dataBuffer) - transport.offset)
+            self.done += 1
+            if not await answer.ready():
+                self.stopped = True
+                break
+        return {"ok": True, "batches": self.done}
+
+    def handle(self, request, uid, answer):
+        self.requests.append((request, uid))
+        return defer.ensureDeferred(self.run(answer))
+
+
+@pytest.fixture
+def paced(reactor, tmp_path):
+    handler = Pacer(batches=300)  # about 3 MB: far more than the socket buffers hold
+    service = ControlService(str(tmp_path / "control.sock"), handler, reactor=reactor)
+    service.startService()
+    service.handler = handler
+    yield service
+    if service.running:
+        service.stopService()
+
+
+def slow_reader(path, pause):
+    """Send a request, read nothing for ``pause`` seconds, then every line (blocking)."""
+    import time
+
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(DEADLINE)
+    try:
+        client.connect(path)
+        client.sendall(b'{"command":"hold","binding":"b1"}\n')
+        time.sleep(pause)
+        chunks = []
+        while chunk := client.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks).splitlines()
+    finally:
+        client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_slow_reader_paces_the_answer_instead_of_filling_memory(paced, reactor):
+    lines = await threads.deferToThread(slow_reader, paced.path, 0.5)
+    assert len(lines) == 300 * 100 + 1 and json.loads(lines[-1]) == {"ok": True, "batches": 300}
+    # without the pacing all 3 MB the socket buffers cannot take would wait in memory
+    assert paced.handler.most < 512 * 1024, paced.handler.most
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_goes_away_stops_the_answer_between_batches(paced, reactor):
+    def read_a_little():
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.settimeout(DEADLINE)
+        client.connect(paced.path)
+        client.sendall(b'{"command":"delete","binding":"b1"}\n')
+        client.recv(1000)
+        client.close()
+
+    await threads.deferToThread(read_a_little)
+    deadline = reactor.seconds() + DEADLINE
+    while not paced.handler.stopped and reactor.seconds() < deadline:
+        await task.deferLater(reactor, 0.01, lambda: None)
+    assert paced.handler.stopped and paced.handler.done < 300
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_stops_reading_mid_answer_is_cut_after_the_drain_timeout(
+        paced, reactor):
+    paced.factory.drain_timeout = 0.3
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(paced.path)
+    try:
+        client.sendall(b'{"command":"hold","binding":"b1"}\n')
+        deadline = reactor.seconds() + DEADLINE
+        while not paced.handler.stopped and reactor.seconds() < deadline:
+            await task.deferLater(reactor, 0.05, lambda: None)
+        assert paced.handler.stopped and paced.handler.done < 300
+        while paced.factory.clients and reactor.seconds() < deadline:
+            await task.deferLater(reactor, 0.05, lambda: None)
+        assert not paced.factory.clients, "still connected"
+    finally:
+        client.close()

@@ -15,8 +15,9 @@ import sys
 
 import pytest
 import pytest_twisted
-from twisted.internet import utils
+from twisted.internet import defer, utils
 
+from hatwist.scheduler._bulk import SLICE
 from tests.service._relay import ROOT
 from tests.service.test_relay import DEADLINE, SENDER
 from tests.service.test_relay import rig as rig  # the fixture
@@ -163,6 +164,37 @@ async def test_bounce_spools_a_dsn_to_the_sender(rig):
     [dsn] = rig.sink.messages
     assert (dsn.mail_from, dsn.rcpt_tos) == ("", (SENDER,))
     assert b"returned to the sender by the relay's operator" in dsn.data
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_filtered_hold_and_delete_of_more_than_a_slice_stream_every_outcome(rig):
+    """More messages than one slice (hatwist.scheduler._bulk.SLICE): the real spool's
+    writes of each slice are done before the next, and every outcome is a line."""
+    await rig.haproxy.stop()
+    relay = await started(rig)
+    count = SLICE + 44
+    ids = []
+    for start in range(0, count, 20):  # 20 sessions at a time
+        ids += await defer.gatherResults([defer.ensureDeferred(rig.send(f"bulk-{n}@t"))
+                                          for n in range(start, min(count, start + 20))])
+    await waiting_for_proxy(rig, relay, ids[0])
+    assert (await listed(rig))[1]["total"] == count
+    status, out, err = await queue(rig, "hold", "--domain", "dest.test")
+    assert status == 0, err
+    *lines, summary = out.splitlines()
+    assert sorted(lines) == sorted(f"{i}: held" for i in ids)
+    assert summary == f"{count} message(s) matched: held {count}"
+    assert relay.lines_with("queue hold by the operator", f"{count} message(s) matched")
+    assert (await listed(rig, "--state", "held"))[1]["total"] == count
+
+    await relay.stop()  # every hold was written: all of them are held after a restart
+    relay = await answering(rig, await rig.relay().start())
+    assert (await listed(rig, "--state", "held"))[1]["total"] == count
+    status, out, err = await queue(rig, "delete", "--state", "held")
+    assert status == 0, err
+    assert out.splitlines()[-1] == f"{count} message(s) matched: deleted {count}"
+    assert (await listed(rig))[1]["total"] == 0
+    await relay.stop()
 
 
 @pytest_twisted.ensureDeferred

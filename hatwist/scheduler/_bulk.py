@@ -1,0 +1,87 @@
+# -*- test-case-name: tests.control.test_bulk -*-
+"""
+A ``hatwist queue`` action on many messages, a slice per reactor turn.
+
+``hatwist queue hold --binding b1`` may name a third of a million queued messages.
+Acting on all of them in one reactor turn stopped the relay for as long
+(bench/bench_queue.py: 1.2 s for 33,000 holds, 1.7 s for their release: every SMTP
+session, attempt and health check waited), kept one spool write per message in
+flight at once, and sent every outcome in one answer line the CLI could not read
+past 16 MiB.  So the action runs on :data:`SLICE` messages at a time: their spool
+writes (or bounces and removals) are done before the next slice, each slice's
+outcomes go to the client as they are known, and the reactor turns in between.
+
+The messages are chosen once, at the start (their ids: 8 bytes each); each slice
+looks its messages up again, so one that was delivered or removed meanwhile says
+"not in the queue" instead of being acted on twice or from a stale copy.
+
+The client paces the action: a slice waits until the client has read what was sent
+(``report`` returns a Deferred), and a client that went away stops it between two
+slices (what was done is done and logged, message by message).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+from twisted.internet import defer, task
+
+from ._ledger import Entry
+
+#: Messages acted on per reactor turn: about 10 ms of holds (bench_queue.py).
+SLICE = 256
+
+#: One slice's outcomes: (message id, what was done to it).
+Outcomes = list[tuple[str, str]]
+#: Acts on one slice: (id, entry or None) pairs in, their outcomes out (at once, or
+#: when the slice's spool work is done).
+Act = Callable[[list[tuple[str, Entry | None]]], "Outcomes | defer.Deferred[Outcomes]"]
+#: Takes one slice's outcomes; returns whether to go on (False: the client is gone),
+#: at once or when the client is ready for more.
+Report = Callable[[Outcomes], "bool | defer.Deferred[bool] | None"]
+
+
+@attrs.frozen
+class BulkSummary:
+    """What a bulk action did: how many messages it chose, how many it reached
+    (fewer when the client went away), and the outcomes' counts."""
+
+    matched: int
+    reached: int
+    counts: dict[str, int]
+
+    @property
+    def stopped(self) -> bool:
+        return self.reached < self.matched
+
+
+def kind(outcome: str) -> str:
+    """An outcome without its details: "bounced (DSN to <a@b>)" counts as "bounced"."""
+    return outcome.split(" (", 1)[0]
+
+
+def act_in_slices(act: Act, ids: Sequence[str], lookup: Callable[[str], Entry | None], *,
+                  report: Report, reactor: Any, size: int = SLICE
+                  ) -> defer.Deferred[BulkSummary]:  # fmt: skip
+    """Run ``act`` over ``ids`` in slices of ``size``, yielding the reactor between
+    them; fires with the summary (a lone slice runs in the caller's turn)."""
+    return defer.ensureDeferred(_run(act, ids, lookup, report, reactor, size))
+
+
+async def _run(act: Act, ids: Sequence[str], lookup: Callable[[str], Entry | None],
+               report: Report, reactor: Any, size: int) -> BulkSummary:  # fmt: skip
+    counts: Counter[str] = Counter()
+    reached = 0
+    for start in range(0, len(ids), size):
+        if start:
+            await task.deferLater(reactor, 0, lambda: None)  # the reactor's turn
+        chunk = ids[start:start + size]
+        outcomes = await defer.maybeDeferred(act, [(i, lookup(i)) for i in chunk])
+        reached += len(chunk)
+        counts.update(kind(outcome) for _, outcome in outcomes)
+        if await defer.maybeDeferred(report, outcomes) is False:
+            break
+    return BulkSummary(len(ids), reached, dict(counts))

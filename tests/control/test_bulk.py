@@ -1,0 +1,178 @@
+"""
+Tests for hatwist.scheduler._bulk (a ``hatwist queue`` action a slice per reactor
+turn) with task.Clock, and for the scheduler's bulk actions on the scheduler tests'
+World: the reactor turns between slices, a slice's spool writes are done before the
+next starts, a message gone meanwhile is not acted on, a client that went away stops
+the action.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet import defer, task
+
+from hatwist.scheduler._bulk import SLICE, act_in_slices, kind
+from tests.control.test_operations import defer_all, fired
+from tests.test_scheduler_support import World, running
+
+
+def recorder():
+    slices = []
+
+    def act(selected):
+        slices.append(selected)
+        return [(i, "held") for i, _ in selected]
+
+    return slices, act
+
+
+def test_one_slice_per_reactor_turn_and_the_counts_of_all():
+    clock = task.Clock()
+    slices, act = recorder()
+    ids = [f"m{n}" for n in range(600)]
+    d = act_in_slices(act, ids, lambda i: i, report=lambda _: None, reactor=clock, size=256)
+    assert [len(s) for s in slices] == [256] and not d.called  # the rest after a turn
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(0)  # (task.Clock runs the calls it schedules meanwhile: both turns)
+    summary = fired(d)
+    assert [len(s) for s in slices] == [256, 256, 88]
+    assert (summary.matched, summary.reached, summary.counts) == (600, 600, {"held": 600})
+    assert not summary.stopped
+
+
+def test_a_lone_slice_runs_in_the_callers_turn():
+    slices, act = recorder()
+    summary = fired(act_in_slices(act, ["a", "b"], lambda i: None, report=lambda _: None,
+                                  reactor=task.Clock()))
+    assert slices == [[("a", None), ("b", None)]] and summary.matched == 2
+
+
+def test_the_next_slice_waits_for_the_last_ones_work_and_its_reader():
+    clock = task.Clock()
+    work, reading, seen = [], [], []
+
+    def act(selected):
+        seen.append(len(selected))
+        work.append(defer.Deferred())
+        return work[-1].addCallback(lambda _: [(i, "deleted") for i, _ in selected])
+
+    def report(outcomes):
+        reading.append(defer.Deferred())
+        return reading[-1]
+
+    d = act_in_slices(act, list(range(20)), lambda i: i, report=report, reactor=clock, size=10)
+    clock.advance(1)
+    assert seen == [10] and not reading  # its spool writes are not done yet
+    work[0].callback(None)
+    clock.advance(1)
+    assert seen == [10] and len(reading) == 1  # the client has not read them yet
+    reading[0].callback(True)
+    clock.advance(0)
+    assert seen == [10, 10]
+    work[1].callback(None)
+    reading[1].callback(True)
+    assert fired(d).counts == {"deleted": 20}
+
+
+def test_a_reader_that_went_away_stops_the_action_between_slices():
+    clock = task.Clock()
+    slices, act = recorder()
+    d = act_in_slices(act, list(range(30)), lambda i: i, report=lambda _: False,
+                      reactor=clock, size=10)
+    clock.advance(0)
+    clock.advance(0)
+    summary = fired(d)
+    assert len(slices) == 1 and (summary.matched, summary.reached) == (30, 10)
+    assert summary.stopped
+
+
+def test_each_slice_looks_its_messages_up_when_it_runs():
+    clock = task.Clock()
+    queued = {n: f"entry{n}" for n in range(4)}
+    slices, act = recorder()
+    d = act_in_slices(act, list(range(4)), queued.get, report=lambda _: None, reactor=clock,
+                      size=2)
+    del queued[3]  # delivered before its slice ran
+    clock.advance(0)
+    fired(d)
+    assert slices == [[(0, "entry0"), (1, "entry1")], [(2, "entry2"), (3, None)]]
+
+
+def test_an_outcome_counts_by_its_kind():
+    assert kind("bounced (DSN to <a@b.test>)") == "bounced"
+    assert kind("held (its attempt in flight ends first)") == "held"
+    assert kind("not in the queue") == "not in the queue"
+
+
+# -- the scheduler's bulk actions -----------------------------------------------------------
+
+
+class SlowWrites(World):
+    """A World whose spool writes wait until the test lets them finish."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes = []
+        update = self.spool.update
+
+        def slow(message):
+            d = defer.Deferred()
+            self.writes.append(d)
+            return d.addCallback(lambda _: update(message))
+
+        self.spool.update = slow
+
+    def finish_writes(self):
+        waiting, self.writes = self.writes, []
+        for d in waiting:
+            d.callback(None)
+
+
+@pytest.fixture
+def world():
+    yield from running(SlowWrites())
+
+
+def queued(world, count):
+    for n in range(count):
+        world.submit(rcpt_to=(f"r{n}@one.test",))
+    world.clock.advance(0)
+    defer_all(world)
+    world.clock.advance(0)
+    world.finish_writes()  # the deferrals' own saves
+
+
+def held(world) -> int:
+    return sum(1 for e in world.scheduler._ledger.entries() if e.held)
+
+
+def test_a_filtered_hold_of_many_holds_a_slice_a_turn_after_its_writes(world):
+    count = SLICE + 44
+    queued(world, count)
+    outcomes = []
+    d = world.scheduler.stream_action("hold", domain="one.test", report=outcomes.extend)
+    assert held(world) == SLICE and len(world.writes) == SLICE
+    world.clock.advance(0)
+    assert held(world) == SLICE  # the first slice's writes are not done
+    world.finish_writes()
+    world.clock.advance(0)
+    assert held(world) == count
+    world.finish_writes()
+    summary = fired(d)
+    assert (summary.matched, summary.counts) == (count, {"held": count})
+    assert len(outcomes) == count and {o for _, o in outcomes} == {"held"}
+    [line] = [e for e in world.events if e.get("action") == "hold"]
+    assert "by the operator" in line["log_format"]
+    assert line["matched"] == count and line["done"] == f"held {count}"
+
+
+def test_a_message_bounced_before_its_slice_says_so(world):
+    queued(world, SLICE + 1)
+    last = f"m{SLICE + 1}"
+    outcomes = []
+    d = world.scheduler.stream_action("delete", domain="one.test", report=outcomes.extend)
+    fired(world.scheduler.act_on_messages("bounce", (last,)))
+    world.clock.advance(0)
+    fired(d)
+    assert outcomes[-1] == (last, "not in the queue")
+    assert sum(o == "deleted" for _, o in outcomes) == SLICE
