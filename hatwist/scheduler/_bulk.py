@@ -64,19 +64,23 @@ def kind(outcome: str) -> str:
 
 
 def act_in_slices(act: Act, ids: Sequence[str], lookup: Callable[[str], Entry | None], *,
-                  report: Report, reactor: Any, size: int = SLICE
+                  report: Report, reactor: Any, size: int = SLICE,
+                  between: Callable[[], None] = lambda: None,
                   ) -> defer.Deferred[BulkSummary]:  # fmt: skip
     """Run ``act`` over ``ids`` in slices of ``size``, yielding the reactor between
-    them; fires with the summary (a lone slice runs in the caller's turn)."""
-    return defer.ensureDeferred(_run(act, ids, lookup, report, reactor, size))
+    them (after calling ``between``); fires with the summary (a lone slice runs in
+    the caller's turn)."""
+    return defer.ensureDeferred(_run(act, ids, lookup, report, reactor, size, between))
 
 
 async def _run(act: Act, ids: Sequence[str], lookup: Callable[[str], Entry | None],
-               report: Report, reactor: Any, size: int) -> BulkSummary:  # fmt: skip
+               report: Report, reactor: Any, size: int,
+               between: Callable[[], None]) -> BulkSummary:  # fmt: skip
     counts: Counter[str] = Counter()
     reached = 0
     for start in range(0, len(ids), size):
         if start:
+            between()
             await task.deferLater(reactor, 0, lambda: None)  # the reactor's turn
         chunk = ids[start:start + size]
         outcomes = await defer.maybeDeferred(act, [(i, lookup(i)) for i in chunk])

@@ -46,6 +46,8 @@ class Operations:
 
     :param schedule: puts a part on the board or in the due heap.
     :param decision: logs one decision ``(message, domain, outcome, **fields)``.
+    :param settle: called between the slices of a bulk action (the start-up
+        read's ``refreeze``: see ``_recovery``).
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class Operations:
         schedule: Callable[[Part], None],
         pump: Callable[[], None],
         decision: Callable[..., None],
+        settle: Callable[[], None] = lambda: None,
     ) -> None:
         self._ledger = ledger
         self._board = board
@@ -78,6 +81,7 @@ class Operations:
         self._schedule = schedule
         self._pump = pump
         self._decision = decision
+        self._settle = settle
 
     def flush(
         self, *, binding: str | None = None, domain: str | None = None, uid: int | None = None
@@ -116,7 +120,7 @@ class Operations:
         logs one line of what it did in all."""
         act = getattr(self, action)
         d = act_in_slices(lambda selected: act(selected, uid=uid), ids, self._ledger.get,
-                          report=report, reactor=self._reactor)
+                          report=report, reactor=self._reactor, between=self._settle)
         if filters is not None:
             d.addCallback(self._bulk_done, action, uid, *filters)
         return d

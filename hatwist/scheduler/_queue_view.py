@@ -162,23 +162,29 @@ class QueueView:
         """How many messages :meth:`matching` yields, in one tight pass per queue."""
         if binding is None and domain is None and state is None:
             return len(self._ledger)
-        total = 0
+        return sum(1 for _ in self._listed(binding, domain, state, queues))
+
+    def _listed(self, binding: str | None, domain: str | None, state: str | None,
+                queues: list[tuple[QueueKey, str]] | None = None) -> Iterator[Entry]:
+        """The entries :meth:`matching` yields, without their states: the tight
+        pass that counts and selects (most parts are their message's only one)."""
         if state in (None, HELD):
-            total += sum(1 for e in self._ledger.held()
-                         if _first_part(e, binding, domain) is not None)
+            for e in self._ledger.held():
+                if _first_part(e, binding, domain) is not None:
+                    yield e
         if state == HELD:
-            return total
+            return
         if queues is None:
             queues = self._queues(binding, domain, state)
         for key, _ in queues:
             for part in self._parts(key):
-                parts = part.entry.parts
+                entry = part.entry
+                parts = entry.parts
                 if parts and parts[0] is part:  # the usual: one domain, current
-                    if not part.entry.held:
-                        total += 1
+                    if not entry.held:
+                        yield entry
                 elif len(parts) > 1 and _listed_here(part, binding, domain):
-                    total += 1
-        return total
+                    yield entry
 
     def list(
         self, *, binding: str | None = None, domain: str | None = None,
@@ -234,4 +240,6 @@ class QueueView:
         or every message matching the filter now."""
         if ids:
             return list(ids)
-        return [e.message.id for e, _ in self.matching(binding, domain, state)]
+        if binding is None and domain is None and state is None:
+            return [e.message.id for e in self._ledger.entries()]
+        return [e.message.id for e in self._listed(binding, domain, state)]

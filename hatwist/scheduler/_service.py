@@ -164,6 +164,7 @@ class Scheduler(Service):
             waits=self._waits, finisher=self._finisher, spool=self._spool,
             counters=self._counters, reactor=self._reactor, log=lambda: self.log,
             schedule=self._schedule, pump=self._pump, decision=self._decision,
+            settle=self._recovery.refreeze,
         )
         self._stopping = False
         self._unsubscribe: Callable[[], None] | None = None
