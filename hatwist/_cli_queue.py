@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import sys
 import time
@@ -26,6 +27,8 @@ from hatwist.web import _format
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_CONFIG = 2
+#: Interrupted by Ctrl-C (128 + SIGINT, as a shell reports it).
+EXIT_INTERRUPTED = 130
 
 DEFAULT_CONFIG = "/etc/hatwist/hatwist.conf"
 #: Seconds to wait for each line of the relay's answer (a list answers within one even
@@ -161,6 +164,26 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     except NotRunning as e:
         print(f"hatwist queue: {e}", file=err)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        # closing the socket is what stops a bulk action (between two batches)
+        stop = "" if request.command in ("list", "show", "flush") else (
+            ": the relay stops the action between two batches; what it did is logged")
+        print(f"hatwist queue: interrupted{stop}", file=err)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `hatwist queue list | head`: the reader has all it wants
+        _quiet(out)
+        return EXIT_FAILED
+
+
+def _quiet(out: TextIO) -> None:
+    """Point ``out`` at /dev/null, so that the flush at exit does not fail again."""
+    try:
+        fileno = out.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fileno)
+    os.close(devnull)
 
 
 def _answer(request: Request, lines: Iterator[dict[str, Any]], args: argparse.Namespace,

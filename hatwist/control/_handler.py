@@ -56,5 +56,4 @@ class QueueHandler:
                                     domain=request.domain, state=request.state, uid=uid,
                                     report=report)
         return d.addCallback(lambda summary: {
-            "ok": True, "matched": summary.matched, "reached": summary.reached,
-            "counts": summary.counts})
+            "ok": True, "matched": summary.matched, "counts": summary.counts})

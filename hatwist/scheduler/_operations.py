@@ -26,7 +26,7 @@ from twisted.logger import Logger
 
 from hatwist.spool import FAILED, PENDING, MessageNotFound, SpooledMessage
 
-from ._bulk import BulkSummary, Report, act_in_slices
+from ._bulk import BulkSummary, Pick, Report, act_in_slices
 from ._dispatch import Dispatcher
 from ._due import DueHeap
 from ._finish import Finisher
@@ -112,14 +112,14 @@ class Operations:
         self._pump()
         return len(keys), made_due
 
-    def stream(self, action: str, ids: list[str], *, report: Report, uid: int | None,
-               filters: tuple[str | None, str | None, str | None] | None
+    def stream(self, action: str, candidates: list[Any], pick: Pick, *, report: Report,
+               uid: int | None, filters: tuple[str | None, str | None, str | None] | None
                ) -> defer.Deferred[BulkSummary]:  # fmt: skip
-        """Run ``action`` (hold, release, delete, bounce) on ``ids`` a slice at a time
-        (see ``_bulk``); a filtered one (``filters``: binding, domain, state) also
-        logs one line of what it did in all."""
+        """Run ``action`` (hold, release, delete, bounce) on what ``pick`` makes of
+        ``candidates``, a slice at a time (see ``_bulk``); a filtered one
+        (``filters``: binding, domain, state) also logs one line of what it did."""
         act = getattr(self, action)
-        d = act_in_slices(lambda selected: act(selected, uid=uid), ids, self._ledger.get,
+        d = act_in_slices(lambda selected: act(selected, uid=uid), candidates, pick,
                           report=report, reactor=self._reactor, between=self._settle)
         if filters is not None:
             d.addCallback(self._bulk_done, action, uid, *filters)
@@ -132,8 +132,8 @@ class Operations:
         self._log().info(
             "queue {action} by the operator (uid {uid}): {matched} message(s) matched"
             "{stopped}: {done}", action=action, uid=uid, matched=summary.matched,
-            stopped=(f", stopped after {summary.reached} (the client went away)"
-                     if summary.stopped else ""), done=done or "none",
+            stopped=(", then stopped (the client went away)" if summary.stopped else ""),
+            done=done or "none",
             binding_filter=binding, domain_filter=domain, state_filter=state,
         )
         return summary

@@ -16,7 +16,7 @@ holds, not what the whole spool holds.  Reads only.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -167,7 +167,7 @@ class QueueView:
     def _listed(self, binding: str | None, domain: str | None, state: str | None,
                 queues: list[tuple[QueueKey, str]] | None = None) -> Iterator[Entry]:
         """The entries :meth:`matching` yields, without their states: the tight
-        pass that counts and selects (most parts are their message's only one)."""
+        pass that counts (most parts are their message's only one)."""
         if state in (None, HELD):
             for e in self._ledger.held():
                 if _first_part(e, binding, domain) is not None:
@@ -235,11 +235,44 @@ class QueueView:
 
     def select(
         self, ids: tuple[str, ...], binding: str | None, domain: str | None, state: str | None
-    ) -> list[str]:
-        """The ids of the messages an action applies to: those given (queued or not),
-        or every message matching the filter now."""
+    ) -> tuple[list[Any], Callable[[Sequence[Any]], list[tuple[str, Entry | None]]]]:
+        """What an action applies to, for ``_bulk``: candidates copied now, and the
+        pick that checks a slice of them when it runs (see there).
+
+        By id: each id, queued or not.  By filter: the held messages and the parts of
+        the queues that match now; a slice keeps those that still match, each message
+        once (a release gives a message new parts; one of two domains may finish).
+        """
+        ledger = self._ledger
         if ids:
-            return list(ids)
+            return list(ids), lambda chunk: [(i, ledger.get(i)) for i in chunk]
         if binding is None and domain is None and state is None:
-            return [e.message.id for e in self._ledger.entries()]
-        return [e.message.id for e in self._listed(binding, domain, state)]
+            return list(ledger.entries()), lambda chunk: [
+                (e.message.id, e) for e in chunk if ledger.get(e.message.id) is e]
+        candidates: list[Any] = []
+        if state in (None, HELD):
+            candidates += ledger.held()
+        if state != HELD:
+            for key, _ in self._queues(binding, domain, state):
+                candidates += self._parts(key)
+        seen: set[str] = set()
+
+        def pick(chunk: Sequence[Any]) -> list[tuple[str, Entry | None]]:
+            chosen: list[tuple[str, Entry | None]] = []
+            for item in chunk:
+                if isinstance(item, Part):
+                    entry = item.entry
+                    if not _listed_here(item, binding, domain):
+                        continue
+                else:
+                    entry = item
+                    if not entry.held or _first_part(entry, binding, domain) is None:
+                        continue
+                message_id = entry.message.id
+                if message_id in seen or ledger.get(message_id) is not entry:
+                    continue
+                seen.add(message_id)
+                chosen.append((message_id, entry))
+            return chosen
+
+        return candidates, pick

@@ -322,8 +322,8 @@ class Scheduler(Service):
         slice's outcomes go to ``report``, which paces the action and may stop it."""
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}")
-        chosen = self._view.select(ids, binding, domain, state)
-        return self._operations.stream(action, chosen, report=report, uid=uid,
+        candidates, pick = self._view.select(ids, binding, domain, state)
+        return self._operations.stream(action, candidates, pick, report=report, uid=uid,
                                        filters=None if ids else (binding, domain, state))
 
     def _throttle_state(self, queue: Queue) -> tuple[str | None, float | None]:

@@ -16,6 +16,10 @@ from tests.control.test_operations import defer_all, fired
 from tests.test_scheduler_support import World, running
 
 
+def by_id(chunk):
+    return [(i, i) for i in chunk]
+
+
 def recorder():
     slices = []
 
@@ -30,19 +34,18 @@ def test_one_slice_per_reactor_turn_and_the_counts_of_all():
     clock = task.Clock()
     slices, act = recorder()
     ids = [f"m{n}" for n in range(600)]
-    d = act_in_slices(act, ids, lambda i: i, report=lambda _: None, reactor=clock, size=256)
+    d = act_in_slices(act, ids, by_id, report=lambda _: None, reactor=clock, size=256)
     assert [len(s) for s in slices] == [256] and not d.called  # the rest after a turn
     assert len(clock.getDelayedCalls()) == 1
     clock.advance(0)  # (task.Clock runs the calls it schedules meanwhile: both turns)
     summary = fired(d)
     assert [len(s) for s in slices] == [256, 256, 88]
-    assert (summary.matched, summary.reached, summary.counts) == (600, 600, {"held": 600})
-    assert not summary.stopped
+    assert (summary.matched, summary.counts, summary.stopped) == (600, {"held": 600}, False)
 
 
 def test_a_lone_slice_runs_in_the_callers_turn():
     slices, act = recorder()
-    summary = fired(act_in_slices(act, ["a", "b"], lambda i: None, report=lambda _: None,
+    summary = fired(act_in_slices(act, ["a", "b"], lambda c: [(i, None) for i in c], report=lambda _: None,
                                   reactor=task.Clock()))
     assert slices == [[("a", None), ("b", None)]] and summary.matched == 2
 
@@ -60,7 +63,7 @@ def test_the_next_slice_waits_for_the_last_ones_work_and_its_reader():
         reading.append(defer.Deferred())
         return reading[-1]
 
-    d = act_in_slices(act, list(range(20)), lambda i: i, report=report, reactor=clock, size=10)
+    d = act_in_slices(act, list(range(20)), by_id, report=report, reactor=clock, size=10)
     clock.advance(1)
     assert seen == [10] and not reading  # its spool writes are not done yet
     work[0].callback(None)
@@ -77,25 +80,28 @@ def test_the_next_slice_waits_for_the_last_ones_work_and_its_reader():
 def test_a_reader_that_went_away_stops_the_action_between_slices():
     clock = task.Clock()
     slices, act = recorder()
-    d = act_in_slices(act, list(range(30)), lambda i: i, report=lambda _: False,
+    d = act_in_slices(act, list(range(30)), by_id, report=lambda _: False,
                       reactor=clock, size=10)
     clock.advance(0)
     clock.advance(0)
     summary = fired(d)
-    assert len(slices) == 1 and (summary.matched, summary.reached) == (30, 10)
-    assert summary.stopped
+    assert len(slices) == 1 and (summary.matched, summary.stopped) == (10, True)
 
 
-def test_each_slice_looks_its_messages_up_when_it_runs():
+def test_each_slice_picks_its_messages_when_it_runs_and_an_empty_pick_acts_on_none():
     clock = task.Clock()
-    queued = {n: f"entry{n}" for n in range(4)}
+    queued = {n: f"entry{n}" for n in range(6)}
     slices, act = recorder()
-    d = act_in_slices(act, list(range(4)), queued.get, report=lambda _: None, reactor=clock,
-                      size=2)
+
+    def pick(chunk):
+        return [(n, queued[n]) for n in chunk if n in queued]
+
+    d = act_in_slices(act, list(range(6)), pick, report=lambda _: None, reactor=clock, size=2)
     del queued[3]  # delivered before its slice ran
+    del queued[4], queued[5]
     clock.advance(0)
-    fired(d)
-    assert slices == [[(0, "entry0"), (1, "entry1")], [(2, "entry2"), (3, None)]]
+    assert slices == [[(0, "entry0"), (1, "entry1")], [(2, "entry2")]]
+    assert fired(d).matched == 3
 
 
 def test_an_outcome_counts_by_its_kind():
@@ -166,13 +172,33 @@ def test_a_filtered_hold_of_many_holds_a_slice_a_turn_after_its_writes(world):
     assert line["matched"] == count and line["done"] == f"held {count}"
 
 
-def test_a_message_bounced_before_its_slice_says_so(world):
+def test_a_message_bounced_before_its_slice_is_left_out_and_none_is_acted_on_twice(world):
     queued(world, SLICE + 1)
     last = f"m{SLICE + 1}"
     outcomes = []
     d = world.scheduler.stream_action("delete", domain="one.test", report=outcomes.extend)
     fired(world.scheduler.act_on_messages("bounce", (last,)))
     world.clock.advance(0)
-    fired(d)
-    assert outcomes[-1] == (last, "not in the queue")
-    assert sum(o == "deleted" for _, o in outcomes) == SLICE
+    summary = fired(d)
+    assert last not in {i for i, _ in outcomes}
+    assert (summary.matched, summary.counts) == (SLICE, {"deleted": SLICE})
+    assert len({i for i, _ in outcomes}) == len(outcomes)
+
+
+def test_a_release_by_filter_releases_each_held_message_once(world):
+    """A release gives a message new parts, in the queues the candidates were copied
+    from: it is still released once."""
+    count = SLICE + 10
+    queued(world, count)
+    holding = world.scheduler.act_on_messages("hold", tuple(f"m{n}" for n in range(1, 101)))
+    world.finish_writes()
+    fired(holding)
+    outcomes = []
+    d = world.scheduler.stream_action("release", domain="one.test", report=outcomes.extend)
+    for _ in range(10):
+        world.finish_writes()
+        world.clock.advance(0)
+    summary = fired(d)
+    released = [i for i, o in outcomes if o == "released"]
+    assert len(released) == len(set(released)) == 100
+    assert summary.counts == {"released": 100, "not held": count - 100}

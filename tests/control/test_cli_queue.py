@@ -6,10 +6,15 @@ import io
 import os
 
 import pytest
+import pytest_twisted
+from twisted.internet import defer
 
 from hatwist import cli
 from hatwist._cli_queue import list_text, request_of
 from hatwist.control import Request
+from tests.control.test_server import DEADLINE
+from tests.rig.wait import until
+from tests.service._relay import ROOT
 
 ID = "0005f1c2a3b4c5-0a1b2c3d4e"
 
@@ -78,3 +83,62 @@ def test_list_prints_a_table_and_the_count(total, tail):
     assert lines[1].split() == [ID, "backoff", "b1", "x.test", "1/2", "3", "in", "1m00s",
                                 "10", "<a@src.test>"]
     assert lines[-1].startswith(tail)
+
+
+# -- a real hatwist queue process on a long answer from the real control server ---------
+
+
+async def _cli(reactor, path, *argv):
+    """``hatwist queue ARGV --socket PATH`` as its own process, stdout and stderr piped."""
+    import sys
+
+    from twisted.internet import protocol
+
+    class Catch(protocol.ProcessProtocol):
+        def __init__(self):
+            self.out, self.err, self.first = b"", b"", defer.Deferred()
+            self.ended = defer.Deferred()
+
+        def outReceived(self, data):
+            self.out += data
+            if b"\n" in self.out and not self.first.called:
+                self.first.callback(None)
+
+        def errReceived(self, data):
+            self.err += data
+
+        def processEnded(self, reason):
+            self.ended.callback(reason.value.exitCode)
+
+    catch = Catch()
+    transport = reactor.spawnProcess(
+        catch, sys.executable, [sys.executable, "-m", "hatwist.cli", "queue", *argv,
+                                "--socket", path], env=dict(os.environ), path=str(ROOT))
+    return catch, transport
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reader_that_closes_the_pipe_ends_the_cli_quietly_and_the_action(
+        paced, reactor):
+    catch, transport = await _cli(reactor, paced.path, "hold", "--binding", "b1")
+    await catch.first.addTimeout(DEADLINE, reactor)
+    transport.closeStdout()  # `hatwist queue hold ... | head -1`
+    status = await catch.ended.addTimeout(DEADLINE, reactor)
+    assert (status, catch.err) == (1, b"")  # no BrokenPipeError traceback
+    await until(reactor, lambda: paced.handler.stopped, "the handler was told to stop")
+    assert paced.handler.done < paced.handler.batches
+
+
+@pytest_twisted.ensureDeferred
+async def test_ctrl_c_says_the_action_stops_and_exits_130(paced, reactor):
+    import signal
+
+    paced.handler.slow = True  # a batch every 10 ms: the CLI is still reading at the SIGINT
+    catch, transport = await _cli(reactor, paced.path, "delete", "--binding", "b1")
+    await catch.first.addTimeout(DEADLINE, reactor)
+    transport.signalProcess(signal.SIGINT)
+    status = await catch.ended.addTimeout(DEADLINE, reactor)
+    assert status == 130
+    assert catch.err.decode() == ("hatwist queue: interrupted: the relay stops the action "
+                                  "between two batches; what it did is logged\n")
+    await until(reactor, lambda: paced.handler.stopped, "the handler was told to stop")

@@ -164,44 +164,6 @@ async def test_a_client_that_never_reads_its_answer_is_cut_after_the_drain_timeo
 # -- pacing: the lines of a bulk action wait for the client to read them ----------------
 
 
-class Pacer:
-    """Writes ``batches`` of 100 lines of 100 bytes, asking ``answer.ready()`` between
-    them, as QueueHandler does between an action's slices; records the most the
-    transport held unsent and where it stopped."""
-
-    def __init__(self, batches):
-        self.batches, self.done, self.most, self.stopped = batches, 0, 0, False
-        self.requests = []
-
-    async def run(self, answer):
-        transport = answer._transport
-        for _ in range(self.batches):
-            for _ in range(100):
-                answer(b'{"result":["' + b"x" * 80 + b'","held"]}\n')
-            self.most = max(self.most, len(b"".join(transport._tempDataBuffer))
-                            + len(transport.dataBuffer) - transport.offset)
-            self.done += 1
-            if not await answer.ready():
-                self.stopped = True
-                break
-        return {"ok": True, "batches": self.done}
-
-    def handle(self, request, uid, answer):
-        self.requests.append((request, uid))
-        return defer.ensureDeferred(self.run(answer))
-
-
-@pytest.fixture
-def paced(reactor, tmp_path):
-    handler = Pacer(batches=300)  # about 3 MB: far more than the socket buffers hold
-    service = ControlService(str(tmp_path / "control.sock"), handler, reactor=reactor)
-    service.startService()
-    service.handler = handler
-    yield service
-    if service.running:
-        service.stopService()
-
-
 def slow_reader(path, pause):
     """Send a request, read nothing for ``pause`` seconds, then every line (blocking)."""
     import time
