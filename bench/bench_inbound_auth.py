@@ -6,6 +6,7 @@ Prints a table.
 Run (from the checkout with PYTHONPATH=.):
     python3 bench/bench_inbound_auth.py [--logins 40] [--cost 10] [--checks 1,2,4]
     python3 bench/bench_inbound_auth.py --scheme sha512 [--rounds 5000,100000,1000000]
+    python3 bench/bench_inbound_auth.py --timing [--attempts 25]
 
 Each login is a real client session over loopback: connect, EHLO, STARTTLS, EHLO, AUTH
 PLAIN (a right password), QUIT, ``--logins`` of them at once. bcrypt is CPU-heavy on
