@@ -6,6 +6,7 @@ Prints a table.
 Run (from the checkout with PYTHONPATH=.):
     python3 bench/bench_inbound_auth.py [--logins 40] [--cost 10] [--checks 1,2,4]
     python3 bench/bench_inbound_auth.py --scheme sha512 [--rounds 5000,100000,1000000]
+    python3 bench/bench_inbound_auth.py --timing [--attempts 25]
 
 Each login is a real client session over loopback: connect, EHLO, STARTTLS, EHLO, AUTH
 PLAIN (a right password), QUIT, ``--logins`` of them at once. bcrypt is CPU-heavy on
@@ -17,6 +18,15 @@ NOOP would wait for whole bcrypt runs).
 With ``--scheme sha512`` the user has a SHA-512-crypt hash (made by ``openssl passwd -6``,
 one table per ``--rounds`` value). libpass hashes it in Python, holding the GIL, so the
 NOOP column then shows what a running check costs the reactor thread even off it.
+
+With ``--timing`` it measures what a failed login tells an attacker instead: one table,
+a row per shape of the users file's hashes (bcrypt costs, SHA-512-crypt rounds), with the
+median time from a wrong AUTH PLAIN to its 535 for a user in the file and for a name that
+is not in it. Each is a real client over loopback and STARTTLS, ``--attempts``
+sessions with one of each, with the failed-login delay set to zero (it is the
+same for both and would only hide the check). The "check" columns are the medians of
+``check_password`` alone, twice as many calls, for the same two. Equal columns: the
+answer's timing does not say whether a user exists.
 """
 
 from __future__ import annotations
@@ -34,11 +44,16 @@ import bcrypt
 from twisted.internet import defer, endpoints, protocol, task
 
 from hatwist.inbound import InboundFactory
-from hatwist.inbound._auth import check_password, parse_users
+from hatwist.inbound._auth import LoginThrottle, ThrottleLimits, check_password, parse_users
 from hatwist.inbound._tls import load_server_tls
 from hatwist.lab.certs import shared_ca
 
 PASSWORD = b"bench-password"
+WRONG = b"wrong-password"
+TIMING_SHAPES = [("bcrypt", 4), ("bcrypt", 10), ("bcrypt", 12), ("bcrypt", 13),
+                 ("sha512", 5000), ("sha512", 100000)]
+"""Shapes for --timing: cost 12 is what an unknown user cost before the dummy followed
+the file (every other row then differed); 5000 rounds is SHA-512-crypt's default."""
 
 
 class _Client(protocol.Protocol):
@@ -116,6 +131,77 @@ async def _row(reactor, logins: int, checks: int, users, tls) -> tuple:
             f"{statistics.median(waits) * 1000:.1f}", f"{p99 * 1000:.1f}")
 
 
+async def _auth_timings(reactor, port: int, attempts: int) -> tuple[list[float], list[float]]:
+    """Seconds from a wrong AUTH PLAIN to its answer: for alice (in the file), for zoe
+    (not), interleaved so that a slower moment of the box hits both alike. A session
+    takes a few failures only (then 421: too many errors), so each pair has its own."""
+    known: list[float] = []
+    unknown: list[float] = []
+    for i in range(attempts + 1):
+        client = await _session(reactor, port)
+        await client.send(b"EHLO bench\r\nSTARTTLS\r\n", 2)
+        client.transport.startTLS(shared_ca().client_options("relay.bench"))
+        await client.send(b"EHLO bench\r\n", 1)
+        pair = [(b"alice", known), (b"zoe", unknown)]
+        for user, into in pair if i % 2 else pair[::-1]:
+            token = base64.b64encode(b"\0" + user + b"\0" + WRONG)
+            started = time.perf_counter()
+            await client.send(b"AUTH PLAIN " + token + b"\r\n", 1)
+            if i:  # the first pair warms up (threads, TLS buffers)
+                into.append(time.perf_counter() - started)
+        client.transport.loseConnection()
+    return known, unknown
+
+
+def _check_timings(users, attempts: int) -> tuple[float, float]:
+    """Median seconds of check_password alone (no session, no thread), for a wrong
+    password of alice and of zoe, interleaved: the cost without the network's noise."""
+    known: list[float] = []
+    unknown: list[float] = []
+    for i in range(attempts * 2):
+        pair = [("alice", known), ("zoe", unknown)]
+        for user, into in pair if i % 2 else pair[::-1]:
+            started = time.perf_counter()
+            check_password(users, user, WRONG)
+            into.append(time.perf_counter() - started)
+    return statistics.median(known), statistics.median(unknown)
+
+
+async def _timing(reactor, args, tls) -> None:
+    rows = [("users' hashes", "check known ms", "check unknown ms", "known user p50 ms",
+             "unknown user p50 ms", "unknown/known")]
+    for scheme, cost in TIMING_SHAPES:
+        if scheme == "bcrypt":
+            name = f"bcrypt cost {cost}"
+            hashes = [bcrypt.hashpw(PASSWORD, bcrypt.gensalt(cost)).decode()
+                      for _ in range(3)]
+        else:
+            name = f"SHA-512-crypt rounds={cost}"
+            hashes = [_openssl_sha512(cost, salt=f"benchsalt{i}benchs") for i in range(3)]
+        users = parse_users("".join(f"{user}:{hashed}\n" for user, hashed
+                                    in zip(("alice", "bob", "carol"), hashes, strict=True)),
+                            "bench")
+        alone_known, alone_unknown = _check_timings(users, args.attempts)
+        factory = InboundFactory(
+            spool=None, relay_from=(), max_message_size=1000, hostname="relay.bench",
+            binding_exists=lambda name: True, on_accepted=lambda m: None, reactor=reactor,
+            tls=tls, users=users, max_password_checks=2,
+            login_throttle=LoginThrottle(ThrottleLimits(
+                max_failures=10**9, base_delay=0.0, max_delay=0.0)),
+            junk_command_limit=10**6,
+        )
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        try:
+            known, unknown = await _auth_timings(reactor, port.getHost().port, args.attempts)
+        finally:
+            await port.stopListening()
+        k, u = statistics.median(known), statistics.median(unknown)
+        rows.append((name, f"{alone_known * 1000:.1f}", f"{alone_unknown * 1000:.1f}",
+                     f"{k * 1000:.1f}", f"{u * 1000:.1f}", f"{u / k:.2f}"))
+    print(f"wrong password, {args.attempts} attempts each; {os.cpu_count()} CPUs")
+    _print_rows(rows)
+
+
 async def main(reactor, args) -> None:
     directory = tempfile.mkdtemp(prefix="bench-auth-")
     cert = shared_ca().issue("relay.bench")
@@ -125,6 +211,9 @@ async def main(reactor, args) -> None:
     with open(key_path, "wb") as f:
         f.write(cert.key_pem)
     tls = load_server_tls(cert_path, key_path)
+    if args.timing:
+        await _timing(reactor, args, tls)
+        return
     if args.scheme == "bcrypt":
         schemes = [(f"bcrypt cost {args.cost}",
                     bcrypt.hashpw(PASSWORD, bcrypt.gensalt(args.cost)).decode())]
@@ -140,9 +229,9 @@ async def main(reactor, args) -> None:
         await _table(reactor, args, users, tls)
 
 
-def _openssl_sha512(rounds: int) -> str:
+def _openssl_sha512(rounds: int, salt: str = "benchsaltbenchsa") -> str:
     argv = [shutil.which("openssl") or "openssl", "passwd", "-6", "-stdin",
-            "-salt", f"rounds={rounds}$benchsaltbenchsa"]
+            "-salt", f"rounds={rounds}${salt}"]
     done = subprocess.run(argv, input=PASSWORD, capture_output=True, check=True, timeout=600)
     return done.stdout.decode("ascii").strip()
 
@@ -152,7 +241,11 @@ async def _table(reactor, args, users, tls) -> None:
     rows = [header]
     for checks in args.checks:
         rows.append(await _row(reactor, args.logins, checks, users, tls))
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+    _print_rows(rows)
+
+
+def _print_rows(rows: list[tuple]) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(str(v).rjust(w) for v, w in zip(row, widths, strict=True)))
 
@@ -166,4 +259,7 @@ if __name__ == "__main__":
                         default=[5000, 100000, 1000000])
     parser.add_argument("--checks", type=lambda t: [int(x) for x in t.split(",")],
                         default=[1, 2, 4])
+    parser.add_argument("--timing", action="store_true",
+                        help="a wrong password's answer time, known vs unknown user")
+    parser.add_argument("--attempts", type=int, default=25)
     task.react(lambda reactor: defer.ensureDeferred(main(reactor, parser.parse_args())))

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_inbound_auth -*-
+# -*- test-case-name: tests.test_inbound_auth,tests.test_inbound_auth_dummy -*-
 """
 SMTP AUTH for submitters on other hosts: the users file, the SASL PLAIN and LOGIN
 encodings, password checks, and the failed-login throttle.
@@ -28,6 +28,15 @@ password longer than the scheme looks at (bcrypt) or than L{MAX_SHA512_PASSWORD}
 Both libraries compare in constant time (bcrypt's C code; passlib's
 C{hmac.compare_digest}).
 
+A failed login must not say whether its user name exists.  The answer's delay is the
+throttle's, the same for both; what differs is the check itself, whose cost the hash
+sets (bcrypt's cost, SHA-512-crypt's rounds and salt length).  So a name that is not in
+the file is checked against L{Users.dummy}: a hash of the shape most of the file's users
+have, made when the file is read, through the same function, thread, lock and length
+caps as a real user's hash.  Users whose hash has a less common shape can still be told
+apart by timing (one stand-in cannot look like two costs): give every user the same
+scheme and cost to leave nothing to see.
+
 The password is never kept past the check and never logged: the session logs the
 user name and the peer only.
 """
@@ -37,9 +46,10 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import secrets
 import threading
-from collections import OrderedDict
-from collections.abc import Mapping
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Mapping
 
 import attrs
 import bcrypt
@@ -65,9 +75,13 @@ _ONE_SHA512_AT_A_TIME = threading.Lock()
 # ms with two and 590-780 ms with four; with this lock 36-74 ms whatever the number, at the
 # same logins/s (bench/bench_inbound_auth.py --scheme sha512, shared 2-core box). Checks
 # still take one of max_password_checks slots each; this only serialises the $6$ ones.
-# A hash of a random password, checked for unknown users so that a failed login
-# costs the same whether or not the user exists.
-_DUMMY_HASH = b"$2b$12$E9xje1bHFj2gKu4THinSe.ETqm7z1UFuv3JWV13ib/SG7QSG8kC62"
+EMPTY_FILE_DUMMY = ("bcrypt", 12)
+"""The shape of the stand-in hash when the file lists nobody: bcrypt at the bcrypt
+package's default cost (every login then fails, after a real check's time)."""
+_BCRYPT_CHARS = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_CRYPT_CHARS = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+Shape = tuple[str, int] | tuple[str, int, int]
+"""What sets a check's cost: ("bcrypt", cost) or ("sha512", rounds, salt length)."""
 
 
 class UsersFileError(ValueError):
@@ -76,10 +90,15 @@ class UsersFileError(ValueError):
 
 @attrs.frozen
 class Users:
-    """The users file, loaded: user name -> bcrypt or SHA-512-crypt hash."""
+    """The users file, loaded: user name -> bcrypt or SHA-512-crypt hash.
+
+    ``dummy`` is what a name that is not in the file is checked against: a hash of the
+    file's most common L{Shape} (L{dummy_for}), so that its check costs what most real
+    users' checks cost.  It is made anew at every load, so it follows the file."""
 
     path: str
     hashes: Mapping[str, bytes] = attrs.field(repr=lambda h: f"<{len(h)} users>")
+    dummy: bytes = attrs.field(repr=False)
 
     def __contains__(self, user: str) -> bool:
         return user in self.hashes
@@ -104,7 +123,44 @@ def parse_users(text: str, path: str) -> Users:
         if user in hashes:
             raise UsersFileError(f"{where}: user {user!r} appears twice")
         hashes[user] = _checked_hash(hashed.strip(), user, where)
-    return Users(path, hashes)
+    return Users(path, hashes, dummy_for(hashes.values()))
+
+
+def shape_of(hashed: bytes) -> Shape | None:
+    """What checking against ``hashed`` costs, or None for a hash that no check can use
+    (a bcrypt cost outside 4..31: the library refuses it without hashing)."""
+    if hashed.startswith(SHA512_PREFIX):
+        parsed = sha512_crypt.from_string(hashed)
+        return ("sha512", parsed.rounds, len(parsed.salt))
+    cost = hashed[4:6]
+    if not cost.isdigit() or not 4 <= int(cost) <= 31:
+        return None
+    return ("bcrypt", int(cost))
+
+
+def dummy_for(hashes: Iterable[bytes]) -> bytes:
+    """A stand-in hash of the most common shape among ``hashes`` (the first of those
+    equally common, in file order; bcrypt cost 12 when there is none).
+
+    Its salt and checksum are random: no password that anyone could know has it as its
+    hash, and making it costs nothing, so a load never waits for it (hashing a random
+    password instead would cost one check at every load: a second at the rounds cap,
+    days at bcrypt's cost 31).  Checking a password against it costs what checking
+    against a real hash of that shape costs: the library reads the cost and salt,
+    hashes the password with them, then compares the result with the checksum."""
+    shapes = Counter(shape for shape in map(shape_of, hashes) if shape is not None)
+    shape = shapes.most_common(1)[0][0] if shapes else EMPTY_FILE_DUMMY
+    if shape[0] == "sha512":
+        _, rounds, salt_size = shape
+        salt = _random(_CRYPT_CHARS, salt_size)
+        dummy = f"$6$rounds={rounds}${salt}${_random(_CRYPT_CHARS, 86)}".encode("ascii")
+        sha512_crypt.from_string(dummy)  # well-formed, or a bug here: raise now, not later
+        return dummy
+    return bcrypt.gensalt(shape[1]) + _random(_BCRYPT_CHARS, 31).encode("ascii")
+
+
+def _random(alphabet: str, size: int) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(size))
 
 
 def _checked_hash(hashed: str, user: str, where: str) -> bytes:
@@ -162,10 +218,20 @@ def load_users(path: str) -> Users:
 def check_password(users: Users, user: str, password: bytes) -> bool:
     """Whether ``password`` is ``user``'s (blocking and CPU-heavy: run it in a thread).
 
-    An unknown user costs one bcrypt check too, so that a miss is not answered at once;
-    a user's own hash (its scheme, cost or rounds) still sets what its check costs."""
+    A name that is not in the file is checked against L{Users.dummy} by the very same
+    L{verify} (same length caps, same one-at-a-time lock for SHA-512-crypt), so that a
+    miss costs what a wrong password of a real user costs, and is never answered at
+    once; a user's own hash (its scheme, cost or rounds) sets what its check costs."""
     hashed = users.hashes.get(user)
-    if hashed is not None and hashed.startswith(SHA512_PREFIX):
+    matched = verify(password, users.dummy if hashed is None else hashed)
+    return matched and hashed is not None
+
+
+def verify(password: bytes, hashed: bytes) -> bool:
+    """Whether ``password`` hashes to ``hashed`` (bcrypt or SHA-512-crypt; blocking).
+
+    A password longer than the scheme's cap fails without being hashed."""
+    if hashed.startswith(SHA512_PREFIX):
         if len(password) > MAX_SHA512_PASSWORD:
             return False
         try:
@@ -176,10 +242,9 @@ def check_password(users: Users, user: str, password: bytes) -> bool:
     if len(password) > MAX_PASSWORD:
         return False
     try:
-        matched = bcrypt.checkpw(password, hashed or _DUMMY_HASH)
+        return bcrypt.checkpw(password, hashed)
     except ValueError:
         return False
-    return matched and hashed is not None
 
 
 # -- SASL encodings ---------------------------------------------------------------------

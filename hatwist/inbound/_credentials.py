@@ -6,7 +6,9 @@ certificate and key, and the AUTH users file.
 Blocking (it reads files): the service calls L{load_credentials} once at start and, on
 SIGHUP, in a thread.  One error type for all of it, so a reload is applied whole or
 not at all: a bad users file or a certificate that does not match its key keeps the
-running ones.
+running ones.  Each load of the users file also makes the stand-in hash that names not
+in it are checked against (L{hatwist.inbound._auth.Users.dummy}), so it follows the
+file's hashes from one reload to the next.
 """
 
 from __future__ import annotations

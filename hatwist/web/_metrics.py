@@ -20,7 +20,13 @@ reason the queue depth is per binding (``hatwist_queue_depth{binding}``), and th
 Every per-binding series is present from the start for each configured binding, with
 0 until something happens, and so is ``hatwist_proxy_no_greeting_total`` for each
 (binding, proxy server): ``rate()`` and ``increase()`` alerts need a series to exist
-before the first event (Prometheus' own advice for counters with labels).
+before the first event (Prometheus' own advice for counters with labels).  Mail sent to
+a binding_group waits in the group's own queues (``binding="group:NAME"``, see
+L{hatwist.config.group_route}), so the queue series are there from the start for each
+configured group too; its attempts are counted under the binding chosen for each, so
+the delivery series need no group label.  The configured names are asked at each
+scrape: after a reload, a binding or group that is gone loses its zero series (a queue
+that still holds mail keeps its series, as long as it does).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from hatwist.config import group_route
 from hatwist.health import LATENCY_BUCKETS
 from hatwist.scheduler import QUEUE_STATES
 
@@ -137,7 +144,7 @@ class StatusCollector(Collector):
         yield chosen
 
         yield from self._proxies()
-        yield from self._queues(bindings)
+        yield from self._queues([*bindings, *sorted({group_route(g) for g in sources.groups()})])
 
     def _proxies(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -189,6 +196,8 @@ class StatusCollector(Collector):
         yield from (up, source_up, latency, last_check, checks, failures, changes)
 
     def _queues(self, bindings: list[str]) -> Iterator[Metric]:
+        """Depth and state counts per route: the configured bindings and group queues
+        (``group:NAME``), zeros included, and any other route that holds mail."""
         depth = GaugeMetricFamily(
             "hatwist_queue_depth",
             "Pending recipients per binding (per domain: /status and hatwist status).",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import attrs
 import prometheus_client
 from prometheus_client.openmetrics.parser import (
@@ -161,6 +163,51 @@ def test_group_attempts_count_each_chosen_binding_and_start_at_zero():
     second = scrape(metrics)
     assert second[("hatwist_group_attempts_total", labels(group="pool", binding="green"))] == 2
     assert second[("hatwist_group_attempts_total", labels(group="pool", binding="blue"))] == 0
+
+
+def test_a_binding_groups_queue_series_are_there_with_zero_before_its_first_mail():
+    """Mail sent to a group waits in queues of its own (binding="group:NAME"): alerts on
+    them need the series before the first mail, as for a binding; a reload that removes
+    the group removes its zeros (the names are asked at each scrape)."""
+    groups = {"pool": ("blue", "green"), "Spare": ("green",)}
+    scheduler = FakeScheduler()
+    src = attrs.evolve(sources(registry(V4), scheduler),
+                       bindings=lambda: ["blue", "default", "green"], groups=lambda: groups)
+    metrics = metrics_registry(src)
+    body, _ = render_metrics(metrics)
+    promtool_accepts(body)
+    samples = scrape(metrics)
+    for route in ("group:pool", "group:spare"):  # the scheduler's names: lower case
+        assert samples[("hatwist_queue_depth", labels(binding=route))] == 0
+        for state in QUEUE_STATES:
+            assert samples[("hatwist_queues", labels(binding=route, state=state))] == 0
+    # Attempts are counted under the binding chosen, so only the queue series have one.
+    assert {name for name, key in samples if dict(key).get("binding", "").startswith(
+        "group:")} == {"hatwist_queue_depth", "hatwist_queues"}
+
+    scheduler.depths[("group:pool", "example.test")] = 3
+    samples = scrape(metrics)
+    assert samples[("hatwist_queue_depth", labels(binding="group:pool"))] == 3
+    assert samples[("hatwist_queues", labels(binding="group:pool", state="active"))] == 1
+
+    del groups["Spare"]  # a reload without it
+    samples = scrape(metrics)
+    assert not any(dict(key).get("binding") == "group:spare" for _, key in samples)
+    assert samples[("hatwist_queue_depth", labels(binding="group:pool"))] == 3
+    groups.clear()  # mail still queued for a removed group keeps its series while it waits
+    assert scrape(metrics)[("hatwist_queue_depth", labels(binding="group:pool"))] == 3
+    scheduler.depths.clear()
+    assert not any(dict(key).get("binding") == "group:pool" for _, key in scrape(metrics))
+
+
+def promtool_accepts(body: bytes) -> None:
+    """``promtool check metrics``: the exposition parses and follows Prometheus' naming
+    and help conventions (skipped without promtool, except under CI)."""
+    from tests.test_contrib import promtool
+
+    done = subprocess.run([promtool(), "check", "metrics"], input=body, capture_output=True,
+                          timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
 
 
 def test_version_info():
