@@ -45,8 +45,8 @@ def test_one_slice_per_reactor_turn_and_the_counts_of_all():
 
 def test_a_lone_slice_runs_in_the_callers_turn():
     slices, act = recorder()
-    summary = fired(act_in_slices(act, ["a", "b"], lambda c: [(i, None) for i in c], report=lambda _: None,
-                                  reactor=task.Clock()))
+    summary = fired(act_in_slices(act, ["a", "b"], lambda c: [(i, None) for i in c],
+                                  report=lambda _: None, reactor=task.Clock()))
     assert slices == [[("a", None), ("b", None)]] and summary.matched == 2
 
 
