@@ -184,6 +184,23 @@ def test_sha512_checks_run_one_at_a_time_even_from_many_threads(monkeypatch, use
     assert most[0] == 1
 
 
+def test_a_bcrypt_cost_above_the_cap_or_below_the_librarys_least_is_refused_at_load_time(
+        tmp_path):
+    """A cost-31 line would make every login take days; cost 03 fails every check."""
+    at_cap = bcrypt.hashpw(b"x", bcrypt.gensalt(4)).decode().replace("$04$", "$14$")
+    assert parse_users(f"dave:{at_cap}\n", "f").hashes["dave"] == at_cap.encode()
+    doubles = " (every login would run it: each step doubles the time)"
+    for cost, why in (("15", "has cost 15, more than the 14 accepted" + doubles),
+                      ("31", "has cost 31, more than the 14 accepted" + doubles),
+                      ("03", "has no cost of 04 to 31 after its $2b$ (it has '03')"),
+                      ("x4", "has no cost of 04 to 31 after its $2b$ (it has 'x4')")):
+        path = tmp_path / "users"
+        path.write_text(f"dave:{at_cap}\nerin:{at_cap.replace('$14$', f'${cost}$')}\n")
+        with pytest.raises(UsersFileError) as raised:
+            load_users(str(path))
+        assert str(raised.value) == f"{path}:2: the bcrypt hash of 'erin' {why}"
+
+
 def test_a_rounds_value_above_the_cap_is_refused_at_load_time(tmp_path):
     """What one login may cost is bounded when the file is read, not when a client asks:
     the scheme allows up to 999,999,999 rounds, minutes of CPU even for openssl's C."""

@@ -21,8 +21,9 @@ Two hash schemes, each checked by a maintained library, never by crypto of our o
     SHA-512-crypt check at a time (more would not run faster, only slow the reactor).
 
 What a hostile line or client could make a check cost is bounded: the users file may
-ask for at most L{MAX_SHA512_ROUNDS} rounds (refused at load time with file and line,
-where the scheme itself allows 999,999,999: a quarter of an hour per login), and a
+ask for at most L{MAX_SHA512_ROUNDS} rounds or a bcrypt cost of L{MAX_BCRYPT_COST}
+(refused at load time with file and line, where the schemes allow 999,999,999 rounds,
+a quarter of an hour per login, and cost 31, days), and a
 password longer than the scheme looks at (bcrypt) or than L{MAX_SHA512_PASSWORD}
 (SHA-512-crypt's cost grows with the password's length) fails without being hashed.
 Both libraries compare in constant time (bcrypt's C code; passlib's
@@ -67,6 +68,11 @@ check here (the default, without ``rounds=``, is 5000: a few milliseconds)."""
 MAX_SHA512_PASSWORD = 256
 """SHA-512-crypt hashes the whole password in every round, so a longer one costs more
 (4096 octets: about 40 times 16 octets'); a client may not choose that cost."""
+MIN_BCRYPT_COST = 4
+"""The least cost the bcrypt library accepts (it refuses a lower one at every check)."""
+MAX_BCRYPT_COST = 14
+"""The highest bcrypt cost accepted: about a second per check here, as the SHA-512 cap
+(cost 12 is 250 ms, 13 is 494 ms; the format allows 31, some days per login)."""
 _ROUNDS = re.compile(r"\$6\$rounds=([0-9]+)\$")
 _ONE_SHA512_AT_A_TIME = threading.Lock()
 # libpass holds the GIL while it hashes, so two SHA-512-crypt checks at once are no faster
@@ -172,6 +178,15 @@ def _checked_hash(hashed: str, user: str, where: str) -> bytes:
     if not encoded.startswith(BCRYPT_PREFIXES) or len(encoded) != 60:
         raise UsersFileError(f"{where}: the hash of {user!r} is neither bcrypt ($2b$NN$ and "
                              "53 characters) nor SHA-512-crypt ($6$)")
+    cost = encoded[4:6]
+    if not cost.isdigit() or encoded[6:7] != b"$" or int(cost) < MIN_BCRYPT_COST:
+        raise UsersFileError(f"{where}: the bcrypt hash of {user!r} has no cost of "
+                             f"{MIN_BCRYPT_COST:02d} to 31 after its $2b$ "
+                             f"(it has {cost.decode('ascii', 'replace')!r})")
+    if int(cost) > MAX_BCRYPT_COST:
+        raise UsersFileError(f"{where}: the bcrypt hash of {user!r} has cost {int(cost)}, "
+                             f"more than the {MAX_BCRYPT_COST} accepted "
+                             "(every login would run it: each step doubles the time)")
     return encoded
 
 
