@@ -425,7 +425,7 @@ class Scheduler(Service):
 
     def _timers(self) -> list[IDelayedCall]:
         return (self._waits.timers() + self._due.timers() + self._ledger.timers()
-                + self._finisher.timers())
+                + self._finisher.timers() + self._dispatch.timers())
 
     def _drain(self) -> defer.Deferred:
         """Fires when no attempt and no spool work is left (none can start meanwhile)."""

@@ -202,3 +202,30 @@ def test_a_release_by_filter_releases_each_held_message_once(world):
     released = [i for i, o in outcomes if o == "released"]
     assert len(released) == len(set(released)) == 100
     assert summary.counts == {"released": 100, "not held": count - 100}
+
+
+def test_after_a_bulk_hold_the_stale_parts_on_a_line_are_dropped_a_budget_a_turn(world):
+    """The held messages' parts stay on their queue's line until their turn: one pump
+    must not drop a third of a million of them in one reactor turn."""
+    from hatwist.scheduler._dispatch import PUMP_BUDGET
+
+    count = PUMP_BUDGET + 500
+    for n in range(count + 2):
+        world.submit(rcpt_to=(f"r{n}@one.test",))
+    world.clock.advance(0)
+    running = len(world.agent.pending())  # max_connections of them; the rest wait in line
+    [queue] = list(world.scheduler._board)
+    assert len(queue.ready) == count + 2 - running
+    waiting = tuple(e.message.id for e in world.scheduler._ledger.entries()
+                    if not any(o.id == e.message.id for o, _ in world.agent.pending()))
+    holding = world.scheduler.act_on_messages("hold", waiting)
+    for _ in range(10):
+        world.finish_writes()
+        world.clock.advance(0)
+    fired(holding)
+    world.agent.answer(0, 250)  # a slot frees: the pump takes the next parts, all stale
+    world.finish_writes()
+    assert len(queue.ready) == count + 2 - running - PUMP_BUDGET
+    world.clock.advance(0)  # the next turn drops the rest
+    assert not queue.ready
+    assert len(world.agent.pending()) == running - 1  # and starts nothing held
