@@ -167,13 +167,15 @@ class Dispatcher:
 
     def pump(self) -> None:
         """Start attempts, one per startable queue in turn, until none can start --
-        or :data:`PUMP_BUDGET` parts were taken, when the rest waits a reactor turn."""
+        or :data:`PUMP_BUDGET` parts were taken, when the rest waits a reactor turn
+        (and so does every pump asked for meanwhile: hundreds of queues released by
+        their timers in one turn must not each spend a budget)."""
         if self._pumping:
             return  # the loop below picks up whatever changed
-        self._pumping = True
         if self._later is not None and self._later.active():
-            self._later.cancel()
+            return  # this turn's budget is spent: the next turn's pump takes it all
         self._later = None
+        self._pumping = True
         try:
             for _ in range(PUMP_BUDGET):
                 if not self.active or self.stopping or self._running >= self._max_in_flight:

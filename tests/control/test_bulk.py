@@ -229,3 +229,35 @@ def test_after_a_bulk_hold_the_stale_parts_on_a_line_are_dropped_a_budget_a_turn
     world.clock.advance(0)  # the next turn drops the rest
     assert not queue.ready
     assert len(world.agent.pending()) == running - 1  # and starts nothing held
+
+
+def test_once_a_turns_budget_is_spent_other_pumps_in_that_turn_wait_for_the_next():
+    from hatwist.scheduler._dispatch import PUMP_BUDGET
+
+    world = World()
+    dispatch = world.scheduler._dispatch
+    dispatch.active = True
+    taken = []
+
+    class Stale:
+        """A board whose every part is stale: each one taken is dropped."""
+
+        def next(self):
+            taken.append(1)
+            return None if len(taken) > 5 * PUMP_BUDGET else (_Q, _P)
+
+        def refresh(self, queue):
+            pass
+
+    dispatch._board = Stale()
+    dispatch._start = lambda part, queue: None
+    dispatch.pump()
+    assert len(taken) == PUMP_BUDGET
+    for _ in range(3):  # three more queues released by their timers in the same turn
+        dispatch.pump()
+    assert len(taken) == PUMP_BUDGET and len(world.clock.getDelayedCalls()) == 1
+    world.clock.advance(0)  # (task.Clock runs the turns the pumps schedule meanwhile)
+    assert len(taken) == 5 * PUMP_BUDGET + 1 and not world.clock.getDelayedCalls()
+
+
+_Q, _P = object(), object()
