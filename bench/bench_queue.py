@@ -96,8 +96,8 @@ def run(depth: int, domains: int, runs: int) -> None:
         control.startService()
         recovered = time.perf_counter() - started
         queued = len(scheduler._ledger)
-        first = scheduler.list_messages(limit=1).rows[0]["id"]
-        some = scheduler.list_messages(limit=5).rows[-1]["id"]
+        first = (await scheduler.list_messages(limit=1)).rows[0]["id"]
+        some = (await scheduler.list_messages(limit=5)).rows[-1]["id"]
         await timed("list (no filter, --limit 1000)", Request("list"))
         await timed("list --domain dest-007.example.net", Request(
             "list", domain="dest-007.example.net"))

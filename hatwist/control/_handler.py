@@ -30,12 +30,9 @@ class QueueHandler:
                ) -> dict[str, Any] | defer.Deferred[dict[str, Any]]:
         scheduler, command = self._scheduler, request.command
         if command == "list":
-            listing = scheduler.list_messages(binding=request.binding, domain=request.domain,
-                                              state=request.state, limit=request.limit)
-            for row in listing.rows:
-                write(encode({"message": row}))
-            return {"ok": True, "total": listing.total, "shown": len(listing.rows),
-                    "limit": request.limit}
+            d = scheduler.list_messages(binding=request.binding, domain=request.domain,
+                                        state=request.state, limit=request.limit)
+            return d.addCallback(self._listed, request, write)
         if command == "show":
             [message_id] = request.ids
             shown = scheduler.show_message(message_id)
@@ -57,3 +54,10 @@ class QueueHandler:
                                     report=report)
         return d.addCallback(lambda summary: {
             "ok": True, "matched": summary.matched, "counts": summary.counts})
+
+    @staticmethod
+    def _listed(listing: Any, request: Request, write: Answer) -> dict[str, Any]:
+        for row in listing.rows:
+            write(encode({"message": row}))
+        return {"ok": True, "total": listing.total, "shown": len(listing.rows),
+                "limit": request.limit}

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
+from twisted.internet import defer, task
 
 from hatwist.spool import PENDING
 
@@ -30,6 +31,10 @@ from ._outcome import domain_of, expiry_start
 from ._queues import Board, Part, QueueKey
 from ._rules import Rules
 from ._states import QueueState
+
+#: Messages (held ones, or a queue's parts) a filtered list's total counts per
+#: reactor turn: some 10 ms.
+COUNT_SLICE = 20_000
 
 #: The state of a message held by the operator (beside the queue states).
 HELD = "held"
@@ -63,6 +68,25 @@ def _listed_here(part: Part, binding: str | None, domain: str | None) -> bool:
     """Whether ``part`` is current and the one its message is listed by."""
     entry = part.entry
     return not entry.held and part in entry.parts and _first_part(entry, binding, domain) is part
+
+
+def _count_held(entries: list[Entry], binding: str | None, domain: str | None) -> int:
+    """How many of these (once held) messages are held and match the filter."""
+    return sum(1 for e in entries if e.held and _first_part(e, binding, domain) is not None)
+
+
+def _count_parts(parts: list[Part], binding: str | None, domain: str | None) -> int:
+    """How many of these parts (of one matching queue) their messages are listed by."""
+    total = 0
+    for part in parts:
+        entry = part.entry
+        listed = entry.parts
+        if listed and listed[0] is part:  # the usual: one domain, current
+            if not entry.held:
+                total += 1
+        elif len(listed) > 1 and _listed_here(part, binding, domain):
+            total += 1
+    return total
 
 
 def row(entry: Entry, state: str) -> dict[str, Any]:
@@ -99,6 +123,7 @@ class QueueView:
         dispatch: Dispatcher,
         rules: Rules,
         states: Callable[[], list[QueueState]],
+        reactor: Any,
     ) -> None:
         self._ledger = ledger
         self._board = board
@@ -106,6 +131,7 @@ class QueueView:
         self._dispatch = dispatch
         self._rules = rules
         self._states = states
+        self._reactor = reactor
 
     def _state_by_queue(self) -> dict[QueueKey, str]:
         return {(s.binding, s.domain): s.state for s in self._states()}
@@ -158,39 +184,47 @@ class QueueView:
                     yield part.entry, queue_state
 
     def count(self, binding: str | None, domain: str | None, state: str | None,
-              queues: list[tuple[QueueKey, str]] | None = None) -> int:
-        """How many messages :meth:`matching` yields, in one tight pass per queue."""
+              queues: list[tuple[QueueKey, str]] | None = None) -> defer.Deferred[int]:
+        """How many messages :meth:`matching` yields: a tight pass over copies of
+        the held messages and of each matching queue's parts, :data:`COUNT_SLICE` of
+        them per reactor turn (counting every queued message in one turn took 0.9 to
+        1.9 s at a million).  Exact when nothing changes meanwhile; a message that
+        changes queues while it is counted may be counted twice or not at all."""
         if binding is None and domain is None and state is None:
-            return len(self._ledger)
-        return sum(1 for _ in self._listed(binding, domain, state, queues))
+            return defer.succeed(len(self._ledger))
+        return defer.ensureDeferred(self._count(binding, domain, state, queues))
 
-    def _listed(self, binding: str | None, domain: str | None, state: str | None,
-                queues: list[tuple[QueueKey, str]] | None = None) -> Iterator[Entry]:
-        """The entries :meth:`matching` yields, without their states: the tight
-        pass that counts (most parts are their message's only one)."""
+    async def _count(self, binding: str | None, domain: str | None, state: str | None,
+                     queues: list[tuple[QueueKey, str]] | None) -> int:
+        total = done = 0
+        batches: list[tuple[bool, list[Any]]] = []
         if state in (None, HELD):
-            for e in self._ledger.held():
-                if _first_part(e, binding, domain) is not None:
-                    yield e
-        if state == HELD:
-            return
-        if queues is None:
-            queues = self._queues(binding, domain, state)
-        for key, _ in queues:
-            for part in self._parts(key):
-                entry = part.entry
-                parts = entry.parts
-                if parts and parts[0] is part:  # the usual: one domain, current
-                    if not entry.held:
-                        yield entry
-                elif len(parts) > 1 and _listed_here(part, binding, domain):
-                    yield entry
+            batches.append((True, self._ledger.held()))
+        if state != HELD:
+            batches.extend((False, [key]) for key, _ in (
+                queues if queues is not None else self._queues(binding, domain, state)))
+        for held, items in batches:
+            if done >= COUNT_SLICE:
+                await task.deferLater(self._reactor, 0, lambda: None)
+                done = 0
+            if not held:  # a queue: its parts now, in one turn (references only)
+                items = list(self._parts(items[0]))
+            for start in range(0, len(items), COUNT_SLICE):
+                if start:
+                    await task.deferLater(self._reactor, 0, lambda: None)
+                    done = 0
+                chunk = items[start:start + COUNT_SLICE]
+                total += (_count_held(chunk, binding, domain) if held
+                          else _count_parts(chunk, binding, domain))
+                done += len(chunk)
+        return total
 
     def list(
         self, *, binding: str | None = None, domain: str | None = None,
         state: str | None = None, limit: int = 1000,
-    ) -> Listing:
-        """The first ``limit`` matching messages, and how many match in all."""
+    ) -> defer.Deferred[Listing]:
+        """The first ``limit`` matching messages (in this turn), and how many match in
+        all (counted over the next turns: see :meth:`count`)."""
         filtered = any(v is not None for v in (binding, domain, state))
         queues = self._queues(binding, domain, state) if filtered else None
         rows = []
@@ -198,7 +232,8 @@ class QueueView:
             if len(rows) >= limit:
                 break
             rows.append(row(entry, entry_state))
-        return Listing(tuple(rows), self.count(binding, domain, state, queues))
+        d = self.count(binding, domain, state, queues)
+        return d.addCallback(lambda total: Listing(tuple(rows), total))
 
     def show(self, message_id: str) -> dict[str, Any] | None:
         """Everything about one queued message, or None when it is not queued (O(1)

@@ -158,7 +158,7 @@ class Scheduler(Service):
                                   log=lambda: self.log)
         self._view = QueueView(ledger=self._ledger, board=self._board, due=self._due,
                                dispatch=self._dispatch, rules=self._rules,
-                               states=self.queue_states)
+                               states=self.queue_states, reactor=self._reactor)
         self._operations = Operations(
             ledger=self._ledger, board=self._board, due=self._due, dispatch=self._dispatch,
             waits=self._waits, finisher=self._finisher, spool=self._spool,
@@ -285,9 +285,10 @@ class Scheduler(Service):
     def list_messages(
         self, *, binding: str | None = None, domain: str | None = None,
         state: str | None = None, limit: int = 1000,
-    ) -> Listing:
+    ) -> defer.Deferred[Listing]:
         """The first ``limit`` queued messages matching the filters (``state``: a
-        queue state, or ``held``), and how many match in all."""
+        queue state, or ``held``), and how many match in all (counted a slice per
+        reactor turn)."""
         return self._view.list(binding=binding, domain=domain, state=state, limit=limit)
 
     def show_message(self, message_id: str) -> dict[str, Any] | None:

@@ -261,3 +261,31 @@ def test_once_a_turns_budget_is_spent_other_pumps_in_that_turn_wait_for_the_next
 
 
 _Q, _P = object(), object()
+
+
+# -- a filtered list's total, counted over several turns ------------------------------------
+
+
+def test_a_filtered_lists_total_is_counted_a_slice_a_turn(world, monkeypatch):
+    from hatwist.scheduler import _queue_view
+
+    monkeypatch.setattr(_queue_view, "COUNT_SLICE", 10)
+    for n in range(35):
+        world.submit(rcpt_to=(f"r{n}@d{n % 3}.test",))
+    world.clock.advance(0)
+    defer_all(world)
+    world.clock.advance(0)
+    world.finish_writes()
+    holding = world.scheduler.act_on_messages("hold", ("m1", "m2", "m3"))
+    world.finish_writes()
+    fired(holding)
+    d = world.scheduler.list_messages(binding="default", limit=5)
+    assert not d.called and len(world.clock.getDelayedCalls()) >= 1  # the rest next turn
+    world.clock.advance(0)
+    listing = fired(d)
+    assert listing.total == 35 and len(listing.rows) == 5
+    held = world.scheduler.list_messages(state="held")
+    world.clock.advance(0)
+    assert fired(held).total == 3
+    everything = world.scheduler.list_messages()
+    assert fired(everything).total == 35  # no filter: the ledger's length, at once

@@ -38,7 +38,7 @@ def test_list_without_filter_stops_at_the_limit_and_counts_all(world):
     for i in range(5):
         world.submit(rcpt_to=(f"r{i}@dst.test",))
     defer_all(world)
-    listing = world.scheduler.list_messages(limit=3)
+    listing = fired(world.scheduler.list_messages(limit=3))
     assert listing.total == 5
     assert [r["id"] for r in listing.rows] == ["m1", "m2", "m3"]
     first = listing.rows[0]
@@ -53,26 +53,26 @@ def test_list_filters_by_domain_binding_and_state(world):
     world.submit(rcpt_to=("b@two.test", "c@one.test"))
     world.submit(binding="proxied", rcpt_to=("d@one.test",))
     defer_all(world)
-    one = world.scheduler.list_messages(domain="one.test")
+    one = fired(world.scheduler.list_messages(domain="one.test"))
     assert sorted(r["id"] for r in one.rows) == ["m1", "m2", "m3"] and one.total == 3
-    default_one = world.scheduler.list_messages(binding="default", domain="one.test")
+    default_one = fired(world.scheduler.list_messages(binding="default", domain="one.test"))
     assert sorted(r["id"] for r in default_one.rows) == ["m1", "m2"]
-    two = world.scheduler.list_messages(domain="two.test")
+    two = fired(world.scheduler.list_messages(domain="two.test"))
     assert [r["id"] for r in two.rows] == ["m2"]
     # A message with two matching queues is listed once.
-    default = world.scheduler.list_messages(binding="default")
+    default = fired(world.scheduler.list_messages(binding="default"))
     assert sorted(r["id"] for r in default.rows) == ["m1", "m2"] and default.total == 2
-    assert world.scheduler.list_messages(state="active").total == 0
+    assert fired(world.scheduler.list_messages(state="active")).total == 0
     fired(world.scheduler.act_on_messages("hold", ("m1",), uid=0))
-    held = world.scheduler.list_messages(state="held")
+    held = fired(world.scheduler.list_messages(state="held"))
     assert [(r["id"], r["state"]) for r in held.rows] == [("m1", "held")]
-    backoff = world.scheduler.list_messages(state="backoff", binding="default")
+    backoff = fired(world.scheduler.list_messages(state="backoff", binding="default"))
     assert [r["id"] for r in backoff.rows] == ["m2"]
 
 
 def test_list_counts_a_message_in_flight_as_active(world):
     world.submit()
-    listing = world.scheduler.list_messages(domain="dst.test")
+    listing = fired(world.scheduler.list_messages(domain="dst.test"))
     assert [(r["id"], r["state"]) for r in listing.rows] == [("m1", "active")]
 
 
@@ -172,7 +172,7 @@ def test_a_hold_outlives_a_restart():
     w.scheduler.startService()
     w.clock.advance(1)
     assert w.agent.calls == []
-    assert [r["id"] for r in w.scheduler.list_messages(state="held").rows] == [message.id]
+    assert [r["id"] for r in fired(w.scheduler.list_messages(state="held")).rows] == [message.id]
     fired(w.scheduler.act_on_messages("release", (message.id,)))
     assert len(w.agent.calls) == 1
     assert w.spool.messages[message.id].held_for == pytest.approx(11)
