@@ -10,7 +10,9 @@ length; a filter picks the queues first, from per-queue facts (binding, domain
 and the queue's state, O(queues)), and then reads only their parts -- the
 queue's line, its due heap, the attempts running -- and the held messages,
 which the ledger keeps apart.  So ``--domain quiet.test`` costs what that queue
-holds, not what the whole spool holds.  Reads only.
+holds, not what the whole spool holds.  A filter's total, which reads every part of
+the matching queues, and an action's choice (``select``, for ``_bulk``) are spread
+over reactor turns, so neither stops the relay at a million.  Reads only.
 """
 
 from __future__ import annotations
