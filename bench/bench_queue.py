@@ -99,6 +99,7 @@ def run(depth: int, domains: int, runs: int) -> None:
         first = (await scheduler.list_messages(limit=1)).rows[0]["id"]
         some = (await scheduler.list_messages(limit=5)).rows[-1]["id"]
         await timed("list (no filter, --limit 1000)", Request("list"))
+        await timed("list --limit 100000", Request("list", limit=100_000))
         await timed("list --domain dest-007.example.net", Request(
             "list", domain="dest-007.example.net"))
         await timed("list --binding proxied1 (counts a third)", Request(

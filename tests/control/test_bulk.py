@@ -289,3 +289,22 @@ def test_a_filtered_lists_total_is_counted_a_slice_a_turn(world, monkeypatch):
     assert fired(held).total == 3
     everything = world.scheduler.list_messages()
     assert fired(everything).total == 35  # no filter: the ledger's length, at once
+
+
+def test_a_long_lists_rows_are_made_a_slice_a_turn_and_a_message_gone_meanwhile_is_left_out(
+        world, monkeypatch):
+    from hatwist.scheduler import _queue_view
+
+    monkeypatch.setattr(_queue_view, "ROW_SLICE", 10)
+    for n in range(30):
+        world.submit(rcpt_to=(f"r{n}@one.test",))
+    world.clock.advance(0)
+    defer_all(world)
+    world.clock.advance(0)
+    world.finish_writes()
+    d = world.scheduler.list_messages(limit=25)
+    assert not d.called
+    fired(world.scheduler.act_on_messages("bounce", ("m20",)))  # gone before its row
+    world.clock.advance(0)
+    listing = fired(d)
+    assert [r["id"] for r in listing.rows] == [f"m{n}" for n in range(1, 26) if n != 20]
