@@ -50,6 +50,17 @@ class Answer:
             self._stall = self._reactor.callLater(self._stall_timeout, self._cut)
         return d
 
+    def next_turn(self) -> defer.Deferred[bool]:
+        """:meth:`ready`, and then a reactor turn: between batches of lines that cost
+        CPU to make (a list's rows), so the rest of the relay runs in between."""
+        d: defer.Deferred[bool] = defer.Deferred()
+
+        def go_on(ok: bool) -> None:
+            self._reactor.callLater(0, d.callback, ok)
+
+        self.ready().addCallback(go_on)
+        return d
+
     def close(self) -> None:
         """The last line follows: no more pacing."""
         if not self.gone:

@@ -308,3 +308,30 @@ def test_a_long_lists_rows_are_made_a_slice_a_turn_and_a_message_gone_meanwhile_
     world.clock.advance(0)
     listing = fired(d)
     assert [r["id"] for r in listing.rows] == [f"m{n}" for n in range(1, 26) if n != 20]
+
+
+def test_a_long_lists_lines_are_written_a_batch_a_turn_and_stop_when_the_client_is_gone():
+    from hatwist.control._handler import ROWS_PER_TURN, _write_rows
+    from hatwist.control._protocol import Request
+    from hatwist.scheduler._queue_view import Listing
+
+    class Answer:
+        def __init__(self):
+            self.lines, self.turns = [], []
+
+        def __call__(self, data):
+            self.lines.append(data)
+
+        def next_turn(self):
+            self.turns.append(defer.Deferred())
+            return self.turns[-1]
+
+    answer = Answer()
+    listing = Listing(tuple({"id": f"m{n}"} for n in range(ROWS_PER_TURN * 2 + 5)), 10**6)
+    d = defer.ensureDeferred(_write_rows(listing, Request("list", limit=100_000), answer))
+    assert len(answer.lines) == ROWS_PER_TURN and not d.called
+    answer.turns[0].callback(True)
+    assert len(answer.lines) == 2 * ROWS_PER_TURN
+    answer.turns[1].callback(False)  # gone: the last 5 are not written
+    assert len(answer.lines) == 2 * ROWS_PER_TURN
+    assert fired(d)["total"] == 10**6
