@@ -142,3 +142,54 @@ def test_messages_waiting_for_their_retry_keep_one_timer_in_the_reactor():
         d.cancel()
     w.clock.advance(60)
     assert not w.clock.getDelayedCalls()
+
+
+# -- a reload's retime, a slice a turn ------------------------------------------------------
+
+
+def test_a_retime_runs_a_slice_a_turn_and_a_queue_takes_its_new_times_together(monkeypatch):
+    monkeypatch.setattr(_due, "RETIME_PER_TURN", 10)
+    h = Heap()
+    parts = [part(f"p{i}", START + 600, domain=f"d{i % 2}.test") for i in range(30)]
+    for p in parts:
+        h.heap.push(p)
+    d = h.heap.retime(lambda p: START + 60, lambda key: key[1] == "d0.test")
+    assert not d.called  # 15 parts of d0.test: more than one turn's 10
+    assert {p.due for p in parts} == {START + 600}  # none yet: the queue changes at once
+    late = part("late", START + 30, domain="d0.test")  # failed meanwhile: new policy's time
+    h.heap.push(late)
+    h.clock.advance(0)
+    assert d.called
+    assert {p.due for p in parts[0::2]} == {START + 60}  # d0.test
+    assert {p.due for p in parts[1::2]} == {START + 600}  # d1.test was not changed
+    h.clock.advance(30)
+    assert h.names() == ["late"]
+    h.clock.advance(30)
+    assert sorted(h.names()) == sorted(["late", *(p.entry.name for p in parts[0::2])])
+
+
+def test_a_part_taken_out_during_a_retime_stays_out_and_a_second_retime_takes_over(
+        monkeypatch):
+    monkeypatch.setattr(_due, "RETIME_PER_TURN", 10)
+    h = Heap()
+    parts = [part(f"p{i}", START + 600, domain=f"d{i % 2}.test") for i in range(40)]
+    for p in parts:
+        h.heap.push(p)
+    first = h.heap.retime(lambda p: START + 60, lambda key: True)
+    h.heap.discard(parts[0])  # delivered, held or deleted meanwhile
+    second = h.heap.retime(lambda p: START + 90, lambda key: False)  # changed nothing itself
+    h.clock.advance(0)
+    assert first.called and second.called
+    assert {p.due for p in parts[1:]} == {START + 90}  # the first one's queues, newest times
+    h.clock.advance(90)
+    assert "p0" not in h.names() and len(h.names()) == 39
+
+
+def test_stop_cancels_a_retime_under_way(monkeypatch):
+    monkeypatch.setattr(_due, "RETIME_PER_TURN", 10)
+    h = Heap()
+    for i in range(30):
+        h.heap.push(part(f"p{i}", START + 600))
+    d = h.heap.retime(lambda p: START + 60, lambda key: True)
+    h.heap.stop()
+    assert d.called and h.clock.getDelayedCalls() == []

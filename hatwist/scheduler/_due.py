@@ -15,7 +15,7 @@ one DelayedCall waits for the earliest of all.  So:
   amortised O(1);
 - at most :data:`MAX_DUE_PER_TURN` parts are handed out per reactor turn, so
   a mass retry after an outage cannot stall the reactor; the rest follow in
-  the next turns.
+  the next turns; a reload re-times :data:`RETIME_PER_TURN` a turn.
 
 ``seq`` keeps parts due at the same moment in the order they were added.
 """
@@ -27,12 +27,15 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IDelayedCall
 
 from ._queues import Part, QueueKey
 
 #: Parts handed out in one reactor turn at most (the rest: in the next turns).
 MAX_DUE_PER_TURN = 10_000
+#: Parts a reload re-times per reactor turn (some 10 ms: bench_reload.py).
+RETIME_PER_TURN = 1_000
 
 _Item = tuple[float, int, Part]
 
@@ -59,6 +62,9 @@ class DueHeap:
         self._seq = itertools.count(1)
         self._timer: IDelayedCall | None = None
         self._stopped = False
+        self._pushed = 0
+        self._retiming: defer.Deferred[None] | None = None
+        self._retime_left: dict[QueueKey, None] = {}
 
     def __len__(self) -> int:
         """Heap entries held, dead ones included until they are dropped."""
@@ -66,7 +72,7 @@ class DueHeap:
 
     def push(self, part: Part) -> None:
         """Wait for ``part.due`` (the part must not be in the heap already)."""
-        seq = next(self._seq)
+        seq = self._pushed = next(self._seq)
         part.heap_seq = seq
         heap = self._heaps.get(part.key)
         if heap is None:
@@ -118,35 +124,84 @@ class DueHeap:
         return parts
     def retime(
         self, due_of: Callable[[Part], float], changed: Callable[[QueueKey], bool]
-    ) -> None:
+    ) -> defer.Deferred[None]:
         """
         Give every waiting part of each queue ``changed(key)`` names the due time
         ``due_of(part)`` (a reload changed its retry interval), keeping the order of
-        parts due together: one pass over those queues' heaps, then one timer for
-        the earliest.  The other queues are not touched.
+        parts due together, :data:`RETIME_PER_TURN` parts per reactor turn (9 us each:
+        a million in one turn stopped the relay 9 s).  The other queues are not
+        touched.  A queue's new times take effect together, when all its parts have
+        them; until then it keeps the old ones.  Parts added meanwhile were timed by
+        the new policy already.  A retime asked while one runs takes over its queues
+        not done yet, with the newer ``due_of``.
         """
-        for key, heap in list(self._heaps.items()):
-            if not changed(key):
+        keys = [key for key in self._heaps if changed(key)]
+        if self._retiming is not None:
+            self._retiming.cancel()  # its unfinished queues are ours now
+            keys = [*self._retime_left, *(k for k in keys if k not in self._retime_left)]
+        self._retime_left = dict.fromkeys(keys)
+        job = defer.ensureDeferred(self._retime(due_of))
+        self._retiming = job
+        job.addErrback(lambda f: f.trap(defer.CancelledError))
+        job.addBoth(self._retimed, job)
+        return job
+
+    def _retimed(self, result: object, job: defer.Deferred) -> object:
+        if self._retiming is job:
+            self._retiming = None
+        return result
+
+    async def _retime(self, due_of: Callable[[Part], float]) -> None:
+        done = 0
+        while self._retime_left:
+            key = next(iter(self._retime_left))
+            heap = self._heaps.get(key)
+            if heap is None:
+                del self._retime_left[key]
                 continue
-            items = []
-            for _, seq, part in heap:
-                if part.heap_seq == seq:
-                    part.due = due_of(part)
-                    items.append((part.due, seq, part))
-            if not items:
-                del self._heaps[key]
-                self._top_at.pop(key, None)
-                continue
-            heapq.heapify(items)
-            self._heaps[key] = items
-            # Entries of the old time in _top are superseded: _top_at says which counts.
-            self._top_at[key] = items[0][0]
-            heapq.heappush(self._top, (items[0][0], key))
+            since = self._last_seq()  # parts pushed after this were timed anew already
+            live = [item for item in heap if _alive(item)]
+            retimed: list[_Item] = []
+            for start in range(0, len(live), RETIME_PER_TURN):
+                if done >= RETIME_PER_TURN:
+                    await task.deferLater(self._reactor, 0, lambda: None)
+                    done = 0
+                    if self._stopped:
+                        return
+                chunk = live[start:start + RETIME_PER_TURN]
+                retimed.extend((due_of(part), seq, part) for _, seq, part in chunk)
+                done += len(chunk)
+            del self._retime_left[key]
+            self._install(key, retimed, since)
+
+    def _install(self, key: QueueKey, retimed: list[_Item], since: int) -> None:
+        """Queue ``key``'s re-timed parts (those still waiting), with the parts
+        added since the retime began, as its heap."""
+        items = [item for item in retimed if _alive(item)]
+        for due, _, part in items:
+            part.due = due
+        items += [item for item in self._heaps.get(key, ()) if item[1] > since and _alive(item)]
+        if not items:
+            self._heaps.pop(key, None)
+            self._top_at.pop(key, None)
+            self._arm()
+            return
+        heapq.heapify(items)
+        self._heaps[key] = items
+        # Entries of the old time in _top are superseded: _top_at says which counts.
+        self._top_at[key] = items[0][0]
+        heapq.heappush(self._top, (items[0][0], key))
         self._arm()
 
+    def _last_seq(self) -> int:
+        """The ``seq`` of the last part pushed (none pushed since has one as low)."""
+        return self._pushed
+
     def stop(self) -> None:
-        """Cancel the timer; nothing is handed out any more."""
+        """Cancel the timer (and a retime under way); nothing is handed out any more."""
         self._stopped = True
+        if self._retiming is not None:
+            self._retiming.cancel()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
