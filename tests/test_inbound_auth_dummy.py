@@ -12,7 +12,6 @@ library function, length caps, one-at-a-time lock and thread hand-off as a known
 from __future__ import annotations
 
 import threading
-import time
 
 import bcrypt
 import pytest
@@ -32,7 +31,13 @@ from hatwist.inbound._auth import (
 from hatwist.inbound._tls import load_server_tls
 from tests._inbound import DEADLINE, servers_in
 from tests.rig.certs import shared_ca
-from tests.test_inbound_auth import NO_RELAY, PASSWORD, _login, openssl_sha512
+from tests.test_inbound_auth import (
+    NO_RELAY,
+    PASSWORD,
+    _login,
+    checks_at_once,
+    openssl_sha512,
+)
 from tests.test_inbound_tls import in_thread, port_of
 from tests.test_tap import CONFIG, relay_for
 
@@ -167,28 +172,9 @@ def test_an_unknown_user_has_the_length_caps_of_the_files_scheme(verified, sha51
 
 
 def test_unknown_users_sha512_checks_run_one_at_a_time_too(monkeypatch, sha512_users):
-    running, most = [0], [0]
-    real = sha512_crypt.verify
-
-    def counting(*args):
-        running[0] += 1
-        most[0] = max(most[0], running[0])
-        try:
-            time.sleep(0.02)  # sleeping releases the GIL: unserialised checks would overlap
-            return real(*args)
-        finally:
-            running[0] -= 1
-
-    monkeypatch.setattr(_auth.sha512_crypt, "verify", counting)
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(
-        check_password(sha512_users, "zoe", PASSWORD.encode()))) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(DEADLINE)
+    results, most = checks_at_once(monkeypatch, sha512_users, "zoe")
     assert results == [False] * 4
-    assert most[0] == 1
+    assert most == 1
 
 
 @pytest.fixture

@@ -62,7 +62,7 @@ class DueHeap:
         self._seq = itertools.count(1)
         self._timer: IDelayedCall | None = None
         self._stopped = False
-        self._pushed = 0
+        self._pushed = 0  # the seq of the last part pushed
         self._retiming: defer.Deferred[None] | None = None
         self._retime_left: dict[QueueKey, None] = {}
 
@@ -159,7 +159,7 @@ class DueHeap:
             if heap is None:
                 del self._retime_left[key]
                 continue
-            since = self._last_seq()  # parts pushed after this were timed anew already
+            since = self._pushed  # parts pushed after this were timed anew already
             live = [item for item in heap if _alive(item)]
             retimed: list[_Item] = []
             for start in range(0, len(live), RETIME_PER_TURN):
@@ -192,10 +192,6 @@ class DueHeap:
         self._top_at[key] = items[0][0]
         heapq.heappush(self._top, (items[0][0], key))
         self._arm()
-
-    def _last_seq(self) -> int:
-        """The ``seq`` of the last part pushed (none pushed since has one as low)."""
-        return self._pushed
 
     def stop(self) -> None:
         """Cancel the timer (and a retime under way); nothing is handed out any more."""

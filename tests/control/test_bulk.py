@@ -139,9 +139,12 @@ def world():
     yield from running(SlowWrites())
 
 
-def queued(world, count):
+def queued(world, count, domains=1):
+    """``count`` messages (to ``one.test``, or to ``d0.test``... over ``domains``), each
+    deferred once and waiting for its retry."""
     for n in range(count):
-        world.submit(rcpt_to=(f"r{n}@one.test",))
+        domain = "one.test" if domains == 1 else f"d{n % domains}.test"
+        world.submit(rcpt_to=(f"r{n}@{domain}",))
     world.clock.advance(0)
     defer_all(world)
     world.clock.advance(0)
@@ -270,12 +273,7 @@ def test_a_filtered_lists_total_is_counted_a_slice_a_turn(world, monkeypatch):
     from hatwist.scheduler import _queue_view
 
     monkeypatch.setattr(_queue_view, "COUNT_SLICE", 10)
-    for n in range(35):
-        world.submit(rcpt_to=(f"r{n}@d{n % 3}.test",))
-    world.clock.advance(0)
-    defer_all(world)
-    world.clock.advance(0)
-    world.finish_writes()
+    queued(world, 35, domains=3)
     holding = world.scheduler.act_on_messages("hold", ("m1", "m2", "m3"))
     world.finish_writes()
     fired(holding)
@@ -296,12 +294,7 @@ def test_a_long_lists_rows_are_made_a_slice_a_turn_and_a_message_gone_meanwhile_
     from hatwist.scheduler import _queue_view
 
     monkeypatch.setattr(_queue_view, "ROW_SLICE", 10)
-    for n in range(30):
-        world.submit(rcpt_to=(f"r{n}@one.test",))
-    world.clock.advance(0)
-    defer_all(world)
-    world.clock.advance(0)
-    world.finish_writes()
+    queued(world, 30)
     d = world.scheduler.list_messages(limit=25)
     assert not d.called
     fired(world.scheduler.act_on_messages("bounce", ("m20",)))  # gone before its row
